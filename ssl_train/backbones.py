@@ -1,0 +1,77 @@
+"""Encoders exposing `out_dim`: torchvision ResNets (optional small-image stem) and a small CPU ResNet."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convs with BN and an identity/projection shortcut (He et al., 2016)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A narrow ResNet for 28-32 px images that trains on a laptop CPU (the default encoder).
+
+    3x3 stem, one stage per entry of `widths` (stride 2 from the second), `blocks_per_stage` basic
+    blocks each, global average pooling. Default widths (32, 64, 128) give out_dim 128, ~0.7 M params.
+    """
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        in_ch = widths[0]
+        for stage, width in enumerate(widths):
+            for block in range(blocks_per_stage):
+                layers.append(_BasicBlock(in_ch, width, stride=2 if stage > 0 and block == 0 else 1))
+                in_ch = width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet without its classifier; `small_image_stem` swaps in a 3x3 conv and drops max-pool (CIFAR).
+
+    The wrapped model is kept under `.model` with torchvision's own parameter names, so its state_dict
+    (minus `fc`) loads into `torchvision.models.<arch>()` unchanged. Weights start random: nothing is
+    downloaded.
+    """
+
+    def __init__(self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool = False, zero_init_residual: bool = True) -> None:
+        super().__init__()
+        allowed = ("resnet18", "resnet34", "resnet50", "resnet101")
+        if arch not in allowed:
+            raise ValueError(f"TorchvisionResNet: arch must be one of {allowed}, got {arch!r}")
+        model = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
+        if small_image_stem or in_channels != 3:
+            kernel, stride, padding = (3, 1, 1) if small_image_stem else (7, 2, 3)
+            model.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, padding, bias=False)
+            nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if small_image_stem:
+            model.maxpool = nn.Identity()
+        self.out_dim = model.fc.in_features
+        model.fc = nn.Identity()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)

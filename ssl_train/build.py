@@ -1,0 +1,94 @@
+"""The one place that calls hydra.utils.instantiate: config groups in, plain objects out.
+
+Any failure is reported as one line naming the group and choice, e.g. "backbone=small_resnet: <reason>".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_train.callbacks import ConfigInCheckpoint
+from ssl_train.data.datamodule import SSLDataModule
+from ssl_train.errors import UserError
+from ssl_train.module import SSLModule
+
+
+def group_choice(group: str) -> str:
+    """The option chosen for a config group (e.g. 'small_resnet' for 'backbone'), or '?' outside a Hydra app."""
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group, "?"))
+    except ValueError:
+        return "?"
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def instantiate(group: str, node: Any, *args: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate(node), or a callable's call, with errors turned into one line naming the group."""
+    try:
+        if callable(node) and not isinstance(node, DictConfig):
+            return node(*args, **kwargs)
+        return hydra.utils.instantiate(node, *args, _convert_="all", **kwargs)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - re-raised as a user-facing error with its cause chained
+        cause = _root_cause(error)
+        raise UserError(f"{group}={group_choice(group)}: {type(cause).__name__}: {cause}") from error
+
+
+@dataclass
+class Built:
+    """Everything a run needs, built from one config."""
+
+    datamodule: SSLDataModule
+    method: Any
+    module: SSLModule
+    trainer: pl.Trainer
+
+    @property
+    def backbone(self) -> Any:
+        return self.method.backbone
+
+
+def build_encoder(cfg: DictConfig, in_channels: int) -> Any:
+    """The backbone of `cfg` for images with `in_channels` channels (random init)."""
+    return instantiate("backbone", instantiate("backbone", cfg.backbone), in_channels=in_channels)
+
+
+def build_datamodule(data_cfg: DictConfig) -> SSLDataModule:
+    """The datamodule of a `data` config, with its splits loaded (so missing files fail here, early)."""
+    datamodule = instantiate("data", data_cfg)
+    try:
+        datamodule.splits  # noqa: B018 - load now
+    except UserError as error:
+        raise UserError(f"data={group_choice('data')}: {error}") from error
+    return datamodule
+
+
+def build(cfg: DictConfig) -> Built:
+    """Instantiate data, views, encoder, head, loss, method, optimisation recipe and Trainer from `cfg`."""
+    datamodule = build_datamodule(cfg.data)
+    splits = datamodule.splits
+    datamodule.set_views(instantiate("augment", cfg.augment))
+    backbone = build_encoder(cfg, splits.channels)
+    projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
+    loss = instantiate("loss", cfg.loss)
+    method = instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss)
+    optim = instantiate("optim", cfg.optim)
+    callbacks = [instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
+    logger = instantiate("logger", cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger)
+    datamodule.set_world_size(trainer.world_size)
+    module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size)
+    return Built(datamodule, method, module, trainer)

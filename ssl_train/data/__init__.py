@@ -1,0 +1,1 @@
+"""Datasets read from local files, view pipelines, and the Lightning datamodule."""

@@ -1,0 +1,95 @@
+"""SSLDataModule: a source's splits, wrapped with view pipelines, served as Lightning dataloaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_train.data.datasets import Splits
+from ssl_train.data.views import eval_transform
+from ssl_train.errors import UserError
+
+
+class TransformedDataset(Dataset):
+    """Apply `transform` to the image of each (image, label) pair of `base`."""
+
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], Any]) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.base[index]
+        return self.transform(image), label
+
+
+class SSLDataModule(pl.LightningDataModule):
+    """Pretraining batches of views (train split) and evaluation batches (test split) for the online probe.
+
+    `batch_size` is the GLOBAL batch: each of the world_size processes loads batch_size / world_size.
+    The views transform is completed by `set_views` (it needs the image size and statistics).
+    """
+
+    def __init__(self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.source, self.batch_size, self.num_workers = source, batch_size, num_workers
+        self.eval_batch_size, self.pin_memory = eval_batch_size, pin_memory
+        self._splits: Splits | None = None
+        self.views_factory: Callable[..., Callable] | None = None
+        self.world_size = 1
+
+    @property
+    def splits(self) -> Splits:
+        """The loaded splits (loaded once, on first use)."""
+        if self._splits is None:
+            self._splits = self.source.load()
+        return self._splits
+
+    def set_views(self, views_factory: Callable[..., Callable]) -> None:
+        """Give the partial view pipeline; it is completed with size, mean and std of this data."""
+        self.views_factory = views_factory
+
+    def set_world_size(self, world_size: int) -> None:
+        """Check the global batch divides across `world_size` processes and remember it."""
+        if self.batch_size % world_size:
+            raise UserError(
+                f"data.batch_size={self.batch_size} (the global batch) does not divide across {world_size} processes "
+                f"(trainer.devices x trainer.num_nodes); pick a multiple of {world_size}"
+            )
+        if self.batch_size // world_size > len(self.splits.train):
+            raise UserError(f"data.batch_size={self.batch_size} is larger than the train split ({len(self.splits.train)} images)")
+        self.world_size = world_size
+
+    @property
+    def per_device_batch_size(self) -> int:
+        return self.batch_size // self.world_size
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.views_factory is None:
+            raise RuntimeError("SSLDataModule.set_views must be called before training")
+        s = self.splits
+        views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std)
+        return self._loader(TransformedDataset(s.train, views), self.per_device_batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        s = self.splits
+        return self._loader(TransformedDataset(s.test, eval_transform(s.mean, s.std)), self.eval_batch_size, train=False)
+
+    def probe_datasets(self) -> tuple[Dataset, Dataset]:
+        """(train, test) with the deterministic evaluation transform, for the offline probe."""
+        s = self.splits
+        transform = eval_transform(s.mean, s.std)
+        return TransformedDataset(s.train, transform), TransformedDataset(s.test, transform)

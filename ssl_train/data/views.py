@@ -1,0 +1,93 @@
+"""View pipelines built from torchvision.transforms.v2: SimCLR-style recipes, per-view tweaks, multi-crop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """The knobs of one augmented view (SimCLR, Chen et al. 2020, appendix A; BYOL adds blur/solarize asymmetry).
+
+    Defaults are the SimCLR CIFAR recipe scaled for 28-32 px images: no blur (it destroys tiny images),
+    colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2, flip p=0.5.
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_prob: float = 0.5
+    jitter_strength: float = 1.0  # multiplies (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1)
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.0
+    solarize_prob: float = 0.0
+
+    def build(self, size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+        """The per-sample transform: uint8 (C, H, W) tensor in, normalised float32 view out."""
+        s = self.jitter_strength
+        steps: list[torch.nn.Module] = [v2.RandomResizedCrop(size, scale=tuple(self.crop_scale), antialias=True)]
+        if self.flip_prob > 0:
+            steps.append(v2.RandomHorizontalFlip(self.flip_prob))
+        if self.jitter_prob > 0 and s > 0:
+            steps.append(v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)], p=self.jitter_prob))
+        if self.grayscale_prob > 0 and len(mean) == 3:
+            steps.append(v2.RandomGrayscale(self.grayscale_prob))
+        if self.blur_prob > 0:
+            kernel = max(3, (size // 10) | 1)  # ~10% of the image, odd
+            steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=self.blur_prob))
+        if self.solarize_prob > 0:
+            steps.append(v2.RandomSolarize(threshold=128, p=self.solarize_prob))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        return v2.Compose(steps)
+
+
+def _recipe(base: ViewRecipe, overrides: Mapping | None) -> ViewRecipe:
+    known = {f.name for f in fields(ViewRecipe)}
+    unknown = set(overrides or {}) - known
+    if unknown:
+        raise ValueError(f"augment: unknown view setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    return replace(base, **{k: tuple(v) if k == "crop_scale" else v for k, v in (overrides or {}).items()})
+
+
+class MultiViewTransform:
+    """Turn one uint8 image into a list of views: `num_global` full-size views, then `num_local` small crops.
+
+    `recipe` sets the shared knobs, `per_view` (one mapping per global view) overrides them for one view
+    only (BYOL's asymmetric blur/solarization), `local` overrides them for the local crops (multi-crop,
+    Caron et al. 2020). `size`, `mean`, `std` are completed from the dataset at run time.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_global: int = 2,
+        recipe: Mapping | None = None,
+        per_view: Sequence[Mapping] | None = None,
+        num_local: int = 0,
+        local_size: int = 12,
+        local: Mapping | None = None,
+    ) -> None:
+        if num_global < 1:
+            raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
+        per_view = list(per_view or [])
+        if len(per_view) > num_global:
+            raise ValueError(f"augment.per_view has {len(per_view)} entries but num_global is {num_global}")
+        base = _recipe(ViewRecipe(), recipe)
+        self.global_recipes = [_recipe(base, per_view[i] if i < len(per_view) else None) for i in range(num_global)]
+        self.local_recipe = _recipe(base, {"crop_scale": (0.05, 0.4), **dict(local or {})})
+        self.transforms = [r.build(size, mean, std) for r in self.global_recipes]
+        self.transforms += [self.local_recipe.build(local_size, mean, std)] * num_local
+        self.num_global, self.num_local = num_global, num_local
+
+    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [transform(image) for transform in self.transforms]
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """The deterministic evaluation transform: scale to [0, 1] and normalise."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

@@ -1,0 +1,72 @@
+"""The distillation family: online encoder + projector + predictor regress a stop-gradient target (BYOL, ...)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ssl_train.methods.common import cosine_momentum, ema_update, encode_views, pairs_over_views
+
+
+class DistillMethod(nn.Module):
+    """Online network predicts the target network's projection of another view; the target gets no gradients.
+
+    BYOL (Grill et al., NeurIPS 2020): the target is an EMA of the online backbone + projector, with momentum
+    following a cosine schedule from `momentum_base` to `momentum_final` over training. With
+    `use_target_network=False` the target is the online network itself under stop-gradient (SimSiam).
+    The loss is symmetrised over view pairs.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        predictor: Callable[..., nn.Module],
+        momentum_base: float = 0.99,
+        momentum_final: float = 1.0,
+        use_target_network: bool = True,
+        num_global_views: int = 2,
+        name: str = "distill",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= momentum_base <= momentum_final <= 1.0:
+            raise ValueError(f"method.momentum_base/final must satisfy 0 <= base <= final <= 1, got {momentum_base}, {momentum_final}")
+        self.backbone, self.projector, self.loss = backbone, projector, loss
+        self.predictor = predictor(in_dim=projector.out_dim)
+        self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
+        self.num_global_views, self.name = num_global_views, name
+        self.target_backbone: nn.Module | None = None
+        self.target_projector: nn.Module | None = None
+        if use_target_network:
+            self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+            self.target_projector = copy.deepcopy(projector).requires_grad_(False)
+
+    def _target(self, x: torch.Tensor) -> torch.Tensor:
+        if self.target_backbone is None or self.target_projector is None:
+            return self.projector(self.backbone(x))
+        return self.target_projector(self.target_backbone(x))
+
+    def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
+        if len(views) < 2:
+            raise ValueError(f"{self.name} needs at least 2 views per image, got {len(views)}")
+        num_global = min(self.num_global_views, len(views))
+        features = encode_views(self.backbone, views)
+        predictions = [self.predictor(self.projector(h)) for h in features]
+        with torch.no_grad():
+            targets = encode_views(self._target, views[:num_global])
+        pairs = [(j, i) for i, j in pairs_over_views(num_global, len(views), symmetric=True)]  # (prediction, target)
+        total = sum(self.loss(predictions[p], targets[t].detach()) for p, t in pairs)
+        return {"loss": total / len(pairs), "features": features[0].detach(), "logs": {"momentum": self.momentum}}
+
+    @torch.no_grad()
+    def on_optimizer_step(self, step: int, max_steps: int) -> None:
+        """After optimizer step number `step`: move the target towards the online network by the EMA rule (a pure function of the step, so resuming is exact)."""
+        if self.target_backbone is None or self.target_projector is None:
+            return
+        self.momentum = cosine_momentum(step, max_steps, self.momentum_base, self.momentum_final)
+        ema_update(self.target_backbone, self.backbone, self.momentum)
+        ema_update(self.target_projector, self.projector, self.momentum)

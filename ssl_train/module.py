@@ -1,0 +1,69 @@
+"""SSLModule: the one LightningModule; optimisation, logging and the online probe, no method-specific logic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from ssl_train.optim import OptimRecipe
+
+
+class SSLModule(pl.LightningModule):
+    """Train `method` (forward(views, labels) -> {"loss", "features", "logs"}) with `optim`.
+
+    An online linear probe on detached backbone features (logged as probe/online_top1, and val/online_top1 on
+    the test split) tracks progress; it is its own param group with a constant LR and no weight decay, so it
+    never touches the encoder. Methods with an `on_optimizer_step(step, max_steps)` hook (EMA targets) get it
+    after every optimizer step.
+    """
+
+    def __init__(self, method: nn.Module, optim: OptimRecipe, num_classes: int, global_batch_size: int) -> None:
+        super().__init__()
+        self.method, self.optim = method, optim
+        self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
+        self.global_batch_size = global_batch_size
+        self._last_hooked_step = -1
+
+    def configure_optimizers(self) -> Any:
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        optimizer, scheduler, lr = self.optim.build(
+            self.method, [{"params": list(self.online_probe.parameters()), "lr": self.optim.online_probe_lr}],
+            self.global_batch_size, steps_per_epoch, total_steps,
+        )
+        per_device = self.global_batch_size // max(1, self.trainer.world_size)
+        rank_zero_info(
+            f"[ssl_train] global batch {self.global_batch_size} = {self.trainer.world_size} device(s) x {per_device} per device "
+            f"(x{self.trainer.accumulate_grad_batches} accumulation: {self.global_batch_size * self.trainer.accumulate_grad_batches} images/step); "
+            f"base lr {self.optim.base_lr:g} with '{self.optim.lr_scaling}' scaling -> effective lr {lr:g}; {total_steps} optimizer steps"
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
+        views, labels = batch
+        out = self.method(views, labels)
+        logits = self.online_probe(out["features"].detach().float())
+        probe_loss = F.cross_entropy(logits, labels)
+        batch_size = labels.shape[0]
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=False)
+        self.log("probe/online_loss", probe_loss, batch_size=batch_size)
+        self.log("probe/online_top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True, batch_size=batch_size)
+        for key, value in out.get("logs", {}).items():
+            self.log(f"train/{key}", value, batch_size=batch_size)
+        return out["loss"] + probe_loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        hook = getattr(self.method, "on_optimizer_step", None)
+        if hook is not None and self.global_step != self._last_hooked_step:  # once per optimizer step, not per micro-batch
+            self._last_hooked_step = self.global_step
+            hook(self.global_step, int(self.trainer.estimated_stepping_batches))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self.online_probe(self.method.backbone(images).float())
+        self.log("val/online_top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True, batch_size=labels.shape[0], sync_dist=True)

@@ -1,0 +1,119 @@
+"""Optimizers and schedules: param groups without weight decay on bias/norm, LARS, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import torch
+from torch import nn
+
+from ssl_train.errors import UserError
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+
+
+def scaled_lr(base_lr: float, global_batch: int, rule: str, base_batch: int = 256) -> float:
+    """Effective LR: base_lr x (global_batch / base_batch) for 'linear' (Goyal et al. 2017), its sqrt for 'sqrt'."""
+    if rule not in LR_SCALING_RULES:
+        raise UserError(f"optim.lr_scaling={rule!r} is not one of {LR_SCALING_RULES}")
+    ratio = global_batch / base_batch
+    return base_lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier at `step`: linear warmup from ~0 to 1, then cosine decay to `min_ratio` (SGDR, Loshchilov & Hutter 2017)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> list[dict]:
+    """Two groups: weights with decay; biases and norm parameters (ndim <= 1) without it, and not LARS-adapted."""
+    decay, no_decay = [], []
+    for _, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if exclude_bias_and_norm and param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), as used by SimCLR/BYOL.
+
+    Each parameter's update is scaled by trust_coefficient * ||w|| / (||g|| + wd * ||w||); groups with
+    `lars_exclude=True` (biases, norms, the online probe) get plain SGD with momentum.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8) -> None:
+        if lr <= 0:
+            raise ValueError(f"LARS: lr must be > 0, got {lr}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm, g_norm = torch.norm(p), torch.norm(grad)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["trust_coefficient"] * w_norm / (g_norm + group["eps"]), torch.ones_like(w_norm))
+                    grad = grad.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(grad).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+class OptimRecipe:
+    """How to optimise: an optimizer partial (base LR at batch 256), LR scaling rule, warmup and cosine schedule.
+
+    `build` returns (optimizer, scheduler, effective_lr). Extra param groups (the online probe) keep their own
+    constant LR and are never weight-decayed or LARS-adapted.
+    """
+
+    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], lr_scaling: str = "linear", base_batch_size: int = 256,
+                 warmup_epochs: float = 1.0, min_lr_ratio: float = 0.0, exclude_bias_and_norm: bool = True, online_probe_lr: float = 0.1) -> None:
+        if not isinstance(optimizer, partial):
+            raise UserError("optim.optimizer must be a partial (set `_partial_: true`)")
+        if lr_scaling not in LR_SCALING_RULES:
+            raise UserError(f"optim.lr_scaling={lr_scaling!r} is not one of {LR_SCALING_RULES}")
+        self.optimizer, self.lr_scaling, self.base_batch_size = optimizer, lr_scaling, base_batch_size
+        self.warmup_epochs, self.min_lr_ratio, self.exclude_bias_and_norm = warmup_epochs, min_lr_ratio, exclude_bias_and_norm
+        self.online_probe_lr = online_probe_lr
+
+    @property
+    def base_lr(self) -> float:
+        return float(self.optimizer.keywords["lr"])
+
+    def effective_lr(self, global_batch: int) -> float:
+        return scaled_lr(self.base_lr, global_batch, self.lr_scaling, self.base_batch_size)
+
+    def build(self, model: nn.Module, extra_groups: list[dict], global_batch: int, steps_per_epoch: int, total_steps: int):
+        """Optimizer over `model` (+ `extra_groups`, each with its own 'lr'), and a per-step LambdaLR."""
+        lr = self.effective_lr(global_batch)
+        weight_decay = float(self.optimizer.keywords.get("weight_decay", 0.0))
+        groups = param_groups(model, weight_decay, self.exclude_bias_and_norm)
+        extra = [{"weight_decay": 0.0, "lars_exclude": True, **g} for g in extra_groups]
+        optimizer = self.optimizer(groups + extra, lr=lr)
+        warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
+        schedule = partial(warmup_cosine, total_steps=total_steps, warmup_steps=warmup_steps, min_ratio=self.min_lr_ratio)
+        constant: Callable[[int], float] = lambda step: 1.0  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule] * len(groups) + [constant] * len(extra))
+        return optimizer, scheduler, lr

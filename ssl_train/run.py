@@ -1,0 +1,78 @@
+"""run(cfg): seed, build, pretrain, linear-probe, write metrics.json. Callable from tests without the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_train.build import build, group_choice, instantiate
+from ssl_train.callbacks import ThroughputMeter
+from ssl_train.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def probe_device(trainer: pl.Trainer) -> torch.device:
+    """Where the offline probe extracts features: the GPU when training used one, else the CPU."""
+    return torch.device("cuda") if trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else torch.device("cpu")
+
+
+def claim_output_dir(output_dir: Path) -> Path:
+    """Create the run directory; refuse one that already holds a finished run (never overwrite results)."""
+    metrics_path = output_dir / "metrics.json"
+    if metrics_path.exists():
+        raise UserError(f"paths.output_dir: {output_dir} already holds a finished run ({metrics_path.name}); refusing to overwrite it")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return metrics_path
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain the configured method, then linear-probe its encoder; returns (and writes) the metrics."""
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    metrics_path = claim_output_dir(output_dir)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    built = build(cfg)
+    trainer, datamodule = built.trainer, built.datamodule
+    metrics: dict[str, Any] = {
+        "method": cfg.method.get("name", group_choice("method")), "backbone": group_choice("backbone"), "data": group_choice("data"),
+        "seed": cfg.seed, "epochs": cfg.trainer.max_epochs, "global_batch_size": datamodule.batch_size,
+        "effective_lr": built.module.optim.effective_lr(datamodule.batch_size), "output_dir": str(output_dir),
+    }
+    linear_probe = instantiate("eval", cfg.eval) if cfg.probe else None
+    splits = datamodule.splits
+    if linear_probe is not None and cfg.baseline and trainer.is_global_zero:
+        # The very same initial weights the method starts from: the fair "random-init encoder" baseline.
+        baseline = linear_probe(copy.deepcopy(built.backbone), *datamodule.probe_datasets(), splits.num_classes, probe_device(trainer))
+        metrics.update({f"random_init_linear_{k}": v for k, v in baseline.items() if k.startswith("top")})
+        log.info("random-init encoder: linear probe top-1 %.4f", baseline["top1"])
+    if cfg.pretrain:
+        fit_started = time.time()
+        trainer.fit(built.module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        meter = next((c for c in trainer.callbacks if isinstance(c, ThroughputMeter)), None)
+        metrics.update({"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)})
+        if meter is not None:
+            metrics["train_images_per_s"] = round(meter.images_per_second, 1)
+        online = trainer.callback_metrics.get("val/online_top1")
+        if online is not None:
+            metrics["online_top1"] = float(online)
+    if linear_probe is not None and trainer.is_global_zero:
+        result = linear_probe(built.backbone, *datamodule.probe_datasets(), splits.num_classes, probe_device(trainer))
+        metrics.update({f"linear_{k}": v for k, v in result.items()})
+    metrics["wall_time_s"] = round(time.time() - started, 2)
+    if trainer.is_global_zero:
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        summary = f"linear probe top-1 {metrics['linear_top1']:.4f}" if "linear_top1" in metrics else "no probe"
+        if "random_init_linear_top1" in metrics:
+            summary += f" (random-init encoder: {metrics['random_init_linear_top1']:.4f})"
+        print(f"[ssl_train] {metrics['method']}: {summary}; wall time {metrics['wall_time_s']:.0f}s; results in {metrics_path}")
+    return metrics
