@@ -71,7 +71,7 @@ def build_datamodule(data_cfg: DictConfig) -> SSLDataModule:
     try:
         datamodule.splits  # noqa: B018 - load now
     except UserError as error:
-        raise UserError(f"data={group_choice('data')}: {error}") from error
+        raise type(error)(f"data={group_choice('data')}: {error}") from error
     return datamodule
 
 

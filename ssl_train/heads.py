@@ -25,7 +25,7 @@ class MLP(nn.Sequential):
             raise ValueError(f"MLP: num_layers must be >= 1, got {num_layers}")
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             last = i == num_layers - 1
             layers.append(nn.Linear(d_in, d_out, bias=not (batch_norm and not last) and not (last and last_batch_norm)))
             if not last:

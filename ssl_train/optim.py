@@ -50,7 +50,9 @@ class LARS(torch.optim.Optimizer):
     `lars_exclude=True` (biases, norms, the online probe) get plain SGD with momentum.
     """
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8) -> None:
+    def __init__(
+        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8
+    ) -> None:
         if lr <= 0:
             raise ValueError(f"LARS: lr must be > 0, got {lr}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False))

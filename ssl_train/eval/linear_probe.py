@@ -33,7 +33,9 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     model = nn.Linear(x.shape[1], num_classes)
     nn.init.zeros_(model.weight)
     nn.init.zeros_(model.bias)
-    optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+    optimizer = torch.optim.LBFGS(
+        model.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -52,7 +54,9 @@ class LinearProbe:
     `holdout_fraction` of the train split (never on test), then the classifier is refit on the whole train split.
     """
 
-    def __init__(self, l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction: float = 0.1, max_iter: int = 100, batch_size: int = 512, seed: int = 0) -> None:
+    def __init__(
+        self, l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction: float = 0.1, max_iter: int = 100, batch_size: int = 512, seed: int = 0
+    ) -> None:
         if not l2_grid:
             raise ValueError("eval.l2_grid must hold at least one value")
         if not 0 < holdout_fraction < 1:

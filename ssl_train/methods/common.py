@@ -31,9 +31,9 @@ def cosine_momentum(step: int, max_steps: int, base: float, final: float = 1.0) 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * online, for parameters and float buffers (BN stats)."""
-    for t, o in zip(target.parameters(), online.parameters()):
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
+    for t, o in zip(target.buffers(), online.buffers(), strict=True):
         if t.dtype.is_floating_point:
             t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
         else:

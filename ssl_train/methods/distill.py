@@ -64,7 +64,7 @@ class DistillMethod(nn.Module):
 
     @torch.no_grad()
     def on_optimizer_step(self, step: int, max_steps: int) -> None:
-        """After optimizer step number `step`: move the target towards the online network by the EMA rule (a pure function of the step, so resuming is exact)."""
+        """After optimizer step `step`: move the target towards the online network (EMA; momentum is a pure function of the step)."""
         if self.target_backbone is None or self.target_projector is None:
             return
         self.momentum = cosine_momentum(step, max_steps, self.momentum_base, self.momentum_final)

@@ -1,0 +1,72 @@
+"""Shared fixtures: compose the REAL configs and shrink them (tiny encoder, few images, few steps, tmp output)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+TINY_DATA = [
+    "data.source.train_limit=128", "data.source.test_limit=64", "data.batch_size=32",
+    "data.num_workers=0", "data.eval_batch_size=64",
+]
+TINY_MODEL = ["backbone.widths=[8,16]"]
+TINY_RUN = [
+    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "eval.max_iter=10", "eval.l2_grid=[0.0,0.001]",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train", tiny: bool = True) -> DictConfig:
+    """The real config `config_name` with `overrides`, shrunk for CPU tests when `tiny`, writing under output_dir."""
+    shrink: list[str] = []
+    if tiny:
+        shrink = TINY_DATA + TINY_RUN if config_name == "train" else []
+        backbone = next((o.split("=", 1)[1] for o in overrides if o.startswith("backbone=")), "small_resnet")
+        if config_name == "train" and backbone == "small_resnet":
+            shrink += TINY_MODEL
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name, overrides=shrink + list(overrides) + [f"paths.output_dir={output_dir}"])
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    """Write `array` (uint8) as an idx file, gzip-compressed when `compress`."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def make_idx_dataset(root: Path, n_train: int = 60, n_test: int = 30, compress: bool = True, seed: int = 0) -> Path:
+    """A tiny MNIST-format dataset on disk: class c images are bright in row band c (learnable), 10 classes."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 * c: 2 * c + 4] = 220
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images, compress)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return root
+
+
+@pytest.fixture
+def idx_root(tmp_path: Path) -> Path:
+    return make_idx_dataset(tmp_path / "idx")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)

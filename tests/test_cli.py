@@ -1,0 +1,67 @@
+"""The command line as a user meets it: help, config printing, one-line errors, a real run and a probe of its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_DATA, TINY_MODEL, TINY_RUN
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, module: str = "ssl_train", cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_groups() -> None:
+    out = cli("--help")
+    assert out.returncode == 0
+    for group in ("method: byol, simclr", "data:", "backbone:", "augment:", "optim:", "trainer:", "experiment:"):
+        assert group in out.stdout, group
+
+
+def test_cfg_job_prints_config() -> None:
+    out = cli("--cfg", "job", "method=byol")
+    assert out.returncode == 0 and "momentum_base: 0.99" in out.stdout and "_target_: ssl_train.methods.DistillMethod" in out.stdout
+
+
+def test_unknown_method_exits_with_options_and_no_traceback() -> None:
+    out = cli("method=simclrr", "--cfg", "job")
+    assert out.returncode != 0
+    assert "Could not find 'method/simclrr'" in out.stderr and "simclr" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_misspelled_key_exits_without_traceback() -> None:
+    out = cli("optim.optimizer.lrr=0.1", "--cfg", "job")
+    assert out.returncode != 0 and "lrr" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_data_is_one_line(tmp_path: Path) -> None:
+    out = cli("data=fashion_mnist", f"data.source.root={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"data=fashion_mnist: data.source.root: folder {tmp_path}/nowhere does not exist" in out.stderr
+
+
+def test_train_then_probe_checkpoint(tmp_path: Path) -> None:
+    out = cli(*TINY_DATA, *TINY_MODEL, *TINY_RUN, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "linear probe top-1" in out.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
+    ckpt = f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt"
+    probe = cli(ckpt, "eval.max_iter=10", f"hydra.run.dir={tmp_path}/probe", module="ssl_train.probe", cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["method"] == "simclr"
+
+
+def test_two_runs_get_separate_directories(tmp_path: Path) -> None:
+    args = (*TINY_DATA, *TINY_MODEL, *TINY_RUN, "probe=false", "baseline=false")
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    assert len(list((tmp_path / "outputs").glob("*/*/metrics.json"))) == 2

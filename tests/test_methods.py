@@ -1,0 +1,84 @@
+"""Methods: gradients reach the online encoder; BYOL's target gets none and moves by the EMA rule."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from ssl_train.backbones import SmallResNet
+from ssl_train.heads import MLP
+from ssl_train.losses import NegativeCosineSimilarity, NTXentLoss
+from ssl_train.methods import DistillMethod, SiameseMethod
+from ssl_train.methods.common import cosine_momentum, encode_views
+
+
+def _views(n: int = 8, size: int = 16) -> list[torch.Tensor]:
+    return [torch.randn(n, 1, size, size), torch.randn(n, 1, size, size)]
+
+
+def _byol(**kwargs) -> DistillMethod:
+    backbone = SmallResNet(in_channels=1, widths=(8, 16))
+    predictor = lambda in_dim: MLP(in_dim, 32, in_dim)  # noqa: E731
+    return DistillMethod(backbone, MLP(backbone.out_dim, 32, 16), NegativeCosineSimilarity(), predictor, **kwargs)
+
+
+def test_simclr_gradients_reach_encoder() -> None:
+    backbone = SmallResNet(in_channels=1, widths=(8, 16))
+    method = SiameseMethod(backbone, MLP(backbone.out_dim, 32, 16), NTXentLoss(0.5))
+    out = method(_views())
+    out["loss"].backward()
+    assert out["features"].shape == (8, 16) and not out["features"].requires_grad
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone.parameters())
+
+
+def test_byol_target_gets_no_gradients_online_does() -> None:
+    method = _byol()
+    method(_views())["loss"].backward()
+    targets = list(method.target_backbone.parameters()) + list(method.target_projector.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in targets)
+    assert all(p.grad is not None for p in method.predictor.parameters())
+    assert all(p.grad is not None for p in method.backbone.parameters())
+
+
+def test_byol_target_moves_by_ema_rule() -> None:
+    method = _byol(momentum_base=0.9, momentum_final=1.0)
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(1.0)  # pretend an optimizer step moved the online network
+    before = copy.deepcopy(method.target_backbone.state_dict())
+    online = copy.deepcopy(method.backbone.state_dict())
+    method.on_optimizer_step(step=25, max_steps=100)
+    tau = 1 - (1 - 0.9) * (math.cos(math.pi * 25 / 100) + 1) / 2
+    assert method.momentum == pytest.approx(tau)
+    for key, value in method.target_backbone.state_dict().items():
+        if value.dtype.is_floating_point:
+            torch.testing.assert_close(value, tau * before[key] + (1 - tau) * online[key])
+
+
+def test_cosine_momentum_schedule_endpoints() -> None:
+    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
+
+
+def test_simsiam_mode_has_no_target_network() -> None:
+    method = _byol(momentum_base=0.0, momentum_final=0.0, use_target_network=False)
+    assert method.target_backbone is None
+    method(_views())["loss"].backward()
+    assert all(p.grad is not None for p in method.backbone.parameters())
+
+
+def test_encode_views_groups_by_size() -> None:
+    calls = []
+
+    def encoder(x: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return x.flatten(1)[:, :3]
+
+    views = [torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4)]
+    out = encode_views(encoder, views)
+    assert calls == [(8, 1, 8, 8), (8, 1, 4, 4)]
+    torch.testing.assert_close(out[2], views[2].flatten(1)[:, :3])

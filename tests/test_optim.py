@@ -1,0 +1,56 @@
+"""Schedules, LR scaling, param groups and LARS."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from ssl_train.optim import LARS, OptimRecipe, param_groups, scaled_lr, warmup_cosine
+
+
+def test_warmup_cosine_shape() -> None:
+    values = [warmup_cosine(s, total_steps=100, warmup_steps=10, min_ratio=0.1) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert values[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+
+
+def test_lr_scaling_rules() -> None:
+    assert scaled_lr(0.3, 512, "linear") == pytest.approx(0.6)
+    assert scaled_lr(0.3, 1024, "sqrt") == pytest.approx(0.6)
+    assert scaled_lr(0.3, 1024, "none") == pytest.approx(0.3)
+
+
+def test_no_weight_decay_on_bias_and_norm() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    decay, no_decay = param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_recipe_gives_probe_group_its_own_constant_lr() -> None:
+    model, probe = nn.Linear(4, 4), nn.Linear(4, 2)
+    recipe = OptimRecipe(partial(torch.optim.SGD, lr=0.5, weight_decay=1e-4), lr_scaling="linear", warmup_epochs=1)
+    optimizer, scheduler, lr = recipe.build(model, [{"params": list(probe.parameters()), "lr": 0.1}], global_batch=128, steps_per_epoch=5, total_steps=20)
+    assert lr == pytest.approx(0.25)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25 / 5)  # first warmup step
+    for _ in range(12):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(0.1) and optimizer.param_groups[-1]["weight_decay"] == 0.0
+    assert optimizer.param_groups[0]["lr"] < 0.25
+
+
+def test_lars_trust_ratio_scales_update_and_skips_excluded() -> None:
+    w, b = nn.Parameter(torch.full((3,), 2.0)), nn.Parameter(torch.full((3,), 2.0))
+    optimizer = LARS([{"params": [w]}, {"params": [b], "lars_exclude": True}], lr=1.0, momentum=0.0, trust_coefficient=0.01)
+    w.grad, b.grad = torch.ones(3), torch.ones(3)
+    optimizer.step()
+    trust = 0.01 * (2 * math.sqrt(3)) / math.sqrt(3)
+    torch.testing.assert_close(w.detach(), torch.full((3,), 2.0 - trust))
+    torch.testing.assert_close(b.detach(), torch.full((3,), 1.0))

@@ -1,0 +1,69 @@
+"""Offline linear probe: correct on separable data, deterministic; the probe entry works on a saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ssl_train.errors import UserError
+from ssl_train.eval.linear_probe import LinearProbe, topk_accuracy
+from ssl_train.probe import probe_checkpoint
+from ssl_train.run import run
+from tests.conftest import compose_config
+
+
+def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 6
+    centers = torch.randn(6, 8, generator=torch.Generator().manual_seed(99)) * 4
+    return centers[labels] + torch.randn(n, 8, generator=g), labels
+
+
+def test_probe_separates_blobs_and_is_deterministic() -> None:
+    probe = LinearProbe(l2_grid=[0.0, 1e-3], max_iter=50)
+    train, test = _blobs(300, 0), _blobs(120, 1)
+    first = probe.evaluate_features(*train, *test, num_classes=6)
+    second = probe.evaluate_features(*train, *test, num_classes=6)
+    assert first == second
+    assert first["top1"] > 0.95 and first["top5"] == pytest.approx(1.0)
+
+
+def test_probe_on_random_labels_is_near_chance() -> None:
+    x, _ = _blobs(400, 0)
+    y = torch.randint(0, 6, (400,), generator=torch.Generator().manual_seed(3))
+    result = LinearProbe(l2_grid=[1e-2], max_iter=50).evaluate_features(x[:300], y[:300], x[300:], y[300:], num_classes=6)
+    assert result["top1"] < 0.4
+
+
+def test_probe_runs_encoder_on_datasets() -> None:
+    x, y = _blobs(200, 0)
+    encoder = nn.Identity()
+    encoder.out_dim = 8
+    result = LinearProbe(l2_grid=[0.0], max_iter=30)(encoder, TensorDataset(x[:150], y[:150]), TensorDataset(x[150:], y[150:]), 6)
+    assert result["top1"] > 0.9
+
+
+def test_topk_accuracy() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05]])
+    labels = torch.tensor([1, 1])
+    assert topk_accuracy(logits, labels, 1) == 0.5 and topk_accuracy(logits, labels, 2) == 1.0
+
+
+def test_probe_entry_on_saved_checkpoint(tmp_path: Path) -> None:
+    run(compose_config(["probe=false", "baseline=false"], tmp_path / "train"))
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    cfg = compose_config([f"ckpt_path={ckpt}", "eval.max_iter=10"], tmp_path / "probe", config_name="probe")
+    metrics = probe_checkpoint(cfg)
+    assert json.loads((tmp_path / "probe" / "metrics.json").read_text()) == metrics
+    assert 0.0 <= metrics["linear_top1"] <= 1.0 and metrics["method"] == "simclr"
+
+
+def test_probe_entry_rejects_missing_checkpoint(tmp_path: Path) -> None:
+    cfg = compose_config([f"ckpt_path={tmp_path / 'none.ckpt'}"], tmp_path / "probe", config_name="probe")
+    with pytest.raises(UserError, match="ckpt_path: no checkpoint at"):
+        probe_checkpoint(cfg)

@@ -1,0 +1,46 @@
+"""End to end: run(cfg) trains a few steps, probes, writes metrics.json; resume continues; reruns never overwrite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssl_train.errors import UserError
+from ssl_train.run import run
+from tests.conftest import compose_config
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"method={method}"], tmp_path / "run")
+    metrics = run(cfg)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written == metrics
+    for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "method", "backbone", "data", "epochs", "seed",
+                "wall_time_s", "train_images_per_s", "steps"):
+        assert key in written, key
+    assert written["method"] == method and written["steps"] == 2
+    assert 0.0 <= written["linear_top1"] <= 1.0 and written["train_images_per_s"] > 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "config_resolved.yaml").is_file()
+
+
+def test_rerun_into_a_finished_run_dir_is_refused(tmp_path: Path) -> None:
+    cfg = compose_config(["probe=false", "baseline=false"], tmp_path / "run")
+    run(cfg)
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    with pytest.raises(UserError, match="already holds a finished run"):
+        run(cfg)
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+
+
+def test_resume_from_checkpoint_continues_step_count(tmp_path: Path) -> None:
+    first = run(compose_config(["method=byol", "probe=false", "baseline=false"], tmp_path / "first"))
+    assert first["steps"] == 2
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = run(compose_config(["method=byol", "probe=false", "baseline=false", "trainer.max_epochs=2", f"ckpt_path={ckpt}"], tmp_path / "second"))
+    assert resumed["steps"] == 4  # 2 restored + 2 new, in a new directory; the first run is untouched
+    assert (tmp_path / "first" / "metrics.json").is_file()
