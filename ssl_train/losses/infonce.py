@@ -1,0 +1,41 @@
+"""InfoNCE with explicit negatives (CPC, van den Oord et al. 2018; MoCo, He et al. 2020; MoCo v3, Chen et al. 2021)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_train import dist
+
+
+class InfoNCELoss(nn.Module):
+    """-log softmax of the positive among {positive} + negatives, per query, averaged.
+
+    Inputs: query (N, D), positive_key (N, D) (row i is query i's positive), optional negative_keys (K, D)
+    shared by all queries (MoCo v2's queue). Without negative_keys the other rows' positive keys are the
+    negatives (MoCo v3: logits = q @ k.T, labels = diagonal), gathered from every rank when
+    `gather_distributed`. Vectors are L2-normalised; logits are float32 and divided by `temperature`.
+    """
+
+    def __init__(self, temperature: float = 0.2, gather_distributed: bool = False) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"InfoNCELoss: temperature must be > 0, got {temperature}")
+        self.temperature, self.gather_distributed = float(temperature), gather_distributed
+
+    def forward(self, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None) -> torch.Tensor:
+        if query.shape != positive_key.shape or query.ndim != 2:
+            raise ValueError(f"InfoNCELoss expects (N, D) query and positive_key of equal shape, got {tuple(query.shape)}, {tuple(positive_key.shape)}")
+        q, k = F.normalize(query.float(), dim=1), F.normalize(positive_key.float(), dim=1)
+        if negative_keys is not None:
+            if negative_keys.ndim != 2 or negative_keys.shape[1] != q.shape[1]:
+                raise ValueError(f"InfoNCELoss: negative_keys must be (K, {q.shape[1]}), got {tuple(negative_keys.shape)}")
+            negatives = F.normalize(negative_keys.float(), dim=1)
+            logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.T], dim=1) / self.temperature
+            return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+        keys, offset = k, 0
+        if self.gather_distributed and dist.is_distributed():
+            keys, offset = dist.gather_with_grad(k), dist.rank() * len(q)
+        logits = q @ keys.T / self.temperature
+        return F.cross_entropy(logits, torch.arange(len(q), device=q.device) + offset)

@@ -1,0 +1,45 @@
+"""VICReg: variance-invariance-covariance regularisation (Bardes et al., ICLR 2022)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_train import dist
+
+
+class VICRegLoss(nn.Module):
+    """sim_weight * MSE(z_a, z_b) + var_weight * [v(z_a) + v(z_b)] + cov_weight * [c(z_a) + c(z_b)].
+
+    Paper eq. (1)-(6), weights 25 / 25 / 1: v = mean_j relu(1 - sqrt(Var(z_j) + eps)), c = sum of squared
+    off-diagonal covariances / D. Inputs: (N, D) embeddings of two views. Variance and covariance use the
+    global batch when `gather_distributed`.
+    """
+
+    def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0, eps: float = 1e-4, gather_distributed: bool = False) -> None:
+        super().__init__()
+        if min(sim_weight, var_weight, cov_weight) < 0:
+            raise ValueError(f"VICRegLoss: weights must be >= 0, got {sim_weight}, {var_weight}, {cov_weight}")
+        self.sim_weight, self.var_weight, self.cov_weight, self.eps = sim_weight, var_weight, cov_weight, eps
+        self.gather_distributed = gather_distributed
+
+    def _variance(self, z: torch.Tensor) -> torch.Tensor:
+        return F.relu(1 - torch.sqrt(z.var(0) + self.eps)).mean()
+
+    def _covariance(self, z: torch.Tensor) -> torch.Tensor:
+        n, d = z.shape
+        z = z - z.mean(0)
+        cov = z.T @ z / (n - 1)
+        return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        if z_a.shape != z_b.shape or z_a.ndim != 2:
+            raise ValueError(f"VICRegLoss expects two (N, D) tensors of equal shape, got {tuple(z_a.shape)}, {tuple(z_b.shape)}")
+        z_a, z_b = z_a.float(), z_b.float()
+        if self.gather_distributed and dist.is_distributed():
+            z_a, z_b = dist.gather_with_grad(z_a), dist.gather_with_grad(z_b)
+        invariance = F.mse_loss(z_a, z_b)
+        variance = self._variance(z_a) + self._variance(z_b)
+        covariance = self._covariance(z_a) + self._covariance(z_b)
+        return self.sim_weight * invariance + self.var_weight * variance + self.cov_weight * covariance
