@@ -75,6 +75,11 @@ def build_datamodule(data_cfg: DictConfig) -> SSLDataModule:
     return datamodule
 
 
+def build_evaluators(eval_cfg: DictConfig) -> dict[str, Any]:
+    """{'linear': LinearProbe, 'knn': KNNClassifier, ...} from the `eval` group; null entries are skipped."""
+    return {name: instantiate("eval", node) for name, node in eval_cfg.items() if node is not None}
+
+
 def build(cfg: DictConfig) -> Built:
     """Instantiate data, views, encoder, head, loss, method, optimisation recipe and Trainer from `cfg`."""
     datamodule = build_datamodule(cfg.data)

@@ -36,3 +36,29 @@ class MLP(nn.Sequential):
                 layers.append(nn.BatchNorm1d(d_out, affine=False))
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
+
+
+class DINOHead(nn.Module):
+    """DINO's head (Caron et al. 2021): MLP (GELU) -> bottleneck -> L2-normalise -> weight-normalised linear to K outputs.
+
+    `norm_last_layer=True` fixes each output unit's weight norm to 1 (the paper's weight_norm with g frozen).
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128, out_dim: int = 1024, num_layers: int = 3, norm_last_layer: bool = True
+    ) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            layers.append(nn.Linear(d_in, d_out))
+            if i < num_layers - 1:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.norm_last_layer, self.in_dim, self.out_dim = norm_last_layer, in_dim, out_dim
+
+    def forward(self, x):  # noqa: ANN001, ANN201 - tensor in, tensor out
+        x = nn.functional.normalize(self.mlp(x), dim=-1)
+        weight = nn.functional.normalize(self.last_layer.weight, dim=1) if self.norm_last_layer else self.last_layer.weight
+        return nn.functional.linear(x, weight)

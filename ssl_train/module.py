@@ -19,7 +19,7 @@ class SSLModule(pl.LightningModule):
     An online linear probe on detached backbone features (logged as probe/online_top1, and val/online_top1 on
     the test split) tracks progress; it is its own param group with a constant LR and no weight decay, so it
     never touches the encoder. Methods with an `on_optimizer_step(step, max_steps)` hook (EMA targets) get it
-    after every optimizer step.
+    after every optimizer step; an `on_after_backward(step)` hook (SwAV's frozen prototypes) after each backward.
     """
 
     def __init__(self, method: nn.Module, optim: OptimRecipe, num_classes: int, global_batch_size: int) -> None:
@@ -62,6 +62,11 @@ class SSLModule(pl.LightningModule):
         if hook is not None and self.global_step != self._last_hooked_step:  # once per optimizer step, not per micro-batch
             self._last_hooked_step = self.global_step
             hook(self.global_step, int(self.trainer.estimated_stepping_batches))
+
+    def on_after_backward(self) -> None:
+        hook = getattr(self.method, "on_after_backward", None)
+        if hook is not None:
+            hook(self.global_step)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch

@@ -11,10 +11,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_train.build import build_datamodule, build_encoder, instantiate
+from ssl_train.build import build_datamodule, build_encoder, build_evaluators
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
+from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import claim_output_dir
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,12 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     datamodule = build_datamodule(data_cfg)
     splits = datamodule.splits
-    linear_probe = instantiate("eval", cfg.eval)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = linear_probe(encoder, *datamodule.probe_datasets(), splits.num_classes, device)
-    metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "method": train_cfg.method.get("name"), **{f"linear_{k}": v for k, v in result.items()}}
+    result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, build_evaluators(cfg.eval), device)
+    metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "method": train_cfg.method.get("name"), **result}
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"[ssl_train] linear probe top-1 {result['top1']:.4f} for {cfg.ckpt_path}; results in {metrics_path}")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
+    print(f"[ssl_train] {scores} for {cfg.ckpt_path}; results in {metrics_path}")
     return metrics
 
 

@@ -13,9 +13,10 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_train.build import build, group_choice, instantiate
+from ssl_train.build import build, build_evaluators, group_choice
 from ssl_train.callbacks import ThroughputMeter
 from ssl_train.errors import UserError
+from ssl_train.eval.suite import evaluate_encoder
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed, "epochs": cfg.trainer.max_epochs, "global_batch_size": datamodule.batch_size,
         "effective_lr": built.module.optim.effective_lr(datamodule.batch_size), "output_dir": str(output_dir),
     }
-    linear_probe = instantiate("eval", cfg.eval) if cfg.probe else None
+    evaluators = build_evaluators(cfg.eval) if cfg.probe else {}
     splits = datamodule.splits
-    if linear_probe is not None and cfg.baseline and trainer.is_global_zero:
+
+    def evaluate(encoder: torch.nn.Module) -> dict[str, float]:
+        return evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, probe_device(trainer))
+
+    if evaluators and cfg.baseline and trainer.is_global_zero:
         # The very same initial weights the method starts from: the fair "random-init encoder" baseline.
-        baseline = linear_probe(copy.deepcopy(built.backbone), *datamodule.probe_datasets(), splits.num_classes, probe_device(trainer))
-        metrics.update({f"random_init_linear_{k}": v for k, v in baseline.items() if k.startswith("top")})
-        log.info("random-init encoder: linear probe top-1 %.4f", baseline["top1"])
+        baseline = evaluate(copy.deepcopy(built.backbone))
+        metrics.update({f"random_init_{k}": v for k, v in baseline.items() if "top" in k})
+        log.info("random-init encoder: %s", ", ".join(f"{k} {v:.4f}" for k, v in baseline.items() if "top1" in k))
     if cfg.pretrain:
         fit_started = time.time()
         trainer.fit(built.module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -65,14 +70,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         online = trainer.callback_metrics.get("val/online_top1")
         if online is not None:
             metrics["online_top1"] = float(online)
-    if linear_probe is not None and trainer.is_global_zero:
-        result = linear_probe(built.backbone, *datamodule.probe_datasets(), splits.num_classes, probe_device(trainer))
-        metrics.update({f"linear_{k}": v for k, v in result.items()})
+    if evaluators and trainer.is_global_zero:
+        metrics.update(evaluate(built.backbone))
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
         summary = f"linear probe top-1 {metrics['linear_top1']:.4f}" if "linear_top1" in metrics else "no probe"
         if "random_init_linear_top1" in metrics:
             summary += f" (random-init encoder: {metrics['random_init_linear_top1']:.4f})"
+        if "knn_k20_top1" in metrics:
+            summary += f", kNN top-1 {metrics['knn_k20_top1']:.4f}"
         print(f"[ssl_train] {metrics['method']}: {summary}; wall time {metrics['wall_time_s']:.0f}s; results in {metrics_path}")
     return metrics

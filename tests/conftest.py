@@ -20,7 +20,7 @@ TINY_DATA = [
 TINY_MODEL = ["backbone.widths=[8,16]"]
 TINY_RUN = [
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "eval.max_iter=10", "eval.l2_grid=[0.0,0.001]",
+    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]",
 ]
 
 

@@ -57,7 +57,7 @@ def test_topk_accuracy() -> None:
 def test_probe_entry_on_saved_checkpoint(tmp_path: Path) -> None:
     run(compose_config(["probe=false", "baseline=false"], tmp_path / "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
-    cfg = compose_config([f"ckpt_path={ckpt}", "eval.max_iter=10"], tmp_path / "probe", config_name="probe")
+    cfg = compose_config([f"ckpt_path={ckpt}", "eval.linear.max_iter=10"], tmp_path / "probe", config_name="probe")
     metrics = probe_checkpoint(cfg)
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text()) == metrics
     assert 0.0 <= metrics["linear_top1"] <= 1.0 and metrics["method"] == "simclr"

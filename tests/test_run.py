@@ -9,16 +9,19 @@ import pytest
 
 from ssl_train.errors import UserError
 from ssl_train.run import run
-from tests.conftest import compose_config
+from tests.conftest import CONFIG_DIR, compose_config
+
+METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", METHODS)
 def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None:
     cfg = compose_config([f"method={method}"], tmp_path / "run")
     metrics = run(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written == metrics
-    for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "method", "backbone", "data", "epochs", "seed",
+    for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "knn_k20_top1", "random_init_knn_k20_top1",
+                 "method", "backbone", "data", "epochs", "seed",
                 "wall_time_s", "train_images_per_s", "steps"):
         assert key in written, key
     assert written["method"] == method and written["steps"] == 2

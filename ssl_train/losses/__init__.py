@@ -1,6 +1,18 @@
 """One loss per file, each a plain nn.Module documenting its paper and shapes."""
 
+from ssl_train.losses.barlow_twins import BarlowTwinsLoss
+from ssl_train.losses.dino import DINOLoss
+from ssl_train.losses.infonce import InfoNCELoss
+from ssl_train.losses.margin import ContrastiveMarginLoss
+from ssl_train.losses.nce import NCELoss
 from ssl_train.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_train.losses.ntxent import NTXentLoss
+from ssl_train.losses.supcon import SupConLoss
+from ssl_train.losses.swav import SwAVLoss
+from ssl_train.losses.triplet import TripletLoss
+from ssl_train.losses.vicreg import VICRegLoss
 
-__all__ = ["NTXentLoss", "NegativeCosineSimilarity"]
+__all__ = [
+    "NTXentLoss", "InfoNCELoss", "SupConLoss", "NegativeCosineSimilarity", "BarlowTwinsLoss", "VICRegLoss",
+    "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss",
+]

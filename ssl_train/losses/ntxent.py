@@ -16,14 +16,19 @@ class NTXentLoss(nn.Module):
     eq. (1); the loss is the mean over all 2N anchors. Inputs z_a, z_b: (N, D) projections of two views of
     the same N images (row i of z_a pairs with row i of z_b). Logits are computed in float32.
     With `gather_distributed`, negatives come from all ranks (gradients flow back to every rank).
+
+    Variants: `decoupled=True` drops the positive from the denominator (DCL, Yeh et al., ECCV 2022);
+    `debiased_tau_plus > 0` corrects for false negatives with class prior tau+ (Chuang et al., NeurIPS 2020, eq. 6).
     """
 
-    def __init__(self, temperature: float = 0.5, gather_distributed: bool = False) -> None:
+    def __init__(self, temperature: float = 0.5, gather_distributed: bool = False, decoupled: bool = False, debiased_tau_plus: float = 0.0) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"NTXentLoss: temperature must be > 0, got {temperature}")
+        if not 0.0 <= debiased_tau_plus < 1.0:
+            raise ValueError(f"NTXentLoss: debiased_tau_plus must be in [0, 1), got {debiased_tau_plus}")
         self.temperature = float(temperature)
-        self.gather_distributed = gather_distributed
+        self.gather_distributed, self.decoupled, self.debiased_tau_plus = gather_distributed, decoupled, debiased_tau_plus
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         if z_a.shape != z_b.shape or z_a.ndim != 2:
@@ -41,5 +46,18 @@ class NTXentLoss(nn.Module):
         rows = torch.arange(2 * n, device=local.device)
         own_index = torch.where(rows < n, rows + offset, rows - n + total + offset)  # column of the anchor itself
         pair_index = torch.where(rows < n, own_index + total, own_index - total)  # column of its positive
-        logits = logits.masked_fill(F.one_hot(own_index, everyone.shape[0]).bool(), float("-inf"))
-        return F.cross_entropy(logits, pair_index)
+        self_mask = F.one_hot(own_index, everyone.shape[0]).bool()
+        logits = logits.masked_fill(self_mask, float("-inf"))
+        if not self.decoupled and self.debiased_tau_plus == 0:
+            return F.cross_entropy(logits, pair_index)
+        positive = logits.gather(1, pair_index[:, None]).squeeze(1)
+        negative_mask = ~self_mask & ~F.one_hot(pair_index, everyone.shape[0]).bool()
+        negatives = logits.masked_fill(~negative_mask, float("-inf"))
+        if self.debiased_tau_plus > 0:
+            tau_plus, n_neg = self.debiased_tau_plus, negative_mask.sum(1)
+            estimate = (negatives.exp().sum(1) - tau_plus * n_neg * positive.exp()) / (1 - tau_plus)
+            log_negatives = torch.log(torch.maximum(estimate, n_neg * torch.exp(torch.tensor(-1.0 / self.temperature))))
+        else:
+            log_negatives = torch.logsumexp(negatives, dim=1)
+        log_denominator = log_negatives if self.decoupled else torch.logaddexp(positive, log_negatives)
+        return (log_denominator - positive).mean()

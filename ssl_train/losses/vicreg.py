@@ -17,7 +17,9 @@ class VICRegLoss(nn.Module):
     global batch when `gather_distributed`.
     """
 
-    def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0, eps: float = 1e-4, gather_distributed: bool = False) -> None:
+    def __init__(
+        self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0, eps: float = 1e-4, gather_distributed: bool = False
+    ) -> None:
         super().__init__()
         if min(sim_weight, var_weight, cov_weight) < 0:
             raise ValueError(f"VICRegLoss: weights must be >= 0, got {sim_weight}, {var_weight}, {cov_weight}")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ssl_train.methods.common import cosine_momentum, ema_update, encode_views, pairs_over_views
+from ssl_train.methods.common import FeatureQueue, cosine_momentum, ema_update, encode_views, pairs_over_views
 
 
 class DistillMethod(nn.Module):
@@ -16,8 +16,11 @@ class DistillMethod(nn.Module):
 
     BYOL (Grill et al., NeurIPS 2020): the target is an EMA of the online backbone + projector, with momentum
     following a cosine schedule from `momentum_base` to `momentum_final` over training. With
-    `use_target_network=False` the target is the online network itself under stop-gradient (SimSiam).
-    The loss is symmetrised over view pairs.
+    `use_target_network=False` the target is the online network itself under stop-gradient (SimSiam,
+    Chen & He 2021). Without a predictor and with `queue_size > 0` and InfoNCE this is MoCo v2 (He et al.
+    2020; Chen et al. 2020): the queue of past target projections supplies the negatives. With a predictor,
+    InfoNCE and in-batch negatives it is MoCo v3 (Chen, Xie & He, ICCV 2021). The loss is symmetrised over
+    view pairs: loss(prediction of view j, target of global view i) for all j != i.
     """
 
     def __init__(
@@ -25,18 +28,20 @@ class DistillMethod(nn.Module):
         backbone: nn.Module,
         projector: nn.Module,
         loss: nn.Module,
-        predictor: Callable[..., nn.Module],
+        predictor: Callable[..., nn.Module] | None = None,
         momentum_base: float = 0.99,
         momentum_final: float = 1.0,
         use_target_network: bool = True,
         num_global_views: int = 2,
+        queue_size: int = 0,
         name: str = "distill",
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum_base <= momentum_final <= 1.0:
             raise ValueError(f"method.momentum_base/final must satisfy 0 <= base <= final <= 1, got {momentum_base}, {momentum_final}")
         self.backbone, self.projector, self.loss = backbone, projector, loss
-        self.predictor = predictor(in_dim=projector.out_dim)
+        self.predictor = predictor(in_dim=projector.out_dim) if predictor is not None else nn.Identity()
+        self.queue = FeatureQueue(queue_size, projector.out_dim, random_init=True) if queue_size > 0 else None
         self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
         self.num_global_views, self.name = num_global_views, name
         self.target_backbone: nn.Module | None = None
@@ -59,7 +64,11 @@ class DistillMethod(nn.Module):
         with torch.no_grad():
             targets = encode_views(self._target, views[:num_global])
         pairs = [(j, i) for i, j in pairs_over_views(num_global, len(views), symmetric=True)]  # (prediction, target)
-        total = sum(self.loss(predictions[p], targets[t].detach()) for p, t in pairs)
+        extra = {"negative_keys": self.queue.get()} if self.queue is not None else {}
+        total = sum(self.loss(predictions[p], targets[t].detach(), **extra) for p, t in pairs)
+        if self.queue is not None and self.training:
+            for target in targets:
+                self.queue.push(nn.functional.normalize(target.float(), dim=1))
         return {"loss": total / len(pairs), "features": features[0].detach(), "logs": {"momentum": self.momentum}}
 
     @torch.no_grad()

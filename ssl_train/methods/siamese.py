@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ssl_train.methods.common import encode_views, pairs_over_views
+from ssl_train.methods.common import FeatureQueue, encode_views, pairs_over_views
 
 
 class SiameseMethod(nn.Module):
@@ -29,5 +29,43 @@ class SiameseMethod(nn.Module):
         projections = [self.projector(h) for h in features]
         pairs = pairs_over_views(min(self.num_global_views, len(views)), len(views), symmetric=False)
         uses_labels = getattr(self.loss, "uses_labels", False)
-        total = sum(self.loss(projections[i], projections[j], *( [labels] if uses_labels else [])) for i, j in pairs)
+        extra = [labels] if uses_labels else []
+        total = sum(self.loss(projections[i], projections[j], *extra) for i, j in pairs)
         return {"loss": total / len(pairs), "features": features[0].detach(), "logs": {}}
+
+
+class NNCLRMethod(nn.Module):
+    """NNCLR (Dwibedi et al., ICCV 2021): the positive of a view is the nearest neighbour of its projection in a
+    support set of past projections; loss(NN(z_i), predictor(z_j)) with in-batch negatives, symmetrised.
+
+    The support set (a FeatureQueue of `support_set_size`) is updated with the first view's projections.
+    Until it holds anything, a projection is its own neighbour (plain SimCLR-with-predictor).
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, predictor: Callable[..., nn.Module],
+                 support_set_size: int = 4096, name: str = "nnclr") -> None:
+        super().__init__()
+        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+        self.predictor = predictor(in_dim=projector.out_dim)
+        self.support_set = FeatureQueue(support_set_size, projector.out_dim)
+
+    @torch.no_grad()
+    def nearest_neighbour(self, z: torch.Tensor) -> torch.Tensor:
+        """The support-set vector with the highest cosine similarity to each row of z (z itself if the set is empty)."""
+        support = self.support_set.get()
+        if len(support) == 0:
+            return z.detach()
+        z_unit, support_unit = nn.functional.normalize(z.float(), dim=1), nn.functional.normalize(support.float(), dim=1)
+        return support[(z_unit @ support_unit.T).argmax(dim=1)].to(z.dtype)
+
+    def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
+        if len(views) != 2:
+            raise ValueError(f"{self.name} uses exactly 2 views, got {len(views)}")
+        features = encode_views(self.backbone, views)
+        z = [self.projector(h) for h in features]
+        p = [self.predictor(v) for v in z]
+        neighbours = [self.nearest_neighbour(v) for v in z]
+        loss = 0.5 * (self.loss(neighbours[0], p[1]) + self.loss(neighbours[1], p[0]))
+        if self.training:
+            self.support_set.push(z[0])
+        return {"loss": loss, "features": features[0].detach(), "logs": {}}

@@ -1,0 +1,23 @@
+"""Evaluate a frozen encoder with every configured evaluator on features extracted once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ssl_train.eval.linear_probe import extract_features
+
+
+def evaluate_encoder(encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, evaluators: dict[str, Any],
+                     device: str | torch.device = "cpu", batch_size: int = 512) -> dict[str, float]:
+    """{'<name>_<metric>': value} for each evaluator (objects with evaluate_features), e.g. linear_top1, knn_k20_top1."""
+    train_x, train_y = extract_features(encoder, train_set, batch_size, device)
+    test_x, test_y = extract_features(encoder, test_set, batch_size, device)
+    results: dict[str, float] = {}
+    for name, evaluator in evaluators.items():
+        for key, value in evaluator.evaluate_features(train_x, train_y, test_x, test_y, num_classes).items():
+            results[f"{name}_{key}"] = value
+    return results

@@ -1,0 +1,66 @@
+"""DINO's self-distillation loss with centering and sharpening (Caron et al., ICCV 2021)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_train import dist
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between the sharpened, centred teacher distribution of each global view and the student's
+    distribution of every other view (Caron et al. 2021, algorithm 1).
+
+    Inputs: student_outputs, a list of V tensors (N, K) (global views first, then local crops) and
+    teacher_outputs, a list of G tensors (N, K) for the global views. The teacher temperature warms up
+    linearly from `warmup_teacher_temp` to `teacher_temp` over `warmup_teacher_temp_steps` (set via
+    `set_step`); the centre is an EMA (`center_momentum`) of the teacher outputs' batch mean, all-reduced
+    across ranks, updated after each forward.
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04,
+                 warmup_teacher_temp_steps: int = 0, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0 or not 0 <= center_momentum < 1:
+            raise ValueError("DINOLoss: temperatures must be > 0 and 0 <= center_momentum < 1")
+        self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
+        self.warmup_teacher_temp_steps, self.center_momentum = warmup_teacher_temp_steps, center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.current_teacher_temp = warmup_teacher_temp if warmup_teacher_temp_steps > 0 else teacher_temp
+
+    def set_step(self, step: int) -> None:
+        """Teacher temperature at optimizer step `step` (linear warm-up, then constant)."""
+        if step >= self.warmup_teacher_temp_steps:
+            self.current_teacher_temp = self.teacher_temp
+        else:
+            frac = step / self.warmup_teacher_temp_steps
+            self.current_teacher_temp = self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
+
+    def forward(self, student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        teacher_probs = [F.softmax((t.float().detach() - self.center) / self.current_teacher_temp, dim=-1) for t in teacher_outputs]
+        student_log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_outputs]
+        total, pairs = 0.0, 0
+        for i, q in enumerate(teacher_probs):
+            for j, log_p in enumerate(student_log_probs):
+                if i == j:
+                    continue
+                total = total + (-q * log_p).sum(dim=-1).mean()
+                pairs += 1
+        if pairs == 0:
+            raise ValueError("DINOLoss needs at least 2 views (a teacher view and a different student view)")
+        self.update_center(torch.cat(list(teacher_outputs)))
+        return total / pairs
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * mean of teacher outputs over the global batch."""
+        batch_sum = teacher_output.float().sum(0, keepdim=True)
+        count = torch.tensor(float(len(teacher_output)), device=batch_sum.device)
+        if dist.is_distributed():
+            torch.distributed.all_reduce(batch_sum)
+            torch.distributed.all_reduce(count)
+        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)

@@ -1,0 +1,77 @@
+"""Multi-crop self-distillation family: DINO (EMA teacher, centred/sharpened targets) and SwAV (prototypes, Sinkhorn codes)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ssl_train.methods.common import cosine_momentum, ema_update, encode_views
+
+
+class DINOMethod(nn.Module):
+    """DINO (Caron et al., ICCV 2021): the student (backbone + DINO head) matches an EMA teacher's centred,
+    sharpened output of the other global views, from every view (global and local crops).
+
+    The teacher sees global views only and gets no gradients; its momentum follows BYOL's cosine schedule;
+    the loss's teacher temperature warms up with the optimizer step (DINOLoss.set_step).
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, momentum_base: float = 0.996,
+                 momentum_final: float = 1.0, num_global_views: int = 2, name: str = "dino") -> None:
+        super().__init__()
+        if getattr(loss, "center", None) is None or loss.center.shape[-1] != projector.out_dim:
+            raise ValueError(f"DINO: loss.out_dim must equal the head's out_dim ({projector.out_dim})")
+        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.teacher_projector = copy.deepcopy(projector).requires_grad_(False)
+        self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
+        self.num_global_views = num_global_views
+
+    def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
+        num_global = min(self.num_global_views, len(views))
+        features = encode_views(self.backbone, views)
+        student = [self.projector(h) for h in features]
+        with torch.no_grad():
+            teacher = encode_views(lambda x: self.teacher_projector(self.teacher_backbone(x)), views[:num_global])
+        loss = self.loss(student, teacher)
+        return {"loss": loss, "features": features[0].detach(), "logs": {"momentum": self.momentum, "teacher_temp": self.loss.current_teacher_temp}}
+
+    @torch.no_grad()
+    def on_optimizer_step(self, step: int, max_steps: int) -> None:
+        """EMA teacher update and teacher-temperature schedule, both pure functions of the step."""
+        self.momentum = cosine_momentum(step, max_steps, self.momentum_base, self.momentum_final)
+        ema_update(self.teacher_backbone, self.backbone, self.momentum)
+        ema_update(self.teacher_projector, self.projector, self.momentum)
+        self.loss.set_step(step)
+
+
+class SwAVMethod(nn.Module):
+    """SwAV (Caron et al., NeurIPS 2020): codes of each global view (Sinkhorn-Knopp over prototype scores) are
+    predicted from every other view's scores. Prototypes are re-normalised before each forward and frozen
+    for the first `freeze_prototypes_steps` optimizer steps, as in the paper.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_prototypes: int = 100,
+                 freeze_prototypes_steps: int = 0, num_global_views: int = 2, name: str = "swav") -> None:
+        super().__init__()
+        if num_prototypes < 2:
+            raise ValueError(f"SwAV: method.num_prototypes must be >= 2, got {num_prototypes}")
+        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+        self.prototypes = nn.Linear(projector.out_dim, num_prototypes, bias=False)
+        self.freeze_prototypes_steps, self.num_global_views = freeze_prototypes_steps, num_global_views
+
+    def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
+        with torch.no_grad():
+            self.prototypes.weight.copy_(nn.functional.normalize(self.prototypes.weight, dim=1))
+        features = encode_views(self.backbone, views)
+        scores = [self.prototypes(nn.functional.normalize(self.projector(h), dim=1)) for h in features]
+        loss = self.loss(scores, num_global=min(self.num_global_views, len(views)))
+        return {"loss": loss, "features": features[0].detach(), "logs": {}}
+
+    def on_after_backward(self, step: int) -> None:
+        """Drop the prototypes' gradient while they are frozen (first freeze_prototypes_steps steps)."""
+        if step < self.freeze_prototypes_steps:
+            self.prototypes.weight.grad = None

@@ -1,0 +1,99 @@
+"""The zoo's methods: teachers get no gradients and move by their rule; queues, support sets, prototypes, centres update."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ssl_train.backbones import SmallResNet
+from ssl_train.heads import MLP, DINOHead
+from ssl_train.losses import DINOLoss, InfoNCELoss, SupConLoss, SwAVLoss
+from ssl_train.methods import DINOMethod, DistillMethod, NNCLRMethod, SiameseMethod, SwAVMethod
+from ssl_train.methods.common import FeatureQueue
+
+
+def _backbone() -> SmallResNet:
+    return SmallResNet(in_channels=1, widths=(8, 16))
+
+
+def _views(n: int = 8, sizes: tuple[int, ...] = (16, 16)) -> list[torch.Tensor]:
+    return [torch.randn(n, 1, s, s) for s in sizes]
+
+
+def test_feature_queue_is_fifo_and_tracks_fill() -> None:
+    queue = FeatureQueue(5, 2)
+    assert len(queue.get()) == 0
+    queue.push(torch.ones(3, 2))
+    queue.push(torch.full((3, 2), 2.0))
+    assert len(queue.get()) == 5 and int(queue.pointer) == 1
+    assert queue.features[0].tolist() == [2.0, 2.0] and queue.features[1].tolist() == [1.0, 1.0]
+    assert "features" in queue.state_dict()  # saved in checkpoints
+
+
+def test_mocov2_queue_receives_normalised_keys_and_supplies_negatives() -> None:
+    backbone = _backbone()
+    method = DistillMethod(backbone, MLP(16, 32, 8), InfoNCELoss(0.2), predictor=None, queue_size=32)
+    before = method.queue.features.clone()
+    out = method(_views())
+    out["loss"].backward()
+    changed = (method.queue.features != before).any(1)
+    assert int(changed.sum()) == 16  # two global views x 8 keys
+    torch.testing.assert_close(method.queue.features[changed].norm(dim=1), torch.ones(16))
+    assert all(p.grad is None for p in method.target_backbone.parameters())
+
+
+def test_nnclr_uses_support_set_neighbours() -> None:
+    method = NNCLRMethod(_backbone(), MLP(16, 32, 8), InfoNCELoss(0.1), predictor=lambda in_dim: MLP(in_dim, 16, in_dim), support_set_size=64)
+    method(_views())["loss"].backward()
+    assert int(method.support_set.filled) == 8
+    z = torch.randn(3, 8)
+    neighbours = method.nearest_neighbour(z)
+    support = method.support_set.get()
+    for row in neighbours:
+        assert any(torch.allclose(row, s) for s in support)
+
+
+def test_dino_teacher_gets_no_grad_moves_by_ema_and_sees_global_views_only() -> None:
+    backbone = _backbone()
+    method = DINOMethod(backbone, DINOHead(16, 32, 8, 20), DINOLoss(out_dim=20), momentum_base=0.9)
+    seen = []
+    method.teacher_backbone.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    out = method(_views(sizes=(16, 16, 8, 8)))
+    out["loss"].backward()
+    assert seen == [(16, 1, 16, 16)]
+    assert all(p.grad is None for p in method.teacher_backbone.parameters())
+    assert all(p.grad is not None for p in method.backbone.parameters())
+    before = copy.deepcopy(method.teacher_projector.state_dict())
+    online = copy.deepcopy(method.projector.state_dict())
+    method.on_optimizer_step(0, 100)
+    key = "last_layer.weight"
+    torch.testing.assert_close(method.teacher_projector.state_dict()[key], 0.9 * before[key] + 0.1 * online[key])
+    assert method.loss.center.abs().sum() > 0
+
+
+def test_dino_rejects_mismatched_loss_dim() -> None:
+    with pytest.raises(ValueError, match="out_dim"):
+        DINOMethod(_backbone(), DINOHead(16, 32, 8, 20), DINOLoss(out_dim=10))
+
+
+def test_swav_prototypes_normalised_and_frozen_early() -> None:
+    method = SwAVMethod(_backbone(), MLP(16, 32, 8), SwAVLoss(), num_prototypes=12, freeze_prototypes_steps=5)
+    out = method(_views(sizes=(16, 16, 8)))
+    torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(12))
+    out["loss"].backward()
+    assert method.prototypes.weight.grad is not None
+    method.on_after_backward(step=2)
+    assert method.prototypes.weight.grad is None
+    method(_views())["loss"].backward()
+    method.on_after_backward(step=5)
+    assert method.prototypes.weight.grad is not None
+
+
+def test_supcon_method_passes_labels() -> None:
+    method = SiameseMethod(_backbone(), MLP(16, 32, 8), SupConLoss(0.1))
+    out = method(_views(), labels=torch.tensor([0, 1, 0, 1, 2, 2, 0, 1]))
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="needs class labels"):
+        method(_views(), labels=None)
