@@ -7,18 +7,26 @@ import torchvision
 from torch import nn
 
 
-class _BasicBlock(nn.Module):
-    """Two 3x3 convs with BN and an identity/projection shortcut (He et al., 2016)."""
+NORMS = ("batch", "group")
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, or GroupNorm (batch-independent: identical under any batch split, e.g. DDP on CPU)."""
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(min(8, channels), channels)
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convs with normalisation and an identity/projection shortcut (He et al., 2016)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.bn1 = _norm(norm, out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = _norm(norm, out_ch)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), _norm(norm, out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -33,16 +41,20 @@ class SmallResNet(nn.Module):
     stride-2 stem give out_dim 128 and ~0.44 M params at ~20 MFLOPs per 28 px image.
     """
 
-    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1, stem_stride: int = 2) -> None:
+    def __init__(
+        self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1, stem_stride: int = 2, norm: str = "batch"
+    ) -> None:
         super().__init__()
         widths = tuple(widths)
         if not widths or blocks_per_stage < 1 or stem_stride not in (1, 2):
             raise ValueError(f"SmallResNet: need widths, blocks_per_stage >= 1 and stem_stride in (1, 2); got {widths}, {blocks_per_stage}, {stem_stride}")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        if norm not in NORMS:
+            raise ValueError(f"SmallResNet: norm must be one of {NORMS}, got {norm!r}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False), _norm(norm, widths[0]), nn.ReLU(inplace=True)]
         in_ch = widths[0]
         for stage, width in enumerate(widths):
             for block in range(blocks_per_stage):
-                layers.append(_BasicBlock(in_ch, width, stride=2 if stage > 0 and block == 0 else 1))
+                layers.append(_BasicBlock(in_ch, width, stride=2 if stage > 0 and block == 0 else 1, norm=norm))
                 in_ch = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.net = nn.Sequential(*layers)

@@ -94,6 +94,8 @@ def build(cfg: DictConfig) -> Built:
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
     logger = instantiate("logger", cfg.logger) if cfg.get("logger") else False
     trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger)
+    if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
+        raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); on CPU use backbone.norm=group")
     datamodule.set_world_size(trainer.world_size)
     module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size)
     return Built(datamodule, method, module, trainer)

@@ -7,7 +7,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ssl_train import dist
 
 from ssl_train.data.datasets import Splits
 from ssl_train.data.views import eval_transform
@@ -35,12 +37,12 @@ class SSLDataModule(pl.LightningDataModule):
     The views transform is completed by `set_views` (it needs the image size and statistics).
     """
 
-    def __init__(self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False) -> None:
+    def __init__(self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True) -> None:
         super().__init__()
         if batch_size < 1:
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
         self.source, self.batch_size, self.num_workers = source, batch_size, num_workers
-        self.eval_batch_size, self.pin_memory = eval_batch_size, pin_memory
+        self.eval_batch_size, self.pin_memory, self.shuffle = eval_batch_size, pin_memory, shuffle
         self._splits: Splits | None = None
         self.views_factory: Callable[..., Callable] | None = None
         self.world_size = 1
@@ -72,9 +74,13 @@ class SSLDataModule(pl.LightningDataModule):
         return self.batch_size // self.world_size
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        sampler = None
+        if train and not self.shuffle and dist.is_distributed():
+            # Lightning's automatic DistributedSampler always shuffles training data; keep the order when asked to.
+            sampler = DistributedSampler(dataset, shuffle=False, drop_last=True)
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            dataset, batch_size=batch_size, shuffle=train and self.shuffle and sampler is None, sampler=sampler, drop_last=train,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
