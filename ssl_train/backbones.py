@@ -6,7 +6,6 @@ import torch
 import torchvision
 from torch import nn
 
-
 NORMS = ("batch", "group")
 
 

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ssl_train import dist
-
 from ssl_train.data.datasets import Splits
 from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
@@ -37,7 +36,9 @@ class SSLDataModule(pl.LightningDataModule):
     The views transform is completed by `set_views` (it needs the image size and statistics).
     """
 
-    def __init__(self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True) -> None:
+    def __init__(
+        self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
