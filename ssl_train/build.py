@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.callbacks import ConfigInCheckpoint
+from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
 from ssl_train.module import SSLModule
@@ -93,9 +94,11 @@ def build(cfg: DictConfig) -> Built:
     callbacks = [instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
     logger = instantiate("logger", cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); on CPU use backbone.norm=group")
     datamodule.set_world_size(trainer.world_size)
-    module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size)
+    if cfg.get("compile"):
+        method.backbone.compile()  # in place: state_dict keys stay those of the plain model
+    module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size, channels_last=bool(cfg.get("channels_last")))
     return Built(datamodule, method, module, trainer)

@@ -22,9 +22,11 @@ class SSLModule(pl.LightningModule):
     after every optimizer step; an `on_after_backward(step)` hook (SwAV's frozen prototypes) after each backward.
     """
 
-    def __init__(self, method: nn.Module, optim: OptimRecipe, num_classes: int, global_batch_size: int) -> None:
+    def __init__(self, method: nn.Module, optim: OptimRecipe, num_classes: int, global_batch_size: int, channels_last: bool = False) -> None:
         super().__init__()
-        self.method, self.optim = method, optim
+        self.method, self.optim, self.channels_last = method, optim, channels_last
+        if channels_last:
+            self.method.to(memory_format=torch.channels_last)
         self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
         self.global_batch_size = global_batch_size
         self._last_hooked_step = -1
@@ -32,21 +34,26 @@ class SSLModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         total_steps = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        images_per_step = self.global_batch_size * self.trainer.accumulate_grad_batches  # what one optimizer step sees
         optimizer, scheduler, lr = self.optim.build(
             self.method, [{"params": list(self.online_probe.parameters()), "lr": self.optim.online_probe_lr}],
-            self.global_batch_size, steps_per_epoch, total_steps,
+            images_per_step, steps_per_epoch, total_steps,
         )
         per_device = self.global_batch_size // max(1, self.trainer.world_size)
         rank_zero_info(
             f"[ssl_train] global batch {self.global_batch_size} = {self.trainer.world_size} device(s) x {per_device} per device "
-            f"(x{self.trainer.accumulate_grad_batches} accumulation: {self.global_batch_size * self.trainer.accumulate_grad_batches} images/step); "
+            f"(x{self.trainer.accumulate_grad_batches} accumulation: {images_per_step} images/step); "
             f"base lr {self.optim.base_lr:g} with '{self.optim.lr_scaling}' scaling -> effective lr {lr:g}; {total_steps} optimizer steps"
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, labels = batch
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         out = self.method(views, labels)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"train/loss is {out['loss'].item()} at step {self.global_step}")
         logits = self.online_probe(out["features"].detach().float())
         probe_loss = F.cross_entropy(logits, labels)
         batch_size = labels.shape[0]
@@ -70,5 +77,7 @@ class SSLModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = self.online_probe(self.method.backbone(images).float())
         self.log("val/online_top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True, batch_size=labels.shape[0], sync_dist=True)

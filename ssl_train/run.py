@@ -35,6 +35,22 @@ def claim_output_dir(output_dir: Path) -> Path:
     return metrics_path
 
 
+def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path, output_dir: Path) -> str | None:
+    """`last` means the newest checkpoints/last.ckpt of an earlier run under runs_dir; a path must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        candidates = [p for p in runs_dir.glob("**/checkpoints/last.ckpt") if output_dir not in p.parents]
+        if not candidates:
+            raise UserError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs_dir.resolve()} (paths.runs_dir) to resume from")
+        newest = max(candidates, key=lambda p: p.stat().st_mtime)
+        log.info("ckpt_path=last resolves to %s", newest)
+        return str(newest)
+    if not Path(ckpt_path).expanduser().is_file():
+        raise UserError(f"ckpt_path: no checkpoint at {ckpt_path}")
+    return str(Path(ckpt_path).expanduser())
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the configured method, then linear-probe its encoder; returns (and writes) the metrics."""
     started = time.time()
@@ -47,7 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "method": cfg.method.get("name", group_choice("method")), "backbone": group_choice("backbone"), "data": group_choice("data"),
         "seed": cfg.seed, "epochs": cfg.trainer.max_epochs, "global_batch_size": datamodule.batch_size,
-        "effective_lr": built.module.optim.effective_lr(datamodule.batch_size), "output_dir": str(output_dir),
+        "effective_lr": built.module.optim.effective_lr(datamodule.batch_size * cfg.trainer.accumulate_grad_batches), "output_dir": str(output_dir),
     }
     evaluators = build_evaluators(cfg.eval) if cfg.probe else {}
     splits = datamodule.splits
@@ -62,7 +78,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("random-init encoder: %s", ", ".join(f"{k} {v:.4f}" for k, v in baseline.items() if "top1" in k))
     if cfg.pretrain:
         fit_started = time.time()
-        trainer.fit(built.module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.runs_dir), output_dir)
+        try:
+            trainer.fit(built.module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except FloatingPointError as error:
+            raise UserError(
+                f"{error}: training stopped; the last good checkpoint is kept in {output_dir / 'checkpoints'}. "
+                "Lower optim.optimizer.lr, raise optim.warmup_epochs or set trainer.gradient_clip_val"
+            ) from error
         meter = next((c for c in trainer.callbacks if isinstance(c, ThroughputMeter)), None)
         metrics.update({"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)})
         if meter is not None:

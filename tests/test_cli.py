@@ -65,3 +65,22 @@ def test_two_runs_get_separate_directories(tmp_path: Path) -> None:
     assert cli(*args, cwd=tmp_path).returncode == 0
     assert cli(*args, cwd=tmp_path).returncode == 0
     assert len(list((tmp_path / "outputs").glob("*/*/metrics.json"))) == 2
+
+
+SWEEP_TINY = (*TINY_DATA, *TINY_MODEL, *TINY_RUN)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
+def test_sweep_runs_each_job_in_own_dir_and_writes_summary(tmp_path: Path, launcher: str) -> None:
+    out = cli("-m", f"hydra/launcher={launcher}", "method=simclr,byol", *SWEEP_TINY, f"paths.sweeps_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep_dir,) = [p.parent for p in tmp_path.glob("*/*/summary.md")]
+    assert sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json")) == ["0", "1"]
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "| 0 | method=simclr | simclr |" in summary and "| 1 | method=byol | byol |" in summary
+
+
+def test_local_multirun_with_ddp_is_refused(tmp_path: Path) -> None:
+    out = cli("-m", "trainer=ddp_cpu", "method=simclr,byol", *SWEEP_TINY, f"paths.sweeps_dir={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "with a local -m sweep: Lightning would re-launch the whole sweep" in out.stderr

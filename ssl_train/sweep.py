@@ -1,0 +1,55 @@
+"""Hydra callback: after a -m sweep, a summary table (CSV + markdown) of every job's metrics at the sweep root."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+SUMMARY_COLUMNS = ("method", "backbone", "data", "linear_top1", "knn_k20_top1", "random_init_linear_top1", "epochs", "steps", "wall_time_s", "train_images_per_s")
+
+
+def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished job under sweep_dir: its overrides and metrics.json, in job order."""
+    jobs = []
+    for metrics_path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        overrides_path = metrics_path.parent / ".hydra" / "overrides.yaml"
+        overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_path))] if overrides_path.is_file() else []
+        jobs.append((metrics_path, overrides))
+    shared = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
+    # only the overrides that tell the jobs apart
+    return [{"job": p.parent.name, "overrides": " ".join(o for o in overrides if o not in shared), **json.loads(p.read_text())} for p, overrides in jobs]
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Write summary.csv (every key) and summary.md (the main columns) into sweep_dir; returns the rows."""
+    rows = collect_sweep(sweep_dir)
+    if not rows:
+        return rows
+    keys = ["job", "overrides"] + sorted({k for row in rows for k in row} - {"job", "overrides"})
+    with open(sweep_dir / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    columns = ["job", "overrides"] + [c for c in SUMMARY_COLUMNS if any(c in row for row in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) and c.endswith("top1") else str(row.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+class SweepSummary(Callback):
+    """On multirun end, summarise the jobs' metrics.json files at the sweep root (summary.csv, summary.md)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        if rows:
+            print(f"[ssl_train] sweep summary of {len(rows)} job(s): {sweep_dir / 'summary.md'}")
+            print((sweep_dir / "summary.md").read_text())

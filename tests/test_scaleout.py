@@ -1,0 +1,85 @@
+"""Scale-out semantics on one CPU: resume from `last`, NaN stop, atomic checkpoints, accumulation LR, precision, speed switches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_train.checkpoint_io import AtomicCheckpointIO
+from ssl_train.errors import UserError
+from ssl_train.losses import NTXentLoss
+from ssl_train.run import run
+from ssl_train.sweep import write_summary
+from tests.conftest import compose_config
+
+QUIET = ["probe=false", "baseline=false"]
+
+
+def test_ckpt_path_last_resumes_newest_run(tmp_path: Path) -> None:
+    runs = tmp_path / "outputs"
+    run(compose_config([*QUIET, f"paths.runs_dir={runs}"], runs / "a"))
+    resumed = run(compose_config([*QUIET, f"paths.runs_dir={runs}", "ckpt_path=last", "trainer.max_epochs=2"], runs / "b"))
+    assert resumed["steps"] == 4
+
+
+def test_ckpt_path_last_without_runs_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
+        run(compose_config([*QUIET, f"paths.runs_dir={tmp_path / 'none'}", "ckpt_path=last"], tmp_path / "run"))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    original = NTXentLoss.forward
+
+    def poisoned(self, z_a, z_b):  # noqa: ANN001, ANN202 - same signature as the real forward
+        calls["n"] += 1
+        return original(self, z_a, z_b) * (float("nan") if calls["n"] > 2 else 1.0)
+
+    monkeypatch.setattr(NTXentLoss, "forward", poisoned)
+    with pytest.raises(UserError, match=r"train/loss is nan at step 2: training stopped; the last good checkpoint is kept"):
+        run(compose_config([*QUIET, "trainer.max_epochs=3"], tmp_path / "run"))
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 2 and all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+
+
+def test_atomic_checkpoint_io_replaces_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, target)
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target) == {"step": 1}  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no staging file left behind
+
+
+def test_gradient_accumulation_scales_effective_lr_with_images_per_step(tmp_path: Path) -> None:
+    metrics = run(compose_config([*QUIET, "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4"], tmp_path / "run"))
+    assert metrics["effective_lr"] == pytest.approx(0.5 * (32 * 2) / 256)
+    assert metrics["steps"] == 2
+
+
+@pytest.mark.parametrize("overrides", [["trainer.precision=bf16-mixed"], ["channels_last=true"], ["method=byol", "channels_last=true"]])
+def test_precision_and_memory_format_switches_train(tmp_path: Path, overrides: list[str]) -> None:
+    metrics = run(compose_config(overrides, tmp_path / "run"))
+    assert metrics["steps"] == 2 and 0.0 <= metrics["linear_top1"] <= 1.0
+
+
+def test_sweep_summary_tables(tmp_path: Path) -> None:
+    for job, top1 in (("0", 0.5), ("1", 0.75)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- optim.optimizer.lr={job}\n- seed=3\n")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"method": "simclr", "linear_top1": top1}))
+    rows = write_summary(tmp_path)
+    assert [r["linear_top1"] for r in rows] == [0.5, 0.75]
+    table = (tmp_path / "summary.md").read_text()
+    assert "| 1 | optim.optimizer.lr=1 | simclr | 0.7500 |" in table
+    assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("job,overrides,")
