@@ -10,7 +10,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-SUMMARY_COLUMNS = ("method", "backbone", "data", "linear_top1", "knn_k20_top1", "random_init_linear_top1", "epochs", "steps", "wall_time_s", "train_images_per_s")
+SUMMARY_COLUMNS = (
+    "method", "backbone", "data", "linear_top1", "knn_k20_top1", "random_init_linear_top1", "epochs", "steps", "wall_time_s", "train_images_per_s",
+)
 
 
 def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
