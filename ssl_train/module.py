@@ -54,12 +54,14 @@ class SSLModule(pl.LightningModule):
         out = self.method(views, labels)
         if not torch.isfinite(out["loss"]):
             raise FloatingPointError(f"train/loss is {out['loss'].item()} at step {self.global_step}")
-        logits = self.online_probe(out["features"].detach().float())
-        probe_loss = F.cross_entropy(logits, labels)
         batch_size = labels.shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=False)
-        self.log("probe/online_loss", probe_loss, batch_size=batch_size)
-        self.log("probe/online_top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True, batch_size=batch_size)
+        labelled = labels >= 0  # unlabeled pretraining data carries label -1
+        logits = self.online_probe(out["features"].detach().float())
+        probe_loss = F.cross_entropy(logits[labelled], labels[labelled]) if labelled.any() else logits.sum() * 0
+        if labelled.any():
+            self.log("probe/online_loss", probe_loss, batch_size=int(labelled.sum()))
+            self.log("probe/online_top1", (logits[labelled].argmax(1) == labels[labelled]).float().mean(), prog_bar=True, batch_size=int(labelled.sum()))
         for key, value in out.get("logs", {}).items():
             self.log(f"train/{key}", value, batch_size=batch_size)
         return out["loss"] + probe_loss
@@ -69,6 +71,11 @@ class SSLModule(pl.LightningModule):
         if hook is not None and self.global_step != self._last_hooked_step:  # once per optimizer step, not per micro-batch
             self._last_hooked_step = self.global_step
             hook(self.global_step, int(self.trainer.estimated_stepping_batches))
+
+    def on_train_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "skipped_images"):
+            self.log("data/skipped_images", float(datamodule.skipped_images()))
 
     def on_after_backward(self) -> None:
         hook = getattr(self.method, "on_after_backward", None)

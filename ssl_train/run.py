@@ -95,6 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics["online_top1"] = float(online)
     if evaluators and trainer.is_global_zero:
         metrics.update(evaluate(built.backbone))
+    metrics["skipped_images"] = datamodule.skipped_images()
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -70,3 +70,57 @@ def idx_root(tmp_path: Path) -> Path:
 def _seed_and_threads() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+def _class_images(n: int, channels: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n uint8 images (n, C, size, size) whose class (i % 10) is a bright horizontal band: learnable, deterministic."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 60, size=(n, channels, size, size), dtype=np.uint8)
+    band = max(1, size // 12)
+    for i, c in enumerate(labels):
+        images[i, :, band * c: band * c + band] = 220
+    return images, labels
+
+
+def make_cifar(root: Path, num_classes: int = 10, n_train: int = 40, n_test: int = 20) -> Path:
+    """The CIFAR python layout (pickled dicts of bytes keys) with tiny random batches."""
+    import pickle
+
+    folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = b"labels" if num_classes == 10 else b"fine_labels"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if num_classes == 10 else ["train"]
+    images, labels = _class_images(n_train, 3, 32, 0)
+    for part, name in zip(np.array_split(np.arange(n_train), len(names)), names, strict=True):
+        (folder / name).write_bytes(pickle.dumps({key: labels[part].tolist(), b"data": images[part].reshape(len(part), -1)}))
+    images, labels = _class_images(n_test, 3, 32, 1)
+    (folder / ("test_batch" if num_classes == 10 else "test")).write_bytes(pickle.dumps({key: labels.tolist(), b"data": images.reshape(n_test, -1)}))
+    return root
+
+
+def make_stl10(root: Path, n_train: int = 20, n_test: int = 20, n_unlabeled: int = 30) -> Path:
+    """The STL-10 binary layout (column-major 3x96x96 uint8, labels 1..10)."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1), ("unlabeled", n_unlabeled, 2)):
+        images, labels = _class_images(n, 3, 96, seed)
+        images.transpose(0, 1, 3, 2).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+    return root
+
+
+def make_image_folder(root: Path, n_per_class: int = 3, classes: int = 4, size: int = 40, corrupt: int = 0) -> Path:
+    """<root>/train/<class>/*.png and <root>/val/<class>/*.png, plus `corrupt` unreadable .jpg files in train."""
+    from torchvision.io import write_png
+
+    for split, seed in (("train", 0), ("val", 1)):
+        images, labels = _class_images(n_per_class * classes, 3, size, seed)
+        for i, (image, label) in enumerate(zip(images, labels % classes, strict=True)):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_png(torch.from_numpy(image), str(folder / f"{i:04d}.png"))
+    for i in range(corrupt):
+        (root / "train" / "class_0" / f"broken_{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root

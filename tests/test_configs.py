@@ -9,10 +9,24 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError
 
 from ssl_train.build import build
-from tests.conftest import CONFIG_DIR, compose_config
+from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_image_folder, make_stl10
 
 GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "debug"]
 NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist")}
+
+
+def data_fixture(option: str, tmp_path: Path) -> list[str]:
+    """Overrides pointing a file-based data option at a tiny fixture written under tmp_path."""
+    no_limits = ["data.source.train_limit=null", "data.source.test_limit=null", "data.batch_size=8"]
+    if option in ("cifar10", "cifar100"):
+        return [f"data.source.root={make_cifar(tmp_path / option, 10 if option == 'cifar10' else 100)}", *no_limits]
+    if option == "stl10":
+        return [f"data.source.root={make_stl10(tmp_path / option)}", *no_limits]
+    if option == "image_folder":
+        return [f"data.source.root={make_image_folder(tmp_path / option)}", *no_limits]
+    if option == "unlabeled_folder":
+        return [f"data.source.root={make_image_folder(tmp_path / 'u')}/train", f"data.source.probe.root={make_image_folder(tmp_path / 'l')}", *no_limits]
+    return []
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
 
 
@@ -30,6 +44,8 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     overrides = [f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
         overrides.append(f"data.source.root={idx_root}")
+    if group == "data":
+        overrides += data_fixture(option, tmp_path)
     if (group, option) in NEEDS_GPU:
         overrides.append("trainer.accelerator=cpu")  # composes the GPU recipe, builds it on CPU
         overrides.append("trainer.precision=32-true")

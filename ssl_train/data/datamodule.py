@@ -89,14 +89,21 @@ class SSLDataModule(pl.LightningDataModule):
             raise RuntimeError("SSLDataModule.set_views must be called before training")
         s = self.splits
         views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std)
-        return self._loader(TransformedDataset(s.train, views), self.per_device_batch_size, train=True)
+        return self._loader(TransformedDataset(s.pretrain_set, views), self.per_device_batch_size, train=True)
+
+    def _eval_transform(self) -> Callable:
+        s = self.splits
+        return eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size)
 
     def val_dataloader(self) -> DataLoader:
-        s = self.splits
-        return self._loader(TransformedDataset(s.test, eval_transform(s.mean, s.std)), self.eval_batch_size, train=False)
+        return self._loader(TransformedDataset(self.splits.test, self._eval_transform()), self.eval_batch_size, train=False)
 
     def probe_datasets(self) -> tuple[Dataset, Dataset]:
         """(train, test) with the deterministic evaluation transform, for the offline probe."""
+        transform = self._eval_transform()
+        return TransformedDataset(self.splits.train, transform), TransformedDataset(self.splits.test, transform)
+
+    def skipped_images(self) -> int:
+        """How many unreadable images were skipped so far (all splits, all workers)."""
         s = self.splits
-        transform = eval_transform(s.mean, s.std)
-        return TransformedDataset(s.train, transform), TransformedDataset(s.test, transform)
+        return sum(int(d.skipped) for d in {id(d): d for d in (s.train, s.test, s.pretrain_set)}.values() if hasattr(d, "skipped"))

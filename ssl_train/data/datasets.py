@@ -40,38 +40,49 @@ class ImageArrayDataset(Dataset):
 
 @dataclass
 class Splits:
-    """The loaded splits of a source plus what the pipeline needs to know about them."""
+    """The loaded splits of a source plus what the pipeline needs to know about them.
 
-    train: ImageArrayDataset
-    test: ImageArrayDataset
+    `train`/`test` are labelled (the probe's splits); `pretrain` holds the pretraining images (default: train;
+    label -1 where unknown). `fixed_size` is False for decoded files of any size (views crop them to
+    `image_size`; evaluation resizes and centre-crops).
+    """
+
+    train: Dataset
+    test: Dataset
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    channels: int
+    image_size: int
+    pretrain: Dataset | None = None
+    fixed_size: bool = True
 
     @property
-    def channels(self) -> int:
-        return self.train.images.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.train.images.shape[-1]
+    def pretrain_set(self) -> Dataset:
+        return self.pretrain if self.pretrain is not None else self.train
 
 
-def _make_splits(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray) -> Splits:
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), scaled to [0, 1]."""
+    scaled = images.float().div_(255)
+    return tuple(scaled.mean(dim=(0, 2, 3)).tolist()), tuple(scaled.std(dim=(0, 2, 3)).tolist())
+
+
+def make_splits(
+    train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, pretrain: Dataset | None = None
+) -> Splits:
     """Wrap numpy arrays (N, H, W) or (N, C, H, W) into Splits with train-set statistics."""
     def to_nchw(images: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(images))
         return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor
 
     train_x, test_x = to_nchw(train_images), to_nchw(test_images)
-    scaled = train_x.float().div_(255)
-    mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(scaled.std(dim=(0, 2, 3)).tolist())
+    mean, std = channel_stats(train_x)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     return Splits(
         ImageArrayDataset(train_x, torch.from_numpy(train_labels.astype(np.int64))),
         ImageArrayDataset(test_x, torch.from_numpy(test_labels.astype(np.int64))),
-        num_classes, mean, std,
+        num_classes, mean, std, channels=train_x.shape[1], image_size=train_x.shape[-1], pretrain=pretrain,
     )
 
 
@@ -124,7 +135,7 @@ class IdxSource:
             raise DataNotFoundError(f"data.source.root: folder {self.root} does not exist. {self.hint}")
         train = limited(*read_idx_split(self.root, "train", self.hint), self.train_limit, seed=0)
         test = limited(*read_idx_split(self.root, "t10k", self.hint), self.test_limit, seed=1)
-        return _make_splits(*train, *test)
+        return make_splits(*train, *test)
 
 
 class EmbeddedFashionMNIST:
@@ -143,4 +154,4 @@ class EmbeddedFashionMNIST:
         with np.load(EMBEDDED_FILE) as arrays:
             train = limited(arrays["train_images"], arrays["train_labels"], self.train_limit, seed=0)
             test = limited(arrays["test_images"], arrays["test_labels"], self.test_limit, seed=1)
-        return _make_splits(*train, *test)
+        return make_splits(*train, *test)

@@ -88,6 +88,9 @@ class MultiViewTransform:
         return [transform(image) for transform in self.transforms]
 
 
-def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """The deterministic evaluation transform: scale to [0, 1] and normalise."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+def eval_transform(mean: Sequence[float], std: Sequence[float], size: int | None = None) -> v2.Compose:
+    """The deterministic evaluation transform: (for images of any size: resize to size / 0.875, centre-crop), scale, normalise."""
+    steps: list[torch.nn.Module] = []
+    if size is not None:
+        steps += [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

@@ -1,0 +1,156 @@
+"""Image files on disk: class sub-folders (ImageNet-style) and flat unlabeled folders or file lists.
+
+Images are decoded per sample by torchvision.io; an unreadable or corrupt file is skipped with a warning
+(another image is served in its place) and counted, never a crash mid-epoch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+from ssl_train.data.datasets import Splits, limited
+from ssl_train.errors import DataNotFoundError, UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ImageFileDataset(Dataset):
+    """Decode image files to uint8 (C, H, W) tensors; corrupt files are skipped (next file served) and counted.
+
+    A process-shared flag per file marks the bad ones (each warned about once, then skipped without decoding),
+    so skips inside DataLoader workers are visible to the trainer as `skipped`.
+    """
+
+    def __init__(self, paths: list[Path], labels: list[int], channels: int = 3) -> None:
+        if not paths:
+            raise UserError("an image folder split holds no images")
+        self.paths, self.labels = paths, labels
+        self.mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+        self._bad = multiprocessing.get_context("fork").Array("b", len(paths), lock=False)
+
+    @property
+    def skipped(self) -> int:
+        """How many distinct files were found unreadable so far."""
+        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def decode(self, index: int) -> torch.Tensor:
+        return decode_image(str(self.paths[index]), mode=self.mode)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for attempt in range(min(len(self.paths), 50)):
+            i = (index + attempt) % len(self.paths)
+            if self._bad[i]:
+                continue
+            try:
+                return self.decode(i), self.labels[i]
+            except (RuntimeError, OSError, ValueError) as error:
+                self._bad[i] = 1
+                warnings.warn(f"skipping unreadable image {self.paths[i]}: {error}", stacklevel=2)
+        raise UserError(f"50 consecutive unreadable images from {self.paths[index]}: is the dataset folder corrupt?")
+
+    def __getstate__(self) -> dict[str, Any]:  # 'spawn' workers cannot share the fork array: they get a copy of the flags
+        state = dict(self.__dict__)
+        state["_bad"] = bytes(np.frombuffer(self._bad, dtype=np.int8).tobytes())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        flags = state.pop("_bad")
+        self.__dict__.update(state)
+        self._bad = multiprocessing.get_context("fork").Array("b", len(self.paths), lock=False)
+        np.frombuffer(self._bad, dtype=np.int8)[:] = np.frombuffer(flags, dtype=np.int8)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly or recursively under `folder`, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def class_folder_split(folder: Path, classes: list[str] | None, hint: str) -> tuple[list[Path], list[int], list[str]]:
+    """(paths, labels, class names) of a folder with one sub-folder per class."""
+    if not folder.is_dir():
+        raise DataNotFoundError(f"data.source.root: folder {folder} does not exist. {hint}")
+    classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise DataNotFoundError(f"data.source.root: {folder} has no class sub-folders. {hint}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = list_images(folder / name)
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels, classes
+
+
+def _limited_files(paths: list[Path], labels: list[int], limit: int | None, seed: int) -> tuple[list[Path], list[int]]:
+    """The first `limit` files of a fixed-seed shuffle (all, in order, when limit is None)."""
+    if limit is None:
+        return paths, labels
+    keep = limited(np.arange(len(paths)), np.arange(len(paths)), limit, seed)[0]
+    return [paths[i] for i in keep], [labels[i] for i in keep]
+
+
+class ImageFolderSource:
+    """<root>/<train_dir>/<class>/*.jpg and <root>/<test_dir>/<class>/*.jpg (ImageNet-100, custom data).
+
+    Views crop to `image_size`; the probe resizes to image_size / 0.875 and centre-crops. Normalisation uses
+    `mean`/`std` (ImageNet statistics by default).
+    """
+
+    def __init__(self, root: str, train_dir: str = "train", test_dir: str = "val", image_size: int = 224, channels: int = 3,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 train_limit: int | None = None, test_limit: int | None = None) -> None:
+        self.root, self.train_dir, self.test_dir = Path(root).expanduser(), train_dir, test_dir
+        self.image_size, self.channels, self.mean, self.std = image_size, channels, tuple(mean), tuple(std)
+        self.train_limit, self.test_limit = train_limit, test_limit
+
+    def load(self) -> Splits:
+        hint = f"Expected {self.root}/{self.train_dir}/<class>/<image> and {self.root}/{self.test_dir}/<class>/<image>."
+        train_paths, train_labels, classes = class_folder_split(self.root / self.train_dir, None, hint)
+        test_paths, test_labels, _ = class_folder_split(self.root / self.test_dir, classes, hint)
+        train_paths, train_labels = _limited_files(train_paths, train_labels, self.train_limit, seed=0)
+        test_paths, test_labels = _limited_files(test_paths, test_labels, self.test_limit, seed=1)
+        return Splits(
+            ImageFileDataset(train_paths, train_labels, self.channels), ImageFileDataset(test_paths, test_labels, self.channels),
+            len(classes), self.mean, self.std, self.channels, self.image_size, fixed_size=False,
+        )
+
+
+class UnlabeledFolderSource:
+    """Pretrain on unlabeled images (a flat/recursive folder, or a text file listing one path per line);
+    the probe uses the labelled `probe` source (e.g. an ImageFolderSource), which also sets size and statistics."""
+
+    def __init__(self, root: str, probe: Any, train_limit: int | None = None, test_limit: int | None = None) -> None:
+        if test_limit is not None:
+            raise UserError("data.source.test_limit: the probe's splits come from data.source.probe; set data.source.probe.test_limit")
+        self.root, self.probe, self.train_limit = Path(root).expanduser(), probe, train_limit
+
+    def load(self) -> Splits:
+        if self.root.is_file():
+            base = self.root.parent
+            paths = [base / line.strip() for line in self.root.read_text().splitlines() if line.strip()]
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise DataNotFoundError(f"data.source.root: {len(missing)} listed image(s) missing, e.g. {missing[0]}")
+        elif self.root.is_dir():
+            paths = list_images(self.root)
+        else:
+            raise DataNotFoundError(f"data.source.root: {self.root} is neither a folder of images nor a file list")
+        if not paths:
+            raise DataNotFoundError(f"data.source.root: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.root}")
+        if self.probe is None:
+            raise UserError("data.source.probe: unlabeled pretraining needs a labelled source for the probe (e.g. an image folder)")
+        splits = self.probe.load()
+        paths = _limited_files(paths, [-1] * len(paths), self.train_limit, seed=0)[0]
+        splits.pretrain = ImageFileDataset(paths, [-1] * len(paths), splits.channels)
+        return splits
