@@ -101,4 +101,7 @@ def build(cfg: DictConfig) -> Built:
     if cfg.get("compile"):
         method.backbone.compile()  # in place: state_dict keys stay those of the plain model
     module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size, channels_last=bool(cfg.get("channels_last")))
+    views = instantiate("augment", datamodule.views)
+    if views.on_device:
+        module.set_batched_views(views.batched())
     return Built(datamodule, method, module, trainer)

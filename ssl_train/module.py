@@ -30,6 +30,17 @@ class SSLModule(pl.LightningModule):
         self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
         self.global_batch_size = global_batch_size
         self._last_hooked_step = -1
+        self.batched_views: nn.Module | None = None
+
+    def set_batched_views(self, views: nn.Module) -> None:
+        """Make training views from raw uint8 batches on the device (batched augmentation) instead of in the loader."""
+        self.batched_views = views
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.batched_views is not None and self.trainer.training:
+            images, labels = batch
+            return self.batched_views(images), labels
+        return batch
 
     def configure_optimizers(self) -> Any:
         total_steps = int(self.trainer.estimated_stepping_batches)

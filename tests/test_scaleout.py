@@ -67,7 +67,10 @@ def test_gradient_accumulation_scales_effective_lr_with_images_per_step(tmp_path
     assert metrics["steps"] == 2
 
 
-@pytest.mark.parametrize("overrides", [["trainer.precision=bf16-mixed"], ["channels_last=true"], ["method=byol", "channels_last=true"]])
+@pytest.mark.parametrize("overrides", [
+    ["trainer.precision=bf16-mixed"], ["channels_last=true"], ["method=byol", "channels_last=true"],
+    ["augment.on_device=true"], ["method=dino", "augment.on_device=true"],
+])
 def test_precision_and_memory_format_switches_train(tmp_path: Path, overrides: list[str]) -> None:
     metrics = run(compose_config(overrides, tmp_path / "run"))
     assert metrics["steps"] == 2 and 0.0 <= metrics["linear_top1"] <= 1.0

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
 
 from ssl_train import dist
 from ssl_train.data.datasets import Splits
@@ -46,6 +47,7 @@ class SSLDataModule(pl.LightningDataModule):
         self.eval_batch_size, self.pin_memory, self.shuffle = eval_batch_size, pin_memory, shuffle
         self._splits: Splits | None = None
         self.views_factory: Callable[..., Callable] | None = None
+        self._views: Any = None
         self.world_size = 1
 
     @property
@@ -84,11 +86,22 @@ class SSLDataModule(pl.LightningDataModule):
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def views(self) -> Any:
+        """The view pipeline completed with this data's image size and statistics (built once)."""
         if self.views_factory is None:
             raise RuntimeError("SSLDataModule.set_views must be called before training")
-        s = self.splits
-        views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std)
+        if self._views is None:
+            s = self.splits
+            self._views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std)
+        return self._views
+
+    def train_dataloader(self) -> DataLoader:
+        s, views = self.splits, self.views()
+        if getattr(views, "on_device", False):
+            # Batched augmentation: the loader only decodes and stacks uint8 images; SSLModule makes the views on the device.
+            canvas = round(s.image_size / 0.875)
+            transform: Callable = (lambda image: image) if s.fixed_size else v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas)])
+            return self._loader(TransformedDataset(s.pretrain_set, transform), self.per_device_batch_size, train=True)
         return self._loader(TransformedDataset(s.pretrain_set, views), self.per_device_batch_size, train=True)
 
     def _eval_transform(self) -> Callable:

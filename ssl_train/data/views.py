@@ -58,6 +58,8 @@ class MultiViewTransform:
     `recipe` sets the shared knobs, `per_view` (one mapping per global view) overrides them for one view
     only (BYOL's asymmetric blur/solarization), `local` overrides them for the local crops (multi-crop,
     Caron et al. 2020). `size`, `mean`, `std` are completed from the dataset at run time.
+    With `on_device=True` the loader only decodes and stacks images and `batched()` applies the same
+    recipes to whole batches on the training device (ssl_train.data.batched_views).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class MultiViewTransform:
         num_local: int = 0,
         local_size: int = 12,
         local: Mapping | None = None,
+        on_device: bool = False,
     ) -> None:
         if num_global < 1:
             raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
@@ -83,9 +86,16 @@ class MultiViewTransform:
         self.transforms = [r.build(size, mean, std) for r in self.global_recipes]
         self.transforms += [self.local_recipe.build(local_size, mean, std)] * num_local
         self.num_global, self.num_local = num_global, num_local
+        self.size, self.local_size, self.mean, self.std, self.on_device = size, local_size, tuple(mean), tuple(std), on_device
 
     def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
         return [transform(image) for transform in self.transforms]
+
+    def batched(self) -> torch.nn.Module:
+        """The same views as a module applied to whole uint8 batches on the device (one random draw per sample)."""
+        from ssl_train.data.batched_views import BatchedMultiView  # imported here: it needs torchvision.ops only then
+
+        return BatchedMultiView(self.global_recipes, self.local_recipe, self.num_local, self.size, self.local_size, self.mean, self.std)
 
 
 def eval_transform(mean: Sequence[float], std: Sequence[float], size: int | None = None) -> v2.Compose:
