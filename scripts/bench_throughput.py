@@ -156,9 +156,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="*", help="indices of preset rows to run (default: all)")
     args = parser.parse_args()
     rows = [r for i, r in enumerate(PRESETS[args.preset]) if not args.rows or i in args.rows]
-    header = "| method | backbone | precision | augmentation | workers | batch | end-to-end img/s | framework step img/s | plain loop img/s | step / plain | end-to-end / plain |"
+    header = ("| method | backbone | precision | augmentation | workers | batch | end-to-end img/s | framework step img/s | plain loop img/s "
+              "| step / plain | end-to-end / plain |")
     lines = [header, "|" + "---|" * 11]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu" if not torch.cuda.is_available() else f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {device}")
     for row in rows:
         r = measure(row, args.steps, args.warmup)
         m, b, p, a, w, bs = row

@@ -1,4 +1,4 @@
-"""`python -m ssl_train.probe ckpt_path=PATH [data=...]`: linear-probe the encoder of a saved checkpoint."""
+"""`python -m ssl_train.eval ckpt_path=PATH [eval=[linear,knn]] [data=...]` (alias ssl_train.probe): evaluate a saved encoder."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_train.build import build_datamodule, build_encoder, build_evaluators
+from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
@@ -19,10 +19,13 @@ from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import claim_output_dir
 
 log = logging.getLogger(__name__)
+FEATURES = ("backbone", "projector")
 
 
-def load_encoder(ckpt_path: str | Path) -> tuple[torch.nn.Module, DictConfig]:
-    """The trained backbone stored in an ssl_train checkpoint, and the run config saved with it."""
+def load_encoder(ckpt_path: str | Path, features: str = "backbone") -> tuple[torch.nn.Module, DictConfig]:
+    """The trained encoder stored in an ssl_train checkpoint (backbone, or backbone + projector) and its run config."""
+    if features not in FEATURES:
+        raise UserError(f"eval_features={features!r} is not one of {FEATURES}")
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise UserError(f"ckpt_path: no checkpoint at {path}")
@@ -30,12 +33,18 @@ def load_encoder(ckpt_path: str | Path) -> tuple[torch.nn.Module, DictConfig]:
     if ConfigInCheckpoint.KEY not in checkpoint:
         raise UserError(f"ckpt_path: {path} is not an ssl_train checkpoint (it has no '{ConfigInCheckpoint.KEY}')")
     train_cfg = OmegaConf.create(checkpoint[ConfigInCheckpoint.KEY])
-    prefix = "method.backbone."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    in_channels = _input_channels(state)
-    encoder = build_encoder(train_cfg, in_channels)
-    encoder.load_state_dict(state)
+    backbone_state = _sub_state(checkpoint["state_dict"], "method.backbone.")
+    encoder = build_encoder(train_cfg, _input_channels(backbone_state))
+    encoder.load_state_dict(backbone_state)
+    if features == "projector":
+        projector = instantiate("head", instantiate("head", train_cfg.head), in_dim=encoder.out_dim)
+        projector.load_state_dict(_sub_state(checkpoint["state_dict"], "method.projector."))
+        encoder = torch.nn.Sequential(encoder, projector)
     return encoder, train_cfg
+
+
+def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _input_channels(state: dict[str, torch.Tensor]) -> int:
@@ -44,26 +53,39 @@ def _input_channels(state: dict[str, torch.Tensor]) -> int:
     return int(first_conv.shape[1])
 
 
+def beside(ckpt_path: Path, name: str = "metrics", suffix: str = ".json") -> Path:
+    """<ckpt dir>/metrics.json, or metrics-1.json, metrics-2.json, ... when taken: earlier results are never overwritten."""
+    candidate, n = ckpt_path.parent / f"{name}{suffix}", 0
+    while candidate.exists():
+        n += 1
+        candidate = ckpt_path.parent / f"{name}-{n}{suffix}"
+    return candidate
+
+
 def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Probe the checkpoint on its own training data, or on `data=...` when given; write metrics.json."""
+    """Evaluate the checkpoint on its own training data, or on `data=...` when given; write metrics.json beside it."""
     metrics_path = claim_output_dir(Path(cfg.paths.output_dir))
-    encoder, train_cfg = load_encoder(cfg.ckpt_path)
+    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"))
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     datamodule = build_datamodule(data_cfg)
     splits = datamodule.splits
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, build_evaluators(cfg.eval), device)
-    metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "method": train_cfg.method.get("name"), **result}
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
+    text = json.dumps(metrics, indent=2) + "\n"
+    metrics_path.write_text(text)
+    next_to_ckpt = beside(ckpt_path)
+    next_to_ckpt.write_text(text)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
-    print(f"[ssl_train] {scores} for {cfg.ckpt_path}; results in {metrics_path}")
+    print(f"[ssl_train] {scores} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="probe")
 def main(cfg: DictConfig) -> float:
     """Hydra entry for probing a checkpoint."""
-    return report_user_errors(lambda: probe_checkpoint(cfg))["linear_top1"]
+    return report_user_errors(lambda: probe_checkpoint(cfg)).get("linear_top1")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     splits = datamodule.splits
 
     def evaluate(encoder: torch.nn.Module) -> dict[str, float]:
+        if cfg.get("eval_features", "backbone") == "projector":
+            encoder = torch.nn.Sequential(encoder, built.method.projector)
         return evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, probe_device(trainer))
 
     if evaluators and cfg.baseline and trainer.is_global_zero:
@@ -90,11 +92,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)})
         if meter is not None:
             metrics["train_images_per_s"] = round(meter.images_per_second, 1)
-        online = trainer.callback_metrics.get("val/online_top1")
-        if online is not None:
-            metrics["online_top1"] = float(online)
+        for key in ("val/online_top1", "val/knn_top1", "val/alignment", "val/uniformity", "val/rankme", "val/embedding_std"):
+            if key in trainer.callback_metrics:  # last values logged during training (online probe, online kNN, metrics)
+                metrics[key.replace("val/online_", "online_probe_").replace("val/", "online_")] = float(trainer.callback_metrics[key])
     if evaluators and trainer.is_global_zero:
         metrics.update(evaluate(built.backbone))
+        if metrics.get("repr_collapsed"):
+            log.warning("the trained encoder looks collapsed (repr_embedding_std %.2e): check the method's settings", metrics["repr_embedding_std"])
     metrics["skipped_images"] = datamodule.skipped_images()
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:

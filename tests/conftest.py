@@ -32,6 +32,9 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
         backbone = next((o.split("=", 1)[1] for o in overrides if o.startswith("backbone=")), "small_resnet")
         if config_name == "train" and backbone == "small_resnet":
             shrink += TINY_MODEL
+        chosen_eval = next((o for o in overrides if o.startswith("eval=")), "eval=linear")
+        if "linear" not in chosen_eval.split("=", 1)[1].strip("[]").split(","):
+            shrink = [o for o in shrink if not o.startswith("eval.linear")]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name, overrides=shrink + list(overrides) + [f"paths.output_dir={output_dir}"])
 

@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError
 
-from ssl_train.build import build
+from ssl_train.build import build, build_evaluators
 from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_image_folder, make_stl10
 
 GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "debug"]
@@ -51,6 +51,7 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
         overrides.append("trainer.precision=32-true")
     cfg = compose_config(overrides, tmp_path)
     built = build(cfg)
+    assert build_evaluators(cfg.eval)
     assert built.backbone.out_dim > 0
     assert built.trainer is not None
 

@@ -67,3 +67,26 @@ def test_probe_entry_rejects_missing_checkpoint(tmp_path: Path) -> None:
     cfg = compose_config([f"ckpt_path={tmp_path / 'none.ckpt'}"], tmp_path / "probe", config_name="probe")
     with pytest.raises(UserError, match="ckpt_path: no checkpoint at"):
         probe_checkpoint(cfg)
+
+
+def test_sgd_linear_probe_learns_band_images() -> None:
+    from ssl_train.eval.sgd_probe import SGDLinearProbe
+    from tests.conftest import _class_images
+
+    images, labels = _class_images(200, 1, 16, 0)
+    x, y = torch.from_numpy(images).float() / 255, torch.from_numpy(labels)
+    encoder = nn.Sequential(nn.AdaptiveAvgPool2d((16, 1)), nn.Flatten())  # row means: the band position is linearly readable
+    probe = SGDLinearProbe(epochs=30, lr=1.0, batch_size=50, crop_scale=(0.9, 1.0))
+    result = probe.evaluate_encoder(encoder, TensorDataset(x[:150], y[:150]), TensorDataset(x[150:], y[150:]), 10)
+    assert result["top1"] > 0.7 and set(result) == {"top1", "top5"}
+
+
+def test_eval_entry_with_chosen_evaluators_and_projector_features(tmp_path: Path) -> None:
+    run(compose_config(["probe=false", "baseline=false"], tmp_path / "train"))
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    cfg = compose_config([f"ckpt_path={ckpt}", "eval=[knn,repr]", "eval_features=projector"], tmp_path / "eval", config_name="probe")
+    metrics = probe_checkpoint(cfg)
+    assert "knn_k20_top1" in metrics and "repr_rankme" in metrics and "linear_top1" not in metrics
+    assert json.loads((ckpt.parent / "metrics.json").read_text()) == metrics  # written beside the checkpoint
+    probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[knn]"], tmp_path / "eval2", config_name="probe"))
+    assert (ckpt.parent / "metrics-1.json").is_file()  # the first result is kept

@@ -21,6 +21,7 @@ def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written == metrics
     for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "knn_k20_top1", "random_init_knn_k20_top1",
+                "online_probe_top1", "online_knn_top1", "online_alignment", "repr_rankme", "repr_uniformity", "repr_embedding_std",
                  "method", "backbone", "data", "epochs", "seed",
                 "wall_time_s", "train_images_per_s", "steps"):
         assert key in written, key

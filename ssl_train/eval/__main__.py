@@ -1,0 +1,19 @@
+"""`python -m ssl_train.eval ckpt_path=PATH [eval=[linear,knn,repr,sgd_linear]] [data=...] [eval_features=projector]`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ssl_train.cli import report_user_errors
+from ssl_train.probe import probe_checkpoint
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="probe")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry: evaluate a checkpoint's encoder, write metrics.json beside it."""
+    return report_user_errors(lambda: probe_checkpoint(cfg)).get("linear_top1")
+
+
+if __name__ == "__main__":
+    main()

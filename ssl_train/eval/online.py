@@ -1,0 +1,57 @@
+"""Online evaluation during pretraining: kNN accuracy and representation metrics every N epochs (rank zero)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import Subset
+
+from ssl_train.eval.knn import KNNClassifier
+from ssl_train.eval.linear_probe import extract_features
+from ssl_train.eval.metrics import representation_metrics
+
+
+class OnlineEvaluation(pl.Callback):
+    """Every `every_n_epochs`: weighted kNN top-1 on the test split (val/knn_top1) and uniformity, RankMe, std and
+    alignment of backbone features (val/uniformity, ...). Alignment uses two training views of `pairs` test images."""
+
+    def __init__(self, every_n_epochs: int = 2, k: int = 20, temperature: float = 0.07, max_train_samples: int = 5000, pairs: int = 512) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"callbacks.online_eval.every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs, self.knn = every_n_epochs, KNNClassifier(k=[k], temperature=temperature)
+        self.k, self.max_train_samples, self.pairs = k, max_train_samples, pairs
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last_epoch = trainer.current_epoch + 1 == trainer.max_epochs
+        if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch or not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        train_set, test_set = datamodule.probe_datasets()
+        train_set = Subset(train_set, range(min(len(train_set), self.max_train_samples)))
+        encoder, device = pl_module.method.backbone, pl_module.device
+        train_x, train_y = extract_features(encoder, train_set, datamodule.eval_batch_size, device)
+        test_x, test_y = extract_features(encoder, test_set, datamodule.eval_batch_size, device)
+        scores = self.knn.evaluate_features(train_x, train_y, test_x, test_y, datamodule.splits.num_classes)
+        z_a, z_b = self._positive_pairs(datamodule, encoder, device)
+        metrics = {"knn_top1": scores[f"k{self.k}_top1"], **representation_metrics(test_x, None)}
+        metrics["alignment"] = representation_metrics(z_a, z_b)["alignment"]
+        for key, value in metrics.items():
+            pl_module.log(f"val/{key}", float(value), rank_zero_only=True)
+
+    def _positive_pairs(self, datamodule, encoder: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        """Backbone features of the first two training views of the first `pairs` test images."""
+        views = datamodule.views()
+        base = datamodule.splits.test
+        images = [base[i][0] for i in range(min(len(base), self.pairs))]
+        was_training = encoder.training
+        encoder.eval()
+        if getattr(views, "on_device", False):
+            batch = torch.stack(images).to(device)
+            first, second = views.batched().to(device)(batch)[:2]
+        else:
+            made = [views(image)[:2] for image in images]
+            first, second = torch.stack([m[0] for m in made]).to(device), torch.stack([m[1] for m in made]).to(device)
+        z_a, z_b = encoder(first).float().cpu(), encoder(second).float().cpu()
+        encoder.train(was_training)
+        return z_a, z_b

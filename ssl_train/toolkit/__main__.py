@@ -1,0 +1,175 @@
+"""`python -m ssl_train.toolkit COMMAND --ckpt PATH [options]`: export, embed, search, anomaly, map, views.
+
+Outputs go to a new folder beside the checkpoint (<ckpt dir>/<command>[-N]) unless --out is given; nothing is overwritten.
+Data defaults to the checkpoint's own training data; --data OPTION picks another config of configs/data
+(with --set data.source.root=DIR style overrides), --images DIR embeds a folder of image files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.data import Subset
+from torchvision.io import write_png
+
+from ssl_train.build import build_datamodule, instantiate
+from ssl_train.data.datamodule import SSLDataModule, TransformedDataset
+from ssl_train.data.folders import ImageFileDataset, list_images
+from ssl_train.data.views import eval_transform
+from ssl_train.errors import UserError
+from ssl_train.eval.linear_probe import extract_features
+from ssl_train.probe import load_encoder
+from ssl_train.toolkit.anomaly import auroc, knn_anomaly_scores, mahalanobis_scores
+from ssl_train.toolkit.export import export_backbone, fresh_dir
+from ssl_train.toolkit.pictures import save_map, view_grid
+from ssl_train.toolkit.search import knn_search, recall_at_k
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _datamodule(args: argparse.Namespace, train_cfg: Any) -> SSLDataModule:
+    if args.data is None:
+        return build_datamodule(train_cfg.data)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data={args.data}", *args.set])
+    return build_datamodule(cfg.data)
+
+
+def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Any, list[str] | None]:
+    """{'train': (x, y), 'test': (x, y)} features of the chosen data (or {'images': ...} for --images) and the run config."""
+    encoder, train_cfg = load_encoder(args.ckpt)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    datamodule = _datamodule(args, train_cfg)
+    if getattr(args, "images", None):
+        paths = list_images(Path(args.images))
+        if not paths:
+            raise UserError(f"--images: no image files under {args.images}")
+        s = datamodule.splits
+        dataset = TransformedDataset(ImageFileDataset(paths, [-1] * len(paths), s.channels), eval_transform(s.mean, s.std, s.image_size))
+        return {"images": extract_features(encoder, dataset, 256, device)}, train_cfg, [str(p) for p in paths]
+    train, test = datamodule.probe_datasets()
+    if args.limit:
+        train, test = Subset(train, range(min(args.limit, len(train)))), Subset(test, range(min(args.limit, len(test))))
+    return {"train": extract_features(encoder, train, 256, device), "test": extract_features(encoder, test, 256, device)}, train_cfg, None
+
+
+def _out(args: argparse.Namespace, command: str) -> Path:
+    return fresh_dir(Path(args.out) if args.out else Path(args.ckpt).expanduser().parent / command)
+
+
+def cmd_export(args: argparse.Namespace) -> dict:
+    card = export_backbone(args.ckpt, args.out, torchscript=args.torchscript, onnx=args.onnx)
+    return {"export_dir": card["export_dir"], "how_to_load": card["how_to_load"]}
+
+
+def cmd_embed(args: argparse.Namespace) -> dict:
+    features, _, ids = _features(args)
+    out = _out(args, "embed")
+    for split, (x, y) in features.items():
+        if args.split and split not in (args.split, "images"):
+            continue
+        np.save(out / f"{split}_embeddings.npy", x.numpy())
+        if bool((y >= 0).any()):
+            np.save(out / f"{split}_labels.npy", y.numpy())
+        (out / f"{split}_ids.txt").write_text("\n".join(ids if ids else map(str, range(len(x)))) + "\n")
+    return {"out": str(out), "splits": {k: list(v[0].shape) for k, v in features.items()}}
+
+
+def cmd_search(args: argparse.Namespace) -> dict:
+    features, _, _ = _features(args)
+    (gallery, gallery_y), (queries, query_y) = features["train"], features["test"]
+    sims, idx = knn_search(queries, gallery, args.k)
+    out = _out(args, "search")
+    np.save(out / "neighbours.npy", idx.numpy())
+    np.save(out / "similarities.npy", sims.numpy())
+    result = {"out": str(out), "queries": len(queries), "gallery": len(gallery), **recall_at_k(query_y, gallery_y, idx, (1, 5, args.k))}
+    (out / "recall.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cmd_anomaly(args: argparse.Namespace) -> dict:
+    features, _, _ = _features(args)
+    (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
+    normal = train_x[train_y != args.holdout_class]
+    scores = knn_anomaly_scores(normal, test_x, args.k) if args.method == "knn" else mahalanobis_scores(normal, test_x)
+    out = _out(args, "anomaly")
+    np.save(out / "scores.npy", scores.numpy())
+    result = {"out": str(out), "method": args.method, "holdout_class": args.holdout_class, "auroc": auroc(scores, test_y == args.holdout_class)}
+    (out / "auroc.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cmd_map(args: argparse.Namespace) -> dict:
+    features, _, _ = _features(args)
+    x, y = features[args.split or "test"]
+    out = _out(args, "map")
+    used = save_map(x, y if bool((y >= 0).any()) else None, out / "embedding_map.png", out / "tensorboard", args.method)
+    return {"out": str(out / "embedding_map.png"), "method": used, "points": len(x)}
+
+
+def cmd_views(args: argparse.Namespace) -> dict:
+    _, train_cfg = load_encoder(args.ckpt)
+    datamodule = _datamodule(args, train_cfg)
+    datamodule.set_views(instantiate("augment", train_cfg.augment))
+    s, views = datamodule.splits, datamodule.views()
+    images = [s.pretrain_set[i][0] for i in range(min(args.count, len(s.pretrain_set)))]
+    if not s.fixed_size:
+        images = [eval_transform((0.0,) * s.channels, (1 / 255,) * s.channels, round(s.image_size / 0.875))(im).round().to(torch.uint8) for im in images]
+    out = _out(args, "views")
+    write_png(view_grid(views, images, s.mean, s.std), str(out / "views.png"))
+    return {"out": str(out / "views.png"), "images": len(images), "views_per_image": len(views(images[0]))}
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="python -m ssl_train.toolkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = main.add_subparsers(dest="command", required=True)
+    specs = {
+        "export": (cmd_export, "backbone state_dict (+ JSON card, --torchscript, --onnx)"),
+        "embed": (cmd_embed, "embeddings .npy (+ labels, ids) of a dataset's splits or an image folder"),
+        "search": (cmd_search, "top-k neighbours of the test split in the train split, recall@k"),
+        "anomaly": (cmd_anomaly, "kNN / Mahalanobis anomaly scores; AUROC with one class held out as the anomaly"),
+        "map": (cmd_map, "2-D map of embeddings (UMAP / t-SNE if installed, else PCA) as PNG and TensorBoard"),
+        "views": (cmd_views, "grid of augmented views of a few training images (what the augment config does)"),
+    }
+    for name, (function, help_text) in specs.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(function=function)
+        sub.add_argument("--ckpt", required=True, help="an ssl_train checkpoint (last.ckpt or best-*.ckpt)")
+        sub.add_argument("--out", default=None, help="output folder (default: a new folder beside the checkpoint)")
+        sub.add_argument("--data", default=None, help="a configs/data option (default: the checkpoint's training data)")
+        sub.add_argument("--set", nargs="*", default=[], help="extra overrides for --data, e.g. data.source.root=DIR")
+        sub.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    commands.choices["export"].add_argument("--torchscript", action="store_true")
+    commands.choices["export"].add_argument("--onnx", action="store_true", help="needs the onnx package")
+    commands.choices["embed"].add_argument("--images", default=None, help="a folder of image files to embed instead of a dataset")
+    commands.choices["embed"].add_argument("--split", choices=["train", "test"], default=None)
+    commands.choices["search"].add_argument("--k", type=int, default=10)
+    commands.choices["anomaly"].add_argument("--holdout-class", type=int, required=True)
+    commands.choices["anomaly"].add_argument("--method", choices=["knn", "mahalanobis"], default="knn")
+    commands.choices["anomaly"].add_argument("--k", type=int, default=5)
+    commands.choices["map"].add_argument("--split", choices=["train", "test"], default="test")
+    commands.choices["map"].add_argument("--method", choices=["auto", "umap", "tsne", "pca"], default="auto")
+    commands.choices["views"].add_argument("--count", type=int, default=8, help="how many images")
+    return main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    try:
+        result = args.function(args)
+    except UserError as error:
+        print(f"ssl_train error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

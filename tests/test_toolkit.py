@@ -1,0 +1,101 @@
+"""Embedding toolkit: export loads without renaming, search/recall, anomaly AUROC on a planted outlier, pictures, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from ssl_train.backbones import SmallResNet
+from ssl_train.run import run
+from ssl_train.toolkit import auroc, export_backbone, knn_anomaly_scores, knn_search, mahalanobis_scores, recall_at_k, render_scatter
+from ssl_train.toolkit.__main__ import main as toolkit
+from tests.conftest import compose_config
+
+QUIET = ["probe=false", "baseline=false"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("toolkit") / "run"
+    run(compose_config(QUIET, out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_search_finds_itself_and_recall() -> None:
+    gallery = torch.randn(50, 8)
+    sims, idx = knn_search(gallery[:10] + 1e-3, gallery, k=3, use_faiss=False)
+    assert idx[:, 0].tolist() == list(range(10)) and sims.shape == (10, 3)
+    labels = torch.arange(50) % 5
+    assert recall_at_k(labels[:10], labels, idx, ks=(1,)) == {"recall@1": 1.0}
+
+
+def test_auroc_matches_pairwise_definition() -> None:
+    scores, positive = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4]), torch.tensor([0, 0, 1, 1, 1])
+    pairs = [(p, n) for p in scores[positive == 1] for n in scores[positive == 0]]
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    assert auroc(scores, positive) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("scorer", [knn_anomaly_scores, mahalanobis_scores])
+def test_planted_outlier_class_gets_auroc_near_one(scorer) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(0)
+    normal = torch.randn(300, 16, generator=g) + torch.tensor([3.0] + [0.0] * 15)
+    test_normal = torch.randn(100, 16, generator=g) + torch.tensor([3.0] + [0.0] * 15)
+    outliers = torch.randn(20, 16, generator=g) + torch.tensor([0.0, 6.0] + [0.0] * 14)  # a clearly different class
+    scores = scorer(normal, torch.cat([test_normal, outliers]))
+    assert auroc(scores, torch.cat([torch.zeros(100), torch.ones(20)])) > 0.97
+
+
+def test_render_scatter_colours_points() -> None:
+    image = render_scatter(torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([0, 1]), size=64)
+    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+    assert (image != 255).any(dim=0).sum() > 0
+
+
+def test_export_small_resnet_loads_unchanged(checkpoint: Path, tmp_path: Path) -> None:
+    card = export_backbone(checkpoint, tmp_path / "export", torchscript=True)
+    state = torch.load(tmp_path / "export" / "backbone.pt")
+    model = SmallResNet(in_channels=1, widths=(8, 16))
+    model.load_state_dict(state)  # strict: exactly the same keys
+    assert json.loads((tmp_path / "export" / "model_card.json").read_text())["method"] == "simclr" and card["out_dim"] == 16
+    scripted = torch.jit.load(str(tmp_path / "export" / "backbone.torchscript.pt"))
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(scripted(x), model.eval()(x))
+    again = export_backbone(checkpoint, tmp_path / "export")
+    assert again["export_dir"].endswith("export-1")  # never overwritten
+
+
+def test_export_torchvision_resnet_loads_without_renaming(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(compose_config([*QUIET, "backbone=resnet18", "data.batch_size=8", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"], out))
+    export_backbone(out / "checkpoints" / "last.ckpt", tmp_path / "export")
+    model = torchvision.models.resnet18()
+    model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # the card says: CIFAR stem, 1 input channel
+    model.maxpool = torch.nn.Identity()
+    missing, unexpected = model.load_state_dict(torch.load(tmp_path / "export" / "backbone.pt"), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+
+
+def test_cli_commands_on_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    common = ["--ckpt", str(checkpoint), "--limit", "64"]
+    embedded = toolkit(["embed", *common, "--out", str(tmp_path / "embed")])
+    assert np.load(tmp_path / "embed" / "test_embeddings.npy").shape == (64, 16) and embedded["splits"]["train"] == [64, 16]
+    assert 0.0 <= toolkit(["search", *common, "--k", "5", "--out", str(tmp_path / "search")])["recall@1"] <= 1.0
+    assert 0.0 <= toolkit(["anomaly", *common, "--holdout-class", "3", "--out", str(tmp_path / "anomaly")])["auroc"] <= 1.0
+    assert toolkit(["map", *common, "--method", "pca", "--out", str(tmp_path / "map")])["method"] == "pca"
+    assert (tmp_path / "map" / "embedding_map.png").is_file() and list((tmp_path / "map" / "tensorboard").glob("events.*"))
+    assert toolkit(["views", "--ckpt", str(checkpoint), "--count", "3", "--out", str(tmp_path / "views")])["views_per_image"] == 2
+
+
+def test_cli_embed_image_folder(checkpoint: Path, tmp_path: Path) -> None:
+    from tests.conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "imgs", n_per_class=1, classes=3, size=40)
+    result = toolkit(["embed", "--ckpt", str(checkpoint), "--images", str(folder / "train"), "--out", str(tmp_path / "e")])
+    assert result["splits"]["images"] == [3, 16]
+    assert len((tmp_path / "e" / "images_ids.txt").read_text().split()) == 3
