@@ -26,6 +26,10 @@ class OnlineEvaluation(pl.Callback):
         last_epoch = trainer.current_epoch + 1 == trainer.max_epochs
         if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch or not trainer.is_global_zero:
             return
+        with torch.random.fork_rng():  # evaluation must not change the training run's random stream
+            self._evaluate(trainer, pl_module)
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
         train_set, test_set = datamodule.probe_datasets()
         train_set = Subset(train_set, range(min(len(train_set), self.max_train_samples)))

@@ -13,13 +13,14 @@ class BarlowTwinsLoss(nn.Module):
 
     Paper eq. (1)-(2), lambda = 0.0051. Inputs: (N, D) embeddings of two views. Batch statistics use the
     whole global batch when `gather_distributed` (as the paper's all-reduced correlation matrix).
+    `scale_loss` multiplies the result (solo-learn uses 0.1 for CIFAR-sized runs; 1 is the paper).
     """
 
-    def __init__(self, lambda_offdiag: float = 0.0051, gather_distributed: bool = False, eps: float = 1e-5) -> None:
+    def __init__(self, lambda_offdiag: float = 0.0051, gather_distributed: bool = False, eps: float = 1e-5, scale_loss: float = 1.0) -> None:
         super().__init__()
-        if lambda_offdiag < 0:
-            raise ValueError(f"BarlowTwinsLoss: lambda_offdiag must be >= 0, got {lambda_offdiag}")
-        self.lambda_offdiag, self.gather_distributed, self.eps = float(lambda_offdiag), gather_distributed, eps
+        if lambda_offdiag < 0 or scale_loss <= 0:
+            raise ValueError(f"BarlowTwinsLoss: lambda_offdiag must be >= 0 and scale_loss > 0, got {lambda_offdiag}, {scale_loss}")
+        self.lambda_offdiag, self.gather_distributed, self.eps, self.scale_loss = float(lambda_offdiag), gather_distributed, eps, scale_loss
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         if z_a.shape != z_b.shape or z_a.ndim != 2:
@@ -35,4 +36,4 @@ class BarlowTwinsLoss(nn.Module):
         c = a.T @ b / n
         on_diag = (torch.diagonal(c) - 1).pow(2).sum()
         off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
-        return on_diag + self.lambda_offdiag * off_diag
+        return self.scale_loss * (on_diag + self.lambda_offdiag * off_diag)
