@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_train import dist
+from ssl_train.losses.pairs import float_pair
 
 
 class BarlowTwinsLoss(nn.Module):
@@ -23,11 +23,7 @@ class BarlowTwinsLoss(nn.Module):
         self.lambda_offdiag, self.gather_distributed, self.eps, self.scale_loss = float(lambda_offdiag), gather_distributed, eps, scale_loss
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        if z_a.shape != z_b.shape or z_a.ndim != 2:
-            raise ValueError(f"BarlowTwinsLoss expects two (N, D) tensors of equal shape, got {tuple(z_a.shape)}, {tuple(z_b.shape)}")
-        z_a, z_b = z_a.float(), z_b.float()
-        if self.gather_distributed and dist.is_distributed():
-            z_a, z_b = dist.gather_with_grad(z_a), dist.gather_with_grad(z_b)
+        z_a, z_b = float_pair("BarlowTwinsLoss", z_a, z_b, self.gather_distributed)
         n = len(z_a)
         if n < 2:
             raise ValueError("BarlowTwinsLoss needs a batch of at least 2 samples")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_train.losses.pairs import embeddings_and_ids, pairwise_distances
+from ssl_train.losses.pairs import distances_and_masks
 
 
 class ContrastiveMarginLoss(nn.Module):
@@ -25,11 +25,7 @@ class ContrastiveMarginLoss(nn.Module):
         self.margin, self.normalize, self.uses_labels = margin, normalize, uses_labels
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x, ids = embeddings_and_ids(z_a, z_b, labels if self.uses_labels else None, self.normalize)
-        d = pairwise_distances(x)
-        not_self = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-        similar = (ids[:, None] == ids[None, :]) & not_self
-        dissimilar = ids[:, None] != ids[None, :]
+        d, similar, dissimilar = distances_and_masks(z_a, z_b, labels if self.uses_labels else None, self.normalize)
         pull = (d[similar].pow(2) / 2).mean()
         push = (F.relu(self.margin - d[dissimilar]).pow(2) / 2).mean() if dissimilar.any() else d.sum() * 0
         return pull + push

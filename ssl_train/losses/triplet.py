@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_train.losses.pairs import embeddings_and_ids, pairwise_distances
+from ssl_train.losses.pairs import distances_and_masks
 
 MINING = ("batch_hard", "semi_hard", "all")
 
@@ -30,11 +30,7 @@ class TripletLoss(nn.Module):
         self.margin, self.mining, self.normalize, self.uses_labels = margin, mining, normalize, uses_labels
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x, ids = embeddings_and_ids(z_a, z_b, labels if self.uses_labels else None, self.normalize)
-        d = pairwise_distances(x)
-        not_self = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
-        positive = (ids[:, None] == ids[None, :]) & not_self
-        negative = ids[:, None] != ids[None, :]
+        d, positive, negative = distances_and_masks(z_a, z_b, labels if self.uses_labels else None, self.normalize)
         if not negative.any():
             raise ValueError("TripletLoss: the batch has no negatives (all samples share one label)")
         inf = torch.tensor(float("inf"), device=d.device)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_train import dist
+from ssl_train.losses.pairs import float_pair
 
 
 class VICRegLoss(nn.Module):
@@ -36,11 +36,7 @@ class VICRegLoss(nn.Module):
         return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
 
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        if z_a.shape != z_b.shape or z_a.ndim != 2:
-            raise ValueError(f"VICRegLoss expects two (N, D) tensors of equal shape, got {tuple(z_a.shape)}, {tuple(z_b.shape)}")
-        z_a, z_b = z_a.float(), z_b.float()
-        if self.gather_distributed and dist.is_distributed():
-            z_a, z_b = dist.gather_with_grad(z_a), dist.gather_with_grad(z_b)
+        z_a, z_b = float_pair("VICRegLoss", z_a, z_b, self.gather_distributed)
         invariance = F.mse_loss(z_a, z_b)
         variance = self._variance(z_a) + self._variance(z_b)
         covariance = self._covariance(z_a) + self._covariance(z_b)
