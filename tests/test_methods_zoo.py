@@ -97,3 +97,20 @@ def test_supcon_method_passes_labels() -> None:
     assert torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="needs class labels"):
         method(_views(), labels=None)
+
+
+@pytest.mark.parametrize("loss", ["ntxent", "dcl", "infonce", "nce", "margin", "triplet", "supcon", "barlow_twins", "vicreg", "negative_cosine"])
+def test_pair_losses_train_the_siamese_method_from_config(loss: str, tmp_path) -> None:  # noqa: ANN001
+    """`method=simclr loss=<name>`: each pair objective composes into the siamese method and its gradient reaches the encoder."""
+    from ssl_train.build import build
+    from tests.conftest import compose_config
+
+    torch.manual_seed(0)
+    method = build(compose_config(["method=simclr", f"loss={loss}"], tmp_path)).method
+    views = [torch.rand(8, 1, 28, 28) for _ in range(2)]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    out = method(views, labels)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in method.backbone.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)

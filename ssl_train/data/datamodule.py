@@ -92,7 +92,7 @@ class SSLDataModule(pl.LightningDataModule):
             raise RuntimeError("SSLDataModule.set_views must be called before training")
         if self._views is None:
             s = self.splits
-            self._views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std)
+            self._views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std, fixed_size=s.fixed_size)
         return self._views
 
     def train_dataloader(self) -> DataLoader:

@@ -59,7 +59,9 @@ class MultiViewTransform:
     only (BYOL's asymmetric blur/solarization), `local` overrides them for the local crops (multi-crop,
     Caron et al. 2020). `size`, `mean`, `std` are completed from the dataset at run time.
     With `on_device=True` the loader only decodes and stacks images and `batched()` applies the same
-    recipes to whole batches on the training device (ssl_train.data.batched_views).
+    recipes to whole batches on the training device (ssl_train.data.batched_views). `on_device="auto"` (the
+    default) means True for datasets whose images all share one size (`fixed_size`, given by the datamodule):
+    those stack as they are, so both paths see the same images; variable-size folders stay per-sample.
     """
 
     def __init__(
@@ -73,8 +75,11 @@ class MultiViewTransform:
         num_local: int = 0,
         local_size: int = 12,
         local: Mapping | None = None,
-        on_device: bool = False,
+        on_device: bool | str = "auto",
+        fixed_size: bool = False,
     ) -> None:
+        if on_device not in (True, False, "auto"):
+            raise ValueError(f"augment.on_device must be true, false or auto, got {on_device!r}")
         if num_global < 1:
             raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
         per_view = list(per_view or [])
@@ -86,7 +91,8 @@ class MultiViewTransform:
         self.transforms = [r.build(size, mean, std) for r in self.global_recipes]
         self.transforms += [self.local_recipe.build(local_size, mean, std)] * num_local
         self.num_global, self.num_local = num_global, num_local
-        self.size, self.local_size, self.mean, self.std, self.on_device = size, local_size, tuple(mean), tuple(std), on_device
+        self.size, self.local_size, self.mean, self.std = size, local_size, tuple(mean), tuple(std)
+        self.on_device = fixed_size if on_device == "auto" else bool(on_device)
 
     def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
         return [transform(image) for transform in self.transforms]
