@@ -80,7 +80,8 @@ def compose_row(method: str, backbone: str, precision: str, path: str, workers: 
         f"method={method}", f"backbone={backbone}", f"trainer.precision={precision}", f"augment.on_device={path == 'batched'}",
         f"data.num_workers={workers}", f"data.batch_size={batch}", "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
         "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "probe=false", "baseline=false",
-        "~logger", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.lr_monitor=null", "callbacks.online_eval=null", f"paths.output_dir={out}",
+        "~logger", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.lr_monitor=null",
+        "callbacks.online_eval=null", f"paths.output_dir={out}",
     ]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
