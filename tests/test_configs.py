@@ -11,7 +11,7 @@ from omegaconf.errors import ConfigKeyError
 from ssl_train.build import build, build_evaluators
 from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_image_folder, make_stl10
 
-GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "debug"]
+GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug"]
 NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist")}
 
 
