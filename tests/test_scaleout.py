@@ -11,6 +11,7 @@ import torch
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.errors import UserError
 from ssl_train.losses import NTXentLoss
+from ssl_train.module import SSLModule
 from ssl_train.run import run
 from ssl_train.sweep import write_summary
 from tests.conftest import compose_config
@@ -28,6 +29,36 @@ def test_ckpt_path_last_resumes_newest_run(tmp_path: Path) -> None:
 def test_ckpt_path_last_without_runs_is_clear(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
         run(compose_config([*QUIET, f"paths.runs_dir={tmp_path / 'none'}", "ckpt_path=last"], tmp_path / "run"))
+
+
+def test_run_killed_mid_epoch_resumes_state_and_finishes_with_same_step_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash mid-epoch 2 of 3 (MoCo v2: EMA target + queue): resuming from last.ckpt restores them and ends at the same step."""
+    overrides = [*QUIET, "method=mocov2", "trainer.max_epochs=3"]
+    uninterrupted = run(compose_config(overrides, tmp_path / "full"))
+    original_step = SSLModule.training_step
+
+    def crash_at_step_3(self, batch, batch_idx):  # noqa: ANN001, ANN202 - same signature as the real training_step
+        if self.global_step == 3:
+            raise RuntimeError("simulated kill")
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SSLModule, "training_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(compose_config(overrides, tmp_path / "killed"))
+    monkeypatch.setattr(SSLModule, "training_step", original_step)
+    checkpoint = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 2  # end of epoch 1: the half-done epoch 2 is redone
+    seen = {}
+
+    def record_restored_state(self) -> None:  # noqa: ANN001
+        seen.update({k: v.detach().clone() for k, v in self.state_dict().items() if "queue" in k or "target_backbone" in k})
+
+    monkeypatch.setattr(SSLModule, "on_train_start", record_restored_state, raising=False)
+    resumed = run(compose_config([*overrides, f"ckpt_path={tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "resumed"))
+    assert resumed["steps"] == uninterrupted["steps"] == 6
+    assert any("queue" in k for k in seen) and any("target_backbone" in k for k in seen)
+    for key, value in seen.items():
+        torch.testing.assert_close(value, checkpoint["state_dict"][key], msg=key)
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
