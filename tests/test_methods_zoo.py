@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 from ssl_train.backbones import SmallResNet
+from ssl_train.build import build
 from ssl_train.heads import MLP, DINOHead
 from ssl_train.losses import DINOLoss, InfoNCELoss, SupConLoss, SwAVLoss
 from ssl_train.methods import DINOMethod, DistillMethod, NNCLRMethod, SiameseMethod, SwAVMethod
 from ssl_train.methods.common import FeatureQueue
+from tests.conftest import compose_config
 
 
 def _backbone() -> SmallResNet:
@@ -100,11 +103,8 @@ def test_supcon_method_passes_labels() -> None:
 
 
 @pytest.mark.parametrize("loss", ["ntxent", "dcl", "infonce", "nce", "margin", "triplet", "supcon", "barlow_twins", "vicreg", "negative_cosine"])
-def test_pair_losses_train_the_siamese_method_from_config(loss: str, tmp_path) -> None:  # noqa: ANN001
+def test_pair_losses_train_the_siamese_method_from_config(loss: str, tmp_path: Path) -> None:
     """`method=simclr loss=<name>`: each pair objective composes into the siamese method and its gradient reaches the encoder."""
-    from ssl_train.build import build
-    from tests.conftest import compose_config
-
     torch.manual_seed(0)
     method = build(compose_config(["method=simclr", f"loss={loss}"], tmp_path)).method
     views = [torch.rand(8, 1, 28, 28) for _ in range(2)]
