@@ -15,6 +15,7 @@ from ssl_train.build import build_datamodule, build_encoder, build_evaluators, i
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
+from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import claim_output_dir
 
@@ -71,14 +72,20 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(data_cfg)
     splits = datamodule.splits
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, build_evaluators(cfg.eval), device)
+    evaluators = build_evaluators(cfg.eval)
+    result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device)
     metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
+    if raw_input_evaluators(evaluators):
+        protocol = protocol_key(OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True))
+        raw = ResultCache(cfg.paths.get("cache_dir")).get_or_compute(
+            "raw_input", protocol, lambda: evaluate_encoder(RawInput(), *datamodule.probe_datasets(), splits.num_classes, raw_input_evaluators(evaluators)))
+        metrics.update({f"raw_input_{k}": v for k, v in raw.items() if "top" in k})
     text = json.dumps(metrics, indent=2) + "\n"
     metrics_path.write_text(text)
     next_to_ckpt = beside(ckpt_path)
     next_to_ckpt.write_text(text)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
-    print(f"[ssl_train] {scores} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
+    print(f"[ssl_train] {with_baselines(scores, metrics)} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
     return metrics
 
 

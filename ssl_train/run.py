@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_train.build import build, build_evaluators, group_choice
 from ssl_train.callbacks import ThroughputMeter
 from ssl_train.errors import UserError
+from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
 
 log = logging.getLogger(__name__)
@@ -64,20 +65,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "method": cfg.method.get("name", group_choice("method")), "backbone": group_choice("backbone"), "data": group_choice("data"),
         "seed": cfg.seed, "epochs": cfg.trainer.max_epochs, "global_batch_size": datamodule.batch_size,
         "effective_lr": built.module.optim.effective_lr(datamodule.batch_size * cfg.trainer.accumulate_grad_batches), "output_dir": str(output_dir),
+        "eval_split": "validation" if cfg.data.get("validation_fraction") else "test",
     }
     evaluators = build_evaluators(cfg.eval) if cfg.probe else {}
     splits = datamodule.splits
 
-    def evaluate(encoder: torch.nn.Module) -> dict[str, float]:
-        if cfg.get("eval_features", "backbone") == "projector":
-            encoder = torch.nn.Sequential(encoder, built.method.projector)
-        return evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, probe_device(trainer))
+    def evaluate(encoder: torch.nn.Module, chosen: dict[str, Any]) -> dict[str, float]:
+        return evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, chosen, probe_device(trainer))
+
+    def features_of(backbone: torch.nn.Module) -> torch.nn.Module:
+        return torch.nn.Sequential(backbone, built.method.projector) if cfg.get("eval_features", "backbone") == "projector" else backbone
 
     if evaluators and cfg.baseline and trainer.is_global_zero:
+        cache = ResultCache(cfg.paths.get("cache_dir"))
+        protocol = protocol_key(OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True))
+        raw = cache.get_or_compute("raw_input", protocol, lambda: evaluate(RawInput(), raw_input_evaluators(evaluators)))
+        metrics.update({f"raw_input_{k}": v for k, v in raw.items() if "top" in k})
         # The very same initial weights the method starts from: the fair "random-init encoder" baseline.
-        baseline = evaluate(copy.deepcopy(built.backbone))
+        initial = features_of(copy.deepcopy(built.backbone))
+        key = {**protocol, "eval_features": cfg.get("eval_features", "backbone"), "weights": weights_fingerprint(initial)}
+        baseline = cache.get_or_compute("random_init", key, lambda: evaluate(initial, evaluators))
         metrics.update({f"random_init_{k}": v for k, v in baseline.items() if "top" in k})
-        log.info("random-init encoder: %s", ", ".join(f"{k} {v:.4f}" for k, v in baseline.items() if "top1" in k))
+        log.info("raw input: %s; random-init encoder: %s", *(", ".join(f"{k} {v:.4f}" for k, v in r.items() if "top1" in k) for r in (raw, baseline)))
     if cfg.pretrain:
         fit_started = time.time()
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.runs_dir), output_dir)
@@ -96,16 +105,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if key in trainer.callback_metrics:  # last values logged during training (online probe, online kNN, metrics)
                 metrics[key.replace("val/online_", "online_probe_").replace("val/", "online_")] = float(trainer.callback_metrics[key])
     if evaluators and trainer.is_global_zero:
-        metrics.update(evaluate(built.backbone))
+        metrics.update(evaluate(features_of(built.backbone), evaluators))
         if metrics.get("repr_collapsed"):
             log.warning("the trained encoder looks collapsed (repr_embedding_std %.2e): check the method's settings", metrics["repr_embedding_std"])
     metrics["skipped_images"] = datamodule.skipped_images()
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-        summary = f"linear probe top-1 {metrics['linear_top1']:.4f}" if "linear_top1" in metrics else "no probe"
-        if "random_init_linear_top1" in metrics:
-            summary += f" (random-init encoder: {metrics['random_init_linear_top1']:.4f})"
+        summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics) if "linear_top1" in metrics else "no probe"
         if "knn_k20_top1" in metrics:
             summary += f", kNN top-1 {metrics['knn_k20_top1']:.4f}"
         print(f"[ssl_train] {metrics['method']}: {summary}; wall time {metrics['wall_time_s']:.0f}s; results in {metrics_path}")

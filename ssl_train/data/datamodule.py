@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from ssl_train import dist
-from ssl_train.data.datasets import Splits
+from ssl_train.data.datasets import Splits, carve_validation
 from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
 
@@ -35,16 +35,22 @@ class SSLDataModule(pl.LightningDataModule):
 
     `batch_size` is the GLOBAL batch: each of the world_size processes loads batch_size / world_size.
     The views transform is completed by `set_views` (it needs the image size and statistics).
+    `validation_fraction` > 0 replaces the test split by that fraction of train (held out of pretraining and of
+    the probe's fit): what recipes are tuned on, so that the test split is only ever read for final figures.
     """
 
     def __init__(
-        self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True
+        self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True,
+        validation_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
         self.source, self.batch_size, self.num_workers = source, batch_size, num_workers
         self.eval_batch_size, self.pin_memory, self.shuffle = eval_batch_size, pin_memory, shuffle
+        if not 0 <= validation_fraction < 1:
+            raise UserError(f"data.validation_fraction must be in [0, 1), got {validation_fraction}")
+        self.validation_fraction = validation_fraction
         self._splits: Splits | None = None
         self.views_factory: Callable[..., Callable] | None = None
         self._views: Any = None
@@ -54,7 +60,8 @@ class SSLDataModule(pl.LightningDataModule):
     def splits(self) -> Splits:
         """The loaded splits (loaded once, on first use)."""
         if self._splits is None:
-            self._splits = self.source.load()
+            splits = self.source.load()
+            self._splits = carve_validation(splits, self.validation_fraction) if self.validation_fraction else splits
         return self._splits
 
     def set_views(self, views_factory: Callable[..., Callable]) -> None:

@@ -7,12 +7,12 @@ knows its per-channel mean/std (computed on its train split).
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ssl_train.errors import DataNotFoundError, UserError
 
@@ -60,6 +60,21 @@ class Splits:
     @property
     def pretrain_set(self) -> Dataset:
         return self.pretrain if self.pretrain is not None else self.train
+
+
+def carve_validation(splits: Splits, fraction: float, seed: int = 0) -> Splits:
+    """Hold out `fraction` of the labelled train split as the evaluation split (for tuning: test is never looked at).
+
+    The held-out images leave pretraining too when pretraining uses the train split; a separate pretraining set
+    (STL-10 unlabeled, an unlabeled folder) is kept as it is.
+    """
+    if not 0 < fraction < 1:
+        raise UserError(f"data.validation_fraction must be in [0, 1), got {fraction}")
+    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
+    n_val = max(1, int(len(order) * fraction))
+    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    train, val = Subset(splits.train, train_idx.tolist()), Subset(splits.train, val_idx.tolist())
+    return replace(splits, train=train, test=val, pretrain=splits.pretrain)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -28,11 +28,18 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
 
 
-def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100) -> nn.Linear:
-    """Multinomial logistic regression minimising mean cross-entropy + l2 * ||W||^2, from zeros (deterministic)."""
+def fit_logistic_regression(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100, init: nn.Linear | None = None
+) -> nn.Linear:
+    """Multinomial logistic regression minimising mean cross-entropy + l2 * ||W||^2 by L-BFGS, from zeros or from `init`.
+
+    The objective is convex, so a warm start (the solution for a nearby L2 strength, or for a subset of the
+    rows) reaches the same optimum in fewer iterations; from zeros the fit is deterministic.
+    """
     model = nn.Linear(x.shape[1], num_classes)
-    nn.init.zeros_(model.weight)
-    nn.init.zeros_(model.bias)
+    with torch.no_grad():
+        model.weight.copy_(init.weight if init is not None else torch.zeros_like(model.weight))
+        model.bias.copy_(init.bias if init is not None else torch.zeros_like(model.bias))
     optimizer = torch.optim.LBFGS(
         model.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9
     )
@@ -71,13 +78,14 @@ class LinearProbe:
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.seed))
         n_hold = max(1, int(len(train_x) * self.holdout_fraction))
         hold, fit = order[:n_hold], order[n_hold:]
-        scores = {}
-        for l2 in self.l2_grid:
-            model = fit_logistic_regression(train_x[fit], train_y[fit], num_classes, l2, self.max_iter)
+        fit_x, fit_y, hold_x, hold_y = train_x[fit], train_y[fit], train_x[hold], train_y[hold]
+        scores, models, previous = {}, {}, None
+        for l2 in sorted(self.l2_grid, reverse=True):  # strongest regularisation first; each fit warm-starts the next
+            previous = models[l2] = fit_logistic_regression(fit_x, fit_y, num_classes, l2, self.max_iter, init=previous)
             with torch.no_grad():
-                scores[l2] = topk_accuracy(model(train_x[hold]), train_y[hold], 1)
+                scores[l2] = topk_accuracy(previous(hold_x), hold_y, 1)
         best_l2 = max(self.l2_grid, key=lambda v: (scores[v], v))  # ties: the stronger regularisation
-        model = fit_logistic_regression(train_x, train_y, num_classes, best_l2, self.max_iter)
+        model = fit_logistic_regression(train_x, train_y, num_classes, best_l2, self.max_iter, init=models[best_l2])
         with torch.no_grad():
             logits = model(test_x)
         result = {"top1": topk_accuracy(logits, test_y, 1), "l2": best_l2, "holdout_top1": scores[best_l2]}

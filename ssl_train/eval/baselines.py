@@ -1,0 +1,94 @@
+"""The two yardsticks every probe is read against, computed once per dataset and cached.
+
+- raw input: the flattened, standardised input itself (pixels for images), probed with the same protocol;
+  a representation a linear classifier reads worse than its input has not earned its training.
+- random init: the very encoder the method starts from, before any training.
+
+Both depend only on the data, the evaluation protocol and (for random init) the initial weights, so their
+results are cached under `paths.cache_dir`, keyed by a hash of exactly those: a rerun pays for them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+RAW_INPUT_EVALUATORS = ("linear", "knn")  # the representation metrics and the SGD probe say nothing about raw pixels
+
+
+class RawInput(nn.Module):
+    """The identity encoder: (N, ...) inputs flattened to (N, D) float features (the probe standardises them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).float()
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's parameters and buffers (names, shapes and values): equal weights, equal key."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ResultCache:
+    """JSON results in `root/<kind>-<hash of key>.json`; a corrupt or unreadable entry is recomputed, never fatal."""
+
+    def __init__(self, root: str | Path | None) -> None:
+        self.root = Path(root).expanduser() if root else None
+
+    def path(self, kind: str, key: dict[str, Any]) -> Path | None:
+        if self.root is None:
+            return None
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return self.root / f"{kind}-{digest}.json"
+
+    def get_or_compute(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """The cached result for (kind, key), or compute() stored atomically for the next run."""
+        path = self.path(kind, key)
+        if path is not None and path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+                if stored.get("key") == json.loads(json.dumps(key, sort_keys=True, default=str)):
+                    log.info("%s baseline from cache %s", kind, path)
+                    return stored["result"]
+            except (OSError, ValueError, KeyError):
+                log.warning("ignoring unreadable cache entry %s", path)
+        result = compute()
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                staging = path.with_name(path.name + ".tmp")
+                staging.write_text(json.dumps({"key": key, "result": result}, sort_keys=True, default=str, indent=1))
+                staging.replace(path)
+            except OSError as error:  # a read-only cache must not cost the run its results
+                log.warning("could not cache the %s baseline in %s: %s", kind, path, error)
+        return result
+
+
+def raw_input_evaluators(evaluators: dict[str, Any]) -> dict[str, Any]:
+    """The configured evaluators that also make sense on raw inputs (linear probe, kNN)."""
+    return {name: e for name, e in evaluators.items() if name in RAW_INPUT_EVALUATORS}
+
+
+def protocol_key(data: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """What a baseline depends on: the data source and held-out split, and the evaluators' settings (not loader knobs)."""
+    return {"source": data.get("source"), "validation_fraction": data.get("validation_fraction", 0.0), "eval": evaluation}
+
+
+def with_baselines(summary: str, metrics: dict[str, Any], input_name: str = "raw pixels") -> str:
+    """`summary` followed by both baselines' linear top-1 when known: '... (raw pixels 0.8360, random-init encoder 0.7730)'."""
+    parts = [f"{label} {metrics[key]:.4f}" for label, key in ((input_name, "raw_input_linear_top1"), ("random-init encoder", "random_init_linear_top1"))
+             if key in metrics]
+    return f"{summary} ({', '.join(parts)})" if parts else summary
