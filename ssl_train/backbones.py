@@ -36,12 +36,17 @@ class SmallResNet(nn.Module):
     """A narrow ResNet for 28-32 px images that trains on a laptop CPU (the default encoder).
 
     3x3 stem with stride `stem_stride`, one stage per entry of `widths` (stride 2 from the second),
-    `blocks_per_stage` basic blocks each, global average pooling. Default widths (32, 64, 128) with a
-    stride-2 stem give out_dim 128 and ~0.44 M params at ~20 MFLOPs per 28 px image.
+    `blocks_per_stage` basic blocks each, then average pooling to a `pool_size` x `pool_size` grid, flattened:
+    1 is global average pooling (out_dim = last width); 2 keeps a coarse layout (out_dim = 4 x last width),
+    which is what a linear probe on small centred objects (Fashion-MNIST) reads best. Default widths
+    (32, 64, 128) with a stride-2 stem give ~0.44 M params at ~20 MFLOPs per 28 px image.
     """
 
+    prefers_channels_last = True  # NHWC convolutions: 1.2-1.27x faster end to end on the 2-core CPU (channels_last=auto)
+
     def __init__(
-        self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1, stem_stride: int = 2, norm: str = "batch"
+        self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1, stem_stride: int = 2, norm: str = "batch",
+        pool_size: int = 1,
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -49,15 +54,17 @@ class SmallResNet(nn.Module):
             raise ValueError(f"SmallResNet: need widths, blocks_per_stage >= 1 and stem_stride in (1, 2); got {widths}, {blocks_per_stage}, {stem_stride}")
         if norm not in NORMS:
             raise ValueError(f"SmallResNet: norm must be one of {NORMS}, got {norm!r}")
+        if pool_size < 1:
+            raise ValueError(f"SmallResNet: pool_size must be >= 1, got {pool_size}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False), _norm(norm, widths[0]), nn.ReLU(inplace=True)]
         in_ch = widths[0]
         for stage, width in enumerate(widths):
             for block in range(blocks_per_stage):
                 layers.append(_BasicBlock(in_ch, width, stride=2 if stage > 0 and block == 0 else 1, norm=norm))
                 in_ch = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [nn.AdaptiveAvgPool2d(pool_size), nn.Flatten()]
         self.net = nn.Sequential(*layers)
-        self.out_dim = in_ch
+        self.out_dim = in_ch * pool_size * pool_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -70,6 +77,8 @@ class TorchvisionResNet(nn.Module):
     (minus `fc`) loads into `torchvision.models.<arch>()` unchanged. Weights start random: nothing is
     downloaded.
     """
+
+    prefers_channels_last = True  # NHWC convolutions (faster on CPU and with tensor cores under mixed precision)
 
     def __init__(self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool = False, zero_init_residual: bool = True) -> None:
         super().__init__()

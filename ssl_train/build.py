@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.callbacks import ConfigInCheckpoint
@@ -81,6 +82,15 @@ def build_evaluators(eval_cfg: DictConfig) -> dict[str, Any]:
     return {name: instantiate("eval", node) for name, node in eval_cfg.items() if node is not None}
 
 
+def use_channels_last(setting: bool | str, backbone: Any) -> bool:
+    """`channels_last`: true/false as given; `auto` follows the backbone's `prefers_channels_last` (conv nets: measured faster)."""
+    if setting == "auto":
+        return bool(getattr(backbone, "prefers_channels_last", False))
+    if isinstance(setting, bool):
+        return setting
+    raise UserError(f"channels_last must be true, false or auto, got {setting!r}")
+
+
 def build(cfg: DictConfig) -> Built:
     """Instantiate data, views, encoder, head, loss, method, optimisation recipe and Trainer from `cfg`."""
     datamodule = build_datamodule(cfg.data)
@@ -100,7 +110,9 @@ def build(cfg: DictConfig) -> Built:
     datamodule.set_world_size(trainer.world_size)
     if cfg.get("compile"):
         method.backbone.compile()  # in place: state_dict keys stay those of the plain model
-    module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size, channels_last=bool(cfg.get("channels_last")))
+    channels_last = use_channels_last(cfg.get("channels_last", False), backbone)
+    rank_zero_info(f"[ssl_train] memory format: {'channels_last (NHWC)' if channels_last else 'contiguous (NCHW)'} (channels_last={cfg.get('channels_last')})")
+    module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size, channels_last=channels_last)
     views = instantiate("augment", datamodule.views)
     if views.on_device:
         module.set_batched_views(views.batched())

@@ -82,3 +82,13 @@ def test_encode_views_groups_by_size() -> None:
     out = encode_views(encoder, views)
     assert calls == [(8, 1, 8, 8), (8, 1, 4, 4)]
     torch.testing.assert_close(out[2], views[2].flatten(1)[:, :3])
+
+
+def test_small_resnet_pooling_grid_sets_out_dim_and_keeps_layout() -> None:
+    global_pool, grid_pool = SmallResNet(in_channels=1, widths=(8, 16), pool_size=1), SmallResNet(in_channels=1, widths=(8, 16), pool_size=2)
+    grid_pool.load_state_dict(global_pool.state_dict())  # same convolutions: only the pooling differs
+    images = torch.randn(3, 1, 32, 32)  # 32 -> 16 -> 8: the 8x8 map splits into four equal 4x4 cells
+    coarse, fine = global_pool.eval()(images), grid_pool.eval()(images)
+    assert global_pool.out_dim == 16 and grid_pool.out_dim == 64 and fine.shape == (3, 64)
+    assert not torch.allclose(fine.view(3, 16, 4)[..., 0], fine.view(3, 16, 4)[..., 3])  # the cells differ: layout kept
+    assert torch.allclose(fine.view(3, 16, 2, 2).mean((2, 3)), coarse, atol=1e-5)  # and average to the global pool

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssl_train.backbones import SmallResNet
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.errors import UserError
 from ssl_train.losses import NTXentLoss
@@ -99,12 +100,24 @@ def test_gradient_accumulation_scales_effective_lr_with_images_per_step(tmp_path
 
 
 @pytest.mark.parametrize("overrides", [
-    ["trainer.precision=bf16-mixed"], ["channels_last=true"], ["method=byol", "channels_last=true"],
+    ["trainer.precision=bf16-mixed"], ["channels_last=false"], ["method=byol", "channels_last=true"],
     ["augment.on_device=true"], ["method=dino", "augment.on_device=true"],
 ])
 def test_precision_and_memory_format_switches_train(tmp_path: Path, overrides: list[str]) -> None:
     metrics = run(compose_config(overrides, tmp_path / "run"))
     assert metrics["steps"] == 2 and 0.0 <= metrics["linear_top1"] <= 1.0
+
+
+def test_channels_last_auto_follows_the_backbone(tmp_path: Path) -> None:
+    from ssl_train.build import build, use_channels_last
+    from ssl_train.eval.baselines import RawInput
+
+    assert use_channels_last("auto", SmallResNet()) is True and use_channels_last("auto", RawInput()) is False
+    assert use_channels_last(False, SmallResNet()) is False
+    with pytest.raises(UserError, match="channels_last must be true, false or auto"):
+        use_channels_last("yes", SmallResNet())
+    module = build(compose_config([], tmp_path / "run")).module
+    assert module.channels_last and module.method.backbone.net[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_sweep_summary_tables(tmp_path: Path) -> None:

@@ -1,0 +1,134 @@
+"""Quality benchmark: every method x budget, probed against both baselines, with probe accuracy against wall time.
+
+Run: python scripts/bench_quality.py [--budgets quick fmnist30] [--methods simclr byol ...] [--out bench_out/quality] [-- overrides]
+
+Budgets are recipes in configs/experiment/: `quick` is `experiment=<method>_default` (the embedded 10k/2k data,
+a few minutes on 2 CPU cores), `fmnist30` is `experiment=<method>_fmnist30` (full Fashion-MNIST 60k/10k, about 30
+minutes on 2 CPU cores). Each run is `python -m ssl_train experiment=... hydra.run.dir=<out>/<budget>/<method>`; a
+finished run directory is reused, so an interrupted benchmark resumes where it stopped. Prints (and writes
+<out>/quality_table.md) one row per run: linear and kNN top-1 of the trained encoder, of the raw pixels and of the
+random-init encoder, the margin over the stronger baseline, wall time and images/s; draws <out>/quality_curves.png
+(online kNN top-1 on the evaluation split against training seconds, one line per method, one panel per budget;
+needs matplotlib: pip install -e '.[bench]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAPERS = {
+    "simclr": "SimCLR (Chen et al. 2020)", "byol": "BYOL (Grill et al. 2020)", "mocov2": "MoCo v2 (Chen et al. 2020)",
+    "mocov3": "MoCo v3 (Chen et al. 2021)", "simsiam": "SimSiam (Chen & He 2021)", "barlow_twins": "Barlow Twins (Zbontar et al. 2021)",
+    "vicreg": "VICReg (Bardes et al. 2022)", "supcon": "SupCon (Khosla et al. 2020), uses labels", "dino": "DINO (Caron et al. 2021)",
+    "swav": "SwAV (Caron et al. 2020)", "nnclr": "NNCLR (Dwibedi et al. 2021)",
+}
+BUDGETS = {"quick": "default", "fmnist30": "fmnist30"}  # budget name -> experiment suffix
+
+
+def run_one(method: str, budget: str, out: Path, extra: list[str]) -> dict:
+    run_dir = out / budget / method
+    if not (run_dir / "metrics.json").is_file():
+        experiment = f"experiment={method}_{BUDGETS[budget]}"
+        command = [sys.executable, "-m", "ssl_train", experiment, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false", *extra]
+        print("+", " ".join(command), flush=True)
+        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {**metrics, "budget": budget, "run_dir": str(run_dir)}
+
+
+def margin(m: dict) -> float:
+    """Linear top-1 minus the stronger of the two baselines (raw pixels, random-init encoder), in points."""
+    return 100 * (m["linear_top1"] - max(m.get("raw_input_linear_top1", 0.0), m.get("random_init_linear_top1", 0.0)))
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| method | budget | recipe | linear top-1 | kNN top-1 (k=20) | raw pixels linear / kNN | random-init linear / kNN "
+        "| vs stronger baseline | wall time | train images/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in rows:
+        lines.append(
+            f"| {PAPERS.get(m['method'], m['method'])} | {m['budget']} | `experiment={m['method']}_{BUDGETS[m['budget']]}` "
+            f"| {m['linear_top1']:.4f} | {m['knn_k20_top1']:.4f} "
+            f"| {m['raw_input_linear_top1']:.4f} / {m['raw_input_knn_k20_top1']:.4f} "
+            f"| {m['random_init_linear_top1']:.4f} / {m['random_init_knn_k20_top1']:.4f} "
+            f"| {margin(m):+.1f} pts | {m['wall_time_s']:.0f} s | {m['train_images_per_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def curve(run_dir: str, tag: str = "val/knn_top1") -> list[tuple[float, float]]:
+    """(seconds since the first logged event, value) of one scalar in a run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: list[tuple[float, float]] = []
+    start = None
+    for events in sorted(Path(run_dir, "tensorboard").rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags = accumulator.Tags().get("scalars", [])
+        if not tags:
+            continue
+        first = min(e.wall_time for t in tags for e in accumulator.Scalars(t))
+        start = first if start is None else min(start, first)
+        if tag in tags:
+            points += [(e.wall_time, e.value) for e in accumulator.Scalars(tag)]
+    return [(t - start, v) for t, v in sorted(points)] if start is not None else []
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    """One panel per budget: online kNN top-1 against training seconds per method; the raw-pixel kNN as a dashed line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e '.[bench]'): no curve PNG", file=sys.stderr)
+        return False
+    budgets = list(dict.fromkeys(m["budget"] for m in rows))
+    figure, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.5), squeeze=False)
+    for axis, budget in zip(axes[0], budgets):
+        chosen = [m for m in rows if m["budget"] == budget]
+        for m in chosen:
+            points = curve(m["run_dir"])
+            if points:
+                axis.plot([t for t, _ in points], [v for _, v in points], marker="o", markersize=3, label=m["method"])
+        axis.axhline(chosen[0]["raw_input_knn_k20_top1"], color="black", linestyle="--", linewidth=1, label="raw pixels")
+        axis.axhline(chosen[0]["random_init_knn_k20_top1"], color="grey", linestyle=":", linewidth=1, label="random-init encoder")
+        axis.set(title=f"budget: {budget}", xlabel="training time (s)", ylabel="online kNN top-1 (k=20)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(PAPERS))
+    parser.add_argument("--budgets", nargs="+", default=["quick"], choices=list(BUDGETS))
+    parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "quality")
+    parser.add_argument("extra", nargs="*", help="hydra overrides applied to every run")
+    args = parser.parse_args()
+    rows = []
+    for budget in args.budgets:
+        for method in args.methods:
+            rows.append(run_one(method, budget, args.out, args.extra))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality_table.md").write_text(text + "\n")
+    print(text)
+    if plot(rows, args.out / "quality_curves.png"):
+        print(f"curves: {args.out / 'quality_curves.png'}")
+
+
+if __name__ == "__main__":
+    main()
