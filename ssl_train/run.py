@@ -83,7 +83,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({f"raw_input_{k}": v for k, v in raw.items() if "top" in k})
         # The very same initial weights the method starts from: the fair "random-init encoder" baseline.
         initial = features_of(copy.deepcopy(built.backbone))
-        key = {**protocol, "eval_features": cfg.get("eval_features", "backbone"), "weights": weights_fingerprint(initial)}
+        # keyed by the architecture as well as the weights: a different pooling reads the same weights differently
+        key = {**protocol, "backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "eval_features": cfg.get("eval_features", "backbone"),
+               "weights": weights_fingerprint(initial)}
         baseline = cache.get_or_compute("random_init", key, lambda: evaluate(initial, evaluators))
         metrics.update({f"random_init_{k}": v for k, v in baseline.items() if "top" in k})
         log.info("raw input: %s; random-init encoder: %s", *(", ".join(f"{k} {v:.4f}" for k, v in r.items() if "top1" in k) for r in (raw, baseline)))

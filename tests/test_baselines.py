@@ -91,6 +91,8 @@ def test_run_reports_both_baselines_and_reuses_the_cache(tmp_path: Path, capsys:
     second = run(compose_config(overrides, tmp_path / "two"))
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.json")} == stamps  # read, not recomputed
     assert second["raw_input_linear_top1"] == first["raw_input_linear_top1"]
+    pooled = run(compose_config([*overrides, "backbone.pool_size=2"], tmp_path / "pooled"))  # same weights, other features
+    assert len(list(cache.glob("random_init-*.json"))) == 2 and pooled["raw_input_linear_top1"] == first["raw_input_linear_top1"]
     held_out = run(compose_config([*overrides, "data.validation_fraction=0.25"], tmp_path / "three"))
     assert held_out["eval_split"] == "validation" and len(list(cache.glob("raw_input-*.json"))) == 2
     assert json.loads((tmp_path / "three" / "metrics.json").read_text())["eval_split"] == "validation"
