@@ -12,7 +12,7 @@ from ssl_train.build import build, build_evaluators
 from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_image_folder, make_stl10
 
 GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug"]
-NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist")}
+NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist"), ("experiment", "fmnist30")}
 
 
 def data_fixture(option: str, tmp_path: Path) -> list[str]:

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ssl_train.errors import UserError
-from ssl_train.eval.linear_probe import LinearProbe, topk_accuracy
+from ssl_train.eval.linear_probe import LinearProbe, LogisticRegressionProblem, topk_accuracy
 from ssl_train.probe import probe_checkpoint
 from ssl_train.run import run
 from tests.conftest import compose_config
@@ -90,3 +90,31 @@ def test_eval_entry_with_chosen_evaluators_and_projector_features(tmp_path: Path
     assert json.loads((ckpt.parent / "metrics.json").read_text()) == metrics  # written beside the checkpoint
     probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[knn]"], tmp_path / "eval2", config_name="probe"))
     assert (ckpt.parent / "metrics-1.json").is_file()  # the first result is kept
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1e-2])
+def test_whitened_solver_reaches_the_plain_optimum(l2: float) -> None:
+    """Reference: plain L-BFGS on the original weights, run to convergence; correlated, badly scaled features."""
+    g = torch.Generator().manual_seed(0)
+    x, y = _blobs(400, 0)
+    x = torch.cat([x, x[:, :3] * 0.01 + 0.001 * torch.randn(400, 3, generator=g), torch.zeros(400, 2)], dim=1)  # near-collinear + dead
+    reference = torch.nn.Linear(x.shape[1], 6)
+    torch.nn.init.zeros_(reference.weight)
+    torch.nn.init.zeros_(reference.bias)
+    optimizer = torch.optim.LBFGS(reference.parameters(), max_iter=5000, history_size=50, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def objective(model: torch.nn.Linear) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(model(x), y) + l2 * model.weight.pow(2).sum()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective(reference)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    ours = LogisticRegressionProblem(x, y, 6).fit(l2, max_iter=100)
+    with torch.no_grad():
+        assert objective(ours).item() == pytest.approx(objective(reference).item(), rel=1e-4)
+        assert torch.allclose(ours.weight, reference.weight, atol=2e-3)
+        assert ours.weight[:, -2:].abs().max() == 0  # directions the data never spans get no weight
