@@ -33,7 +33,8 @@ BUDGETS = {"quick": [], "fmnist30": ["experiment=fmnist30"]}  # budget name -> o
 def run_one(method: str, budget: str, out: Path, extra: list[str]) -> dict:
     run_dir = out / budget / method
     if not (run_dir / "metrics.json").is_file():
-        command = [sys.executable, "-m", "ssl_train", f"method={method}", *BUDGETS[budget], f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false", *extra]
+        command = [sys.executable, "-m", "ssl_train", f"method={method}", *BUDGETS[budget], f"hydra.run.dir={run_dir}",
+                   "trainer.enable_progress_bar=false", *extra]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -98,7 +99,7 @@ def plot(rows: list[dict], path: Path) -> bool:
         return False
     budgets = list(dict.fromkeys(m["budget"] for m in rows))
     figure, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.5), squeeze=False)
-    for axis, budget in zip(axes[0], budgets):
+    for axis, budget in zip(axes[0], budgets, strict=True):
         chosen = [m for m in rows if m["budget"] == budget]
         for m in chosen:
             points = curve(m["run_dir"])

@@ -36,7 +36,8 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
         if "linear" not in chosen_eval.split("=", 1)[1].strip("[]").split(","):
             shrink = [o for o in shrink if not o.startswith("eval.linear")]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        paths = [f"paths.output_dir={output_dir}"] + ([] if any(o.startswith("paths.cache_dir=") for o in overrides) else [f"paths.cache_dir={output_dir}/cache"])
+        own_cache = any(o.startswith("paths.cache_dir=") for o in overrides)
+        paths = [f"paths.output_dir={output_dir}"] + ([] if own_cache else [f"paths.cache_dir={output_dir}/cache"])
         return compose(config_name, overrides=shrink + list(overrides) + paths)
 
 

@@ -101,7 +101,9 @@ def test_whitened_solver_reaches_the_plain_optimum(l2: float) -> None:
     reference = torch.nn.Linear(x.shape[1], 6)
     torch.nn.init.zeros_(reference.weight)
     torch.nn.init.zeros_(reference.bias)
-    optimizer = torch.optim.LBFGS(reference.parameters(), max_iter=5000, history_size=50, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+    optimizer = torch.optim.LBFGS(
+        reference.parameters(), max_iter=5000, history_size=50, line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12
+    )
 
     def objective(model: torch.nn.Linear) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(model(x), y) + l2 * model.weight.pow(2).sum()

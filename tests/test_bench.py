@@ -1,0 +1,45 @@
+"""The benchmark scripts run: the GPU throughput rows as a CPU dry run, the quality table from finished runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_gpu_preset_dry_runs_on_cpu() -> None:
+    # SimCLR ResNet-18 fp32 per-sample, ResNet-18 bf16 batched, ResNet-50 fp32 batched, BYOL ResNet-18 fp32 batched
+    done = subprocess.run([sys.executable, "scripts/bench_throughput.py", "--preset", "gpu", "--dry-run", "--rows", "0", "3", "5", "9"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| simclr", "| byol"))]
+    assert len(rows) == 8  # each row printed as measured, then in the final table
+    assert {r.split("|")[2].strip() for r in rows} == {"resnet18", "resnet50"} and all(r.rstrip().endswith("MiB |") for r in rows)
+
+
+def test_quality_table_ranks_against_the_stronger_baseline(tmp_path: Path) -> None:
+    bench = load_script("bench_quality")
+    run_dir = tmp_path / "quick" / "simclr"
+    run_dir.mkdir(parents=True)
+    metrics = {"method": "simclr", "linear_top1": 0.87, "knn_k20_top1": 0.82, "raw_input_linear_top1": 0.85, "raw_input_knn_k20_top1": 0.84,
+               "random_init_linear_top1": 0.86, "random_init_knn_k20_top1": 0.80, "wall_time_s": 150.0, "train_images_per_s": 1200.0}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    row = bench.run_one("simclr", "quick", tmp_path, [])  # a finished run is read, not rerun
+    assert bench.margin(row) == pytest.approx(1.0)  # 0.87 - max(0.85, 0.86)
+    line = bench.table([row]).splitlines()[-1]
+    assert "| 0.8700 | 0.8200 | 0.8500 / 0.8400 | 0.8600 / 0.8000 | +1.0 pts | 150 s | 1200 |" in line and "`method=simclr`" in line
+    assert bench.recipe("byol", "fmnist30") == "method=byol experiment=fmnist30"
