@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ssl_train.losses.precision import float32_linear
+
 
 class MLP(nn.Sequential):
     """Linear layers with BatchNorm + ReLU between them; exposes `out_dim`.
@@ -61,4 +63,4 @@ class DINOHead(nn.Module):
     def forward(self, x):  # noqa: ANN001, ANN201 - tensor in, tensor out
         x = nn.functional.normalize(self.mlp(x), dim=-1)
         weight = nn.functional.normalize(self.last_layer.weight, dim=1) if self.norm_last_layer else self.last_layer.weight
-        return nn.functional.linear(x, weight)
+        return float32_linear(x, weight)  # logits the loss divides by 0.04-0.1: float32 under mixed precision

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ssl_train.losses.pairs import float_pair
+from ssl_train.losses.precision import float32
 
 
 class BarlowTwinsLoss(nn.Module):
@@ -22,6 +23,7 @@ class BarlowTwinsLoss(nn.Module):
             raise ValueError(f"BarlowTwinsLoss: lambda_offdiag must be >= 0 and scale_loss > 0, got {lambda_offdiag}, {scale_loss}")
         self.lambda_offdiag, self.gather_distributed, self.eps, self.scale_loss = float(lambda_offdiag), gather_distributed, eps, scale_loss
 
+    @float32
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         z_a, z_b = float_pair("BarlowTwinsLoss", z_a, z_b, self.gather_distributed)
         n = len(z_a)

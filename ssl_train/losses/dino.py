@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.losses.precision import float32
 
 
 class DINOLoss(nn.Module):
@@ -40,6 +41,7 @@ class DINOLoss(nn.Module):
             frac = step / self.warmup_teacher_temp_steps
             self.current_teacher_temp = self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
 
+    @float32
     def forward(self, student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         teacher_probs = [F.softmax((t.float().detach() - self.center) / self.current_teacher_temp, dim=-1) for t in teacher_outputs]
         student_log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_outputs]

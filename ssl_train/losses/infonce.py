@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.losses.precision import float32
 
 
 class InfoNCELoss(nn.Module):
@@ -24,6 +25,7 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"InfoNCELoss: temperature must be > 0, got {temperature}")
         self.temperature, self.gather_distributed = float(temperature), gather_distributed
 
+    @float32
     def forward(self, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None) -> torch.Tensor:
         if query.shape != positive_key.shape or query.ndim != 2:
             raise ValueError(f"InfoNCELoss expects (N, D) query and positive_key of equal shape, got {tuple(query.shape)}, {tuple(positive_key.shape)}")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train.losses.pairs import distances_and_masks
+from ssl_train.losses.precision import float32
 
 
 class ContrastiveMarginLoss(nn.Module):
@@ -24,6 +25,7 @@ class ContrastiveMarginLoss(nn.Module):
             raise ValueError(f"ContrastiveMarginLoss: margin must be > 0, got {margin}")
         self.margin, self.normalize, self.uses_labels = margin, normalize, uses_labels
 
+    @float32
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         d, similar, dissimilar = distances_and_masks(z_a, z_b, labels if self.uses_labels else None, self.normalize)
         pull = (d[similar].pow(2) / 2).mean()

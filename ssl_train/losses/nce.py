@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_train.losses.precision import float32
+
 
 class NCELoss(nn.Module):
     """Logistic regression of data (query, positive) against noise (query, negative) pairs.
@@ -22,6 +24,7 @@ class NCELoss(nn.Module):
             raise ValueError(f"NCELoss: temperature must be > 0, got {temperature}")
         self.temperature, self.log_noise_ratio = temperature, log_noise_ratio
 
+    @float32
     def forward(self, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None) -> torch.Tensor:
         if query.shape != positive_key.shape or query.ndim != 2:
             raise ValueError(f"NCELoss expects (N, D) query and positive_key of equal shape, got {tuple(query.shape)}, {tuple(positive_key.shape)}")

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_train.losses.precision import float32
+
 
 class NegativeCosineSimilarity(nn.Module):
     """Mean of -cos(p, z) over the batch; BYOL's 2 - 2cos up to constants.
@@ -14,6 +16,7 @@ class NegativeCosineSimilarity(nn.Module):
     Inputs p (predictions) and z (targets): (N, D); the caller detaches z for stop-gradient.
     """
 
+    @float32
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if p.shape != z.shape:
             raise ValueError(f"NegativeCosineSimilarity expects equal shapes, got {tuple(p.shape)} and {tuple(z.shape)}")

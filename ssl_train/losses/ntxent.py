@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.losses.precision import float32
 
 
 class NTXentLoss(nn.Module):
@@ -30,6 +31,7 @@ class NTXentLoss(nn.Module):
         self.temperature = float(temperature)
         self.gather_distributed, self.decoupled, self.debiased_tau_plus = gather_distributed, decoupled, debiased_tau_plus
 
+    @float32
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         if z_a.shape != z_b.shape or z_a.ndim != 2:
             raise ValueError(f"NTXentLoss expects two (N, D) tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.losses.precision import float32
 
 
 class SupConLoss(nn.Module):
@@ -25,6 +26,7 @@ class SupConLoss(nn.Module):
             raise ValueError(f"SupConLoss: temperature must be > 0, got {temperature}")
         self.temperature, self.gather_distributed = float(temperature), gather_distributed
 
+    @float32
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None or bool((labels < 0).any()):
             raise ValueError("SupConLoss needs class labels for every sample (method=supcon requires a labelled dataset)")

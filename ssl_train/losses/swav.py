@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.losses.precision import float32
 
 
 @torch.no_grad()
@@ -48,6 +49,7 @@ class SwAVLoss(nn.Module):
             raise ValueError("SwAVLoss: temperature and epsilon must be > 0, sinkhorn_iterations >= 1")
         self.temperature, self.epsilon, self.sinkhorn_iterations = temperature, epsilon, sinkhorn_iterations
 
+    @float32
     def forward(self, scores: Sequence[torch.Tensor], num_global: int = 2, queue_scores: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         if len(scores) < 2 or not 1 <= num_global <= len(scores):
             raise ValueError(f"SwAVLoss needs >= 2 views and 1 <= num_global <= views, got {len(scores)} views, num_global={num_global}")

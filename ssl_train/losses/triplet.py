@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train.losses.pairs import distances_and_masks
+from ssl_train.losses.precision import float32
 
 MINING = ("batch_hard", "semi_hard", "all")
 
@@ -29,6 +30,7 @@ class TripletLoss(nn.Module):
             raise ValueError(f"TripletLoss: margin must be >= 0, got {margin}")
         self.margin, self.mining, self.normalize, self.uses_labels = margin, mining, normalize, uses_labels
 
+    @float32
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         d, positive, negative = distances_and_masks(z_a, z_b, labels if self.uses_labels else None, self.normalize)
         if not negative.any():

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train.losses.pairs import float_pair
+from ssl_train.losses.precision import float32
 
 
 class VICRegLoss(nn.Module):
@@ -35,6 +36,7 @@ class VICRegLoss(nn.Module):
         cov = z.T @ z / (n - 1)
         return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
 
+    @float32
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         z_a, z_b = float_pair("VICRegLoss", z_a, z_b, self.gather_distributed)
         invariance = F.mse_loss(z_a, z_b)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ssl_train.losses.precision import float32_linear
 from ssl_train.methods.common import cosine_momentum, ema_update, encode_views
 
 
@@ -67,7 +68,7 @@ class SwAVMethod(nn.Module):
         with torch.no_grad():
             self.prototypes.weight.copy_(nn.functional.normalize(self.prototypes.weight, dim=1))
         features = encode_views(self.backbone, views)
-        scores = [self.prototypes(nn.functional.normalize(self.projector(h), dim=1)) for h in features]
+        scores = [float32_linear(nn.functional.normalize(self.projector(h), dim=1), self.prototypes.weight) for h in features]
         loss = self.loss(scores, num_global=min(self.num_global_views, len(views)))
         return {"loss": loss, "features": features[0].detach(), "logs": {}}
 
