@@ -71,6 +71,18 @@ def test_simsiam_mode_has_no_target_network() -> None:
     assert all(p.grad is not None for p in method.backbone.parameters())
 
 
+def test_simsiam_runs_the_encoder_once_and_updates_batchnorm_once() -> None:
+    """The stop-gradient targets are the online projections themselves (Chen & He 2021, Algorithm 1), not a second pass."""
+    method = _byol(momentum_base=0.0, momentum_final=0.0, use_target_network=False)
+    calls: list[int] = []
+    method.backbone.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    bn = next(m for m in method.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    views = _views()
+    method(views)
+    assert calls == [2 * len(views[0])]  # both views in one forward, no target pass
+    assert int(bn.num_batches_tracked) == 1
+
+
 def test_encode_views_groups_by_size() -> None:
     calls = []
 

@@ -14,7 +14,8 @@ from ssl_train.heads import MLP, DINOHead
 from ssl_train.losses import DINOLoss, InfoNCELoss, SupConLoss, SwAVLoss
 from ssl_train.methods import DINOMethod, DistillMethod, NNCLRMethod, SiameseMethod, SwAVMethod
 from ssl_train.methods.common import FeatureQueue
-from tests.conftest import compose_config
+from ssl_train.errors import UserError
+from tests.conftest import CONFIG_DIR, compose_config
 
 
 def _backbone() -> SmallResNet:
@@ -114,3 +115,23 @@ def test_pair_losses_train_the_siamese_method_from_config(loss: str, tmp_path: P
     out["loss"].backward()
     grads = [p.grad for p in method.backbone.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+HEADS = sorted(p.stem for p in (CONFIG_DIR / "head").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("method", sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")))
+def test_every_method_with_every_head_steps_or_says_why(method: str, head: str, tmp_path: Path) -> None:
+    """One optimizer step of `method=<m> head=<h>` on a tiny batch, or one clear line naming what does not fit."""
+    try:
+        built = build(compose_config([f"method={method}", f"head={head}", "data.batch_size=8"], tmp_path))
+    except UserError as error:
+        assert "\n" not in str(error) and "head" in str(error), str(error)
+        return
+    images = torch.stack([built.datamodule.splits.train[i][0] for i in range(8)])
+    views = built.module.batched_views(images) if built.module.batched_views is not None else None
+    labels = torch.arange(8) % 4
+    out = built.method(views, labels)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and any(p.grad is not None for p in built.method.backbone.parameters())

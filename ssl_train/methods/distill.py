@@ -51,18 +51,20 @@ class DistillMethod(nn.Module):
             self.target_projector = copy.deepcopy(projector).requires_grad_(False)
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
-        if self.target_backbone is None or self.target_projector is None:
-            return self.projector(self.backbone(x))
-        return self.target_projector(self.target_backbone(x))
+        return self.target_projector(self.target_backbone(x))  # type: ignore[misc]
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         if len(views) < 2:
             raise ValueError(f"{self.name} needs at least 2 views per image, got {len(views)}")
         num_global = min(self.num_global_views, len(views))
         features = encode_views(self.backbone, views)
-        predictions = [self.predictor(self.projector(h)) for h in features]
-        with torch.no_grad():
-            targets = encode_views(self._target, views[:num_global])
+        projections = [self.projector(h) for h in features]
+        predictions = [self.predictor(z) for z in projections]
+        if self.target_backbone is None:  # SimSiam: the online projections themselves, detached (one forward, BN updated once)
+            targets = [z.detach() for z in projections[:num_global]]
+        else:
+            with torch.no_grad():
+                targets = encode_views(self._target, views[:num_global])
         pairs = [(j, i) for i, j in pairs_over_views(num_global, len(views), symmetric=True)]  # (prediction, target)
         extra = {"negative_keys": self.queue.get()} if self.queue is not None else {}
         total = sum(self.loss(predictions[p], targets[t].detach(), **extra) for p, t in pairs)
