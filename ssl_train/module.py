@@ -29,7 +29,7 @@ class SSLModule(pl.LightningModule):
             self.method.to(memory_format=torch.channels_last)
         self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
         self.global_batch_size = global_batch_size
-        self._last_hooked_step = -1
+        self._step_before_batch = 0
         self.batched_views: nn.Module | None = None
 
     def set_batched_views(self, views: nn.Module) -> None:
@@ -77,10 +77,14 @@ class SSLModule(pl.LightningModule):
             self.log(f"train/{key}", value, batch_size=batch_size)
         return out["loss"] + probe_loss
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_before_batch = self.global_step
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         hook = getattr(self.method, "on_optimizer_step", None)
-        if hook is not None and self.global_step != self._last_hooked_step:  # once per optimizer step, not per micro-batch
-            self._last_hooked_step = self.global_step
+        # only after a batch that ended with an optimizer step: never before the first one under gradient accumulation,
+        # never again for a step restored from a checkpoint
+        if hook is not None and self.global_step > self._step_before_batch:
             hook(self.global_step, int(self.trainer.estimated_stepping_batches))
 
     def on_train_epoch_end(self) -> None:

@@ -130,3 +130,14 @@ def test_sweep_summary_tables(tmp_path: Path) -> None:
     table = (tmp_path / "summary.md").read_text()
     assert "| 1 | optim.optimizer.lr=1 | simclr | 0.7500 |" in table
     assert (tmp_path / "summary.csv").read_text().splitlines()[0].startswith("job,overrides,")
+
+
+def test_ema_hook_fires_once_per_optimizer_step_under_accumulation(tmp_path: Path) -> None:
+    from ssl_train.build import build
+
+    built = build(compose_config([*QUIET, "method=byol", "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4"], tmp_path / "run"))
+    calls: list[int] = []
+    original = built.method.on_optimizer_step
+    built.method.on_optimizer_step = lambda step, max_steps: (calls.append(step), original(step, max_steps))
+    built.trainer.fit(built.module, datamodule=built.datamodule)
+    assert calls == [1, 2]  # not after the first micro-batch (no optimizer step yet), once per step after
