@@ -137,8 +137,10 @@ def test_vicreg_matches_loop() -> None:
         return var_term, cov_term
 
     (va, ca), (vb, cb) = var_cov(z_a), var_cov(z_b)
-    expected = 25 * invariance + 25 * (va + vb) + 1 * (ca + cb)
-    assert VICRegLoss()(z_a, z_b).item() == pytest.approx(expected, abs=1e-4)
+    official = 25 * invariance + 25 * (va + vb) / 2 + 1 * (ca + cb)  # facebookresearch/vicreg: std_loss halved
+    assert VICRegLoss()(z_a, z_b).item() == pytest.approx(official, abs=1e-4)
+    paper_sum = 25 * invariance + 25 * (va + vb) + 1 * (ca + cb)
+    assert VICRegLoss(variance_mean=False)(z_a, z_b).item() == pytest.approx(paper_sum, abs=1e-4)
 
 
 # --- DINO ---------------------------------------------------------------------------------------------

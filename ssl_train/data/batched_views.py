@@ -133,7 +133,7 @@ class BatchedView(nn.Module):
         n, s, device = x.shape[0], self.recipe.jitter_strength, x.device
         applied = torch.rand(n, device=device) < self.recipe.jitter_prob
         factors = [_uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device), _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
-                   _uniform(n, max(0.0, 1 - 0.2 * s), 1 + 0.2 * s, device), _uniform(n, -0.1 * s, 0.1 * s, device)]
+                   _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device), _uniform(n, -0.1 * s, 0.1 * s, device)]
         order = torch.rand(n, 4, device=device).argsort(dim=1)  # a random permutation of the 4 ops per sample
         for slot in range(4):
             for op_index, op in enumerate(JITTER_OPS):

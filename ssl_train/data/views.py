@@ -14,12 +14,12 @@ class ViewRecipe:
     """The knobs of one augmented view (SimCLR, Chen et al. 2020, appendix A; BYOL adds blur/solarize asymmetry).
 
     Defaults are the SimCLR CIFAR recipe scaled for 28-32 px images: no blur (it destroys tiny images),
-    colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2, flip p=0.5.
+    colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8 (SimCLR appendix A: strength 0.5 for CIFAR), grayscale p=0.2, flip p=0.5.
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip_prob: float = 0.5
-    jitter_strength: float = 1.0  # multiplies (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1)
+    jitter_strength: float = 1.0  # multiplies (brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1)
     jitter_prob: float = 0.8
     grayscale_prob: float = 0.2
     blur_prob: float = 0.0
@@ -32,7 +32,7 @@ class ViewRecipe:
         if self.flip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(self.flip_prob))
         if self.jitter_prob > 0 and s > 0:
-            steps.append(v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)], p=self.jitter_prob))
+            steps.append(v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)], p=self.jitter_prob))
         if self.grayscale_prob > 0 and len(mean) == 3:
             steps.append(v2.RandomGrayscale(self.grayscale_prob))
         if self.blur_prob > 0:
