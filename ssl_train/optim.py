@@ -46,16 +46,23 @@ def param_groups(module: nn.Module, weight_decay: float, exclude_bias_and_norm: 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), as used by SimCLR/BYOL.
 
-    Each parameter's update is scaled by trust_coefficient * ||w|| / (||g|| + wd * ||w||); groups with
-    `lars_exclude=True` (biases, norms, the online probe) get plain SGD with momentum.
+    For each parameter not in a `lars_exclude=True` group (biases, norms, the online probe):
+        trust = trust_coefficient * ||w|| / (||g|| + weight_decay * ||w|| + eps)   (when ||w|| > 0 and ||g|| > 0, else 1)
+        update = trust * (g + weight_decay * w)
+    and with `clip_lr=True` the trust ratio is clipped as in solo-learn: trust = min(trust / lr, 1), so the adapted
+    step never exceeds the scheduled LR. The update then goes through momentum and `lr` like SGD. Excluded groups
+    get plain SGD with momentum (their weight decay is 0).
     """
 
     def __init__(
-        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8
+        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8,
+        clip_lr: bool = False,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"LARS: lr must be > 0, got {lr}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False))
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False,
+                        clip_lr=clip_lr)
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):  # type: ignore[override]
@@ -67,13 +74,16 @@ class LARS(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad
-                if group["weight_decay"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
+                grad, weight_decay = p.grad, group["weight_decay"]
                 if not group["lars_exclude"]:
                     w_norm, g_norm = torch.norm(p), torch.norm(grad)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["trust_coefficient"] * w_norm / (g_norm + group["eps"]), torch.ones_like(w_norm))
-                    grad = grad.mul(trust)
+                    trust = group["trust_coefficient"] * w_norm / (g_norm + weight_decay * w_norm + group["eps"])
+                    if group["clip_lr"]:
+                        trust = torch.clamp(trust / group["lr"], max=1.0)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(w_norm))
+                    grad = grad.add(p, alpha=weight_decay).mul(trust) if weight_decay else grad.mul(trust)
+                elif weight_decay:
+                    grad = grad.add(p, alpha=weight_decay)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.clone(grad).detach()

@@ -54,3 +54,23 @@ def test_lars_trust_ratio_scales_update_and_skips_excluded() -> None:
     trust = 0.01 * (2 * math.sqrt(3)) / math.sqrt(3)
     torch.testing.assert_close(w.detach(), torch.full((3,), 2.0 - trust))
     torch.testing.assert_close(b.detach(), torch.full((3,), 1.0))
+
+
+def _solo_learn_lars_step(w: torch.Tensor, g: torch.Tensor, lr: float, wd: float, eta: float, clip: bool) -> torch.Tensor:
+    """Reference: solo-learn's LARS (solo/utils/lars.py) for one step without momentum, written out plainly."""
+    p_norm, g_norm = float(w.norm()), float(g.norm())
+    lars_lr = eta * p_norm / (g_norm + p_norm * wd + 1e-8)
+    if clip:
+        lars_lr = min(lars_lr / lr, 1.0)
+    return w - lr * (g + wd * w) * lars_lr
+
+
+@pytest.mark.parametrize(("lr", "clip"), [(0.3, False), (0.3, True), (0.001, True)])
+def test_lars_matches_solo_learn_formula(lr: float, clip: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    w0, grad = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g) * 3
+    w = nn.Parameter(w0.clone())
+    optimizer = LARS([{"params": [w]}], lr=lr, momentum=0.0, weight_decay=1e-4, trust_coefficient=0.02, clip_lr=clip)
+    w.grad = grad.clone()
+    optimizer.step()
+    torch.testing.assert_close(w.detach(), _solo_learn_lars_step(w0, grad, lr, 1e-4, 0.02, clip))
