@@ -73,12 +73,14 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     splits = datamodule.splits
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     evaluators = build_evaluators(cfg.eval)
-    result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device)
+    result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device, datamodule.eval_batch_size)
     metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
     if raw_input_evaluators(evaluators):
         protocol = protocol_key(OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True))
+        raw_evaluators = raw_input_evaluators(evaluators)
         raw = ResultCache(cfg.paths.get("cache_dir")).get_or_compute(
-            "raw_input", protocol, lambda: evaluate_encoder(RawInput(), *datamodule.probe_datasets(), splits.num_classes, raw_input_evaluators(evaluators)))
+            "raw_input", protocol, lambda: evaluate_encoder(RawInput(), *datamodule.probe_datasets(), splits.num_classes, raw_evaluators, device,
+                                                            datamodule.eval_batch_size))
         metrics.update({f"raw_input_{k}": v for k, v in raw.items() if "top" in k})
     text = json.dumps(metrics, indent=2) + "\n"
     metrics_path.write_text(text)

@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     splits = datamodule.splits
 
     def evaluate(encoder: torch.nn.Module, chosen: dict[str, Any]) -> dict[str, float]:
-        return evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, chosen, probe_device(trainer))
+        return evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, chosen, probe_device(trainer), datamodule.eval_batch_size)
 
     def features_of(backbone: torch.nn.Module) -> torch.nn.Module:
         return torch.nn.Sequential(backbone, built.method.projector) if cfg.get("eval_features", "backbone") == "projector" else backbone

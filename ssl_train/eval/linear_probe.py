@@ -90,15 +90,15 @@ class LinearProbe:
     """
 
     def __init__(
-        self, l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction: float = 0.1, max_iter: int = 100, batch_size: int = 512,
-        seed: int = 0, search_max_iter: int = 30,
+        self, l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction: float = 0.1, max_iter: int = 100, seed: int = 0,
+        search_max_iter: int = 30,
     ) -> None:
         if not l2_grid:
             raise ValueError("eval.l2_grid must hold at least one value")
         if not 0 < holdout_fraction < 1:
             raise ValueError(f"eval.holdout_fraction must be in (0, 1), got {holdout_fraction}")
         self.l2_grid, self.holdout_fraction = [float(v) for v in l2_grid], holdout_fraction
-        self.max_iter, self.batch_size, self.seed, self.search_max_iter = max_iter, batch_size, seed, min(search_max_iter, max_iter)
+        self.max_iter, self.seed, self.search_max_iter = max_iter, seed, min(search_max_iter, max_iter)
 
     def evaluate_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int) -> dict[str, float]:
         """Fit on train features, choose L2 on a held-out part, report test top-1 (and top-5 for > 5 classes)."""
@@ -122,7 +122,9 @@ class LinearProbe:
             result["top5"] = topk_accuracy(logits, test_y, 5)
         return result
 
-    def __call__(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device = "cpu") -> dict[str, float]:
-        train_x, train_y = extract_features(encoder, train_set, self.batch_size, device)
-        test_x, test_y = extract_features(encoder, test_set, self.batch_size, device)
+    def __call__(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device = "cpu",
+                 batch_size: int = 512) -> dict[str, float]:
+        """Extract features of both splits (batches of `batch_size`), then `evaluate_features`."""
+        train_x, train_y = extract_features(encoder, train_set, batch_size, device)
+        test_x, test_y = extract_features(encoder, test_set, batch_size, device)
         return self.evaluate_features(train_x, train_y, test_x, test_y, num_classes)
