@@ -10,11 +10,11 @@ import torch
 
 from ssl_train.backbones import SmallResNet
 from ssl_train.build import build
+from ssl_train.errors import UserError
 from ssl_train.heads import MLP, DINOHead
 from ssl_train.losses import DINOLoss, InfoNCELoss, SupConLoss, SwAVLoss
 from ssl_train.methods import DINOMethod, DistillMethod, NNCLRMethod, SiameseMethod, SwAVMethod
 from ssl_train.methods.common import FeatureQueue
-from ssl_train.errors import UserError
 from tests.conftest import CONFIG_DIR, compose_config
 
 
