@@ -16,6 +16,7 @@ from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, with_baselines
+from ssl_train.eval.metrics import alignment, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import claim_output_dir
 
@@ -75,6 +76,11 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     evaluators = build_evaluators(cfg.eval)
     result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device, datamodule.eval_batch_size)
     metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
+    if "repr" in evaluators:  # alignment needs positive pairs: the training run's own view pipeline on test images
+        datamodule.set_views(instantiate("augment", train_cfg.augment))
+        test = splits.test
+        pairs = positive_pair_features(encoder, datamodule.views(), [test[i][0] for i in range(min(len(test), 512))], device)
+        metrics["repr_alignment"] = alignment(*pairs)
     if raw_input_evaluators(evaluators):
         protocol = protocol_key(OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True))
         raw_evaluators = raw_input_evaluators(evaluators)

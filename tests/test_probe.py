@@ -87,8 +87,11 @@ def test_eval_entry_with_chosen_evaluators_and_projector_features(tmp_path: Path
     cfg = compose_config([f"ckpt_path={ckpt}", "eval=[knn,repr]", "eval_features=projector"], tmp_path / "eval", config_name="probe")
     metrics = probe_checkpoint(cfg)
     assert "knn_k20_top1" in metrics and "repr_rankme" in metrics and "linear_top1" not in metrics
+    assert metrics["repr_alignment"] > 0  # positive pairs from the run's own view pipeline: two different views
+    assert "raw_input_knn_k20_top1" in metrics and "raw_input_linear_top1" not in metrics  # the baseline, with the chosen evaluators
     assert json.loads((ckpt.parent / "metrics.json").read_text()) == metrics  # written beside the checkpoint
-    probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[knn]"], tmp_path / "eval2", config_name="probe"))
+    second = probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[knn]"], tmp_path / "eval2", config_name="probe"))
+    assert "repr_alignment" not in second
     assert (ckpt.parent / "metrics-1.json").is_file()  # the first result is kept
 
 

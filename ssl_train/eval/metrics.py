@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,23 @@ def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
 def normalised_std(z: torch.Tensor) -> float:
     """Mean over dimensions of the std of L2-normalised embeddings: ~1/sqrt(D) when spread out, 0 when collapsed."""
     return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
+
+
+@torch.no_grad()
+def positive_pair_features(
+    encoder: torch.nn.Module, views: Any, images: list[torch.Tensor], device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (encoder in eval mode) of the first two views that the run's own view pipeline makes of each image: positive pairs."""
+    was_training = encoder.training
+    encoder.eval().to(device)
+    if getattr(views, "on_device", False):
+        first, second = views.batched().to(device)(torch.stack(images).to(device))[:2]
+    else:
+        made = [views(image)[:2] for image in images]
+        first, second = torch.stack([m[0] for m in made]).to(device), torch.stack([m[1] for m in made]).to(device)
+    z_a, z_b = encoder(first).float().cpu(), encoder(second).float().cpu()
+    encoder.train(was_training)
+    return z_a, z_b
 
 
 def representation_metrics(z: torch.Tensor, z_positive: torch.Tensor | None = None, collapse_threshold: float = 0.01) -> dict[str, float]:

@@ -9,7 +9,7 @@ from torch.utils.data import Subset
 
 from ssl_train.eval.knn import KNNClassifier
 from ssl_train.eval.linear_probe import extract_features
-from ssl_train.eval.metrics import representation_metrics
+from ssl_train.eval.metrics import alignment, positive_pair_features, representation_metrics
 
 
 class OnlineEvaluation(pl.Callback):
@@ -41,25 +41,8 @@ class OnlineEvaluation(pl.Callback):
         train_x, train_y = extract_features(encoder, train_set, datamodule.eval_batch_size, device)
         test_x, test_y = extract_features(encoder, test_set, datamodule.eval_batch_size, device)
         scores = self.knn.evaluate_features(train_x, train_y, test_x, test_y, datamodule.splits.num_classes)
-        z_a, z_b = self._positive_pairs(datamodule, encoder, device)
-        metrics = {"knn_top1": scores[f"k{self.k}_top1"], **representation_metrics(test_x, None)}
-        metrics["alignment"] = representation_metrics(z_a, z_b)["alignment"]
+        base = datamodule.splits.test
+        z_a, z_b = positive_pair_features(encoder, datamodule.views(), [base[i][0] for i in range(min(len(base), self.pairs))], device)
+        metrics = {"knn_top1": scores[f"k{self.k}_top1"], **representation_metrics(test_x, None), "alignment": alignment(z_a, z_b)}
         for key, value in metrics.items():
             pl_module.log(f"val/{key}", float(value), rank_zero_only=True)
-
-    def _positive_pairs(self, datamodule, encoder: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        """Backbone features of the first two training views of the first `pairs` test images."""
-        views = datamodule.views()
-        base = datamodule.splits.test
-        images = [base[i][0] for i in range(min(len(base), self.pairs))]
-        was_training = encoder.training
-        encoder.eval()
-        if getattr(views, "on_device", False):
-            batch = torch.stack(images).to(device)
-            first, second = views.batched().to(device)(batch)[:2]
-        else:
-            made = [views(image)[:2] for image in images]
-            first, second = torch.stack([m[0] for m in made]).to(device), torch.stack([m[1] for m in made]).to(device)
-        z_a, z_b = encoder(first).float().cpu(), encoder(second).float().cpu()
-        encoder.train(was_training)
-        return z_a, z_b
