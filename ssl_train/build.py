@@ -67,9 +67,10 @@ def build_encoder(cfg: DictConfig, in_channels: int) -> Any:
     return instantiate("backbone", instantiate("backbone", cfg.backbone), in_channels=in_channels)
 
 
-def build_datamodule(data_cfg: DictConfig) -> SSLDataModule:
-    """The datamodule of a `data` config, with its splits loaded (so missing files fail here, early)."""
-    datamodule = instantiate("data", data_cfg)
+def build_datamodule(data_cfg: DictConfig, views: Any = None, world_size: int = 1) -> SSLDataModule:
+    """The datamodule of a `data` config (with the partial view pipeline `views` when it trains), splits loaded now
+    so that missing files fail here, early."""
+    datamodule = instantiate("data", data_cfg, views=views, world_size=world_size)
     try:
         datamodule.splits  # noqa: B018 - load now
     except UserError as error:
@@ -92,28 +93,25 @@ def use_channels_last(setting: bool | str, backbone: Any) -> bool:
 
 
 def build(cfg: DictConfig) -> Built:
-    """Instantiate data, views, encoder, head, loss, method, optimisation recipe and Trainer from `cfg`."""
-    datamodule = build_datamodule(cfg.data)
-    splits = datamodule.splits
-    datamodule.set_views(instantiate("augment", cfg.augment))
-    backbone = build_encoder(cfg, splits.channels)
-    projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
-    loss = instantiate("loss", cfg.loss)
-    method = instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss)
-    optim = instantiate("optim", cfg.optim)
+    """One pass, each object finished when made: Trainer -> data + views -> encoder, head, loss -> method -> module."""
     callbacks = [instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
     logger = instantiate("logger", cfg.logger) if cfg.get("logger") else False
     trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); on CPU use backbone.norm=group")
-    datamodule.set_world_size(trainer.world_size)
+    datamodule = build_datamodule(cfg.data, views=instantiate("augment", cfg.augment), world_size=trainer.world_size)
+    splits, views = datamodule.splits, datamodule.views()
+    backbone = build_encoder(cfg, splits.channels)
+    projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
+    loss = instantiate("loss", cfg.loss)
+    method = instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss)
     if cfg.get("compile"):
         method.backbone.compile()  # in place: state_dict keys stay those of the plain model
     channels_last = use_channels_last(cfg.get("channels_last", False), backbone)
     rank_zero_info(f"[ssl_train] memory format: {'channels_last (NHWC)' if channels_last else 'contiguous (NCHW)'} (channels_last={cfg.get('channels_last')})")
-    module = SSLModule(method, optim, num_classes=splits.num_classes, global_batch_size=datamodule.batch_size, channels_last=channels_last)
-    views = instantiate("augment", datamodule.views)
-    if views.on_device:
-        module.set_batched_views(views.batched())
+    module = SSLModule(
+        method, instantiate("optim", cfg.optim), num_classes=splits.num_classes, global_batch_size=datamodule.batch_size, channels_last=channels_last,
+        batched_views=views.batched() if views.on_device else None,
+    )
     return Built(datamodule, method, module, trainer)

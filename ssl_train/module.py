@@ -22,7 +22,10 @@ class SSLModule(pl.LightningModule):
     after every optimizer step; an `on_after_backward(step)` hook (SwAV's frozen prototypes) after each backward.
     """
 
-    def __init__(self, method: nn.Module, optim: OptimRecipe, num_classes: int, global_batch_size: int, channels_last: bool = False) -> None:
+    def __init__(
+        self, method: nn.Module, optim: OptimRecipe, num_classes: int, global_batch_size: int, channels_last: bool = False,
+        batched_views: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.method, self.optim, self.channels_last = method, optim, channels_last
         if channels_last:
@@ -30,11 +33,7 @@ class SSLModule(pl.LightningModule):
         self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
         self.global_batch_size = global_batch_size
         self._step_before_batch = 0
-        self.batched_views: nn.Module | None = None
-
-    def set_batched_views(self, views: nn.Module) -> None:
-        """Make training views from raw uint8 batches on the device (batched augmentation) instead of in the loader."""
-        self.batched_views = views
+        self.batched_views = batched_views  # makes training views from raw uint8 batches on the device (batched augmentation)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batched_views is not None and self.trainer.training:

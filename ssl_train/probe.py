@@ -70,14 +70,13 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"))
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
-    datamodule = build_datamodule(data_cfg)
+    datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     splits = datamodule.splits
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     evaluators = build_evaluators(cfg.eval)
     result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device, datamodule.eval_batch_size)
     metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
     if "repr" in evaluators:  # alignment needs positive pairs: the training run's own view pipeline on test images
-        datamodule.set_views(instantiate("augment", train_cfg.augment))
         test = splits.test
         pairs = positive_pair_features(encoder, datamodule.views(), [test[i][0] for i in range(min(len(test), 512))], device)
         metrics["repr_alignment"] = alignment(*pairs)

@@ -33,51 +33,43 @@ class TransformedDataset(Dataset):
 class SSLDataModule(pl.LightningDataModule):
     """Pretraining batches of views (train split) and evaluation batches (test split) for the online probe.
 
-    `batch_size` is the GLOBAL batch: each of the world_size processes loads batch_size / world_size.
-    The views transform is completed by `set_views` (it needs the image size and statistics).
+    `batch_size` is the GLOBAL batch: each of the `world_size` processes loads batch_size / world_size.
+    `views` is the partial view pipeline (configs/augment); it is completed with this data's image size, mean and
+    std when the splits are loaded. None for evaluation-only use (the probe needs no training views).
     `validation_fraction` > 0 replaces the test split by that fraction of train (held out of pretraining and of
     the probe's fit): what recipes are tuned on, so that the test split is only ever read for final figures.
     """
 
     def __init__(
         self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True,
-        validation_fraction: float = 0.0,
+        validation_fraction: float = 0.0, views: Callable[..., Callable] | None = None, world_size: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
-        self.source, self.batch_size, self.num_workers = source, batch_size, num_workers
-        self.eval_batch_size, self.pin_memory, self.shuffle = eval_batch_size, pin_memory, shuffle
+        if batch_size % world_size:
+            raise UserError(
+                f"data.batch_size={batch_size} (the global batch) does not divide across {world_size} processes "
+                f"(trainer.devices x trainer.num_nodes); pick a multiple of {world_size}"
+            )
         if not 0 <= validation_fraction < 1:
             raise UserError(f"data.validation_fraction must be in [0, 1), got {validation_fraction}")
-        self.validation_fraction = validation_fraction
+        self.source, self.batch_size, self.num_workers = source, batch_size, num_workers
+        self.eval_batch_size, self.pin_memory, self.shuffle = eval_batch_size, pin_memory, shuffle
+        self.validation_fraction, self.views_factory, self.world_size = validation_fraction, views, world_size
         self._splits: Splits | None = None
-        self.views_factory: Callable[..., Callable] | None = None
         self._views: Any = None
-        self.world_size = 1
 
     @property
     def splits(self) -> Splits:
-        """The loaded splits (loaded once, on first use)."""
+        """The loaded splits (loaded once, on first use; a global batch larger than the train split fails here)."""
         if self._splits is None:
             splits = self.source.load()
-            self._splits = carve_validation(splits, self.validation_fraction) if self.validation_fraction else splits
+            splits = carve_validation(splits, self.validation_fraction) if self.validation_fraction else splits
+            if self.per_device_batch_size > len(splits.pretrain_set):
+                raise UserError(f"data.batch_size={self.batch_size} is larger than the train split ({len(splits.pretrain_set)} images)")
+            self._splits = splits
         return self._splits
-
-    def set_views(self, views_factory: Callable[..., Callable]) -> None:
-        """Give the partial view pipeline; it is completed with size, mean and std of this data."""
-        self.views_factory = views_factory
-
-    def set_world_size(self, world_size: int) -> None:
-        """Check the global batch divides across `world_size` processes and remember it."""
-        if self.batch_size % world_size:
-            raise UserError(
-                f"data.batch_size={self.batch_size} (the global batch) does not divide across {world_size} processes "
-                f"(trainer.devices x trainer.num_nodes); pick a multiple of {world_size}"
-            )
-        if self.batch_size // world_size > len(self.splits.train):
-            raise UserError(f"data.batch_size={self.batch_size} is larger than the train split ({len(self.splits.train)} images)")
-        self.world_size = world_size
 
     @property
     def per_device_batch_size(self) -> int:
@@ -96,7 +88,7 @@ class SSLDataModule(pl.LightningDataModule):
     def views(self) -> Any:
         """The view pipeline completed with this data's image size and statistics (built once)."""
         if self.views_factory is None:
-            raise RuntimeError("SSLDataModule.set_views must be called before training")
+            raise UserError("this datamodule was built without views (evaluation only): pass views=<the augment config> to train")
         if self._views is None:
             s = self.splits
             self._views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std, fixed_size=s.fixed_size)

@@ -34,12 +34,13 @@ from ssl_train.toolkit.search import knn_search, recall_at_k
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _datamodule(args: argparse.Namespace, train_cfg: Any) -> SSLDataModule:
+def _datamodule(args: argparse.Namespace, train_cfg: Any, views: Any = None) -> SSLDataModule:
+    """The checkpoint's training data, or `--data OPTION [--set ...]`; with the partial view pipeline `views` when given."""
     if args.data is None:
-        return build_datamodule(train_cfg.data)
+        return build_datamodule(train_cfg.data, views=views)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"data={args.data}", *args.set])
-    return build_datamodule(cfg.data)
+    return build_datamodule(cfg.data, views=views)
 
 
 def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Any, list[str] | None]:
@@ -116,8 +117,7 @@ def cmd_map(args: argparse.Namespace) -> dict:
 
 def cmd_views(args: argparse.Namespace) -> dict:
     _, train_cfg = load_encoder(args.ckpt)
-    datamodule = _datamodule(args, train_cfg)
-    datamodule.set_views(instantiate("augment", train_cfg.augment))
+    datamodule = _datamodule(args, train_cfg, views=instantiate("augment", train_cfg.augment))
     s, views = datamodule.splits, datamodule.views()
     images = [s.pretrain_set[i][0] for i in range(min(args.count, len(s.pretrain_set)))]
     if not s.fixed_size:
