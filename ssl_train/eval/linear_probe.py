@@ -90,8 +90,8 @@ class LinearProbe:
     """
 
     def __init__(
-        self, l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction: float = 0.1, max_iter: int = 100, seed: int = 0,
-        search_max_iter: int = 30,
+        self, l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction: float = 0.1, max_iter: int = 50, seed: int = 0,
+        search_max_iter: int = 10,
     ) -> None:
         if not l2_grid:
             raise ValueError("eval.l2_grid must hold at least one value")
