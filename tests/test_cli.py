@@ -31,7 +31,7 @@ def test_help_lists_groups() -> None:
 
 def test_cfg_job_prints_config() -> None:
     out = cli("--cfg", "job", "method=byol")
-    assert out.returncode == 0 and "momentum_base: 0.99" in out.stdout and "_target_: ssl_train.methods.DistillMethod" in out.stdout
+    assert out.returncode == 0 and "momentum_base: 0.99" in out.stdout and "_target_: ssl_train.methods.TargetNetworkMethod" in out.stdout
 
 
 def test_unknown_method_exits_with_options_and_no_traceback() -> None:

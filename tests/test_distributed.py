@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssl_train.losses import BarlowTwinsLoss, DINOLoss, InfoNCELoss, NTXentLoss, SupConLoss, SwAVLoss, VICRegLoss
-from ssl_train.methods.common import FeatureQueue
+from ssl_train.methods.queue import FeatureQueue
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 WORLD, N, D = 2, 8, 6

@@ -11,18 +11,19 @@ import torch
 from ssl_train.backbones import SmallResNet
 from ssl_train.heads import MLP
 from ssl_train.losses import NegativeCosineSimilarity, NTXentLoss
-from ssl_train.methods import DistillMethod, SiameseMethod
-from ssl_train.methods.common import cosine_momentum, encode_views
+from ssl_train.methods import SiameseMethod, TargetNetworkMethod
+from ssl_train.methods.common import encode_views
+from ssl_train.methods.ema import cosine_momentum
 
 
 def _views(n: int = 8, size: int = 16) -> list[torch.Tensor]:
     return [torch.randn(n, 1, size, size), torch.randn(n, 1, size, size)]
 
 
-def _byol(**kwargs) -> DistillMethod:
+def _byol(**kwargs) -> TargetNetworkMethod:
     backbone = SmallResNet(in_channels=1, widths=(8, 16))
     predictor = lambda in_dim: MLP(in_dim, 32, in_dim)  # noqa: E731
-    return DistillMethod(backbone, MLP(backbone.out_dim, 32, 16), NegativeCosineSimilarity(), predictor, **kwargs)
+    return TargetNetworkMethod(backbone, MLP(backbone.out_dim, 32, 16), NegativeCosineSimilarity(), predictor, **kwargs)
 
 
 def test_simclr_gradients_reach_encoder() -> None:

@@ -13,8 +13,8 @@ from ssl_train.build import build
 from ssl_train.errors import UserError
 from ssl_train.heads import MLP, DINOHead
 from ssl_train.losses import DINOLoss, InfoNCELoss, SupConLoss, SwAVLoss
-from ssl_train.methods import DINOMethod, DistillMethod, NNCLRMethod, SiameseMethod, SwAVMethod
-from ssl_train.methods.common import FeatureQueue
+from ssl_train.methods import DINOMethod, NNCLRMethod, SiameseMethod, SwAVMethod, TargetNetworkMethod
+from ssl_train.methods.queue import FeatureQueue
 from tests.conftest import CONFIG_DIR, compose_config
 
 
@@ -38,7 +38,7 @@ def test_feature_queue_is_fifo_and_tracks_fill() -> None:
 
 def test_mocov2_queue_receives_normalised_keys_and_supplies_negatives() -> None:
     backbone = _backbone()
-    method = DistillMethod(backbone, MLP(16, 32, 8), InfoNCELoss(0.2), predictor=None, queue_size=32)
+    method = TargetNetworkMethod(backbone, MLP(16, 32, 8), InfoNCELoss(0.2), predictor=None, queue_size=32)
     before = method.queue.features.clone()
     out = method(_views())
     out["loss"].backward()

@@ -69,7 +69,7 @@ def test_loss_under_bf16_autocast_equals_float32(name: str) -> None:
 def test_dino_head_and_swav_scores_are_float32_under_autocast() -> None:
     from ssl_train.backbones import SmallResNet
     from ssl_train.heads import MLP
-    from ssl_train.methods.self_distill import SwAVMethod
+    from ssl_train.methods.multicrop import SwAVMethod
 
     torch.manual_seed(0)
     head, x = DINOHead(16, hidden_dim=32, bottleneck_dim=8, out_dim=64), torch.randn(4, 16)

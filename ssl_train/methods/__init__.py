@@ -1,7 +1,7 @@
 """Methods: small nn.Modules whose forward(views, labels) returns {"loss", "features", "logs"}."""
 
-from ssl_train.methods.distill import DistillMethod
-from ssl_train.methods.self_distill import DINOMethod, SwAVMethod
+from ssl_train.methods.multicrop import DINOMethod, SwAVMethod
 from ssl_train.methods.siamese import NNCLRMethod, SiameseMethod
+from ssl_train.methods.target_network import TargetNetworkMethod
 
-__all__ = ["SiameseMethod", "NNCLRMethod", "DistillMethod", "DINOMethod", "SwAVMethod"]
+__all__ = ["SiameseMethod", "NNCLRMethod", "TargetNetworkMethod", "DINOMethod", "SwAVMethod"]

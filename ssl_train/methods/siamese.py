@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ssl_train.methods.common import FeatureQueue, encode_views, pairs_over_views
+from ssl_train.methods.common import encode_views, pairs_over_views
+from ssl_train.methods.queue import FeatureQueue
 
 
 class SiameseMethod(nn.Module):

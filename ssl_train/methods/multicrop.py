@@ -1,4 +1,5 @@
-"""Multi-crop self-distillation family: DINO (EMA teacher, centred/sharpened targets) and SwAV (prototypes, Sinkhorn codes)."""
+"""The multi-crop family: global and local crops, targets from the global views (DINO: EMA teacher with centred and
+sharpened outputs; SwAV: prototype scores with Sinkhorn codes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 
 from ssl_train.losses.precision import float32_linear
-from ssl_train.methods.common import cosine_momentum, ema_update, encode_views
+from ssl_train.methods.common import encode_views
+from ssl_train.methods.ema import cosine_momentum, ema_update
 
 
 class DINOMethod(nn.Module):

@@ -1,4 +1,5 @@
-"""The distillation family: online encoder + projector + predictor regress a stop-gradient target (BYOL, ...)."""
+"""The target-network family: an online network (with or without predictor) regresses or contrasts a stop-gradient
+target network, an EMA of itself or itself (BYOL, SimSiam, MoCo v2, MoCo v3)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ssl_train.methods.common import FeatureQueue, cosine_momentum, ema_update, encode_views, pairs_over_views
+from ssl_train.methods.common import encode_views, pairs_over_views
+from ssl_train.methods.ema import cosine_momentum, ema_update
+from ssl_train.methods.queue import FeatureQueue
 
 
-class DistillMethod(nn.Module):
+class TargetNetworkMethod(nn.Module):
     """Online network predicts the target network's projection of another view; the target gets no gradients.
 
     BYOL (Grill et al., NeurIPS 2020): the target is an EMA of the online backbone + projector, with momentum

@@ -1,0 +1,39 @@
+"""FeatureQueue: MoCo's queue of negatives and NNCLR's support set, saved in checkpoints and shared across ranks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FeatureQueue(nn.Module):
+    """A FIFO of the most recent `size` feature vectors (MoCo's negative queue, NNCLR's support set), saved in checkpoints.
+
+    `random_init=True` starts full of random unit vectors (MoCo, He et al. 2020); otherwise `get()` returns only
+    the filled part. `push` takes this rank's batch and enqueues the batch gathered from all ranks.
+    """
+
+    def __init__(self, size: int, dim: int, random_init: bool = False) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"FeatureQueue: size must be >= 1, got {size}")
+        initial = nn.functional.normalize(torch.randn(size, dim), dim=1) if random_init else torch.zeros(size, dim)
+        self.register_buffer("features", initial)
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.tensor(size if random_init else 0, dtype=torch.long))
+
+    def get(self) -> torch.Tensor:
+        """The stored vectors (filled part only), without gradients."""
+        return self.features[: int(self.filled)].detach()
+
+    @torch.no_grad()
+    def push(self, batch: torch.Tensor) -> None:
+        """Enqueue `batch` (N, D) from every rank, overwriting the oldest entries."""
+        from ssl_train import dist  # local import: dist is only needed here
+
+        batch = dist.gather_no_grad(batch.detach().to(self.features.dtype))[: len(self.features)]
+        size, start = len(self.features), int(self.pointer)
+        index = (torch.arange(len(batch), device=batch.device) + start) % size
+        self.features[index] = batch
+        self.pointer.fill_((start + len(batch)) % size)
+        self.filled.fill_(min(size, int(self.filled) + len(batch)))
