@@ -46,7 +46,7 @@ class ThroughputMeter(pl.Callback):
 
 
 class ConfigInCheckpoint(pl.Callback):
-    """Store the resolved run config in every checkpoint, so `ssl_train.probe` can rebuild the encoder from the file alone."""
+    """Store the resolved run config in every checkpoint, so `python -m ssl_train.eval` can rebuild the encoder from the file alone."""
 
     KEY = "ssl_train_config"
 

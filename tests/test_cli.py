@@ -58,7 +58,7 @@ def test_train_then_probe_checkpoint(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
     ckpt = f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt"
-    probe = cli(ckpt, "eval.linear.max_iter=10", f"hydra.run.dir={tmp_path}/probe", module="ssl_train.probe", cwd=tmp_path)
+    probe = cli(ckpt, "eval.linear.max_iter=10", f"hydra.run.dir={tmp_path}/probe", module="ssl_train.eval", cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["method"] == "simclr"
 

@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ssl_train.errors import UserError
+from ssl_train.eval.checkpoint import probe_checkpoint
 from ssl_train.eval.linear_probe import LinearProbe, LogisticRegressionProblem, topk_accuracy
-from ssl_train.probe import probe_checkpoint
 from ssl_train.run import run
 from tests.conftest import compose_config
 

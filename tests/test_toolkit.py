@@ -60,9 +60,9 @@ def test_render_scatter_colours_points() -> None:
 def test_export_small_resnet_loads_unchanged(checkpoint: Path, tmp_path: Path) -> None:
     card = export_backbone(checkpoint, tmp_path / "export", torchscript=True)
     state = torch.load(tmp_path / "export" / "backbone.pt")
-    model = SmallResNet(in_channels=1, widths=(8, 16))
+    model = SmallResNet(in_channels=1, widths=(8, 16), pool_size=2)  # the default config's 2x2 pooling grid
     model.load_state_dict(state)  # strict: exactly the same keys
-    assert json.loads((tmp_path / "export" / "model_card.json").read_text())["method"] == "simclr" and card["out_dim"] == 16
+    assert json.loads((tmp_path / "export" / "model_card.json").read_text())["method"] == "simclr" and card["out_dim"] == 64
     scripted = torch.jit.load(str(tmp_path / "export" / "backbone.torchscript.pt"))
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(scripted(x), model.eval()(x))
@@ -84,7 +84,7 @@ def test_export_torchvision_resnet_loads_without_renaming(tmp_path: Path) -> Non
 def test_cli_commands_on_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
     common = ["--ckpt", str(checkpoint), "--limit", "64"]
     embedded = toolkit(["embed", *common, "--out", str(tmp_path / "embed")])
-    assert np.load(tmp_path / "embed" / "test_embeddings.npy").shape == (64, 16) and embedded["splits"]["train"] == [64, 16]
+    assert np.load(tmp_path / "embed" / "test_embeddings.npy").shape == (64, 64) and embedded["splits"]["train"] == [64, 64]  # 16 ch x 2x2 grid
     assert 0.0 <= toolkit(["search", *common, "--k", "5", "--out", str(tmp_path / "search")])["recall@1"] <= 1.0
     assert 0.0 <= toolkit(["anomaly", *common, "--holdout-class", "3", "--out", str(tmp_path / "anomaly")])["auroc"] <= 1.0
     assert toolkit(["map", *common, "--method", "pca", "--out", str(tmp_path / "map")])["method"] == "pca"
@@ -97,5 +97,5 @@ def test_cli_embed_image_folder(checkpoint: Path, tmp_path: Path) -> None:
 
     folder = make_image_folder(tmp_path / "imgs", n_per_class=1, classes=3, size=40)
     result = toolkit(["embed", "--ckpt", str(checkpoint), "--images", str(folder / "train"), "--out", str(tmp_path / "e")])
-    assert result["splits"]["images"] == [3, 16]
+    assert result["splits"]["images"] == [3, 64]
     assert len((tmp_path / "e" / "images_ids.txt").read_text().split()) == 3

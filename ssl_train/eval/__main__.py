@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ssl_train.cli import report_user_errors
-from ssl_train.probe import probe_checkpoint
+from ssl_train.eval.checkpoint import probe_checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="probe")

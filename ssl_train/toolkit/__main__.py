@@ -24,8 +24,8 @@ from ssl_train.data.datamodule import SSLDataModule, TransformedDataset
 from ssl_train.data.folders import ImageFileDataset, list_images
 from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
+from ssl_train.eval.checkpoint import load_encoder
 from ssl_train.eval.linear_probe import extract_features
-from ssl_train.probe import load_encoder
 from ssl_train.toolkit.anomaly import auroc, knn_anomaly_scores, mahalanobis_scores
 from ssl_train.toolkit.export import export_backbone, fresh_dir
 from ssl_train.toolkit.pictures import save_map, view_grid

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ssl_train.backbones import TorchvisionResNet
 from ssl_train.build import build_datamodule
-from ssl_train.probe import load_encoder
+from ssl_train.eval.checkpoint import load_encoder
 
 
 def _git_commit() -> str | None:

@@ -1,4 +1,4 @@
-"""`python -m ssl_train.eval ckpt_path=PATH [eval=[linear,knn]] [data=...]` (alias ssl_train.probe): evaluate a saved encoder."""
+"""Evaluate a saved encoder (`python -m ssl_train.eval ckpt_path=PATH [eval=[linear,knn]] [data=...]`): load it, probe it, write metrics."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate
 from ssl_train.callbacks import ConfigInCheckpoint
-from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, with_baselines
 from ssl_train.eval.metrics import alignment, positive_pair_features
@@ -94,13 +92,3 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
     print(f"[ssl_train] {with_baselines(scores, metrics)} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="probe")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry for probing a checkpoint."""
-    return report_user_errors(lambda: probe_checkpoint(cfg)).get("linear_top1")
-
-
-if __name__ == "__main__":
-    main()
