@@ -14,12 +14,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build, build_evaluators, group_choice
-from ssl_train.callbacks import ThroughputMeter
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
 
 log = logging.getLogger(__name__)
+LOGGED_DURING_TRAINING = {  # logged name -> metrics.json key
+    "train/images_per_s": "train_images_per_s",  # ThroughputMeter: source images/s over training batches
+    "val/online_top1": "online_probe_top1", "val/knn_top1": "online_knn_top1", "val/alignment": "online_alignment",
+    "val/uniformity": "online_uniformity", "val/rankme": "online_rankme", "val/embedding_std": "online_embedding_std",
+}
+
+
+def component_name(group: str, node: DictConfig) -> str:
+    """The option chosen for `group` (e.g. 'small_resnet'); outside a Hydra app (tests, the Python API) the class it builds."""
+    chosen = group_choice(group)
+    if chosen != "?":
+        return chosen
+    target = node.get("source", node).get("_target_", "?") if isinstance(node, DictConfig) else "?"
+    return str(target).rsplit(".", 1)[-1]
 
 
 def probe_device(trainer: pl.Trainer) -> torch.device:
@@ -62,7 +75,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     built = build(cfg)
     trainer, datamodule = built.trainer, built.datamodule
     metrics: dict[str, Any] = {
-        "method": cfg.method.get("name", group_choice("method")), "backbone": group_choice("backbone"), "data": group_choice("data"),
+        "method": cfg.method.get("name", group_choice("method")),
+        "backbone": component_name("backbone", cfg.backbone), "data": component_name("data", cfg.data),
         "seed": cfg.seed, "epochs": cfg.trainer.max_epochs, "global_batch_size": datamodule.batch_size,
         "effective_lr": built.module.optim.effective_lr(datamodule.batch_size * cfg.trainer.accumulate_grad_batches), "output_dir": str(output_dir),
         "eval_split": "validation" if cfg.data.get("validation_fraction") else "test",
@@ -99,13 +113,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"{error}: training stopped; the last good checkpoint is kept in {output_dir / 'checkpoints'}. "
                 "Lower optim.optimizer.lr, raise optim.warmup_epochs or set trainer.gradient_clip_val"
             ) from error
-        meter = next((c for c in trainer.callbacks if isinstance(c, ThroughputMeter)), None)
         metrics.update({"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)})
-        if meter is not None:
-            metrics["train_images_per_s"] = round(meter.images_per_second, 1)
-        for key in ("val/online_top1", "val/knn_top1", "val/alignment", "val/uniformity", "val/rankme", "val/embedding_std"):
-            if key in trainer.callback_metrics:  # last values logged during training (online probe, online kNN, metrics)
-                metrics[key.replace("val/online_", "online_probe_").replace("val/", "online_")] = float(trainer.callback_metrics[key])
+        for logged, key in LOGGED_DURING_TRAINING.items():  # last values logged during training
+            if logged in trainer.callback_metrics:
+                metrics[key] = round(float(trainer.callback_metrics[logged]), 6)
     if evaluators and trainer.is_global_zero:
         metrics.update(evaluate(features_of(built.backbone), evaluators))
         if metrics.get("repr_collapsed"):

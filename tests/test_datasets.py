@@ -105,7 +105,7 @@ def test_end_to_end_on_fixture(tmp_path: Path, data: str) -> None:
     }
     limits = ["data.source.train_limit=null", "data.source.test_limit=null"]
     metrics = run(compose_config([f"data={data}", *limits, *roots[data]], tmp_path / "run"))
-    assert metrics["steps"] >= 1 and 0.0 <= metrics["linear_top1"] <= 1.0
+    assert metrics["steps"] >= 1 and {"linear_top1", "raw_input_linear_top1", "random_init_linear_top1"} <= metrics.keys()
     if data == "image_folder":
         assert metrics["skipped_images"] >= 1
 

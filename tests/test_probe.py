@@ -60,7 +60,7 @@ def test_probe_entry_on_saved_checkpoint(tmp_path: Path) -> None:
     cfg = compose_config([f"ckpt_path={ckpt}", "eval.linear.max_iter=10"], tmp_path / "probe", config_name="probe")
     metrics = probe_checkpoint(cfg)
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text()) == metrics
-    assert 0.0 <= metrics["linear_top1"] <= 1.0 and metrics["method"] == "simclr"
+    assert metrics["method"] == "simclr" and (metrics["linear_top1"] * 64).is_integer()  # an accuracy over the 64 test images
 
 
 def test_probe_entry_rejects_missing_checkpoint(tmp_path: Path) -> None:

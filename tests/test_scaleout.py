@@ -105,7 +105,7 @@ def test_gradient_accumulation_scales_effective_lr_with_images_per_step(tmp_path
 ])
 def test_precision_and_memory_format_switches_train(tmp_path: Path, overrides: list[str]) -> None:
     metrics = run(compose_config(overrides, tmp_path / "run"))
-    assert metrics["steps"] == 2 and 0.0 <= metrics["linear_top1"] <= 1.0
+    assert metrics["steps"] == 2 and (metrics["linear_top1"] * 64).is_integer()  # trained and probed on the 64 test images
 
 
 def test_channels_last_auto_follows_the_backbone(tmp_path: Path) -> None:
