@@ -101,6 +101,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     figure, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.5), squeeze=False)
     for axis, budget in zip(axes[0], budgets, strict=True):
         chosen = [m for m in rows if m["budget"] == budget]
+        axis.set_prop_cycle(color=plt.cm.tab20.colors)  # 11+ methods: distinct colours
         for m in chosen:
             points = curve(m["run_dir"])
             if points:
