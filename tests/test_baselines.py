@@ -91,8 +91,29 @@ def test_run_reports_both_baselines_and_reuses_the_cache(tmp_path: Path, capsys:
     second = run(compose_config(overrides, tmp_path / "two"))
     assert {p: p.stat().st_mtime_ns for p in cache.glob("*.json")} == stamps  # read, not recomputed
     assert second["raw_input_linear_top1"] == first["raw_input_linear_top1"]
-    pooled = run(compose_config([*overrides, "backbone.pool_size=2"], tmp_path / "pooled"))  # same weights, other features
+    pooled = run(compose_config([*overrides, "backbone.pool_size=1"], tmp_path / "pooled"))  # same weights, other features
     assert len(list(cache.glob("random_init-*.json"))) == 2 and pooled["raw_input_linear_top1"] == first["raw_input_linear_top1"]
     held_out = run(compose_config([*overrides, "data.validation_fraction=0.25"], tmp_path / "three"))
     assert held_out["eval_split"] == "validation" and len(list(cache.glob("raw_input-*.json"))) == 2
     assert json.loads((tmp_path / "three" / "metrics.json").read_text())["eval_split"] == "validation"
+
+
+def test_raw_input_of_large_images_is_pooled_to_a_bounded_size() -> None:
+    images = torch.arange(2 * 3 * 96 * 96, dtype=torch.float32).view(2, 3, 96, 96)
+    features = RawInput(max_dim=4096)(images)
+    assert features.shape == (2, 3 * 36 * 36)
+    assert torch.allclose(features.view(2, 3, 36, 36).mean((2, 3)), images.mean((2, 3)), rtol=1e-4)  # pooled, not cropped
+    assert RawInput()(torch.ones(2, 1, 28, 28)).shape == (2, 784)  # small images stay as they are
+
+
+def test_probe_with_more_dimensions_than_samples_matches_the_wide_solution() -> None:
+    from ssl_train.eval.linear_probe import LogisticRegressionProblem
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 80, generator=g), torch.arange(30) % 3
+    wide = LogisticRegressionProblem(x, y, 3)
+    assert wide.basis.shape[1] <= 30  # the Gram route: at most n directions
+    reference = LogisticRegressionProblem(torch.cat([x, torch.zeros(60, 80)]), torch.cat([y, y, y]), 3)  # n > d route, same span
+    assert torch.allclose(wide.eigenvalues.sort().values, (reference.eigenvalues * 90 / 30).sort().values[-len(wide.eigenvalues):], rtol=1e-3)
+    model = wide.fit(1e-3, max_iter=200)
+    assert (model(x).argmax(1) == y).float().mean() == 1.0  # separable in 80 dimensions

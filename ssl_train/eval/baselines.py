@@ -26,10 +26,23 @@ RAW_INPUT_EVALUATORS = ("linear", "knn")  # the representation metrics and the S
 
 
 class RawInput(nn.Module):
-    """The identity encoder: (N, ...) inputs flattened to (N, D) float features (the probe standardises them)."""
+    """The identity encoder: (N, ...) inputs flattened to (N, D) float features (the probe standardises them).
+
+    Images with more than `max_dim` values (96 px STL-10, 224 px folders) are first average-pooled to the largest
+    square grid that fits (e.g. 3 x 36 x 36 for 4096), so the raw-input probe stays tractable: a linear probe on
+    150k raw values would cost more than the run and say no more.
+    """
+
+    def __init__(self, max_dim: int = 4096) -> None:
+        super().__init__()
+        self.max_dim = max_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1).float()
+        x = x.float()
+        if x.ndim == 4 and x[0].numel() > self.max_dim:
+            side = max(1, int((self.max_dim / x.shape[1]) ** 0.5))
+            x = nn.functional.adaptive_avg_pool2d(x, side)
+        return x.flatten(1)
 
 
 def weights_fingerprint(module: nn.Module) -> str:

@@ -39,8 +39,12 @@ class LogisticRegressionProblem:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
-        second_moment = (x.T.double() @ x.double()) / len(x)
-        eigenvalues, eigenvectors = torch.linalg.eigh(second_moment)
+        n, d = x.shape
+        if d <= n:  # eigenvectors of the d x d second moment
+            eigenvalues, eigenvectors = torch.linalg.eigh((x.T.double() @ x.double()) / n)
+        else:  # more dimensions than samples: the same eigenpairs through the n x n Gram matrix
+            eigenvalues, left = torch.linalg.eigh((x.double() @ x.T.double()) / n)
+            eigenvectors = (x.T.double() @ left) / (n * eigenvalues.clamp_min(1e-30)).sqrt()
         keep = eigenvalues > eigenvalues.max().clamp_min(1e-30) * 1e-7
         self.eigenvalues, self.basis = eigenvalues[keep].float(), eigenvectors[:, keep].float()
         self.root = self.eigenvalues.sqrt()[:, None]  # (k, 1)
