@@ -94,8 +94,9 @@ def test_atomic_checkpoint_io_replaces_whole_file(tmp_path: Path, monkeypatch: p
 
 
 def test_gradient_accumulation_scales_effective_lr_with_images_per_step(tmp_path: Path) -> None:
-    metrics = run(compose_config([*QUIET, "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4"], tmp_path / "run"))
-    assert metrics["effective_lr"] == pytest.approx(0.5 * (32 * 2) / 256)
+    cfg = compose_config([*QUIET, "trainer.accumulate_grad_batches=2", "trainer.limit_train_batches=4"], tmp_path / "run")
+    metrics = run(cfg)
+    assert metrics["effective_lr"] == pytest.approx(cfg.optim.optimizer.lr * (32 * 2) / 256)  # base lr x images per optimizer step / 256
     assert metrics["steps"] == 2
 
 
