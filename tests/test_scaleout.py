@@ -142,3 +142,8 @@ def test_ema_hook_fires_once_per_optimizer_step_under_accumulation(tmp_path: Pat
     built.method.on_optimizer_step = lambda step, max_steps: (calls.append(step), original(step, max_steps))
     built.trainer.fit(built.module, datamodule=built.datamodule)
     assert calls == [1, 2]  # not after the first micro-batch (no optimizer step yet), once per step after
+
+
+def test_last_checkpoint_every_epoch_even_when_validation_is_sparse(tmp_path: Path) -> None:
+    run(compose_config([*QUIET, "trainer.check_val_every_n_epoch=5"], tmp_path / "run"))  # 1 epoch, no validation
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
