@@ -75,15 +75,14 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 grad, weight_decay = p.grad, group["weight_decay"]
+                if weight_decay:
+                    grad = grad.add(p, alpha=weight_decay)
                 if not group["lars_exclude"]:
-                    w_norm, g_norm = torch.norm(p), torch.norm(grad)
+                    w_norm, g_norm = torch.norm(p), torch.norm(p.grad)  # the raw gradient's norm; decay enters the denominator
                     trust = group["trust_coefficient"] * w_norm / (g_norm + weight_decay * w_norm + group["eps"])
                     if group["clip_lr"]:
                         trust = torch.clamp(trust / group["lr"], max=1.0)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(w_norm))
-                    grad = grad.add(p, alpha=weight_decay).mul(trust) if weight_decay else grad.mul(trust)
-                elif weight_decay:
-                    grad = grad.add(p, alpha=weight_decay)
+                    grad = grad.mul(torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(w_norm)))
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.clone(grad).detach()

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build, build_evaluators, group_choice
 from ssl_train.errors import UserError
-from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, weights_fingerprint, with_baselines
+from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     if evaluators and cfg.baseline and trainer.is_global_zero:
         cache = ResultCache(cfg.paths.get("cache_dir"))
-        protocol = protocol_key(OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True))
-        raw = cache.get_or_compute("raw_input", protocol, lambda: evaluate(RawInput(), raw_input_evaluators(evaluators)))
-        metrics.update({f"raw_input_{k}": v for k, v in raw.items() if "top" in k})
+        data_cfg, eval_cfg = OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True)
+        raw = raw_input_baseline(cache, data_cfg, eval_cfg, evaluators, evaluate)
+        metrics.update(prefixed_scores("raw_input", raw))
         # The very same initial weights the method starts from: the fair "random-init encoder" baseline.
         initial = features_of(copy.deepcopy(built.backbone))
         # keyed by the architecture as well as the weights: a different pooling reads the same weights differently
-        key = {**protocol, "backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "eval_features": cfg.get("eval_features", "backbone"),
-               "weights": weights_fingerprint(initial)}
+        key = {**protocol_key(data_cfg, eval_cfg), "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
+               "eval_features": cfg.get("eval_features", "backbone"), "weights": weights_fingerprint(initial)}
         baseline = cache.get_or_compute("random_init", key, lambda: evaluate(initial, evaluators))
-        metrics.update({f"random_init_{k}": v for k, v in baseline.items() if "top" in k})
+        metrics.update(prefixed_scores("random_init", baseline))
         log.info("raw input: %s; random-init encoder: %s", *(", ".join(f"{k} {v:.4f}" for k, v in r.items() if "top1" in k) for r in (raw, baseline)))
     if cfg.pretrain:
         fit_started = time.time()

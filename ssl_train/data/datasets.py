@@ -69,12 +69,12 @@ def carve_validation(splits: Splits, fraction: float, seed: int = 0) -> Splits:
     (STL-10 unlabeled, an unlabeled folder) is kept as it is.
     """
     if not 0 < fraction < 1:
-        raise UserError(f"data.validation_fraction must be in [0, 1), got {fraction}")
+        raise UserError(f"data.validation_fraction must be in (0, 1) to carve a validation split, got {fraction}")
     order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
     n_val = max(1, int(len(order) * fraction))
     val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
     train, val = Subset(splits.train, train_idx.tolist()), Subset(splits.train, val_idx.tolist())
-    return replace(splits, train=train, test=val, pretrain=splits.pretrain)
+    return replace(splits, train=train, test=val)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

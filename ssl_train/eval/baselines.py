@@ -100,6 +100,22 @@ def protocol_key(data: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, 
     return {"source": data.get("source"), "validation_fraction": data.get("validation_fraction", 0.0), "eval": evaluation}
 
 
+def prefixed_scores(prefix: str, result: dict[str, float]) -> dict[str, float]:
+    """The top-k accuracies of an evaluation under `prefix` ('raw_input_linear_top1', ...), as metrics.json keeps them."""
+    return {f"{prefix}_{k}": v for k, v in result.items() if "top" in k}
+
+
+def raw_input_baseline(
+    cache: ResultCache, data: dict[str, Any], evaluation: dict[str, Any], evaluators: dict[str, Any],
+    evaluate: Callable[[nn.Module, dict[str, Any]], dict[str, float]],
+) -> dict[str, float]:
+    """The raw-input probe (linear, kNN) of this data and protocol, from the cache or computed once by `evaluate`."""
+    chosen = raw_input_evaluators(evaluators)
+    if not chosen:
+        return {}
+    return cache.get_or_compute("raw_input", protocol_key(data, evaluation), lambda: evaluate(RawInput(), chosen))
+
+
 def with_baselines(summary: str, metrics: dict[str, Any], input_name: str = "raw pixels") -> str:
     """`summary` followed by both baselines' linear top-1 when known: '... (raw pixels 0.8360, random-init encoder 0.7730)'."""
     parts = [f"{label} {metrics[key]:.4f}" for label, key in ((input_name, "raw_input_linear_top1"), ("random-init encoder", "random_init_linear_top1"))

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.errors import UserError
-from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, with_baselines
+from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
 from ssl_train.eval.metrics import alignment, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import claim_output_dir
@@ -78,13 +78,11 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         test = splits.test
         pairs = positive_pair_features(encoder, datamodule.views(), [test[i][0] for i in range(min(len(test), 512))], device)
         metrics["repr_alignment"] = alignment(*pairs)
-    if raw_input_evaluators(evaluators):
-        protocol = protocol_key(OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True))
-        raw_evaluators = raw_input_evaluators(evaluators)
-        raw = ResultCache(cfg.paths.get("cache_dir")).get_or_compute(
-            "raw_input", protocol, lambda: evaluate_encoder(RawInput(), *datamodule.probe_datasets(), splits.num_classes, raw_evaluators, device,
-                                                            datamodule.eval_batch_size))
-        metrics.update({f"raw_input_{k}": v for k, v in raw.items() if "top" in k})
+    raw = raw_input_baseline(
+        ResultCache(cfg.paths.get("cache_dir")), OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True),
+        evaluators, lambda model, chosen: evaluate_encoder(model, *datamodule.probe_datasets(), splits.num_classes, chosen, device, datamodule.eval_batch_size),
+    )
+    metrics.update(prefixed_scores("raw_input", raw))
     text = json.dumps(metrics, indent=2) + "\n"
     metrics_path.write_text(text)
     next_to_ckpt = beside(ckpt_path)

@@ -77,13 +77,6 @@ class LogisticRegressionProblem:
         return model
 
 
-def fit_logistic_regression(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100, init: nn.Linear | None = None
-) -> nn.Linear:
-    """Multinomial logistic regression minimising mean cross-entropy + l2 * ||W||^2 (see LogisticRegressionProblem)."""
-    return LogisticRegressionProblem(x, y, num_classes).fit(l2, max_iter, init)
-
-
 class LinearProbe:
     """Linear evaluation protocol on cached frozen features (as in SimCLR/BYOL's linear eval, without augmentation).
 

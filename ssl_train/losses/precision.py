@@ -54,5 +54,6 @@ def float32(function: F) -> F:
 
 def float32_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T in float32 with autocast off: scores that a loss divides by a small temperature (DINO, SwAV)."""
+    x = _to_float32(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return torch.nn.functional.linear(_to_float32(x), _to_float32(weight).to(_to_float32(x).dtype))
+        return torch.nn.functional.linear(x, weight.to(x.dtype))
