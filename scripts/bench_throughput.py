@@ -169,12 +169,13 @@ def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = Fa
 
 
 def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, precision: str) -> float:  # noqa: ANN001
-    """The same method, optimizer recipe and memory format in a bare PyTorch loop: forward, backward, step, EMA hook."""
+    """The same method, optimizer recipe (e.g. LARS + warm-up cosine) and memory format in a bare PyTorch loop:
+    forward, backward, optimizer and scheduler step, EMA hook — what a user would write by hand, without the online probe."""
     pl.seed_everything(0, verbose=False)
     built = build(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     method = built.method.train().to(device)
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    optimizer, scheduler, _ = built.module.optim.build(method, [], batch, steps, steps)
     loader = DataLoader(premade, batch_size=batch, shuffle=False, drop_last=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     channels_last = built.module.channels_last
@@ -190,6 +191,7 @@ def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         if hasattr(method, "on_optimizer_step"):
             method.on_optimizer_step(i + 1, steps)
         if i >= warmup:
@@ -319,6 +321,8 @@ def main() -> None:
         seconds, what = probe_seconds()
         print(f"\nlinear probe (default L2 grid, hold-out, refit): {seconds:.1f} s on {what}")
     if not args.skip_peers:
+        print("\nsolo-learn: no row — its latest release (1.0.2) pins torch==1.9.1 and does not install beside torch "
+              f"{torch.__version__} (pip install solo-learn: ResolutionImpossible)")
         rates = lightly_ratio(args.steps, args.warmup)
         if rates is None:
             print("\nlightly not installed (pip install -e '.[bench]'): no peer row")

@@ -121,6 +121,17 @@ def test_channels_last_auto_follows_the_backbone(tmp_path: Path) -> None:
     assert module.channels_last and module.method.backbone.net[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_compile_auto_only_on_cuda(tmp_path: Path) -> None:
+    from ssl_train.build import build, use_compile
+
+    assert use_compile("auto", on_cuda=True) is True and use_compile("auto", on_cuda=False) is False
+    assert use_compile(True, on_cuda=False) is True and use_compile(False, on_cuda=True) is False
+    with pytest.raises(UserError, match="compile must be true, false or auto"):
+        use_compile("yes", on_cuda=True)
+    backbone = build(compose_config([], tmp_path / "run")).method.backbone
+    assert not hasattr(backbone, "_compiled_call_impl") or backbone._compiled_call_impl is None  # the CPU default stays eager
+
+
 def test_sweep_summary_tables(tmp_path: Path) -> None:
     for job, top1 in (("0", 0.5), ("1", 0.75)):
         (tmp_path / job / ".hydra").mkdir(parents=True)
