@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_train.callbacks import ConfigInCheckpoint
+from ssl_train.callbacks import ConfigInCheckpoint, ResumeState
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
@@ -103,10 +103,12 @@ def use_compile(setting: bool | str, on_cuda: bool) -> bool:
 
 def build(cfg: DictConfig) -> Built:
     """One pass, each object finished when made: Trainer -> data + views -> encoder, head, loss -> method -> module."""
-    callbacks = [instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    # ResumeState first: its batch-end position must be current when another callback (Preemption) saves a checkpoint
+    callbacks = [ResumeState(), *(instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None)]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
     logger = instantiate("logger", cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+    checkpoint_io = AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))
+    trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[checkpoint_io])
     if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); on CPU use backbone.norm=group")
     datamodule = build_datamodule(cfg.data, views=instantiate("augment", cfg.augment), world_size=trainer.world_size)

@@ -1,11 +1,22 @@
-"""Lightning callbacks of ssl_train: training throughput, and the run's config stored inside each checkpoint."""
+"""Lightning callbacks of ssl_train: throughput, the config inside each checkpoint, exact mid-epoch resume, preemption."""
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from ssl_train.errors import UserError
 
 
 class ThroughputMeter(pl.Callback):
@@ -55,3 +66,145 @@ class ConfigInCheckpoint(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         checkpoint[self.KEY] = self.config
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states (python, numpy, torch CPU and CUDA) as tensors and plain values: loadable weights-only."""
+    numpy_state = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(), "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
+                  "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in states["python"]))
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeState(pl.Callback):
+    """What Lightning's checkpoint lacks for a mid-epoch resume to continue bit for bit: the RNG states and how many
+    batches of the current epoch were trained (the ResumableSampler then skips them).
+
+    Exact for views made on the device (the default for fixed-size images) — the loader draws no random numbers
+    there. Per-sample view pipelines resume at the same image and step with fresh random crops.
+    Under DDP the ranks' RNGs stay identical (same seed, same ops), so rank 0's states serve every rank.
+    """
+
+    def __init__(self) -> None:
+        self.epoch, self.batches_done = 0, 0
+        self._restored: dict[str, Any] | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.epoch, self.batches_done = trainer.current_epoch, batch_idx + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._restored is None:
+            return
+        sampler = getattr(trainer.train_dataloader, "sampler", None)
+        if hasattr(sampler, "resume_at"):
+            sampler.resume_at(self._restored["epoch"], self._restored["batches_done"])
+        set_rng_states(self._restored["rng"])
+        self._restored = None
+
+
+class Preempted(UserError):
+    """The run stopped on a preemption signal after saving last.ckpt; exit code 75 (EX_TEMPFAIL: retry)."""
+
+    exit_code = 75
+
+
+class Preemption(pl.Callback):
+    """On SIGTERM / SIGUSR1 / SIGUSR2 (what SLURM and submitit send before preempting or at the time limit): finish the
+    current batch, write `checkpoint_path` atomically, mark the run directory, and stop with exit code 75.
+
+    A later run in the same directory with ckpt_path unset resumes from that checkpoint (a requeued SLURM job does).
+    A handler already installed for the signal (submitit's requeue) is called after the checkpoint is written;
+    otherwise, inside a SLURM job, SIGUSR1 requeues the job with `scontrol requeue` (as Lightning does).
+    """
+
+    MARKER = ".preempted"
+
+    def __init__(self, checkpoint_path: str, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
+        unknown = [name for name in signals if not hasattr(signal, str(name))]
+        if unknown:
+            raise UserError(f"callbacks.preemption.signals: unknown signal(s) {unknown}; use names like SIGTERM, SIGUSR1")
+        self.checkpoint_path = Path(checkpoint_path)
+        self.signals = [getattr(signal, str(name)) for name in signals]
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}  # handlers to put back after fit
+        self._original: dict[int, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:  # before Lightning's signal connector: it then leaves SIGUSR1 to us
+            self._previous[signum] = signal.signal(signum, self._note)
+        self._original = dict(self._previous)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for signum in self._previous:  # take SIGTERM back from Lightning's handler (it would stop at epoch end, exit code 0)
+            signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = signum  # acted on at the end of the current batch: never a checkpoint of a half-done step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._stop_if_signalled(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer, pl_module)  # a signal during validation
+
+    def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        received = self.received
+        if trainer.world_size > 1:  # any rank signalled -> all ranks save and stop together
+            flag = torch.tensor([0 if received is None else int(received)], device=pl_module.device)
+            received = int(trainer.strategy.reduce(flag, reduce_op="max").item()) or None
+        if received is None:
+            return
+        trainer.save_checkpoint(self.checkpoint_path)
+        name = signal.Signals(received).name
+        if trainer.is_global_zero:
+            run_dir = self.checkpoint_path.parent.parent
+            (run_dir / self.MARKER).write_text(json.dumps({"signal": name, "step": trainer.global_step, "checkpoint": str(self.checkpoint_path)}))
+            with open(run_dir / "preemptions.jsonl", "a") as log:
+                log.write(json.dumps({"signal": name, "step": trainer.global_step, "time": time.time()}) + "\n")
+            self._restore_handlers()
+            self._requeue(received)
+        raise Preempted(
+            f"{name} received: stopped at step {trainer.global_step} after writing {self.checkpoint_path}; "
+            "rerun the same command in the same run directory (or with ckpt_path=<that file>) to resume"
+        )
+
+    def _requeue(self, signum: int) -> None:
+        previous = self._original.get(signum)
+        if callable(previous):
+            previous(signum, None)  # e.g. submitit's requeue handler
+        elif signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
+            job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+            subprocess.call(["scontrol", "requeue", job or os.environ["SLURM_JOB_ID"]])
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build, build_evaluators, group_choice
+from ssl_train.callbacks import Preemption
+from ssl_train.checkpoint_io import first_line
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
@@ -45,8 +52,43 @@ def claim_output_dir(output_dir: Path) -> Path:
     metrics_path = output_dir / "metrics.json"
     if metrics_path.exists():
         raise UserError(f"paths.output_dir: {output_dir} already holds a finished run ({metrics_path.name}); refusing to overwrite it")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"paths.output_dir: cannot create {output_dir} ({error.strerror or error}); point it at a writable directory") from None
     return metrics_path
+
+
+@contextlib.contextmanager
+def exclusive_run_dir(output_dir: Path) -> Iterator[None]:
+    """Hold an advisory lock on <output_dir>/.lock while the run lives: a second run given the same directory refuses
+    at once and touches nothing. The lock dies with the process (kill -9 included), so a requeued job can take over."""
+    if rank_zero_only.rank != 0:  # DDP ranks > 0 share rank 0's directory
+        yield
+        return
+    handle = open(output_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise UserError(f"paths.output_dir: {output_dir} is in use by another run (pid {holder}); give this run its own directory") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def preempted_checkpoint(output_dir: Path) -> str | None:
+    """last.ckpt of a run in this very directory that stopped on a preemption signal (a requeued job resumes it)."""
+    marker, last = output_dir / Preemption.MARKER, output_dir / "checkpoints" / "last.ckpt"
+    return str(last) if marker.is_file() and last.is_file() else None
 
 
 def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path, output_dir: Path) -> str | None:
@@ -65,11 +107,36 @@ def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path, output_dir: Path) -
     return str(Path(ckpt_path).expanduser())
 
 
+def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, ckpt_path: str | None, output_dir: Path) -> None:
+    """trainer.fit, with the failures a long run meets turned into one line that says the last checkpoint is kept."""
+    kept = f"the last good checkpoint is kept in {output_dir / 'checkpoints'}"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except FloatingPointError as error:
+        raise UserError(
+            f"{error}: training stopped; {kept}. Lower optim.optimizer.lr, raise optim.warmup_epochs or set trainer.gradient_clip_val"
+        ) from error
+    except RuntimeError as error:
+        message = str(error)
+        if "DataLoader worker" in message:
+            raise UserError(f"a data loader worker died ({first_line(error)}); {kept}. data.num_workers=0 shows the cause in-process") from None
+        if "Error(s) in loading state_dict" in message:
+            details = [line.strip() for line in message.splitlines()[1:] if line.strip()]
+            raise UserError(f"ckpt_path {ckpt_path}: its weights do not fit this run's model ({details[0] if details else first_line(error)}): "
+                            "resume with the config the checkpoint was trained with") from None
+        raise
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the configured method, then linear-probe its encoder; returns (and writes) the metrics."""
-    started = time.time()
     output_dir = Path(cfg.paths.output_dir)
     metrics_path = claim_output_dir(output_dir)
+    with exclusive_run_dir(output_dir):
+        return _run(cfg, output_dir, metrics_path)
+
+
+def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any]:
+    started = time.time()
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     built = build(cfg)
@@ -106,13 +173,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.pretrain:
         fit_started = time.time()
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.runs_dir), output_dir)
-        try:
-            trainer.fit(built.module, datamodule=datamodule, ckpt_path=ckpt_path)
-        except FloatingPointError as error:
-            raise UserError(
-                f"{error}: training stopped; the last good checkpoint is kept in {output_dir / 'checkpoints'}. "
-                "Lower optim.optimizer.lr, raise optim.warmup_epochs or set trainer.gradient_clip_val"
-            ) from error
+        if ckpt_path is None and (ckpt_path := preempted_checkpoint(output_dir)):
+            log.info("resuming the preempted run in %s from %s", output_dir, ckpt_path)
+        fit(trainer, built.module, datamodule, ckpt_path, output_dir)
+        (output_dir / Preemption.MARKER).unlink(missing_ok=True)
         metrics.update({"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)})
         for logged, key in LOGGED_DURING_TRAINING.items():  # last values logged during training
             if logged in trainer.callback_metrics:

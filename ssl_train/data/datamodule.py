@@ -7,11 +7,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ssl_train import dist
 from ssl_train.data.datasets import Splits, carve_validation
+from ssl_train.data.sampling import ResumableSampler, loader_generator
 from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
 
@@ -76,12 +77,15 @@ class SSLDataModule(pl.LightningDataModule):
         return self.batch_size // self.world_size
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        sampler = None
-        if train and not self.shuffle and dist.is_distributed():
-            # Lightning's automatic DistributedSampler always shuffles training data; keep the order when asked to.
-            sampler = DistributedSampler(dataset, shuffle=False, drop_last=True)
+        """Training: a ResumableSampler (order fixed by the run's seed and the epoch; per process under DDP) and the
+        loader's own generator, so a resumed run continues the uninterrupted one. Evaluation: in order."""
+        sampler, generator = None, None
+        if train:
+            seed = torch.initial_seed()  # the run's seed (seed_everything), the same for an interrupted run and its resumption
+            sampler = ResumableSampler(dataset, batch_size, seed, shuffle=self.shuffle, num_replicas=dist.world_size(), rank=dist.rank())
+            generator = loader_generator(seed)
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=train and self.shuffle and sampler is None, sampler=sampler, drop_last=train,
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, generator=generator,
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,35 +13,53 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate
 from ssl_train.callbacks import ConfigInCheckpoint
+from ssl_train.checkpoint_io import first_line, read_checkpoint
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
 from ssl_train.eval.metrics import alignment, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import claim_output_dir
+from ssl_train.trust import check_stored_config, targets_in
 
 log = logging.getLogger(__name__)
 FEATURES = ("backbone", "projector")
 
 
-def load_encoder(ckpt_path: str | Path, features: str = "backbone") -> tuple[torch.nn.Module, DictConfig]:
-    """The trained encoder stored in an ssl_train checkpoint (backbone, or backbone + projector) and its run config."""
+def load_encoder(
+    ckpt_path: str | Path, features: str = "backbone", trust: bool = False, also_allowed: Iterable[str] = (),
+) -> tuple[torch.nn.Module, DictConfig]:
+    """The trained encoder stored in an ssl_train checkpoint (backbone, or backbone + projector) and its run config.
+
+    The file is read weights-only and its config may only name allowlisted `_target_`s (plus `also_allowed`), unless `trust`."""
     if features not in FEATURES:
         raise UserError(f"eval_features={features!r} is not one of {FEATURES}")
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise UserError(f"ckpt_path: no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path, trust=trust)
     if ConfigInCheckpoint.KEY not in checkpoint:
         raise UserError(f"ckpt_path: {path} is not an ssl_train checkpoint (it has no '{ConfigInCheckpoint.KEY}')")
+    if not trust:
+        check_stored_config(checkpoint[ConfigInCheckpoint.KEY], f"ckpt_path {path}", also_allowed)
     train_cfg = OmegaConf.create(checkpoint[ConfigInCheckpoint.KEY])
     backbone_state = _sub_state(checkpoint["state_dict"], "method.backbone.")
     encoder = build_encoder(train_cfg, _input_channels(backbone_state))
-    encoder.load_state_dict(backbone_state)
+    _load_weights(encoder, backbone_state, path, "backbone")
     if features == "projector":
         projector = instantiate("head", instantiate("head", train_cfg.head), in_dim=encoder.out_dim)
-        projector.load_state_dict(_sub_state(checkpoint["state_dict"], "method.projector."))
+        _load_weights(projector, _sub_state(checkpoint["state_dict"], "method.projector."), path, "projector")
         encoder = torch.nn.Sequential(encoder, projector)
     return encoder, train_cfg
+
+
+def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:
+    """load_state_dict, with a mismatch (another version of the backbone, a changed config) as one line."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise UserError(
+            f"ckpt_path: {path}: its {part} weights do not fit the {part} its config builds ({details[0] if details else first_line(error)}"
+            f"{f' and {len(details) - 1} more' if len(details) > 1 else ''}): a checkpoint from another version of this {part}?"
+        ) from None
 
 
 def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -49,7 +68,9 @@ def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
 
 def _input_channels(state: dict[str, torch.Tensor]) -> int:
     """The input channels of the first conv in a backbone state_dict."""
-    first_conv = next(v for v in state.values() if v.ndim == 4)
+    first_conv = next((v for v in state.values() if v.ndim == 4), None)
+    if first_conv is None:
+        raise UserError("ckpt_path: the checkpoint holds no convolutional backbone weights (method.backbone.*)")
     return int(first_conv.shape[1])
 
 
@@ -66,7 +87,8 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the checkpoint on its own training data, or on `data=...` when given; write metrics.json beside it."""
     metrics_path = claim_output_dir(Path(cfg.paths.output_dir))
     ckpt_path = Path(cfg.ckpt_path).expanduser()
-    encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"))
+    own_targets = [*targets_in(cfg), *cfg.get("trusted_targets", [])]  # what the user's own eval config builds is trusted
+    encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"), cfg.get("trust_checkpoint", False), own_targets)
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     splits = datamodule.splits

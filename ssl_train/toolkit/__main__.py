@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch.utils.data import Subset
 from torchvision.io import write_png
 
 from ssl_train.build import build_datamodule, instantiate
+from ssl_train.cli import report_user_errors
 from ssl_train.data.datamodule import SSLDataModule, TransformedDataset
 from ssl_train.data.folders import ImageFileDataset, list_images
 from ssl_train.data.views import eval_transform
@@ -45,7 +45,7 @@ def _datamodule(args: argparse.Namespace, train_cfg: Any, views: Any = None) -> 
 
 def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Any, list[str] | None]:
     """{'train': (x, y), 'test': (x, y)} features of the chosen data (or {'images': ...} for --images) and the run config."""
-    encoder, train_cfg = load_encoder(args.ckpt)
+    encoder, train_cfg = load_encoder(args.ckpt, trust=args.trust_checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule = _datamodule(args, train_cfg)
     if getattr(args, "images", None):
@@ -66,7 +66,7 @@ def _out(args: argparse.Namespace, command: str) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
-    card = export_backbone(args.ckpt, args.out, torchscript=args.torchscript, onnx=args.onnx)
+    card = export_backbone(args.ckpt, args.out, torchscript=args.torchscript, onnx=args.onnx, trust=args.trust_checkpoint)
     return {"export_dir": card["export_dir"], "how_to_load": card["how_to_load"]}
 
 
@@ -116,7 +116,7 @@ def cmd_map(args: argparse.Namespace) -> dict:
 
 
 def cmd_views(args: argparse.Namespace) -> dict:
-    _, train_cfg = load_encoder(args.ckpt)
+    _, train_cfg = load_encoder(args.ckpt, trust=args.trust_checkpoint)
     datamodule = _datamodule(args, train_cfg, views=instantiate("augment", train_cfg.augment))
     s, views = datamodule.splits, datamodule.views()
     images = [s.pretrain_set[i][0] for i in range(min(args.count, len(s.pretrain_set)))]
@@ -142,6 +142,8 @@ def parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(function=function)
         sub.add_argument("--ckpt", required=True, help="an ssl_train checkpoint (last.ckpt or best-*.ckpt)")
+        sub.add_argument("--trust-checkpoint", action="store_true",
+                         help="read --ckpt with the full unpickler and build any _target_ its config names (can run code): only for files you trust")
         sub.add_argument("--out", default=None, help="output folder (default: a new folder beside the checkpoint)")
         sub.add_argument("--data", default=None, help="a configs/data option (default: the checkpoint's training data)")
         sub.add_argument("--set", nargs="*", default=[], help="extra overrides for --data, e.g. data.source.root=DIR")
@@ -162,11 +164,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    try:
-        result = args.function(args)
-    except UserError as error:
-        print(f"ssl_train error: {error}", file=sys.stderr)
-        sys.exit(2)
+    result = report_user_errors(lambda: args.function(args))
     print(json.dumps(result, indent=2))
     return result
 

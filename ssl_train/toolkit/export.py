@@ -32,11 +32,13 @@ def fresh_dir(path: Path) -> Path:
     return candidate
 
 
-def export_backbone(ckpt_path: str | Path, out_dir: str | Path | None = None, torchscript: bool = False, onnx: bool = False) -> dict[str, Any]:
+def export_backbone(
+    ckpt_path: str | Path, out_dir: str | Path | None = None, torchscript: bool = False, onnx: bool = False, trust: bool = False,
+) -> dict[str, Any]:
     """Write backbone.pt (a state_dict that loads into the matching torchvision model or SmallResNet with no key renaming),
     model_card.json, and optionally backbone.torchscript.pt / backbone.onnx. Returns the card."""
     ckpt_path = Path(ckpt_path).expanduser()
-    encoder, cfg = load_encoder(ckpt_path)
+    encoder, cfg = load_encoder(ckpt_path, trust=trust)
     out = fresh_dir(Path(out_dir) if out_dir else ckpt_path.parent / "export")
     if isinstance(encoder, TorchvisionResNet):
         state = encoder.model.state_dict()  # torchvision's own names; the classifier `fc` is absent (load with strict=False)
