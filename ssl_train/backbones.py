@@ -42,7 +42,10 @@ class SmallResNet(nn.Module):
     (32, 64, 128) with a stride-2 stem give ~0.44 M params at ~20 MFLOPs per 28 px image.
     """
 
-    prefers_channels_last = True  # NHWC convolutions: 1.2-1.27x faster end to end on the 2-core CPU (channels_last=auto)
+    # NHWC convolutions: 1.2-1.27x faster end to end on the 2-core CPU (channels_last=auto). Not for stages narrower than
+    # 16 channels: the backward of their strided 1x1 shortcut conv in NHWC corrupts the heap in torch 2.14.1's oneDNN
+    # CPU kernels (8 -> 16 channels at >= 64 px aborts the process; measured, see tests/test_scaleout.py)
+    MIN_CHANNELS_LAST_WIDTH = 16
 
     def __init__(
         self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1, stem_stride: int = 2, norm: str = "batch",
@@ -65,6 +68,7 @@ class SmallResNet(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(pool_size), nn.Flatten()]
         self.net = nn.Sequential(*layers)
         self.out_dim = in_ch * pool_size * pool_size
+        self.prefers_channels_last = min(widths) >= self.MIN_CHANNELS_LAST_WIDTH
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +20,7 @@ from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
 from ssl_train.module import SSLModule
+from ssl_train.validate import validate
 
 
 def group_choice(group: str) -> str:
@@ -103,10 +105,13 @@ def use_compile(setting: bool | str, on_cuda: bool) -> bool:
 
 def build(cfg: DictConfig) -> Built:
     """One pass, each object finished when made: Trainer -> data + views -> encoder, head, loss -> method -> module."""
+    validate(cfg)
     # ResumeState first: its batch-end position must be current when another callback (Preemption) saves a checkpoint
     callbacks = [ResumeState(), *(instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None)]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
     logger = instantiate("logger", cfg.logger) if cfg.get("logger") else False
+    if logger is False:  # nothing to log learning rates to (Lightning would stop with a MisconfigurationException)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     checkpoint_io = AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))
     trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[checkpoint_io])
     if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":

@@ -130,7 +130,8 @@ class Preempted(UserError):
 
 class Preemption(pl.Callback):
     """On SIGTERM / SIGUSR1 / SIGUSR2 (what SLURM and submitit send before preempting or at the time limit): finish the
-    current batch, write `checkpoint_path` atomically, mark the run directory, and stop with exit code 75.
+    current batch (after an epoch's last batch: also its validation and epoch-end checkpoints), write `checkpoint_path`
+    atomically, mark the run directory, and stop with exit code 75.
 
     A later run in the same directory with ckpt_path unset resumes from that checkpoint (a requeued SLURM job does).
     A handler already installed for the signal (submitit's requeue) is called after the checkpoint is written;
@@ -164,10 +165,14 @@ class Preemption(pl.Callback):
         self.received = signum  # acted on at the end of the current batch: never a checkpoint of a half-done step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:  # after an epoch's last batch come its validation and checkpoints:
+            self._stop_if_signalled(trainer, pl_module)    # a signal then is acted on once they are written (below)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_if_signalled(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer, pl_module)  # a signal during validation
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer, pl_module)  # signalled during the last epoch's validation: training is done, stop before the probe
 
     def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         received = self.received

@@ -24,6 +24,7 @@ from ssl_train.checkpoint_io import first_line
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
+from ssl_train.validate import validate
 
 log = logging.getLogger(__name__)
 LOGGED_DURING_TRAINING = {  # logged name -> metrics.json key
@@ -129,6 +130,7 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the configured method, then linear-probe its encoder; returns (and writes) the metrics."""
+    validate(cfg)  # before anything is created on disk
     output_dir = Path(cfg.paths.output_dir)
     metrics_path = claim_output_dir(output_dir)
     with exclusive_run_dir(output_dir):

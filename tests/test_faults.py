@@ -105,7 +105,8 @@ def test_a_killed_loader_worker_is_one_line(tmp_path: Path, monkeypatch: pytest.
         return original(self, index)
 
     monkeypatch.setattr(TransformedDataset, "__getitem__", dies_in_worker)
-    with pytest.raises(UserError, match=r"a data loader worker died \(DataLoader worker \(pid.*(killed by signal|exited unexpectedly).*data.num_workers=0") as caught:
+    died = r"a data loader worker died \(DataLoader worker \(pid.*(killed by signal|exited unexpectedly).*data.num_workers=0"
+    with pytest.raises(UserError, match=died) as caught:
         run(compose_config([*QUIET, "data.num_workers=1"], tmp_path / "run"))
     assert "\n" not in str(caught.value)
 

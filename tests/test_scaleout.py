@@ -115,9 +115,12 @@ def test_channels_last_auto_follows_the_backbone(tmp_path: Path) -> None:
 
     assert use_channels_last("auto", SmallResNet()) is True and use_channels_last("auto", RawInput()) is False
     assert use_channels_last(False, SmallResNet()) is False
+    # stages narrower than 16 channels stay NCHW under auto: torch 2.14.1 aborts (heap corruption) in the NHWC backward
+    # of their strided 1x1 conv at >= 64 px, e.g. widths (8, 16) on an image folder
+    assert use_channels_last("auto", SmallResNet(widths=(8, 16))) is False and use_channels_last("auto", SmallResNet(widths=(16, 32))) is True
     with pytest.raises(UserError, match="channels_last must be true, false or auto"):
         use_channels_last("yes", SmallResNet())
-    module = build(compose_config([], tmp_path / "run")).module
+    module = build(compose_config(["backbone.widths=[16,32]"], tmp_path / "run")).module
     assert module.channels_last and module.method.backbone.net[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -7,6 +7,7 @@ knows its per-channel mean/std (computed on its train split).
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -104,11 +105,16 @@ def make_splits(
 def read_idx(path: Path) -> np.ndarray:
     """Read one idx file (the MNIST format), gzip-compressed or not."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot be read ({error}); a truncated download? Fetch the file again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise UserError(f"{path}: not an idx file of unsigned bytes (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"{path}: the idx header is cut short (truncated file?)")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

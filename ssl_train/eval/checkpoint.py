@@ -20,6 +20,7 @@ from ssl_train.eval.metrics import alignment, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import claim_output_dir
 from ssl_train.trust import check_stored_config, targets_in
+from ssl_train.validate import validate
 
 log = logging.getLogger(__name__)
 FEATURES = ("backbone", "projector")
@@ -85,6 +86,7 @@ def beside(ckpt_path: Path, name: str = "metrics", suffix: str = ".json") -> Pat
 
 def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the checkpoint on its own training data, or on `data=...` when given; write metrics.json beside it."""
+    validate(cfg)
     metrics_path = claim_output_dir(Path(cfg.paths.output_dir))
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     own_targets = [*targets_in(cfg), *cfg.get("trusted_targets", [])]  # what the user's own eval config builds is trusted

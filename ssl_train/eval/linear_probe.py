@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_train.errors import UserError
+
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 512, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,7 +22,13 @@ def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 512
         features.append(encoder(images.to(device)).float().cpu())
         labels.append(targets)
     encoder.train(was_training)
-    return torch.cat(features), torch.cat(labels)
+    stacked = torch.cat(features)
+    if not torch.isfinite(stacked).all():
+        raise UserError(
+            "the encoder's features are not finite (NaN/inf): its weights diverged. Lower optim.optimizer.lr or the loss weights, "
+            "or set trainer.gradient_clip_val"
+        )
+    return stacked, torch.cat(labels)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:

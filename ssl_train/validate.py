@@ -1,0 +1,122 @@
+"""Range and type checks for every numeric setting, by key name, before anything is built: one line naming the key."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ssl_train.errors import UserError
+
+
+@dataclass(frozen=True)
+class Number:
+    """An int or a finite float in [low, high] (an open end where `open_low` / `open_high`); None where `nullable`."""
+
+    integer: bool = False
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    nullable: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.nullable else "a value (not null)"
+        kind = "an integer" if self.integer else "a finite number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
+            return f"{kind}{self._range()}"
+        inside = math.isfinite(value) and self.low <= value <= self.high
+        on_open_end = (self.open_low and value == self.low) or (self.open_high and value == self.high)
+        return None if inside and not on_open_end else f"{kind}{self._range()}"
+
+    def _range(self) -> str:
+        if self.low == -math.inf and self.high == math.inf:
+            return ""
+        if self.high == math.inf:
+            return f" {'>' if self.open_low else '>='} {self.low:g}"
+        return f" in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+
+
+POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE, FRACTION = (
+    Number(integer=True, low=1), Number(integer=True, low=0), Number(low=0, open_low=True), Number(low=0), Number(low=0, high=1))
+# key name (the last part of the dotted path) -> rule; the same name means the same thing in every config group
+RULES: dict[str, Number] = {
+    "seed": Number(integer=True, low=0, high=2**32 - 1),
+    "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT, "base_batch_size": POSITIVE_INT, "num_workers": COUNT,
+    "max_epochs": POSITIVE_INT, "accumulate_grad_batches": POSITIVE_INT, "log_every_n_steps": COUNT,
+    "check_val_every_n_epoch": Number(integer=True, low=1, nullable=True), "every_n_epochs": POSITIVE_INT,
+    "lr": POSITIVE, "online_probe_lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "min_lr_ratio": FRACTION,
+    "momentum": FRACTION, "momentum_base": FRACTION, "momentum_final": FRACTION, "center_momentum": FRACTION, "trust_coefficient": POSITIVE,
+    "temperature": POSITIVE, "teacher_temp": POSITIVE, "student_temp": POSITIVE, "warmup_teacher_temp": POSITIVE, "margin": NON_NEGATIVE,
+    "warmup_teacher_temp_steps": COUNT, "queue_size": COUNT, "support_set_size": POSITIVE_INT, "num_prototypes": POSITIVE_INT,
+    "sinkhorn_iterations": POSITIVE_INT, "epsilon": POSITIVE, "freeze_prototypes_steps": COUNT,
+    "sim_weight": NON_NEGATIVE, "var_weight": NON_NEGATIVE, "cov_weight": NON_NEGATIVE, "lambda_offdiag": NON_NEGATIVE,
+    "out_dim": POSITIVE_INT, "hidden_dim": POSITIVE_INT, "bottleneck_dim": POSITIVE_INT, "num_layers": POSITIVE_INT,
+    "pool_size": POSITIVE_INT, "blocks_per_stage": POSITIVE_INT, "last_width": POSITIVE_INT,
+    "num_global": POSITIVE_INT, "num_local": COUNT, "local_size": POSITIVE_INT, "image_size": Number(integer=True, low=1, nullable=True),
+    "crop_min": Number(low=0, high=1, open_low=True), "jitter_strength": NON_NEGATIVE,
+    "flip_prob": FRACTION, "jitter_prob": FRACTION, "grayscale_prob": FRACTION, "blur_prob": FRACTION, "solarize_prob": FRACTION,
+    "max_iter": POSITIVE_INT, "search_max_iter": POSITIVE_INT, "max_train_samples": POSITIVE_INT, "pairs": POSITIVE_INT,
+    "holdout_fraction": Number(low=0, high=1, open_low=True, open_high=True), "validation_fraction": Number(low=0, high=1, open_high=True),
+    "train_limit": Number(integer=True, low=1, nullable=True), "test_limit": Number(integer=True, low=1, nullable=True),
+    "gradient_clip_val": Number(low=0, open_low=True, nullable=True),
+}
+
+
+def leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf; `_target_` blocks included, Hydra's own node skipped."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if path == "" and key == "hydra":
+                continue
+            yield from leaves(value, f"{path}.{key}" if path else str(key))
+    else:
+        yield path, node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Stop with one line at the first setting whose value is out of range or of the wrong type."""
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+    except Exception as error:  # noqa: BLE001 - an interpolation that cannot resolve is itself bad input
+        raise UserError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
+    for key, value in leaves(tree):
+        name = key.rsplit(".", 1)[-1]
+        rule = RULES.get(name)
+        if rule is not None and (problem := rule.problem(value)) is not None:
+            raise UserError(f"{key}={value!r}: must be {problem}")
+        special = SPECIAL.get(name)
+        if special is not None and (problem := special(value)) is not None:
+            raise UserError(f"{key}={value!r}: must be {problem}")
+
+
+def _crop_scale(value: Any) -> str | None:
+    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return None if ok and 0 < value[0] <= value[1] <= 1 else "a pair [low, high] with 0 < low <= high <= 1"
+
+
+def _positive_ints(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+
+
+def _widths(value: Any) -> str | None:
+    return None if _positive_ints(value) else "a non-empty list of integers >= 1"
+
+
+def _neighbours(value: Any) -> str | None:
+    return None if POSITIVE_INT.problem(value) is None or _positive_ints(value) else "an integer >= 1 or a list of them"
+
+
+def _limit_batches(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "an integer >= 0 (batches) or a fraction in [0, 1]"
+    if isinstance(value, int):
+        return None if value >= 0 else "an integer >= 0 (batches) or a fraction in [0, 1]"
+    return None if math.isfinite(value) and 0 <= value <= 1 else "an integer >= 0 (batches) or a fraction in [0, 1]"
+
+
+SPECIAL = {"crop_scale": _crop_scale, "widths": _widths, "k": _neighbours, "limit_train_batches": _limit_batches, "limit_val_batches": _limit_batches}

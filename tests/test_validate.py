@@ -1,0 +1,47 @@
+"""Every numeric setting is range- and type-checked by key name before anything is built or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssl_train.errors import UserError
+from ssl_train.run import run
+from ssl_train.validate import validate
+from tests.conftest import compose_config
+
+METHODS = ["simclr", "byol", "mocov2", "mocov3", "simsiam", "vicreg", "barlow_twins", "supcon", "dino", "swav", "nnclr"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_default_config_is_valid(tmp_path: Path, method: str) -> None:
+    validate(compose_config([f"method={method}"], tmp_path, tiny=False))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.optimizer.lr=-1", r"optim.optimizer.lr=-1: must be a finite number > 0"),
+    ("optim.optimizer.lr=nan", r"optim.optimizer.lr=nan: must be a finite number > 0"),
+    ("optim.optimizer.weight_decay=null", r"optim.optimizer.weight_decay=None: must be a value \(not null\)"),
+    ("data.batch_size=0", r"data.batch_size=0: must be an integer >= 1"),
+    ("data.num_workers=0.5", r"data.num_workers=0.5: must be an integer >= 0"),
+    ("trainer.max_epochs=1e12", r"trainer.max_epochs=1000000000000.0: must be an integer >= 1"),
+    ("trainer.accumulate_grad_batches=abc", r"trainer.accumulate_grad_batches='abc': must be an integer >= 1"),
+    ("loss.temperature=0", r"loss.temperature=0: must be a finite number > 0"),
+    ("seed=-1", r"seed=-1: must be an integer in \[0, 4.29497e\+09\]"),
+    ("augment.recipe.crop_scale=[0.9,0.2]", r"augment.recipe.crop_scale=\[0.9, 0.2\]: must be a pair \[low, high\] with 0 < low <= high <= 1"),
+    ("backbone.widths=[]", r"backbone.widths=\[\]: must be a non-empty list of integers >= 1"),
+    ("eval.knn.k=[20,0]", r"eval.knn.k=\[20, 0\]: must be an integer >= 1 or a list of them"),
+    ("trainer.limit_train_batches=1.5", r"trainer.limit_train_batches=1.5: must be an integer >= 0 \(batches\) or a fraction in \[0, 1\]"),
+])
+def test_bad_numbers_stop_before_the_run_directory_exists(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        run(compose_config([override], tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_method_specific_keys_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"method.queue_size=-5: must be an integer >= 0"):
+        validate(compose_config(["method=mocov2", "method.queue_size=-5"], tmp_path))
+    with pytest.raises(UserError, match=r"method.momentum_base=1.5: must be a finite number in \[0, 1\]"):
+        validate(compose_config(["method=byol", "method.momentum_base=1.5"], tmp_path))
