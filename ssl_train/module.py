@@ -66,12 +66,18 @@ class SSLModule(pl.LightningModule):
             raise FloatingPointError(f"train/loss is {out['loss'].item()} at step {self.global_step}")
         batch_size = labels.shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=False)
-        labelled = labels >= 0  # unlabeled pretraining data carries label -1
         logits = self.online_probe(out["features"].detach().float())
-        probe_loss = F.cross_entropy(logits[labelled], labels[labelled]) if labelled.any() else logits.sum() * 0
-        if labelled.any():
-            self.log("probe/online_loss", probe_loss, batch_size=int(labelled.sum()))
-            self.log("probe/online_top1", (logits[labelled].argmax(1) == labels[labelled]).float().mean(), prog_bar=True, batch_size=int(labelled.sum()))
+        labelled = labels >= 0  # unlabeled pretraining data carries label -1
+        if not bool(labelled.all()):  # the common, fully labelled batch skips the masked copies
+            logits, labels = logits[labelled], labels[labelled]
+        if labels.numel() == 0:
+            probe_loss = logits.sum() * 0
+        else:
+            probe_loss = F.cross_entropy(logits, labels)
+            with torch.no_grad():
+                top1 = (logits.argmax(1) == labels).float().mean()
+            self.log("probe/online_loss", probe_loss, batch_size=labels.numel())
+            self.log("probe/online_top1", top1, prog_bar=True, batch_size=labels.numel())
         for key, value in out.get("logs", {}).items():
             self.log(f"train/{key}", value, batch_size=batch_size)
         return out["loss"] + probe_loss
