@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ssl_train.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Number:
         return f" in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
 
 
+TEMPERATURE = Number(low=0, high=100, open_low=True)  # softmax temperatures live in 0.01-1; above 100 every logit is ~0
 POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE, FRACTION = (
     Number(integer=True, low=1), Number(integer=True, low=0), Number(low=0, open_low=True), Number(low=0), Number(low=0, high=1))
 # key name (the last part of the dotted path) -> rule; the same name means the same thing in every config group
@@ -51,7 +55,8 @@ RULES: dict[str, Number] = {
     "check_val_every_n_epoch": Number(integer=True, low=1, nullable=True), "every_n_epochs": POSITIVE_INT,
     "lr": POSITIVE, "online_probe_lr": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "min_lr_ratio": FRACTION,
     "momentum": FRACTION, "momentum_base": FRACTION, "momentum_final": FRACTION, "center_momentum": FRACTION, "trust_coefficient": POSITIVE,
-    "temperature": POSITIVE, "teacher_temp": POSITIVE, "student_temp": POSITIVE, "warmup_teacher_temp": POSITIVE, "margin": NON_NEGATIVE,
+    "temperature": TEMPERATURE, "teacher_temp": TEMPERATURE, "student_temp": TEMPERATURE, "warmup_teacher_temp": TEMPERATURE,
+    "margin": NON_NEGATIVE,
     "warmup_teacher_temp_steps": COUNT, "queue_size": COUNT, "support_set_size": POSITIVE_INT, "num_prototypes": POSITIVE_INT,
     "sinkhorn_iterations": POSITIVE_INT, "epsilon": POSITIVE, "freeze_prototypes_steps": COUNT,
     "sim_weight": NON_NEGATIVE, "var_weight": NON_NEGATIVE, "cov_weight": NON_NEGATIVE, "lambda_offdiag": NON_NEGATIVE,
@@ -92,6 +97,9 @@ def validate(cfg: DictConfig) -> None:
         special = SPECIAL.get(name)
         if special is not None and (problem := special(value)) is not None:
             raise UserError(f"{key}={value!r}: must be {problem}")
+    warmup, epochs = OmegaConf.select(cfg, "optim.warmup_epochs"), OmegaConf.select(cfg, "trainer.max_epochs")
+    if isinstance(warmup, (int, float)) and isinstance(epochs, int) and warmup > epochs:
+        log.warning("optim.warmup_epochs=%s is longer than trainer.max_epochs=%s: the learning rate never leaves warm-up", warmup, epochs)
 
 
 def _crop_scale(value: Any) -> str | None:

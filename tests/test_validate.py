@@ -27,7 +27,7 @@ def test_every_method_default_config_is_valid(tmp_path: Path, method: str) -> No
     ("data.num_workers=0.5", r"data.num_workers=0.5: must be an integer >= 0"),
     ("trainer.max_epochs=1e12", r"trainer.max_epochs=1000000000000.0: must be an integer >= 1"),
     ("trainer.accumulate_grad_batches=abc", r"trainer.accumulate_grad_batches='abc': must be an integer >= 1"),
-    ("loss.temperature=0", r"loss.temperature=0: must be a finite number > 0"),
+    ("loss.temperature=0", r"loss.temperature=0: must be a finite number in \(0, 100\]"),
     ("seed=-1", r"seed=-1: must be an integer in \[0, 4.29497e\+09\]"),
     ("augment.recipe.crop_scale=[0.9,0.2]", r"augment.recipe.crop_scale=\[0.9, 0.2\]: must be a pair \[low, high\] with 0 < low <= high <= 1"),
     ("backbone.widths=[]", r"backbone.widths=\[\]: must be a non-empty list of integers >= 1"),
@@ -45,3 +45,10 @@ def test_method_specific_keys_are_checked(tmp_path: Path) -> None:
         validate(compose_config(["method=mocov2", "method.queue_size=-5"], tmp_path))
     with pytest.raises(UserError, match=r"method.momentum_base=1.5: must be a finite number in \[0, 1\]"):
         validate(compose_config(["method=byol", "method.momentum_base=1.5"], tmp_path))
+
+
+def test_absurd_but_typed_values_that_would_train_silently_wrong_are_refused_or_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    validate(compose_config(["optim.warmup_epochs=50", "trainer.max_epochs=12"], tmp_path))
+    assert "optim.warmup_epochs=50 is longer than trainer.max_epochs=12: the learning rate never leaves warm-up" in caplog.text
+    with pytest.raises(UserError, match=r"loss.temperature=1000000000000.0: must be a finite number in \(0, 100\]"):
+        validate(compose_config(["loss.temperature=1e12"], tmp_path))
