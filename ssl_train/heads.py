@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ssl_train.losses.precision import float32_linear
@@ -43,7 +44,8 @@ class MLP(nn.Sequential):
 class DINOHead(nn.Module):
     """DINO's head (Caron et al. 2021): MLP (GELU) -> bottleneck -> L2-normalise -> weight-normalised linear to K outputs.
 
-    `norm_last_layer=True` fixes each output unit's weight norm to 1 (the paper's weight_norm with g frozen).
+    The last layer is weight-normalised as in the official code (weight = g * v / ||v||, g initialised to 1):
+    `norm_last_layer=True` freezes g at 1, `false` trains it.
     """
 
     def __init__(
@@ -57,10 +59,11 @@ class DINOHead(nn.Module):
             if i < num_layers - 1:
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
-        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)  # the direction v
+        self.last_layer_norm = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)  # the magnitude g
         self.norm_last_layer, self.in_dim, self.out_dim = norm_last_layer, in_dim, out_dim
 
     def forward(self, x):  # noqa: ANN001, ANN201 - tensor in, tensor out
         x = nn.functional.normalize(self.mlp(x), dim=-1)
-        weight = nn.functional.normalize(self.last_layer.weight, dim=1) if self.norm_last_layer else self.last_layer.weight
+        weight = self.last_layer_norm * nn.functional.normalize(self.last_layer.weight, dim=1)
         return float32_linear(x, weight)  # logits the loss divides by 0.04-0.1: float32 under mixed precision

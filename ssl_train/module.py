@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from ssl_train.optim import OptimRecipe
+from ssl_train.protocols import EditsGradients, Method, UpdatesAfterOptimizerStep
 
 
 class SSLModule(pl.LightningModule):
@@ -19,7 +20,7 @@ class SSLModule(pl.LightningModule):
     An online linear probe on detached backbone features (logged as probe/online_top1, and val/online_top1 on
     the test split) tracks progress; it is its own param group with a constant LR and no weight decay, so it
     never touches the encoder. Methods with an `on_optimizer_step(step, max_steps)` hook (EMA targets) get it
-    after every optimizer step; an `on_after_backward(step)` hook (SwAV's frozen prototypes) after each backward.
+    after every optimizer step; an `on_after_backward(step, epoch)` hook (SwAV's frozen prototypes, DINO's frozen last layer) after each backward.
     """
 
     def __init__(
@@ -27,6 +28,8 @@ class SSLModule(pl.LightningModule):
         batched_views: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(method, Method):
+            raise TypeError(f"{type(method).__name__} is not a method: it needs backbone, projector and forward(views, labels) -> dict")
         self.method, self.optim, self.channels_last = method, optim, channels_last
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -86,7 +89,7 @@ class SSLModule(pl.LightningModule):
         self._step_before_batch = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        hook = getattr(self.method, "on_optimizer_step", None)
+        hook = self.method.on_optimizer_step if isinstance(self.method, UpdatesAfterOptimizerStep) else None
         # only after a batch that ended with an optimizer step: never before the first one under gradient accumulation,
         # never again for a step restored from a checkpoint
         if hook is not None and self.global_step > self._step_before_batch:
@@ -98,9 +101,9 @@ class SSLModule(pl.LightningModule):
             self.log("data/skipped_images", float(datamodule.skipped_images()))
 
     def on_after_backward(self) -> None:
-        hook = getattr(self.method, "on_after_backward", None)
+        hook = self.method.on_after_backward if isinstance(self.method, EditsGradients) else None
         if hook is not None:
-            hook(self.global_step)
+            hook(self.global_step, self.current_epoch)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch

@@ -49,6 +49,7 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     if (group, option) in NEEDS_GPU:
         overrides.append("trainer.accelerator=cpu")  # composes the GPU recipe, builds it on CPU
         overrides.append("trainer.precision=32-true")
+        overrides.append("trainer.sync_batchnorm=false")  # SyncBatchNorm is CUDA-only (trainer=ddp turns it on)
     cfg = compose_config(overrides, tmp_path)
     built = build(cfg)
     assert build_evaluators(cfg.eval)

@@ -42,6 +42,8 @@ def test_infonce_in_batch_matches_loop() -> None:
         scores = [float(unit(q[i]) @ unit(k[j])) / t for j in range(5)]
         expected += -scores[i] + math.log(sum(math.exp(s) for s in scores))
     assert InfoNCELoss(t)(q, k).item() == pytest.approx(expected / 5, abs=TOL)
+    # MoCo v3's contrastive_loss: nn.CrossEntropyLoss()(logits, labels) * (2 * T)
+    assert InfoNCELoss(t, scale_by_two_temperature=True)(q, k).item() == pytest.approx(2 * t * expected / 5, abs=TOL)
 
 
 def test_infonce_with_explicit_negatives_matches_loop() -> None:
@@ -173,6 +175,10 @@ def test_dino_teacher_temperature_warmup() -> None:
     assert loss_fn.current_teacher_temp == pytest.approx(0.055)
     loss_fn.set_step(50)
     assert loss_fn.current_teacher_temp == pytest.approx(0.07)
+    resumed = DINOLoss(out_dim=4, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
+    loss_fn.set_step(5)
+    resumed.load_state_dict(loss_fn.state_dict())  # the step is in the checkpoint: a resumed run continues the warm-up
+    assert resumed.current_teacher_temp == pytest.approx(0.055)
 
 
 # --- SwAV ---------------------------------------------------------------------------------------------

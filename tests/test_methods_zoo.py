@@ -80,6 +80,30 @@ def test_dino_teacher_gets_no_grad_moves_by_ema_and_sees_global_views_only() -> 
 def test_dino_rejects_mismatched_loss_dim() -> None:
     with pytest.raises(ValueError, match="out_dim"):
         DINOMethod(_backbone(), DINOHead(16, 32, 8, 20), DINOLoss(out_dim=10))
+    with pytest.raises(ValueError, match="DINO needs head=dino"):
+        DINOMethod(_backbone(), MLP(16, 32, 20), DINOLoss(out_dim=20))
+
+
+def test_dino_last_layer_frozen_in_first_epoch_and_weight_normalised_like_the_official_head() -> None:
+    """Official DINO: weight_norm(Linear) with g filled with 1 (frozen when norm_last_layer), and
+    cancel_gradients_last_layer for epochs < freeze_last_layer."""
+    head = DINOHead(16, 32, 8, 20, norm_last_layer=False)
+    reference = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(8, 20, bias=False))
+    with torch.no_grad():
+        reference.parametrizations.weight.original0.fill_(1)  # g = 1, as the official head sets it
+        reference.parametrizations.weight.original1.copy_(head.last_layer.weight)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(torch.nn.functional.linear(x, head.last_layer_norm * torch.nn.functional.normalize(head.last_layer.weight, dim=1)),
+                               reference(x))
+    assert head.last_layer_norm.requires_grad and not DINOHead(16, 32, 8, 20, norm_last_layer=True).last_layer_norm.requires_grad
+    method = DINOMethod(_backbone(), head, DINOLoss(out_dim=20), freeze_last_layer_epochs=1)
+    method(_views(sizes=(16, 16, 8)))["loss"].backward()
+    method.on_after_backward(step=3, epoch=0)
+    assert head.last_layer.weight.grad is None and head.last_layer_norm.grad is None
+    assert all(p.grad is not None for p in head.mlp.parameters())
+    method(_views(sizes=(16, 16, 8)))["loss"].backward()
+    method.on_after_backward(step=40, epoch=1)
+    assert head.last_layer.weight.grad is not None
 
 
 def test_swav_prototypes_normalised_and_frozen_early() -> None:
@@ -88,10 +112,10 @@ def test_swav_prototypes_normalised_and_frozen_early() -> None:
     torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(12))
     out["loss"].backward()
     assert method.prototypes.weight.grad is not None
-    method.on_after_backward(step=2)
+    method.on_after_backward(step=2, epoch=0)
     assert method.prototypes.weight.grad is None
     method(_views())["loss"].backward()
-    method.on_after_backward(step=5)
+    method.on_after_backward(step=5, epoch=0)
     assert method.prototypes.weight.grad is not None
 
 
@@ -135,3 +159,33 @@ def test_every_method_with_every_head_steps_or_says_why(method: str, head: str, 
     out = built.method(views, labels)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and any(p.grad is not None for p in built.method.backbone.parameters())
+
+
+def test_mocov2_shuffled_bn_encodes_keys_in_random_sub_batches_and_returns_them_in_order() -> None:
+    method = TargetNetworkMethod(_backbone(), MLP(16, 32, 8, batch_norm=False), InfoNCELoss(0.2), queue_size=16, shuffle_bn_splits=4)
+    seen = []
+    method.target_backbone.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    x = torch.randn(16, 1, 16, 16)
+    keys = method._target(x)
+    assert seen == [4, 4, 4, 4]  # BatchNorm statistics of 4 random sub-batches, never of the queries' whole batch
+    method.eval()  # running statistics: no batch dependence left, so the order must be exactly the input's
+    torch.testing.assert_close(method._target(x), method.target_projector(method.target_backbone(x)))
+    method.train()
+    chunked = torch.cat([method.target_projector(method.target_backbone(c)) for c in x.chunk(4)])
+    assert not torch.allclose(keys, chunked)  # shuffled before splitting (the sub-batches are not the first/last 4)
+    with pytest.raises(ValueError, match="shuffle_bn_splits"):
+        TargetNetworkMethod(_backbone(), MLP(16, 32, 8), InfoNCELoss(0.2), use_target_network=False, shuffle_bn_splits=2)
+
+
+def test_reference_recipes_in_the_method_configs(tmp_path: Path) -> None:
+    mocov2 = build(compose_config(["method=mocov2"], tmp_path / "v2")).method
+    assert mocov2.shuffle_bn_splits == 4 and not any(isinstance(m, torch.nn.BatchNorm1d) for m in mocov2.projector.modules())
+    mocov3 = build(compose_config(["method=mocov3"], tmp_path / "v3")).method
+    linears = [m for m in mocov3.projector.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 and isinstance(list(mocov3.projector.modules())[-1], torch.nn.BatchNorm1d)  # 2 layers, last BN
+    assert not isinstance(list(mocov3.predictor.modules())[-1], torch.nn.BatchNorm1d)  # the ResNet predictor: no last BN
+    assert mocov3.loss.factor == pytest.approx(2 * 0.2)
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        assert compose("train", overrides=["trainer=ddp"]).trainer.sync_batchnorm is True
+        assert compose("train", overrides=["trainer=ddp_cpu"]).trainer.sync_batchnorm is False

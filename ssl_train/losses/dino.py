@@ -31,15 +31,18 @@ class DINOLoss(nn.Module):
         self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
         self.warmup_teacher_temp_steps, self.center_momentum = warmup_teacher_temp_steps, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
-        self.current_teacher_temp = warmup_teacher_temp if warmup_teacher_temp_steps > 0 else teacher_temp
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # in the state_dict: a resumed run continues the warm-up exactly
 
     def set_step(self, step: int) -> None:
-        """Teacher temperature at optimizer step `step` (linear warm-up, then constant)."""
+        """The optimizer step the teacher temperature follows (linear warm-up, then constant)."""
+        self.step.fill_(step)
+
+    @property
+    def current_teacher_temp(self) -> float:
+        step = int(self.step)
         if step >= self.warmup_teacher_temp_steps:
-            self.current_teacher_temp = self.teacher_temp
-        else:
-            frac = step / self.warmup_teacher_temp_steps
-            self.current_teacher_temp = self.warmup_teacher_temp + frac * (self.teacher_temp - self.warmup_teacher_temp)
+            return self.teacher_temp
+        return self.warmup_teacher_temp + step / self.warmup_teacher_temp_steps * (self.teacher_temp - self.warmup_teacher_temp)
 
     @float32
     def forward(self, student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor]) -> torch.Tensor:

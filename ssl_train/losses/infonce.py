@@ -17,13 +17,16 @@ class InfoNCELoss(nn.Module):
     shared by all queries (MoCo v2's queue). Without negative_keys the other rows' positive keys are the
     negatives (MoCo v3: logits = q @ k.T, labels = diagonal), gathered from every rank when
     `gather_distributed`. Vectors are L2-normalised; logits are float32 and divided by `temperature`.
+    `scale_by_two_temperature` multiplies the loss by 2 * temperature, as MoCo v3's reference code does.
     """
 
-    def __init__(self, temperature: float = 0.2, gather_distributed: bool = False) -> None:
+    def __init__(self, temperature: float = 0.2, gather_distributed: bool = False, scale_by_two_temperature: bool = False) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"InfoNCELoss: temperature must be > 0, got {temperature}")
         self.temperature, self.gather_distributed = float(temperature), gather_distributed
+        # MoCo v3's code multiplies the loss by 2 * temperature (moco/builder.py, contrastive_loss)
+        self.factor = 2 * self.temperature if scale_by_two_temperature else 1.0
 
     @float32
     def forward(self, query: torch.Tensor, positive_key: torch.Tensor, negative_keys: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,9 +38,9 @@ class InfoNCELoss(nn.Module):
                 raise ValueError(f"InfoNCELoss: negative_keys must be (K, {q.shape[1]}), got {tuple(negative_keys.shape)}")
             negatives = F.normalize(negative_keys.float(), dim=1)
             logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.T], dim=1) / self.temperature
-            return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+            return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device)) * self.factor
         keys, offset = k, 0
         if self.gather_distributed and dist.is_distributed():
             keys, offset = dist.gather_with_grad(k), dist.rank() * len(q)
         logits = q @ keys.T / self.temperature
-        return F.cross_entropy(logits, torch.arange(len(q), device=q.device) + offset)
+        return F.cross_entropy(logits, torch.arange(len(q), device=q.device) + offset) * self.factor

@@ -23,15 +23,17 @@ class DINOMethod(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, momentum_base: float = 0.996,
-                 momentum_final: float = 1.0, num_global_views: int = 2, name: str = "dino") -> None:
+                 momentum_final: float = 1.0, num_global_views: int = 2, freeze_last_layer_epochs: int = 1, name: str = "dino") -> None:
         super().__init__()
+        if not hasattr(projector, "last_layer_norm"):
+            raise ValueError(f"DINO needs head=dino (a DINOHead with a weight-normalised last layer), got {type(projector).__name__}")
         if getattr(loss, "center", None) is None or loss.center.shape[-1] != projector.out_dim:
             raise ValueError(f"DINO: loss.out_dim must equal the head's out_dim ({projector.out_dim})")
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.teacher_projector = copy.deepcopy(projector).requires_grad_(False)
         self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
-        self.num_global_views = num_global_views
+        self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         num_global = min(self.num_global_views, len(views))
@@ -49,6 +51,12 @@ class DINOMethod(nn.Module):
         ema_update(self.teacher_backbone, self.backbone, self.momentum)
         ema_update(self.teacher_projector, self.projector, self.momentum)
         self.loss.set_step(step)
+
+    def on_after_backward(self, step: int, epoch: int) -> None:
+        """The official `cancel_gradients_last_layer`: no gradient for the head's last layer in the first epoch(s)."""
+        if epoch < self.freeze_last_layer_epochs:
+            for parameter in (*self.projector.last_layer.parameters(), self.projector.last_layer_norm):
+                parameter.grad = None
 
 
 class SwAVMethod(nn.Module):
@@ -74,7 +82,7 @@ class SwAVMethod(nn.Module):
         loss = self.loss(scores, num_global=min(self.num_global_views, len(views)))
         return {"loss": loss, "features": features[0].detach(), "logs": {}}
 
-    def on_after_backward(self, step: int) -> None:
+    def on_after_backward(self, step: int, epoch: int) -> None:
         """Drop the prototypes' gradient while they are frozen (first freeze_prototypes_steps steps)."""
         if step < self.freeze_prototypes_steps:
             self.prototypes.weight.grad = None

@@ -21,7 +21,8 @@ class TargetNetworkMethod(nn.Module):
     following a cosine schedule from `momentum_base` to `momentum_final` over training. With
     `use_target_network=False` the target is the online network itself under stop-gradient (SimSiam,
     Chen & He 2021). Without a predictor and with `queue_size > 0` and InfoNCE this is MoCo v2 (He et al.
-    2020; Chen et al. 2020): the queue of past target projections supplies the negatives. With a predictor,
+    2020; Chen et al. 2020): the queue of past target projections supplies the negatives, and `shuffle_bn_splits`
+    gives the key encoder shuffled BN. With a predictor,
     InfoNCE and in-batch negatives it is MoCo v3 (Chen, Xie & He, ICCV 2021). The loss is symmetrised over
     view pairs: loss(prediction of view j, target of global view i) for all j != i.
     """
@@ -37,11 +38,15 @@ class TargetNetworkMethod(nn.Module):
         use_target_network: bool = True,
         num_global_views: int = 2,
         queue_size: int = 0,
+        shuffle_bn_splits: int = 0,
         name: str = "distill",
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum_base <= momentum_final <= 1.0:
             raise ValueError(f"method.momentum_base/final must satisfy 0 <= base <= final <= 1, got {momentum_base}, {momentum_final}")
+        if shuffle_bn_splits < 0 or (shuffle_bn_splits and not use_target_network):
+            raise ValueError(f"method.shuffle_bn_splits must be >= 0 and needs a target network, got {shuffle_bn_splits}")
+        self.shuffle_bn_splits = shuffle_bn_splits
         self.backbone, self.projector, self.loss = backbone, projector, loss
         self.predictor = predictor(in_dim=projector.out_dim) if predictor is not None else nn.Identity()
         self.queue = FeatureQueue(queue_size, projector.out_dim, random_init=True) if queue_size > 0 else None
@@ -54,7 +59,15 @@ class TargetNetworkMethod(nn.Module):
             self.target_projector = copy.deepcopy(projector).requires_grad_(False)
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
-        return self.target_projector(self.target_backbone(x))  # type: ignore[misc]
+        """Target projections; with `shuffle_bn_splits` (training), computed on random sub-batches and put back in order:
+        MoCo's shuffled BN on one device (each sub-batch's BatchNorm statistics differ from the queries' full batch)."""
+        encode = lambda images: self.target_projector(self.target_backbone(images))  # type: ignore[misc] # noqa: E731
+        splits = self.shuffle_bn_splits
+        if not splits or not self.training or len(x) < 2 * splits:
+            return encode(x)
+        order = torch.randperm(len(x), device=x.device)
+        shuffled = torch.cat([encode(chunk) for chunk in x[order].chunk(splits)])
+        return shuffled[torch.argsort(order)]
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         if len(views) < 2:
