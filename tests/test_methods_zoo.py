@@ -189,3 +189,26 @@ def test_reference_recipes_in_the_method_configs(tmp_path: Path) -> None:
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         assert compose("train", overrides=["trainer=ddp"]).trainer.sync_batchnorm is True
         assert compose("train", overrides=["trainer=ddp_cpu"]).trainer.sync_batchnorm is False
+
+
+def test_swav_queue_joins_sinkhorn_once_full_after_its_start_step_and_lives_in_the_state_dict() -> None:
+    torch.manual_seed(0)
+    method = SwAVMethod(_backbone(), MLP(16, 32, 8), SwAVLoss(), num_prototypes=12, queue_size=16, queue_start_steps=3)
+    views = _views(n=8, sizes=(16, 16, 8))
+    assert method(views)["logs"]["queue_in_use"] == 0.0 and int(method.queues[0].filled) == 0  # before step 3: not even filled
+    method.on_optimizer_step(3, 100)
+    for _ in range(2):  # 2 batches of 8 fill the 16-slot queues; only then are they used
+        assert method(views)["logs"]["queue_in_use"] == 0.0
+    stored = [q.get().clone() for q in method.queues]
+    method.eval()  # same BatchNorm statistics for the reference computation below
+    method.train(False)
+    features = [method.backbone(v) for v in views]
+    embeddings = [torch.nn.functional.normalize(method.projector(h), dim=1) for h in features]
+    scores = [e @ method.prototypes.weight.T for e in embeddings]
+    expected = SwAVLoss()(scores, num_global=2, queue_scores=[s @ method.prototypes.weight.T for s in stored])
+    method.training = True  # forward in "training" for the queue path, modules (BN) stay in eval mode
+    out = method(views)
+    assert out["logs"]["queue_in_use"] == 1.0
+    torch.testing.assert_close(out["loss"], expected)
+    state = method.state_dict()
+    assert "queues.0.features" in state and "step" in state and int(state["step"]) == 3

@@ -12,6 +12,7 @@ from torch import nn
 from ssl_train.losses.precision import float32_linear
 from ssl_train.methods.common import encode_views
 from ssl_train.methods.ema import cosine_momentum, ema_update
+from ssl_train.methods.queue import FeatureQueue
 
 
 class DINOMethod(nn.Module):
@@ -62,25 +63,45 @@ class DINOMethod(nn.Module):
 class SwAVMethod(nn.Module):
     """SwAV (Caron et al., NeurIPS 2020): codes of each global view (Sinkhorn-Knopp over prototype scores) are
     predicted from every other view's scores. Prototypes are re-normalised before each forward and frozen
-    for the first `freeze_prototypes_steps` optimizer steps, as in the paper.
+    for the first `freeze_prototypes_steps` optimizer steps, as in the paper. With `queue_size` > 0, from optimizer
+    step `queue_start_steps` on, the last `queue_size` embeddings of each global view extend the batch for Sinkhorn
+    (the paper's queue for small batches).
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_prototypes: int = 100,
-                 freeze_prototypes_steps: int = 0, num_global_views: int = 2, name: str = "swav") -> None:
+                 freeze_prototypes_steps: int = 0, num_global_views: int = 2, queue_size: int = 0, queue_start_steps: int = 0,
+                 name: str = "swav") -> None:
         super().__init__()
         if num_prototypes < 2:
             raise ValueError(f"SwAV: method.num_prototypes must be >= 2, got {num_prototypes}")
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.prototypes = nn.Linear(projector.out_dim, num_prototypes, bias=False)
         self.freeze_prototypes_steps, self.num_global_views = freeze_prototypes_steps, num_global_views
+        # the reference's queue (main_swav.py, --queue_length, --epoch_queue_starts): past embeddings of each global
+        # view join the batch for Sinkhorn once full; in the state_dict, so a resumed run keeps it
+        self.queues = nn.ModuleList(FeatureQueue(queue_size, projector.out_dim) for _ in range(num_global_views)) if queue_size else None
+        self.queue_start_steps = queue_start_steps
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         with torch.no_grad():
             self.prototypes.weight.copy_(nn.functional.normalize(self.prototypes.weight, dim=1))
         features = encode_views(self.backbone, views)
-        scores = [float32_linear(nn.functional.normalize(self.projector(h), dim=1), self.prototypes.weight) for h in features]
-        loss = self.loss(scores, num_global=min(self.num_global_views, len(views)))
-        return {"loss": loss, "features": features[0].detach(), "logs": {}}
+        embeddings = [nn.functional.normalize(self.projector(h), dim=1) for h in features]
+        scores = [float32_linear(z, self.prototypes.weight) for z in embeddings]
+        num_global = min(self.num_global_views, len(views))
+        queue_scores = None
+        if self.queues is not None and self.training and int(self.step) >= self.queue_start_steps:
+            if all(int(q.filled) == len(q.features) for q in self.queues[:num_global]):  # used once full, as the reference
+                with torch.no_grad():
+                    queue_scores = [float32_linear(q.get(), self.prototypes.weight) for q in self.queues[:num_global]]
+            for queue, z in zip(self.queues, embeddings[:num_global], strict=False):
+                queue.push(z.detach())
+        loss = self.loss(scores, num_global=num_global, queue_scores=queue_scores)
+        return {"loss": loss, "features": features[0].detach(), "logs": {"queue_in_use": float(queue_scores is not None)}}
+
+    def on_optimizer_step(self, step: int, max_steps: int) -> None:
+        self.step.fill_(step)
 
     def on_after_backward(self, step: int, epoch: int) -> None:
         """Drop the prototypes' gradient while they are frozen (first freeze_prototypes_steps steps)."""
