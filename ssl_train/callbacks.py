@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from ssl_train.data.sampling import ResumableSampler
 from ssl_train.errors import UserError
 
 
@@ -116,7 +117,7 @@ class ResumeState(pl.Callback):
         if self._restored is None:
             return
         sampler = getattr(trainer.train_dataloader, "sampler", None)
-        if hasattr(sampler, "resume_at"):
+        if isinstance(sampler, ResumableSampler):
             sampler.resume_at(self._restored["epoch"], self._restored["batches_done"])
         set_rng_states(self._restored["rng"])
         self._restored = None
@@ -134,8 +135,8 @@ class Preemption(pl.Callback):
     atomically, mark the run directory, and stop with exit code 75.
 
     A later run in the same directory with ckpt_path unset resumes from that checkpoint (a requeued SLURM job does).
-    A handler already installed for the signal (submitit's requeue) is called after the checkpoint is written;
-    otherwise, inside a SLURM job, SIGUSR1 requeues the job with `scontrol requeue` (as Lightning does).
+    A handler already installed for the signal (submitit's requeue, or Lightning's own SLURM requeue on SIGUSR1) is
+    called after the checkpoint is written; otherwise, inside a SLURM job, SIGUSR1 requeues with `scontrol requeue`.
     """
 
     MARKER = ".preempted"
@@ -147,19 +148,15 @@ class Preemption(pl.Callback):
         self.checkpoint_path = Path(checkpoint_path)
         self.signals = [getattr(signal, str(name)) for name in signals]
         self.received: int | None = None
-        self._previous: dict[int, Any] = {}  # handlers to put back after fit
-        self._original: dict[int, Any] = {}
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or threading.current_thread() is not threading.main_thread():
-            return
-        for signum in self.signals:  # before Lightning's signal connector: it then leaves SIGUSR1 to us
-            self._previous[signum] = signal.signal(signum, self._note)
-        self._original = dict(self._previous)
+        self._previous: dict[int, Any] = {}  # the handlers before ours: chained for requeue, put back when training ends
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for signum in self._previous:  # take SIGTERM back from Lightning's handler (it would stop at epoch end, exit code 0)
-            signal.signal(signum, self._note)
+        # after Lightning's signal connector has registered (and saved the true originals, which it puts back at its
+        # teardown on every path); Lightning's own SIGTERM handler would stop at the epoch end with exit code 0
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._note)
 
     def _note(self, signum: int, frame: Any) -> None:
         self.received = signum  # acted on at the end of the current batch: never a checkpoint of a half-done step
@@ -173,6 +170,7 @@ class Preemption(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_if_signalled(trainer, pl_module)  # signalled during the last epoch's validation: training is done, stop before the probe
+        self._restore_handlers()
 
     def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         received = self.received
@@ -188,23 +186,19 @@ class Preemption(pl.Callback):
             (run_dir / self.MARKER).write_text(json.dumps({"signal": name, "step": trainer.global_step, "checkpoint": str(self.checkpoint_path)}))
             with open(run_dir / "preemptions.jsonl", "a") as log:
                 log.write(json.dumps({"signal": name, "step": trainer.global_step, "time": time.time()}) + "\n")
-            self._restore_handlers()
-            self._requeue(received)
+            self._requeue(received)  # the handlers are put back by on_exception once Preempted below reaches Lightning
         raise Preempted(
             f"{name} received: stopped at step {trainer.global_step} after writing {self.checkpoint_path}; "
             "rerun the same command in the same run directory (or with ckpt_path=<that file>) to resume"
         )
 
     def _requeue(self, signum: int) -> None:
-        previous = self._original.get(signum)
+        previous = self._previous.get(signum)
         if callable(previous):
             previous(signum, None)  # e.g. submitit's requeue handler
         elif signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
             job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
             subprocess.call(["scontrol", "requeue", job or os.environ["SLURM_JOB_ID"]])
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore_handlers()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()

@@ -37,7 +37,9 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def test_sigterm_mid_epoch_saves_at_once_and_the_rerun_ends_at_the_uninterrupted_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    handler_before = signal.getsignal(signal.SIGTERM)
     full = run(compose_config(TWO_EPOCHS, tmp_path / "full"))
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # a finished run leaves no handler behind
     original = SSLModule.training_step
 
     def signalled_at_step_4(self, batch, batch_idx):  # noqa: ANN001, ANN202 - same signature as the real training_step
@@ -50,7 +52,7 @@ def test_sigterm_mid_epoch_saves_at_once_and_the_rerun_ends_at_the_uninterrupted
         with pytest.raises(Preempted, match=r"SIGTERM received: stopped at step 5 after writing .*last.ckpt") as caught:
             run(compose_config(TWO_EPOCHS, tmp_path / "job"))
     assert caught.value.exit_code == 75
-    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None) or callable(signal.getsignal(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the preemption handler is gone once the run stopped
     assert torch.load(tmp_path / "job" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5  # not the epoch-1 file
     assert (tmp_path / "job" / ".preempted").is_file() and not (tmp_path / "job" / "metrics.json").exists()
     resumed = run(compose_config(TWO_EPOCHS, tmp_path / "job"))  # the same command, same directory: a requeued job
