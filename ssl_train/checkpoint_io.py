@@ -41,6 +41,14 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False, key: str = "ck
     return checkpoint
 
 
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """load_state_dict's multi-line 'Error(s) in loading state_dict' as one phrase: its first detail and how many follow."""
+    details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    if not details:
+        return first_line(error)
+    return details[0] + (f" and {len(details) - 1} more" if len(details) > 1 else "")
+
+
 def first_line(error: BaseException) -> str:
     """The one informative line of an exception message (the last line of a re-raised worker traceback)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build, build_evaluators, group_choice
 from ssl_train.callbacks import Preemption
-from ssl_train.checkpoint_io import first_line
+from ssl_train.checkpoint_io import first_line, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
@@ -122,8 +122,7 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
         if "DataLoader worker" in message:
             raise UserError(f"a data loader worker died ({first_line(error)}); {kept}. data.num_workers=0 shows the cause in-process") from None
         if "Error(s) in loading state_dict" in message:
-            details = [line.strip() for line in message.splitlines()[1:] if line.strip()]
-            raise UserError(f"ckpt_path {ckpt_path}: its weights do not fit this run's model ({details[0] if details else first_line(error)}): "
+            raise UserError(f"ckpt_path {ckpt_path}: its weights do not fit this run's model ({state_dict_mismatch(error)}): "
                             "resume with the config the checkpoint was trained with") from None
         raise
 

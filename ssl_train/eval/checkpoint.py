@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate
 from ssl_train.callbacks import ConfigInCheckpoint
-from ssl_train.checkpoint_io import first_line, read_checkpoint
+from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
 from ssl_train.eval.metrics import alignment, positive_pair_features
@@ -56,10 +56,9 @@ def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path:
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
         raise UserError(
-            f"ckpt_path: {path}: its {part} weights do not fit the {part} its config builds ({details[0] if details else first_line(error)}"
-            f"{f' and {len(details) - 1} more' if len(details) > 1 else ''}): a checkpoint from another version of this {part}?"
+            f"ckpt_path: {path}: its {part} weights do not fit the {part} its config builds ({state_dict_mismatch(error)}): "
+            f"a checkpoint from another version of this {part}?"
         ) from None
 
 
