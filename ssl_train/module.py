@@ -31,6 +31,9 @@ class SSLModule(pl.LightningModule):
         if not isinstance(method, Method):
             raise TypeError(f"{type(method).__name__} is not a method: it needs backbone, projector and forward(views, labels) -> dict")
         self.method, self.optim, self.channels_last = method, optim, channels_last
+        # which optional hooks the method has, decided once (a Protocol isinstance check walks its members)
+        self._has_optimizer_step_hook = isinstance(method, UpdatesAfterOptimizerStep)
+        self._has_after_backward_hook = isinstance(method, EditsGradients)
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
@@ -89,11 +92,10 @@ class SSLModule(pl.LightningModule):
         self._step_before_batch = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        hook = self.method.on_optimizer_step if isinstance(self.method, UpdatesAfterOptimizerStep) else None
         # only after a batch that ended with an optimizer step: never before the first one under gradient accumulation,
         # never again for a step restored from a checkpoint
-        if hook is not None and self.global_step > self._step_before_batch:
-            hook(self.global_step, int(self.trainer.estimated_stepping_batches))
+        if self._has_optimizer_step_hook and self.global_step > self._step_before_batch:
+            self.method.on_optimizer_step(self.global_step, int(self.trainer.estimated_stepping_batches))
 
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -101,9 +103,8 @@ class SSLModule(pl.LightningModule):
             self.log("data/skipped_images", float(datamodule.skipped_images()))
 
     def on_after_backward(self) -> None:
-        hook = self.method.on_after_backward if isinstance(self.method, EditsGradients) else None
-        if hook is not None:
-            hook(self.global_step, self.current_epoch)
+        if self._has_after_backward_hook:
+            self.method.on_after_backward(self.global_step, self.current_epoch)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
