@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gzip
 import json
 import os
 import random
@@ -29,6 +28,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -37,6 +37,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bad_inputs import bad_inputs, make_image_folder  # noqa: E402  (scripts/, beside this file)
 
 from ssl_train import checkpoint_io  # noqa: E402
 from ssl_train.callbacks import Preempted  # noqa: E402
@@ -53,18 +55,6 @@ TINY = [
     "trainer.enable_model_summary=false", "eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]", "baseline=false",
 ]
 TINY_MODEL = ["backbone.widths=[8,16]"]
-GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "logger", "method", "experiment", "hparams_search", "debug", "eval"]
-NUMBERS = ["0", "-1", "nan", "inf", "-inf", "1e12", "-1e-9", "abc", "0.5", "null", "[]", "2.5e38"]
-NUMERIC_KEYS = {  # key -> the method it belongs to (None: any)
-    "data.batch_size": None, "data.num_workers": None, "data.eval_batch_size": None, "data.validation_fraction": None,
-    "optim.optimizer.lr": None, "optim.optimizer.weight_decay": None, "optim.warmup_epochs": None, "optim.min_lr_ratio": None,
-    "trainer.max_epochs": None, "trainer.accumulate_grad_batches": None, "trainer.limit_train_batches": None, "seed": None,
-    "loss.temperature": "simclr", "head.out_dim": None, "head.hidden_dim": None, "augment.num_global": None, "augment.num_local": None,
-    "augment.recipe.crop_scale": None, "method.queue_size": "mocov2", "method.momentum_base": "byol", "loss.lambda_offdiag": "barlow_twins",
-    "loss.sim_weight": "vicreg", "loss.student_temp": "dino", "method.num_prototypes": "swav", "method.support_set_size": "nnclr",
-    "eval.linear.max_iter": None, "eval.knn.k": None, "backbone.widths": None, "backbone.pool_size": None,
-}
-
 
 @dataclass
 class Tally:
@@ -112,38 +102,34 @@ def identical(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-class Patch:
-    """Temporarily replace an attribute (a fault injector)."""
+def fault_in_training_step(when: Callable[[SSLModule], bool], fault: Callable[[], None]) -> Callable:
+    """An SSLModule.training_step that runs `fault` once, before the first step at which `when(module)` holds."""
+    original, done = SSLModule.training_step, [False]
 
-    def __init__(self, owner: object, name: str, value: object) -> None:
-        self.owner, self.name, self.value = owner, name, value
-
-    def __enter__(self) -> None:
-        self.original = getattr(self.owner, self.name)
-        setattr(self.owner, self.name, self.value)
-
-    def __exit__(self, *exc: object) -> None:
-        setattr(self.owner, self.name, self.original)
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        if not done[0] and when(self):
+            done[0] = True
+            fault()
+        return original(self, batch, batch_idx)
+    return training_step
 
 
 def signal_at(step: int, signum: int) -> Callable:
-    original = SSLModule.training_step
-
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
-        if self.global_step == step:
-            os.kill(os.getpid(), signum)
-        return original(self, batch, batch_idx)
-    return training_step
+    return fault_in_training_step(lambda module: module.global_step == step, lambda: os.kill(os.getpid(), signum))
 
 
 def crash_at(step: int) -> Callable:
-    original = SSLModule.training_step
+    def crash() -> None:
+        raise RuntimeError("simulated kill")
+    return fault_in_training_step(lambda module: module.global_step == step, crash)
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
-        if self.global_step == step:
-            raise RuntimeError("simulated kill")
-        return original(self, batch, batch_idx)
-    return training_step
+
+def remove_images_in_epoch_1(folder: Path, every: int) -> Callable:
+    """Delete every `every`-th training image of `folder` once epoch 1 starts training (files vanishing mid-run)."""
+    def remove() -> None:
+        for path in list((folder / "train").rglob("*.png"))[::every]:
+            path.unlink()
+    return fault_in_training_step(lambda module: module.current_epoch == 1, remove)
 
 
 def record(tally: Tally, name: str, result: tuple[str, str], expect: str = "clear") -> None:
@@ -160,7 +146,7 @@ def resume_drill(tally: Tally, sandbox: Path, name: str, interrupt: Callable, ov
     """Interrupt a run, rerun it in the same directory (or from its last.ckpt), compare with the uninterrupted run."""
     full, job = sandbox / f"{name}-full", sandbox / f"{name}-job"
     run(cfg_for(overrides, full))
-    with Patch(SSLModule, "training_step", interrupt):
+    with patch.object(SSLModule, "training_step", interrupt):
         try:
             run(cfg_for(overrides, job))
             first = ("ran", "not interrupted")
@@ -199,7 +185,7 @@ def fault_drills(tally: Tally, sandbox: Path) -> None:
         return real_save(obj, handle, *args, **kwargs)
 
     disk = sandbox / "disk-full"
-    with Patch(checkpoint_io.torch, "save", full_disk):
+    with patch.object(checkpoint_io.torch, "save", full_disk):
         result = outcome(lambda: run(cfg_for(["probe=false", "trainer.max_epochs=3", "callbacks.model_checkpoint=null"], disk)))
     if not (disk / "checkpoints" / "last.ckpt").is_file() or torch.load(disk / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] != 2:
         tally.files_lost.append("disk-full: last.ckpt of epoch 1")
@@ -215,35 +201,18 @@ def fault_drills(tally: Tally, sandbox: Path) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return original_get(self, index)
 
-    with Patch(TransformedDataset, "__getitem__", dies):
+    with patch.object(TransformedDataset, "__getitem__", dies):
         record(tally, "loader-worker-killed", outcome(lambda: run(cfg_for(["data.num_workers=1"], sandbox / "worker"))))
 
     folder = make_image_folder(sandbox / "images")
     vanishing = ["data=image_folder", f"data.source.root={folder}", "data.batch_size=8", "data.num_workers=1", "trainer.max_epochs=2", "probe=false"]
-    removed = {"done": False}
-    original_step = SSLModule.training_step
-
-    def remove_files_after_first_epoch(self, batch, batch_idx):  # noqa: ANN001, ANN202
-        if self.current_epoch == 1 and not removed["done"]:
-            for path in list((folder / "train").rglob("*.png"))[::2]:
-                path.unlink()
-            removed["done"] = True
-        return original_step(self, batch, batch_idx)
-
-    with Patch(SSLModule, "training_step", remove_files_after_first_epoch):
+    with patch.object(SSLModule, "training_step", remove_images_in_epoch_1(folder, every=2)):
         result = outcome(lambda: run(cfg_for(vanishing, sandbox / "vanishing-some")))
     skipped = json.loads((sandbox / "vanishing-some" / "metrics.json").read_text())["skipped_images"] if result[0] == "ran" else 0
     record(tally, "half-the-images-vanish-mid-run", (result[0], f"{result[1]} skipped_images={skipped}"), expect="ran")
 
     gone = make_image_folder(sandbox / "images-gone")
-
-    def remove_all(self, batch, batch_idx):  # noqa: ANN001, ANN202
-        if self.current_epoch == 1:
-            for path in (gone / "train").rglob("*.png"):
-                path.unlink()
-        return original_step(self, batch, batch_idx)
-
-    with Patch(SSLModule, "training_step", remove_all):
+    with patch.object(SSLModule, "training_step", remove_images_in_epoch_1(gone, every=1)):
         all_gone = [*vanishing[:1], f"data.source.root={gone}", *vanishing[2:]]
         record(tally, "all-images-vanish-mid-run", outcome(lambda: run(cfg_for(all_gone, sandbox / "vanishing-all"))))
 
@@ -264,86 +233,12 @@ def fault_drills(tally: Tally, sandbox: Path) -> None:
             return original_loss(self, z_a, z_b) * (poison if count["n"] > 2 else 1.0)
 
         out = sandbox / f"nonfinite-{precision}"
-        with Patch(NTXentLoss, "forward", poisoned):
+        with patch.object(NTXentLoss, "forward", poisoned):
             result = outcome(lambda out=out, precision=precision: run(cfg_for(["trainer.max_epochs=3", f"trainer.precision={precision}"], out)))
         state = weights(out)
         if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
             tally.files_lost.append(f"nonfinite-{precision}: last.ckpt holds non-finite weights")
         record(tally, f"non-finite-loss-{precision}", result)
-
-
-def make_image_folder(root: Path, per_class: int = 8) -> Path:
-    from torchvision.io import write_png
-
-    for split in ("train", "val"):
-        for c in range(2):
-            (root / split / f"class{c}").mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                write_png(torch.randint(0, 255, (3, 24, 24), dtype=torch.uint8), str(root / split / f"class{c}" / f"{i}.png"))
-    return root
-
-
-def corrupt_datasets(sandbox: Path) -> list[list[str]]:
-    """Overrides pointing at broken dataset files: corrupt/truncated/empty idx, empty and corrupt image folders, missing roots."""
-    cases = []
-    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    for kind, payload in (("garbage", os.urandom(4096)), ("empty", b""), ("truncated", b"\x00\x00\x08\x03\x00\x00\x00\x10"),
-                          ("bad-gzip", b"\x1f\x8b\x08\x00garbage")):
-        root = sandbox / "data" / f"idx-{kind}"
-        root.mkdir(parents=True)
-        for name in names:
-            (root / (name + ".gz")).write_bytes(gzip.compress(payload) if kind != "bad-gzip" else payload)
-        cases.append(["data=fashion_mnist", f"data.source.root={root}"])
-    mismatch = sandbox / "data" / "idx-mismatch"
-    mismatch.mkdir(parents=True)
-    for name in names:  # labels for 3 images, 2 images
-        count = 3 if "labels" in name else 2
-        header = bytes([0, 0, 8, 1 if "labels" in name else 3]) + count.to_bytes(4, "big") + (b"" if "labels" in name else (28).to_bytes(4, "big") * 2)
-        (mismatch / name).write_bytes(header + bytes(count * (1 if "labels" in name else 784)))
-    cases.append(["data=fashion_mnist", f"data.source.root={mismatch}"])
-    empty = sandbox / "data" / "empty-folder"
-    (empty / "train").mkdir(parents=True)
-    (empty / "val").mkdir(parents=True)
-    cases.append(["data=image_folder", f"data.source.root={empty}"])
-    bad_images = sandbox / "data" / "corrupt-images"
-    for split in ("train", "val"):
-        for c in range(2):
-            (bad_images / split / f"c{c}").mkdir(parents=True)
-            for i in range(4):
-                (bad_images / split / f"c{c}" / f"{i}.png").write_bytes(os.urandom(200))
-    cases.append(["data=image_folder", f"data.source.root={bad_images}", "data.batch_size=4"])
-    cases.append(["data=unlabeled_folder", f"data.source.root={empty}"])
-    for data in ("cifar10", "cifar100", "stl10", "mnist", "image_folder"):
-        cases.append([f"data={data}", f"data.source.root={sandbox / 'data' / 'does-not-exist'}"])
-    cifar = sandbox / "data" / "cifar-garbage" / "cifar-10-batches-py"
-    cifar.mkdir(parents=True)
-    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"):
-        (cifar / name).write_bytes(os.urandom(512))
-    cases.append(["data=cifar10", f"data.source.root={cifar.parent}"])
-    return cases
-
-
-def bad_inputs(rng: random.Random, count: int, sandbox: Path) -> list[list[str]]:
-    """Malformed override sets: unknown options, misspelt keys, invalid numbers, broken files; `count` in all."""
-    cases: list[list[str]] = corrupt_datasets(sandbox)
-    for group in GROUPS:
-        cases.append([f"{group}=no_such_{group}"])
-    keys = list(NUMERIC_KEYS)
-    for key in keys:  # one misspelling per key
-        i = rng.randrange(1, len(key) - 1)
-        cases.append([f"{key[:i] + key[i + 1:]}=1"])
-    combos = [(key, value) for key in keys for value in NUMBERS]
-    rng.shuffle(combos)
-    for key, value in combos:
-        if len(cases) >= count:
-            break
-        method = NUMERIC_KEYS[key]
-        cases.append(([f"method={method}"] if method else []) + [f"{key}={value}"])
-    while len(cases) < count:  # two bad values at once
-        (k1, v1), (k2, v2) = rng.sample(combos, 2)
-        if NUMERIC_KEYS[k1] is None and NUMERIC_KEYS[k2] is None and k1 != k2:
-            cases.append([f"{k1}={v1}", f"{k2}={v2}"])
-    return cases[:count]
 
 
 def fuzz(tally: Tally, sandbox: Path, cases: list[list[str]]) -> None:
