@@ -42,6 +42,7 @@ class SmallResNet(nn.Module):
     (32, 64, 128) with a stride-2 stem give ~0.44 M params at ~20 MFLOPs per 28 px image.
     """
 
+    modalities = ("image",)
     # NHWC convolutions: 1.2-1.27x faster end to end on the 2-core CPU (channels_last=auto). Not for stages narrower than
     # 16 channels: the backward of their strided 1x1 shortcut conv in NHWC corrupts the heap in torch 2.14.1's oneDNN
     # CPU kernels (8 -> 16 channels at >= 64 px aborts the process; measured, see tests/test_scaleout.py)
@@ -82,6 +83,7 @@ class TorchvisionResNet(nn.Module):
     downloaded.
     """
 
+    modalities = ("image",)
     prefers_channels_last = True  # NHWC convolutions (faster on CPU and with tensor cores under mixed precision)
 
     def __init__(self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool = False, zero_init_residual: bool = True) -> None:

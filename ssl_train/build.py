@@ -19,6 +19,7 @@ from ssl_train.callbacks import ConfigInCheckpoint, ResumeState
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
+from ssl_train.modality import check_fits, modalities_of
 from ssl_train.module import SSLModule
 from ssl_train.validate import validate
 
@@ -64,9 +65,18 @@ class Built:
         return self.method.backbone
 
 
-def build_encoder(cfg: DictConfig, in_channels: int) -> Any:
-    """The backbone of `cfg` for images with `in_channels` channels (random init)."""
-    return instantiate("backbone", instantiate("backbone", cfg.backbone), in_channels=in_channels)
+def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image") -> Any:
+    """The backbone of `cfg` for inputs with `in_channels` channels (features per step for sequences), random init.
+
+    An encoder class that serves several modalities (the recurrent encoder: sequences and waveforms) is told which."""
+    serves = modalities_of(cfg.backbone) or ()
+    extra = {"modality": modality} if len(serves) > 1 else {}
+    return instantiate("backbone", instantiate("backbone", cfg.backbone), in_channels=in_channels, **extra)
+
+
+def check_components_fit(cfg: DictConfig, modality: str) -> None:
+    """One line when the data's modality does not fit the views, the encoder or the method (ssl_train.modality)."""
+    check_fits(modality, group_choice("data"), {group: (group_choice(group), cfg[group]) for group in ("method", "backbone", "augment")})
 
 
 def build_datamodule(data_cfg: DictConfig, views: Any = None, world_size: int = 1) -> SSLDataModule:
@@ -117,10 +127,14 @@ def build(cfg: DictConfig) -> Built:
     if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
         raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); on CPU use backbone.norm=group")
     datamodule = build_datamodule(cfg.data, views=instantiate("augment", cfg.augment), world_size=trainer.world_size)
+    check_components_fit(cfg, datamodule.splits.modality)
     splits, views = datamodule.splits, datamodule.views()
-    backbone = build_encoder(cfg, splits.channels)
+    backbone = build_encoder(cfg, splits.channels, splits.modality)
     projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
     loss = instantiate("loss", cfg.loss)
+    if getattr(projector, "predicts_steps", False) and not getattr(hydra.utils.get_class(cfg.method._target_), "uses_step_predictions", False):
+        raise UserError(f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
+                        "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)")
     method = instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss)
     compiled = use_compile(cfg.get("compile", False), trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
     if compiled:

@@ -67,3 +67,20 @@ class DINOHead(nn.Module):
         x = nn.functional.normalize(self.mlp(x), dim=-1)
         weight = self.last_layer_norm * nn.functional.normalize(self.last_layer.weight, dim=1)
         return float32_linear(x, weight)  # logits the loss divides by 0.04-0.1: float32 under mixed precision
+
+
+class StepPredictions(nn.Module):
+    """CPC's predictions (van den Oord et al. 2018): one linear map W_k per step ahead k = 1..steps, from the context c_t
+    to the latent z_{t+k}; (..., in_dim) -> (..., steps, out_dim). The K maps are one Linear of K x out_dim outputs."""
+
+    predicts_steps = True  # not a vector head: only a method with `uses_step_predictions` (CPC) can use it
+
+    def __init__(self, in_dim: int, out_dim: int = 128, steps: int = 4) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"StepPredictions: steps must be >= 1, got {steps}")
+        self.linear = nn.Linear(in_dim, steps * out_dim)
+        self.in_dim, self.out_dim, self.steps = in_dim, out_dim, steps
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.linear(context).unflatten(-1, (self.steps, self.out_dim))

@@ -29,16 +29,16 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
     shrink: list[str] = []
     if tiny:
         shrink = TINY_DATA + TINY_RUN if config_name == "train" else []
-        backbone = next((o.split("=", 1)[1] for o in overrides if o.startswith("backbone=")), "small_resnet")
-        if config_name == "train" and backbone == "small_resnet":
-            shrink += TINY_MODEL
         chosen_eval = next((o for o in overrides if o.startswith("eval=")), "eval=linear")
         if "linear" not in chosen_eval.split("=", 1)[1].strip("[]").split(","):
             shrink = [o for o in shrink if not o.startswith("eval.linear")]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         own_cache = any(o.startswith("paths.cache_dir=") for o in overrides)
         paths = [f"paths.output_dir={output_dir}"] + ([] if own_cache else [f"paths.cache_dir={output_dir}/cache"])
-        return compose(config_name, overrides=shrink + list(overrides) + paths)
+        cfg = compose(config_name, overrides=shrink + list(overrides) + paths)
+        if tiny and config_name == "train" and cfg.backbone.get("_target_", "").endswith("SmallResNet"):  # the one the method or user chose
+            cfg = compose(config_name, overrides=shrink + TINY_MODEL + list(overrides) + paths)
+        return cfg
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:

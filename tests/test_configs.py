@@ -24,10 +24,31 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
         return [f"data.source.root={make_stl10(tmp_path / option)}", *no_limits]
     if option == "image_folder":
         return [f"data.source.root={make_image_folder(tmp_path / option)}", *no_limits]
+    if option == "sequence_arrays":
+        return [f"data.source.path={make_sequence_arrays(tmp_path / 'seq.npz')}", *no_limits]
     if option == "unlabeled_folder":
         return [f"data.source.root={make_image_folder(tmp_path / 'u')}/train", f"data.source.probe.root={make_image_folder(tmp_path / 'l')}", *no_limits]
     return []
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
+# options for sequence data, composed with the pieces that fit them (an image default would stop with one line)
+SEQUENCE_OPTIONS = {("data", "seq_fashion_mnist"), ("data", "sequence_arrays"), ("augment", "sequence"), ("backbone", "recurrent"),
+                    ("method", "cpc"), ("head", "cpc_predictions"), ("loss", "cpc")}
+SEQUENCE_CONTEXT = ["method=cpc", "data=seq_fashion_mnist"]
+
+
+def make_sequence_arrays(path: Path, n_train: int = 24, n_test: int = 12, steps: int = 16, features: int = 3) -> Path:
+    """A tiny .npz of (N, T, F) sequences whose class sets the frequency of a sine: learnable, deterministic."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 3
+        t = np.arange(steps)[None, :, None]
+        arrays[f"{split}_x"] = (np.sin(t * (labels[:, None, None] + 1) * 0.4) + 0.1 * rng.standard_normal((n, steps, features))).astype(np.float32)
+        arrays[f"{split}_y"] = labels
+    np.savez(path, **arrays)
+    return path
 
 
 def all_options() -> list[tuple[str, str]]:
@@ -41,7 +62,7 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), all_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, idx_root: Path) -> None:
-    overrides = [f"{group}={option}"]
+    overrides = [*(SEQUENCE_CONTEXT if (group, option) in SEQUENCE_OPTIONS else []), f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
         overrides.append(f"data.source.root={idx_root}")
     if group == "data":

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from ssl_train import dist
 from ssl_train.data.datasets import Splits, carve_validation
 from ssl_train.data.sampling import ResumableSampler, loader_generator
+from ssl_train.data.sequence_views import StandardizeSequence
 from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
 
@@ -109,6 +110,8 @@ class SSLDataModule(pl.LightningDataModule):
 
     def _eval_transform(self) -> Callable:
         s = self.splits
+        if s.modality != "image":  # sequences and waveforms: standardised per feature
+            return StandardizeSequence(s.mean, s.std)
         return eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size)
 
     def val_dataloader(self) -> DataLoader:

@@ -45,7 +45,9 @@ class Splits:
 
     `train`/`test` are labelled (the probe's splits); `pretrain` holds the pretraining images (default: train;
     label -1 where unknown). `fixed_size` is False for decoded files of any size (views crop them to
-    `image_size`; evaluation resizes and centre-crops).
+    `image_size`; evaluation resizes and centre-crops). `modality` says what a sample is (ssl_train.modality):
+    an image (C, H, W), a sequence (T, F: `image_size` is then the length T and `channels` the F features per
+    step) or a waveform (T samples, `channels` 1).
     """
 
     train: Dataset
@@ -57,6 +59,7 @@ class Splits:
     image_size: int
     pretrain: Dataset | None = None
     fixed_size: bool = True
+    modality: str = "image"
 
     @property
     def pretrain_set(self) -> Dataset:

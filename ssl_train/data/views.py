@@ -64,6 +64,8 @@ class MultiViewTransform:
     those stack as they are, so both paths see the same images; variable-size folders stay per-sample.
     """
 
+    modalities = ("image",)
+
     def __init__(
         self,
         size: int,

@@ -18,6 +18,7 @@ from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
 from ssl_train.eval.metrics import alignment, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
+from ssl_train.modality import modalities_of
 from ssl_train.run import claim_output_dir
 from ssl_train.trust import check_stored_config, targets_in
 from ssl_train.validate import validate
@@ -42,7 +43,7 @@ def load_encoder(
         check_stored_config(checkpoint[ConfigInCheckpoint.KEY], f"ckpt_path {path}", also_allowed)
     train_cfg = OmegaConf.create(checkpoint[ConfigInCheckpoint.KEY])
     backbone_state = _sub_state(checkpoint["state_dict"], "method.backbone.")
-    encoder = build_encoder(train_cfg, _input_channels(backbone_state))
+    encoder = build_encoder(train_cfg, *_input_of(train_cfg, backbone_state))
     _load_weights(encoder, backbone_state, path, "backbone")
     if features == "projector":
         projector = instantiate("head", instantiate("head", train_cfg.head), in_dim=encoder.out_dim)
@@ -66,12 +67,18 @@ def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _input_channels(state: dict[str, torch.Tensor]) -> int:
-    """The input channels of the first conv in a backbone state_dict."""
-    first_conv = next((v for v in state.values() if v.ndim == 4), None)
-    if first_conv is None:
-        raise UserError("ckpt_path: the checkpoint holds no convolutional backbone weights (method.backbone.*)")
-    return int(first_conv.shape[1])
+def _input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int, str]:
+    """(input channels, modality) the stored backbone was built for: an image encoder's from its first conv, a
+    sequence/waveform encoder's from its training data (a recurrent encoder has no 2-D conv to read them from)."""
+    if not state:
+        raise UserError("ckpt_path: the checkpoint holds no backbone weights (method.backbone.*)")
+    if "image" in (modalities_of(train_cfg.backbone) or ("image",)):
+        first_conv = next((v for v in state.values() if v.ndim == 4), None)
+        if first_conv is None:
+            raise UserError("ckpt_path: the checkpoint holds no convolutional backbone weights (method.backbone.*)")
+        return int(first_conv.shape[1]), "image"
+    splits = build_datamodule(train_cfg.data).splits
+    return splits.channels, splits.modality
 
 
 def beside(ckpt_path: Path, name: str = "metrics", suffix: str = ".json") -> Path:

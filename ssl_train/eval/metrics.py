@@ -44,9 +44,10 @@ def positive_pair_features(
     was_training = encoder.training
     encoder.eval().to(device)
     if getattr(views, "on_device", False):
-        first, second = views.batched().to(device)(torch.stack(images).to(device))[:2]
+        batched, batch = views.batched().to(device), torch.stack(images).to(device)
+        first, second = [*batched(batch), *batched(batch)][:2]  # a one-view pipeline (CPC, DIM): two independent draws
     else:
-        made = [views(image)[:2] for image in images]
+        made = [[*views(image), *views(image)][:2] for image in images]
         first, second = torch.stack([m[0] for m in made]).to(device), torch.stack([m[1] for m in made]).to(device)
     z_a, z_b = encoder(first).float().cpu(), encoder(second).float().cpu()
     encoder.train(was_training)

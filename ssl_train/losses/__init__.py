@@ -1,6 +1,7 @@
 """One loss per file, each a plain nn.Module documenting its paper and shapes."""
 
 from ssl_train.losses.barlow_twins import BarlowTwinsLoss
+from ssl_train.losses.cpc import CPCLoss
 from ssl_train.losses.dino import DINOLoss
 from ssl_train.losses.infonce import InfoNCELoss
 from ssl_train.losses.margin import ContrastiveMarginLoss
@@ -14,5 +15,5 @@ from ssl_train.losses.vicreg import VICRegLoss
 
 __all__ = [
     "NTXentLoss", "InfoNCELoss", "SupConLoss", "NegativeCosineSimilarity", "BarlowTwinsLoss", "VICRegLoss",
-    "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss",
+    "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss", "CPCLoss",
 ]

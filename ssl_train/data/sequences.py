@@ -1,0 +1,118 @@
+"""Sequence and waveform sources read from local files: sequential Fashion-MNIST (embedded) and user arrays (.npz / .npy).
+
+A sequence sample is a float32 tensor (T, F): T time steps of F features; a waveform is (T,) samples. Per-feature
+mean and std come from the train split; the views and the evaluation transform standardise with them.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ssl_train.data.datasets import EMBEDDED_FILE, Splits, limited
+from ssl_train.errors import DataNotFoundError, UserError
+
+
+class SequenceArrayDataset(Dataset):
+    """Sequences (N, T, F) or waveforms (N, T) held in memory as float32, with int64 labels; returns (sample, label)."""
+
+    def __init__(self, samples: torch.Tensor, labels: torch.Tensor) -> None:
+        if samples.ndim not in (2, 3) or len(samples) != len(labels):
+            raise ValueError(f"SequenceArrayDataset expects (N, T[, F]) samples and N labels, got {tuple(samples.shape)} and {len(labels)}")
+        self.samples, self.labels = samples.float(), labels.long()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.samples[index], int(self.labels[index])
+
+
+def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, where: str) -> Splits:
+    """Splits of sequences (N, T, F) (modality 'sequence') or waveforms (N, T) ('waveform'), statistics from train."""
+    for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if x.ndim not in (2, 3):
+            raise UserError(f"{where}: {name} samples must be (N, T) waveforms or (N, T, F) sequences, got shape {x.shape}")
+        if len(x) == 0 or x.shape[1] == 0:
+            raise UserError(f"{where}: the {name} split is empty (shape {x.shape}): every sequence needs at least one time step")
+        if len(x) != len(y):
+            raise UserError(f"{where}: {name} has {len(x)} samples but {len(y)} labels")
+        if not np.issubdtype(np.asarray(y).dtype, np.integer) or (np.asarray(y) < 0).any():
+            raise UserError(f"{where}: {name} labels must be integers >= 0 (class indices), got dtype {np.asarray(y).dtype}")
+        if not np.isfinite(x).all():
+            raise UserError(f"{where}: the {name} samples hold NaN or inf values")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise UserError(f"{where}: train samples are {train_x.shape[1:]} but test samples {test_x.shape[1:]}; both splits need one shape")
+    train, test = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.float32))
+    steps = train if train.ndim == 3 else train.unsqueeze(-1)
+    mean, std = steps.mean(dim=(0, 1)), steps.std(dim=(0, 1)).clamp_min(1e-6)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    return Splits(
+        SequenceArrayDataset(train, torch.from_numpy(train_y.astype(np.int64))), SequenceArrayDataset(test, torch.from_numpy(test_y.astype(np.int64))),
+        num_classes, tuple(mean.tolist()), tuple(std.tolist()), channels=steps.shape[-1], image_size=train.shape[1],
+        modality="sequence" if train.ndim == 3 else "waveform",
+    )
+
+
+class SequentialFashionMNIST:
+    """The embedded Fashion-MNIST subset read row by row: 28 time steps of 28 pixel values in [0, 1] (sequential MNIST,
+    Le et al. 2015, on Fashion-MNIST). Nothing to install; the labels are the image classes."""
+
+    modalities = ("sequence",)
+
+    def __init__(self, train_limit: int | None = None, test_limit: int | None = None) -> None:
+        self.train_limit, self.test_limit = train_limit, test_limit
+
+    def load(self) -> Splits:
+        if not EMBEDDED_FILE.is_file():
+            raise DataNotFoundError(f"the embedded dataset {EMBEDDED_FILE} is missing: reinstall ssl_train or run scripts/make_embedded_dataset.py")
+        with np.load(EMBEDDED_FILE) as arrays:
+            train = limited(arrays["train_images"], arrays["train_labels"], self.train_limit, seed=0)
+            test = limited(arrays["test_images"], arrays["test_labels"], self.test_limit, seed=1)
+        return sequence_splits(train[0] / np.float32(255), train[1], test[0] / np.float32(255), test[1], "data=seq_fashion_mnist")
+
+
+class SequenceArrays:
+    """Your own arrays: one `.npz` holding train_x, train_y, test_x, test_y, or a folder with those four `.npy` files.
+
+    `*_x` is (N, T, F) for feature sequences or (N, T) for waveforms; `*_y` holds integer class labels.
+    """
+
+    KEYS = ("train_x", "train_y", "test_x", "test_y")
+    modalities = ("sequence", "waveform")
+
+    def __init__(self, path: str, train_limit: int | None = None, test_limit: int | None = None) -> None:
+        self.path, self.train_limit, self.test_limit = Path(path).expanduser(), train_limit, test_limit
+
+    def _read(self) -> dict[str, np.ndarray]:
+        where = f"data.source.path={self.path}"
+        if self.path.is_dir():
+            missing = [k for k in self.KEYS if not (self.path / f"{k}.npy").is_file()]
+            if missing:
+                raise DataNotFoundError(f"{where}: expected {', '.join(f'{k}.npy' for k in missing)} in the folder")
+            loaders = {k: lambda k=k: np.load(self.path / f"{k}.npy", allow_pickle=False) for k in self.KEYS}
+        elif self.path.is_file():
+            try:
+                archive = np.load(self.path, allow_pickle=False)
+            except (OSError, ValueError, zipfile.BadZipFile) as error:
+                raise UserError(f"{where}: not a readable .npz file ({error})") from None
+            missing = [k for k in self.KEYS if k not in archive.files]
+            if missing:
+                raise UserError(f"{where}: the archive lacks {', '.join(missing)} (it holds {', '.join(archive.files) or 'nothing'})")
+            loaders = {k: lambda k=k: archive[k] for k in self.KEYS}
+        else:
+            raise DataNotFoundError(f"{where}: no such file or folder; give a .npz with {', '.join(self.KEYS)} or a folder of those .npy files")
+        try:
+            return {k: load() for k, load in loaders.items()}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise UserError(f"{where}: cannot read the arrays ({error}); a truncated file?") from None
+
+    def load(self) -> Splits:
+        arrays = self._read()
+        train = limited(arrays["train_x"], arrays["train_y"], self.train_limit, seed=0)
+        test = limited(arrays["test_x"], arrays["test_y"], self.test_limit, seed=1)
+        return sequence_splits(*train, *test, f"data.source.path={self.path}")
