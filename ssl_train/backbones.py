@@ -62,17 +62,31 @@ class SmallResNet(nn.Module):
             raise ValueError(f"SmallResNet: pool_size must be >= 1, got {pool_size}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False), _norm(norm, widths[0]), nn.ReLU(inplace=True)]
         in_ch = widths[0]
+        self.stage_ends: list[int] = []  # index in `net` of each stage's last block
         for stage, width in enumerate(widths):
             for block in range(blocks_per_stage):
                 layers.append(_BasicBlock(in_ch, width, stride=2 if stage > 0 and block == 0 else 1, norm=norm))
                 in_ch = width
+            self.stage_ends.append(len(layers) - 1)
         layers += [nn.AdaptiveAvgPool2d(pool_size), nn.Flatten()]
         self.net = nn.Sequential(*layers)
-        self.out_dim = in_ch * pool_size * pool_size
+        self.out_dim, self.stage_widths = in_ch * pool_size * pool_size, widths
         self.prefers_channels_last = min(widths) >= self.MIN_CHANNELS_LAST_WIDTH
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature map after each stage (what Deep InfoMax's local term reads); pool(stages(x)[-1]) == forward(x)."""
+        maps = []
+        for index, layer in enumerate(self.net[:-2]):
+            x = layer(x)
+            if index in self.stage_ends:
+                maps.append(x)
+        return maps
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.net[-1](self.net[-2](feature_map))
 
 
 class TorchvisionResNet(nn.Module):
@@ -99,8 +113,23 @@ class TorchvisionResNet(nn.Module):
         if small_image_stem:
             model.maxpool = nn.Identity()
         self.out_dim = model.fc.in_features
+        self.stage_widths = tuple(getattr(layer[-1], "bn3", layer[-1].bn2).num_features
+                                  for layer in (model.layer1, model.layer2, model.layer3, model.layer4))
         model.fc = nn.Identity()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps after layer1..layer4; pool(stages(x)[-1]) == forward(x)."""
+        m = self.model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        maps = []
+        for layer in (m.layer1, m.layer2, m.layer3, m.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.model.avgpool(feature_map), 1)

@@ -84,3 +84,22 @@ class StepPredictions(nn.Module):
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         return self.linear(context).unflatten(-1, (self.steps, self.out_dim))
+
+
+class MutualInformationNet(nn.Module):
+    """DIM's encoders of local and global features into a shared space (the reference's MI1x1ConvNet / MIFCNet):
+    a 2-layer MLP plus a linear shortcut, applied per location for feature maps (as 1x1 convolutions)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 256, per_location: bool = False) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        if per_location:
+            self.block: nn.Module = nn.Sequential(nn.Conv1d(in_dim, out_dim, 1, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True),
+                                                  nn.Conv1d(out_dim, out_dim, 1))
+            self.shortcut: nn.Module = nn.Conv1d(in_dim, out_dim, 1)
+        else:
+            self.block = nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True), nn.Linear(out_dim, out_dim))
+            self.shortcut = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) + self.shortcut(x)

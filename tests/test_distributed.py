@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ssl_train.losses import BarlowTwinsLoss, DINOLoss, InfoNCELoss, NTXentLoss, SupConLoss, SwAVLoss, VICRegLoss
+from ssl_train.losses import BarlowTwinsLoss, CPCLoss, DeepInfoMaxLoss, DINOLoss, InfoNCELoss, NTXentLoss, SupConLoss, SwAVLoss, VICRegLoss
 from ssl_train.methods.queue import FeatureQueue
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
@@ -37,6 +37,16 @@ def _swav_inputs() -> list[torch.Tensor]:
     return [torch.randn(N, 5, generator=g) * 0.5 for _ in range(3)]
 
 
+def _sequence_inputs() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)  # latents (N, T, D) and CPC predictions (N, T, K, D)
+    return [torch.randn(N, 5, D, generator=g) * 0.5, torch.randn(N, 5, 2, D, generator=g) * 0.5]
+
+
+def _infomax_inputs() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(4)  # local features (N, D, L) and global vectors (N, D)
+    return [torch.randn(N, D, 4, generator=g) * 0.5, torch.randn(N, D, generator=g) * 0.5]
+
+
 # name -> (loss factory given gather flag, inputs factory, call(loss, local inputs, local labels))
 CASES: dict[str, tuple[Callable, Callable, Callable]] = {
     "ntxent": (lambda g: NTXentLoss(0.5, gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
@@ -47,6 +57,9 @@ CASES: dict[str, tuple[Callable, Callable, Callable]] = {
     "vicreg": (lambda g: VICRegLoss(gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
     "swav": (lambda g: SwAVLoss(), _swav_inputs, lambda f, x, y: f(x, num_global=2)),
     "dino": (lambda g: DINOLoss(out_dim=5, teacher_temp=0.07), _swav_inputs, lambda f, x, y: f(x, x[:2])),
+    "cpc": (lambda g: CPCLoss(gather_distributed=g), _sequence_inputs, lambda f, x, y: f(*x)),
+    "dim_infonce": (lambda g: DeepInfoMaxLoss("infonce", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),
+    "dim_jsd": (lambda g: DeepInfoMaxLoss("jsd", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),
 }
 
 
