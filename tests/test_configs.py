@@ -24,6 +24,10 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
         return [f"data.source.root={make_stl10(tmp_path / option)}", *no_limits]
     if option == "image_folder":
         return [f"data.source.root={make_image_folder(tmp_path / option)}", *no_limits]
+    if option == "audio_folder":
+        from tests.test_audio import make_audio_folder
+
+        return [f"data.source.root={make_audio_folder(tmp_path / 'audio')}", *no_limits]
     if option == "sequence_arrays":
         return [f"data.source.path={make_sequence_arrays(tmp_path / 'seq.npz')}", *no_limits]
     if option == "unlabeled_folder":
@@ -32,7 +36,8 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
 # options for sequence data, composed with the pieces that fit them (an image default would stop with one line)
 SEQUENCE_OPTIONS = {("data", "seq_fashion_mnist"), ("data", "sequence_arrays"), ("augment", "sequence"), ("backbone", "recurrent"),
-                    ("method", "cpc"), ("head", "cpc_predictions"), ("loss", "cpc")}
+                    ("method", "cpc"), ("head", "cpc_predictions"), ("loss", "cpc"),
+                    ("data", "spoken_digits"), ("data", "audio_folder"), ("augment", "audio")}
 SEQUENCE_CONTEXT = ["method=cpc", "data=seq_fashion_mnist"]
 
 

@@ -18,12 +18,13 @@ from ssl_train.errors import DataNotFoundError, UserError
 
 
 class SequenceArrayDataset(Dataset):
-    """Sequences (N, T, F) or waveforms (N, T) held in memory as float32, with int64 labels; returns (sample, label)."""
+    """Sequences (N, T, F) or waveforms (N, T) held in memory as float32, with int64 labels; returns (sample, label).
+    `skipped` counts the unreadable files left out when it was read."""
 
-    def __init__(self, samples: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, samples: torch.Tensor, labels: torch.Tensor, skipped: int = 0) -> None:
         if samples.ndim not in (2, 3) or len(samples) != len(labels):
             raise ValueError(f"SequenceArrayDataset expects (N, T[, F]) samples and N labels, got {tuple(samples.shape)} and {len(labels)}")
-        self.samples, self.labels = samples.float(), labels.long()
+        self.samples, self.labels, self.skipped = samples.float(), labels.long(), skipped
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -32,8 +33,10 @@ class SequenceArrayDataset(Dataset):
         return self.samples[index], int(self.labels[index])
 
 
-def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, where: str) -> Splits:
-    """Splits of sequences (N, T, F) (modality 'sequence') or waveforms (N, T) ('waveform'), statistics from train."""
+def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, where: str,
+                    skipped: tuple[int, int] = (0, 0)) -> Splits:
+    """Splits of sequences (N, T, F) (modality 'sequence') or waveforms (N, T) ('waveform'), statistics from train;
+    `skipped` is the number of unreadable files left out of (train, test)."""
     for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
         if x.ndim not in (2, 3):
             raise UserError(f"{where}: {name} samples must be (N, T) waveforms or (N, T, F) sequences, got shape {x.shape}")
@@ -52,7 +55,8 @@ def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     mean, std = steps.mean(dim=(0, 1)), steps.std(dim=(0, 1)).clamp_min(1e-6)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     return Splits(
-        SequenceArrayDataset(train, torch.from_numpy(train_y.astype(np.int64))), SequenceArrayDataset(test, torch.from_numpy(test_y.astype(np.int64))),
+        SequenceArrayDataset(train, torch.from_numpy(train_y.astype(np.int64)), skipped[0]),
+        SequenceArrayDataset(test, torch.from_numpy(test_y.astype(np.int64)), skipped[1]),
         num_classes, tuple(mean.tolist()), tuple(std.tolist()), channels=steps.shape[-1], image_size=train.shape[1],
         modality="sequence" if train.ndim == 3 else "waveform",
     )
