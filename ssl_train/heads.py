@@ -103,3 +103,11 @@ class MutualInformationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x) + self.shortcut(x)
+
+
+class IdentityHead(nn.Identity):
+    """No head: the encoder's output is the representation the loss reads (Deep Graph Infomax)."""
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.in_dim = self.out_dim = in_dim

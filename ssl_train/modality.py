@@ -1,4 +1,4 @@
-"""What a sample is (image, sequence, waveform) and the one build-time check that data, views, encoder and method fit.
+"""What a sample is (image, sequence, waveform, graph node) and the one build-time check that data, views, encoder and method fit.
 
 Data sources put their modality on `Splits.modality`; view pipelines, encoders and methods say which modalities
 they take in a class attribute `modalities` (a tuple; a method without one is modality-free: a siamese loss works
@@ -16,7 +16,8 @@ from hydra.utils import get_class
 
 from ssl_train.errors import UserError
 
-MODALITIES = ("image", "sequence", "waveform")
+MODALITIES = ("image", "sequence", "waveform", "graph")
+RAW_INPUT_NAMES = {"image": "raw pixels", "sequence": "raw sequence", "waveform": "raw waveform", "graph": "raw node features"}
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 

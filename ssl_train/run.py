@@ -24,6 +24,7 @@ from ssl_train.checkpoint_io import first_line, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
+from ssl_train.modality import RAW_INPUT_NAMES
 from ssl_train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
         "backbone": component_name("backbone", cfg.backbone), "data": component_name("data", cfg.data),
         "seed": cfg.seed, "epochs": cfg.trainer.max_epochs, "global_batch_size": datamodule.batch_size,
         "effective_lr": built.module.optim.effective_lr(datamodule.batch_size * cfg.trainer.accumulate_grad_batches), "output_dir": str(output_dir),
-        "eval_split": "validation" if cfg.data.get("validation_fraction") else "test",
+        "eval_split": "validation" if cfg.data.get("validation_fraction") else "test", "modality": datamodule.splits.modality,
     }
     evaluators = build_evaluators(cfg.eval) if cfg.probe else {}
     splits = datamodule.splits
@@ -190,7 +191,8 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-        summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics) if "linear_top1" in metrics else "no probe"
+        raw_name = RAW_INPUT_NAMES[splits.modality]
+        summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics, raw_name) if "linear_top1" in metrics else "no probe"
         if "knn_k20_top1" in metrics:
             summary += f", kNN top-1 {metrics['knn_k20_top1']:.4f}"
         print(f"[ssl_train] {metrics['method']}: {summary}; wall time {metrics['wall_time_s']:.0f}s; results in {metrics_path}")

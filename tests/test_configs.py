@@ -28,6 +28,10 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
         from tests.test_audio import make_audio_folder
 
         return [f"data.source.root={make_audio_folder(tmp_path / 'audio')}", *no_limits]
+    if option == "wordnet_graph":
+        if not Path("/usr/share/wordnet/data.noun").is_file():
+            pytest.skip("needs Debian's wordnet-base")
+        return ["data.source.node_limit=400", "data.batch_size=8"]
     if option == "sequence_arrays":
         return [f"data.source.path={make_sequence_arrays(tmp_path / 'seq.npz')}", *no_limits]
     if option == "unlabeled_folder":
@@ -39,6 +43,9 @@ SEQUENCE_OPTIONS = {("data", "seq_fashion_mnist"), ("data", "sequence_arrays"), 
                     ("method", "cpc"), ("head", "cpc_predictions"), ("loss", "cpc"),
                     ("data", "spoken_digits"), ("data", "audio_folder"), ("augment", "audio")}
 SEQUENCE_CONTEXT = ["method=cpc", "data=seq_fashion_mnist"]
+GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "wordnet_graph"), ("augment", "graph"), ("augment", "graph_identity"), ("backbone", "gcn"),
+                 ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
+GRAPH_CONTEXT = ["method=dgi", "data=fmnist_knn_graph", "data.source.train_limit=200", "data.source.test_limit=50"]
 
 
 def make_sequence_arrays(path: Path, n_train: int = 24, n_test: int = 12, steps: int = 16, features: int = 3) -> Path:
@@ -67,7 +74,8 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), all_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, idx_root: Path) -> None:
-    overrides = [*(SEQUENCE_CONTEXT if (group, option) in SEQUENCE_OPTIONS else []), f"{group}={option}"]
+    context = SEQUENCE_CONTEXT if (group, option) in SEQUENCE_OPTIONS else GRAPH_CONTEXT if (group, option) in GRAPH_OPTIONS else []
+    overrides = [*context, f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
         overrides.append(f"data.source.root={idx_root}")
     if group == "data":

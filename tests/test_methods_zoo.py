@@ -149,12 +149,15 @@ HEADS = sorted(p.stem for p in (CONFIG_DIR / "head").glob("*.yaml"))
 def test_every_method_with_every_head_steps_or_says_why(method: str, head: str, tmp_path: Path) -> None:
     """One optimizer step of `method=<m> head=<h>` on a tiny batch, or one clear line naming what does not fit."""
     try:
-        data = ["data=seq_fashion_mnist"] if method == "cpc" else []  # CPC reads sequences
+        data = {"cpc": ["data=seq_fashion_mnist"], "dgi": ["data=fmnist_knn_graph"], "grace": ["data=fmnist_knn_graph"]}.get(method, [])
         built = build(compose_config([f"method={method}", *data, f"head={head}", "data.batch_size=8"], tmp_path))
     except UserError as error:
         assert "\n" not in str(error) and "head" in str(error), str(error)
         return
-    images = torch.stack([built.datamodule.splits.train[i][0] for i in range(8)])
+    train = built.datamodule.splits.train
+    items = [train[i] for i in range(8)]
+    collate = getattr(train, "collate", None)
+    images = collate(items)[0] if collate else torch.stack([item[0] for item in items])
     views = built.module.batched_views(images) if built.module.batched_views is not None else None
     labels = torch.arange(8) % 4
     out = built.method(views, labels)

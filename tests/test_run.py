@@ -14,19 +14,26 @@ from tests.conftest import CONFIG_DIR, compose_config
 METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
 
 
+# methods for other modalities: (data option, encoder class, source class) they run on here
+OTHER_MODALITY = {"cpc": ("seq_fashion_mnist", "RecurrentEncoder", "SequentialFashionMNIST"),
+                  "dgi": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"), "grace": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph")}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None:
-    cfg = compose_config([f"method={method}"], tmp_path / "run")
+    data, encoder, source = OTHER_MODALITY.get(method, ("default", "SmallResNet", "EmbeddedFashionMNIST"))
+    cfg = compose_config([f"method={method}", f"data={data}"], tmp_path / "run")
     metrics = run(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written == metrics
-    for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "knn_k20_top1", "random_init_knn_k20_top1",
-                "online_probe_top1", "online_knn_top1", "online_alignment", "repr_rankme", "repr_uniformity", "repr_embedding_std",
-                 "method", "backbone", "data", "epochs", "seed",
+    per_sample_pairs = ("online_alignment",) if source != "FashionMNISTKNNGraph" else ()  # graph views perturb the whole graph
+    for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "knn_k20_top1", "random_init_knn_k20_top1", "raw_input_linear_top1",
+                "online_probe_top1", "online_knn_top1", *per_sample_pairs, "repr_rankme", "repr_uniformity", "repr_embedding_std",
+                "method", "backbone", "data", "epochs", "seed",
                 "wall_time_s", "train_images_per_s", "steps"):
         assert key in written, key
     assert written["method"] == method and written["steps"] == 2
-    assert written["backbone"] == "SmallResNet" and written["data"] == "EmbeddedFashionMNIST"  # named outside a Hydra app too
+    assert written["backbone"] == encoder and written["data"] == source  # named outside a Hydra app too
     assert written["train_images_per_s"] > 0 and written["eval_split"] == "test"
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -18,6 +18,16 @@ from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
 
 
+def collate_of(dataset: Dataset) -> Callable | None:
+    """The collate function a dataset brings (graph nodes batch into a NodeBatch), looking through Subset and
+    TransformedDataset wrappers; None: torch's default (stacking tensors)."""
+    while dataset is not None:
+        if callable(getattr(dataset, "collate", None)):
+            return dataset.collate  # type: ignore[union-attr]
+        dataset = getattr(dataset, "dataset", None) or getattr(dataset, "base", None)
+    return None
+
+
 class TransformedDataset(Dataset):
     """Apply `transform` to the image of each (image, label) pair of `base`."""
 
@@ -86,7 +96,7 @@ class SSLDataModule(pl.LightningDataModule):
             sampler = ResumableSampler(dataset, batch_size, seed, shuffle=self.shuffle, num_replicas=dist.world_size(), rank=dist.rank())
             generator = loader_generator(seed)
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, generator=generator,
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, generator=generator, collate_fn=collate_of(dataset),
             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
 
@@ -110,6 +120,8 @@ class SSLDataModule(pl.LightningDataModule):
 
     def _eval_transform(self) -> Callable:
         s = self.splits
+        if s.modality == "graph":  # a node index: the encoder reads the graph
+            return lambda node: node
         if s.modality != "image":  # sequences and waveforms: standardised per feature
             return StandardizeSequence(s.mean, s.std)
         return eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size)

@@ -26,7 +26,8 @@ RAW_INPUT_EVALUATORS = ("linear", "knn")  # the representation metrics and the S
 
 
 class RawInput(nn.Module):
-    """The identity encoder: (N, ...) inputs flattened to (N, D) float features (the probe standardises them).
+    """The identity encoder: (N, ...) inputs flattened to (N, D) float features (the probe standardises them); for a
+    batch of graph nodes, their feature vectors.
 
     Images with more than `max_dim` values (96 px STL-10, 224 px folders) are first average-pooled to the largest
     square grid that fits (e.g. 3 x 36 x 36 for 4096), so the raw-input probe stays tractable: a linear probe on
@@ -38,6 +39,8 @@ class RawInput(nn.Module):
         self.max_dim = max_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if callable(getattr(x, "raw_features", None)):  # graph nodes: their own feature vectors
+            x = x.raw_features()
         x = x.float()
         if x.ndim == 4 and x[0].numel() > self.max_dim:
             side = max(1, int((self.max_dim / x.shape[1]) ** 0.5))

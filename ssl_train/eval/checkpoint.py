@@ -18,7 +18,7 @@ from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
 from ssl_train.eval.metrics import alignment, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
-from ssl_train.modality import modalities_of
+from ssl_train.modality import RAW_INPUT_NAMES, modalities_of
 from ssl_train.run import claim_output_dir
 from ssl_train.trust import check_stored_config, targets_in
 from ssl_train.validate import validate
@@ -104,7 +104,7 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     evaluators = build_evaluators(cfg.eval)
     result = evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device, datamodule.eval_batch_size)
     metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
-    if "repr" in evaluators:  # alignment needs positive pairs: the training run's own view pipeline on test images
+    if "repr" in evaluators and getattr(datamodule.views(), "pairs_per_sample", True):  # alignment: the run's own views of test samples
         test = splits.test
         pairs = positive_pair_features(encoder, datamodule.views(), [test[i][0] for i in range(min(len(test), 512))], device)
         metrics["repr_alignment"] = alignment(*pairs)
@@ -118,5 +118,5 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     next_to_ckpt = beside(ckpt_path)
     next_to_ckpt.write_text(text)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1"))
-    print(f"[ssl_train] {with_baselines(scores, metrics)} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
+    print(f"[ssl_train] {with_baselines(scores, metrics, RAW_INPUT_NAMES[splits.modality])} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
     return metrics

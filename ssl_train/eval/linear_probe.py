@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_train.data.datamodule import collate_of
 from ssl_train.errors import UserError
 
 
@@ -17,7 +18,7 @@ def extract_features(encoder: nn.Module, dataset: Dataset, batch_size: int = 512
     was_training = encoder.training
     encoder.eval().to(device)
     features, labels = [], []
-    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_of(dataset)):
         features.append(encoder(images.to(device)).float().cpu())
         labels.append(targets)
     encoder.train(was_training)

@@ -41,8 +41,11 @@ class OnlineEvaluation(pl.Callback):
         train_x, train_y = extract_features(encoder, train_set, datamodule.eval_batch_size, device)
         test_x, test_y = extract_features(encoder, test_set, datamodule.eval_batch_size, device)
         scores = self.knn.evaluate_features(train_x, train_y, test_x, test_y, datamodule.splits.num_classes)
-        base = datamodule.splits.test
-        z_a, z_b = positive_pair_features(encoder, datamodule.views(), [base[i][0] for i in range(min(len(base), self.pairs))], device)
-        metrics = {"knn_top1": scores[f"k{self.k}_top1"], **representation_metrics(test_x, None), "alignment": alignment(z_a, z_b)}
+        metrics = {"knn_top1": scores[f"k{self.k}_top1"], **representation_metrics(test_x, None)}
+        views = datamodule.views()
+        if getattr(views, "pairs_per_sample", True):  # graph views perturb the whole graph: no per-sample pairs
+            base = datamodule.splits.test
+            z_a, z_b = positive_pair_features(encoder, views, [base[i][0] for i in range(min(len(base), self.pairs))], device)
+            metrics["alignment"] = alignment(z_a, z_b)
         for key, value in metrics.items():
             pl_module.log(f"val/{key}", float(value), rank_zero_only=True)

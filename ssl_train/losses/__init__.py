@@ -3,6 +3,7 @@
 from ssl_train.losses.barlow_twins import BarlowTwinsLoss
 from ssl_train.losses.cpc import CPCLoss
 from ssl_train.losses.deep_infomax import DeepInfoMaxLoss
+from ssl_train.losses.dgi import DeepGraphInfomaxLoss
 from ssl_train.losses.dino import DINOLoss
 from ssl_train.losses.infonce import InfoNCELoss
 from ssl_train.losses.margin import ContrastiveMarginLoss
@@ -16,5 +17,5 @@ from ssl_train.losses.vicreg import VICRegLoss
 
 __all__ = [
     "NTXentLoss", "InfoNCELoss", "SupConLoss", "NegativeCosineSimilarity", "BarlowTwinsLoss", "VICRegLoss",
-    "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss", "CPCLoss", "DeepInfoMaxLoss",
+    "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss", "CPCLoss", "DeepInfoMaxLoss", "DeepGraphInfomaxLoss",
 ]

@@ -8,7 +8,10 @@ import torch
 
 
 def encode_views(encoder: Callable[[torch.Tensor], torch.Tensor], views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Run `encoder` once per group of consecutive same-sized views (global crops, then local crops)."""
+    """Run `encoder` once per group of consecutive same-sized views (global crops, then local crops); views that are not
+    tensors (graph views: NodeBatch) are encoded one by one."""
+    if not all(isinstance(v, torch.Tensor) for v in views):
+        return [encoder(v) for v in views]
     outputs: list[torch.Tensor] = []
     start = 0
     while start < len(views):

@@ -40,3 +40,34 @@ class DeepInfoMaxMethod(nn.Module):
         local = self.local_net(maps[self.local_stage].flatten(2))  # (N, D, H x W)
         loss = self.loss(local, self.projector(y))
         return {"loss": loss, "features": y.detach(), "logs": {}}
+
+
+class DeepGraphInfomaxMethod(nn.Module):
+    """Deep Graph Infomax (Velickovic et al., ICLR 2019): node embeddings of the real graph must be told apart from those
+    of a corrupted graph (node features shuffled across nodes, same edges) by a bilinear discriminator against the
+    summary s = sigmoid(mean of the real embeddings) (DeepGraphInfomaxLoss).
+
+    One view per batch (a NodeBatch: the graph and the batch's nodes); the GCN runs on the whole graph, the summary
+    averages every node, the loss covers the batch's nodes (all of them when data.batch_size is the node count, as in
+    the paper). `projector` is the identity (DGI has no head).
+    """
+
+    modalities = ("graph",)
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, name: str = "dgi") -> None:
+        super().__init__()
+        if not callable(getattr(backbone, "embed", None)):
+            raise ValueError(f"method={name} needs a graph encoder with embed(x, edge_index) (backbone=gcn), got {type(backbone).__name__}")
+        dim = getattr(loss, "weight", torch.empty(0, 0)).shape[0]
+        if getattr(projector, "out_dim", dim) != dim:
+            raise ValueError(f"method={name}: the head gives {projector.out_dim}-d embeddings but loss.dim is {dim}; DGI uses head=identity")
+        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+
+    def forward(self, views: Sequence, labels: torch.Tensor | None = None) -> dict:
+        batch = views[0]
+        graph = batch.graph
+        z = self.backbone.embed(graph.x, graph.edge_index)
+        corrupted = self.backbone.embed(graph.x[torch.randperm(len(graph.x), device=graph.x.device)], graph.edge_index)
+        summary = torch.sigmoid(z.mean(dim=0))
+        loss = self.loss(self.projector(z[batch.nodes]), self.projector(corrupted[batch.nodes]), summary)
+        return {"loss": loss, "features": z[batch.nodes].detach(), "logs": {}}

@@ -1,0 +1,82 @@
+"""Views of a graph for node-level contrastive learning (GRACE, Zhu et al. 2020; GraphCL, You et al. 2020), made on
+the device once per batch with torch_geometric's utilities: drop edges, drop nodes, mask feature columns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+
+from torch import nn
+
+from ssl_train.data.graphs import NodeBatch
+
+
+@dataclass(frozen=True)
+class GraphViewRecipe:
+    """The knobs of one graph view (GRACE's Cora settings are drop_edge 0.2 / 0.4, mask_feature 0.3 / 0.4)."""
+
+    drop_edge: float = 0.2      # probability of removing each (undirected) edge
+    drop_node: float = 0.0      # probability of removing a node's edges (GraphCL's node dropping; the node stays)
+    mask_feature: float = 0.3   # probability of zeroing each feature column, for every node at once
+
+
+def _recipe(base: GraphViewRecipe, overrides: Mapping | None) -> GraphViewRecipe:
+    known = {f.name for f in fields(GraphViewRecipe)}
+    unknown = set(overrides or {}) - known
+    if unknown:
+        raise ValueError(f"augment: unknown graph view setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    return replace(base, **dict(overrides or {}))
+
+
+class BatchedGraphView(nn.Module):
+    """One perturbed copy of the batch's graph; the batch's nodes stay the same."""
+
+    def __init__(self, recipe: GraphViewRecipe) -> None:
+        super().__init__()
+        self.recipe = recipe
+
+    def forward(self, batch: NodeBatch) -> NodeBatch:
+        from torch_geometric.utils import dropout_edge, dropout_node, mask_feature
+
+        r, graph = self.recipe, batch.graph
+        edge_index, x = graph.edge_index, graph.x
+        if r.drop_edge > 0:
+            edge_index, _ = dropout_edge(edge_index, p=r.drop_edge, force_undirected=True)
+        if r.drop_node > 0:
+            edge_index, _, _ = dropout_node(edge_index, p=r.drop_node, num_nodes=graph.num_nodes)
+        if r.mask_feature > 0:
+            x, _ = mask_feature(x, p=r.mask_feature, mode="col")
+        return NodeBatch(graph.__class__(x=x, edge_index=edge_index), batch.nodes)
+
+
+class GraphViews:
+    """The view pipeline for graph data (`augment=graph`, `augment=graph_identity`): `num_global` perturbed copies of
+    the graph per batch, `recipe` for all, `per_view` overrides per view. `size`, `mean`, `std` are accepted for the
+    common view-pipeline signature and unused."""
+
+    modalities = ("graph",)
+    on_device = True
+    pairs_per_sample = False  # views are of the whole graph: no per-sample positive pairs for the alignment metric
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], num_global: int = 2, recipe: Mapping | None = None,
+                 per_view: Sequence[Mapping] | None = None, fixed_size: bool = True) -> None:
+        if num_global < 1:
+            raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
+        per_view = list(per_view or [])
+        if len(per_view) > num_global:
+            raise ValueError(f"augment.per_view has {len(per_view)} entries but num_global is {num_global}")
+        base = _recipe(GraphViewRecipe(), recipe)
+        self.recipes = [_recipe(base, per_view[i] if i < len(per_view) else None) for i in range(num_global)]
+        self.num_global = num_global
+
+    def batched(self) -> nn.Module:
+        return BatchedGraphViews(self.recipes)
+
+
+class BatchedGraphViews(nn.Module):
+    def __init__(self, recipes: Sequence[GraphViewRecipe]) -> None:
+        super().__init__()
+        self.views = nn.ModuleList(BatchedGraphView(r) for r in recipes)
+
+    def forward(self, batch: NodeBatch) -> list[NodeBatch]:
+        return [view(batch) for view in self.views]
