@@ -17,6 +17,9 @@ class GCNEncoder(nn.Module):
 
     def __init__(self, in_channels: int, hidden_dim: int = 512, num_layers: int = 1) -> None:
         super().__init__()
+        from ssl_train.data.graphs import require_torch_geometric
+
+        require_torch_geometric()
         from torch_geometric.nn import GCNConv
 
         if num_layers < 1:

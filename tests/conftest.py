@@ -41,6 +41,16 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
         return cfg
 
 
+GRAPH_METHODS = ("dgi", "grace")
+
+
+def skip_without_graph_extra(*options: str) -> None:
+    """Skip a test of a graph option (method=dgi, data=wordnet_graph, ...) when torch_geometric is not installed."""
+    graph_words = ("graph", "gcn", "dgi", "grace", "identity")
+    if any(word in option for option in options for word in graph_words):
+        pytest.importorskip("torch_geometric")
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
     """Write `array` (uint8) as an idx file, gzip-compressed when `compress`."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError
 
 from ssl_train.build import build, build_evaluators
-from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_image_folder, make_stl10
+from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_image_folder, make_stl10, skip_without_graph_extra
 
 GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug"]
 NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist"), ("experiment", "fmnist30")}
@@ -74,6 +74,7 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), all_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, idx_root: Path) -> None:
+    skip_without_graph_extra(option)
     context = SEQUENCE_CONTEXT if (group, option) in SEQUENCE_OPTIONS else GRAPH_CONTEXT if (group, option) in GRAPH_OPTIONS else []
     overrides = [*context, f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:

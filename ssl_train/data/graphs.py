@@ -60,11 +60,20 @@ class NodeDataset(Dataset):
         return NodeBatch(self.graph, torch.tensor(nodes)), torch.tensor(labels)
 
 
+def require_torch_geometric() -> None:
+    """One line naming the extra when torch_geometric is not installed (graph data and encoders need it)."""
+    try:
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        raise UserError("graph data and encoders need torch_geometric: pip install -e '.[graph]' (it works without torch-scatter)") from None
+
+
 def graph_splits(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor, where: str,
                  train_limit: int | None = None, test_limit: int | None = None) -> Splits:
     """Splits of one graph: the probe fits on the train nodes and is scored on the others; pretraining sees every node
     (transductive, as in DGI), with the test nodes' labels hidden (-1) from the online probe. `train_limit` /
     `test_limit` keep that many (fixed-seed) probe nodes; the graph keeps all of them."""
+    require_torch_geometric()
     from torch_geometric.data import Data
     from torch_geometric.utils import to_undirected
 
