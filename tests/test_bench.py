@@ -42,4 +42,5 @@ def test_quality_table_ranks_against_the_stronger_baseline(tmp_path: Path) -> No
     assert bench.margin(row) == pytest.approx(1.0)  # 0.87 - max(0.85, 0.86)
     line = bench.table([row]).splitlines()[-1]
     assert "| 0.8700 | 0.8200 | 0.8500 / 0.8400 | 0.8600 / 0.8000 | +1.0 pts | 150 s | 1200 |" in line and "`method=simclr`" in line
-    assert bench.recipe("byol", "fmnist30") == "method=byol experiment=fmnist30"
+    assert bench.row_overrides("byol", "fmnist30") == ["method=byol", "experiment=fmnist30"]
+    assert bench.row_overrides("cpc:spoken_digits", "quick") == ["method=cpc", "data=spoken_digits"]
