@@ -44,6 +44,7 @@ FAMILIES = {  # family -> (method, extra overrides)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_training_raises_knn_accuracy_above_the_initial_encoder(family: str, tmp_path: Path) -> None:
     method, extra = FAMILIES[family]
@@ -54,6 +55,5 @@ def test_training_raises_knn_accuracy_above_the_initial_encoder(family: str, tmp
     ], tmp_path / "run")
     metrics = run(cfg)
     assert metrics["steps"] == 240
-    print(family, metrics["knn_k20_top1"], metrics["random_init_knn_k20_top1"])
     gain = metrics["knn_k20_top1"] - metrics["random_init_knn_k20_top1"]
     assert gain > 0.1, f"{family}: kNN {metrics['knn_k20_top1']:.3f} vs initial encoder {metrics['random_init_knn_k20_top1']:.3f}"
