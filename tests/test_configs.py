@@ -28,6 +28,10 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
         from tests.test_audio import make_audio_folder
 
         return [f"data.source.root={make_audio_folder(tmp_path / 'audio')}", *no_limits]
+    if option == "graph_arrays":
+        from tests.test_graphs import make_graph_arrays
+
+        return [f"data.source.path={make_graph_arrays(tmp_path / 'graph.npz')}", "data.batch_size=8"]
     if option == "wordnet_graph":
         if not Path("/usr/share/wordnet/data.noun").is_file():
             pytest.skip("needs Debian's wordnet-base")
@@ -43,7 +47,8 @@ SEQUENCE_OPTIONS = {("data", "seq_fashion_mnist"), ("data", "sequence_arrays"), 
                     ("method", "cpc"), ("head", "cpc_predictions"), ("loss", "cpc"),
                     ("data", "spoken_digits"), ("data", "audio_folder"), ("augment", "audio")}
 SEQUENCE_CONTEXT = ["method=cpc", "data=seq_fashion_mnist"]
-GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "wordnet_graph"), ("augment", "graph"), ("augment", "graph_identity"), ("backbone", "gcn"),
+GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "graph_arrays"), ("data", "wordnet_graph"),
+                 ("augment", "graph"), ("augment", "graph_identity"), ("backbone", "gcn"),
                  ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
 GRAPH_CONTEXT = ["method=dgi", "data=fmnist_knn_graph", "data.source.train_limit=200", "data.source.test_limit=50"]
 

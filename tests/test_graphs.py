@@ -14,7 +14,16 @@ from torch_geometric.nn import DeepGraphInfomax  # noqa: E402
 
 from ssl_train.build import build  # noqa: E402
 from ssl_train.data.graph_views import BatchedGraphView, GraphViewRecipe  # noqa: E402
-from ssl_train.data.graphs import NodeBatch, NodeDataset, WordNetNouns, graph_splits, hashed_bag_of_words, knn_edges, parse_wordnet_nouns  # noqa: E402
+from ssl_train.data.graphs import (  # noqa: E402
+    GraphArrays,
+    NodeBatch,
+    NodeDataset,
+    WordNetNouns,
+    graph_splits,
+    hashed_bag_of_words,
+    knn_edges,
+    parse_wordnet_nouns,
+)
 from ssl_train.errors import DataNotFoundError, UserError  # noqa: E402
 from ssl_train.eval.baselines import RawInput  # noqa: E402
 from ssl_train.graph_encoders import GCNEncoder  # noqa: E402
@@ -147,3 +156,22 @@ def test_graph_methods_build_from_config_and_step(method: str, tmp_path: Path) -
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and out["features"].shape == (16, 16)
     assert set(labels.tolist()) <= set(range(10)) | {-1}  # test nodes' labels are hidden from the online probe
+
+
+def make_graph_arrays(path: Path, **drop: bool) -> Path:
+    """Karate club as a .npz (x, edge_index, y, train_mask), leaving out the keys named in `drop`."""
+    import numpy as np
+
+    x, edge_index, y = karate()
+    arrays = {"x": x.numpy(), "edge_index": edge_index.numpy(), "y": y.numpy(), "train_mask": (torch.arange(34) < 24).numpy()}
+    np.savez(path, **{k: v for k, v in arrays.items() if not drop.get(k)})
+    return path
+
+
+def test_graph_arrays_read_a_user_graph_and_refuse_one_without_labels(tmp_path: Path) -> None:
+    splits = GraphArrays(str(make_graph_arrays(tmp_path / "g.npz"))).load()
+    assert splits.modality == "graph" and len(splits.train) == 24 and len(splits.test) == 10 and splits.num_classes == 4
+    with pytest.raises(UserError, match="lacks y .* node labels y are needed"):
+        GraphArrays(str(make_graph_arrays(tmp_path / "nolabels.npz", y=True))).load()
+    with pytest.raises(DataNotFoundError, match="no such file"):
+        GraphArrays(str(tmp_path / "missing.npz")).load()

@@ -197,3 +197,40 @@ class WordNetNouns:
         train_mask = torch.rand(keep, generator=torch.Generator().manual_seed(0)) < self.train_fraction
         x = hashed_bag_of_words(glosses[:keep], self.feature_dim)
         return graph_splits(x, edge_index, labels, train_mask, f"data.source.root={self.root}", self.train_limit, self.test_limit)
+
+
+class GraphArrays:
+    """Your own graph in one `.npz`: `x` (N, F) node features, `edge_index` (2, E) int node pairs, `y` (N,) integer
+    labels, optional `train_mask` (N,) bool (default: a fixed-seed `train_fraction` of the nodes)."""
+
+    modalities = ("graph",)
+
+    def __init__(self, path: str, train_fraction: float = 0.5, train_limit: int | None = None, test_limit: int | None = None) -> None:
+        if not 0 < train_fraction < 1:
+            raise UserError(f"data.source.train_fraction must be in (0, 1), got {train_fraction}")
+        self.path, self.train_fraction, self.train_limit, self.test_limit = Path(path).expanduser(), train_fraction, train_limit, test_limit
+
+    def load(self) -> Splits:
+        import zipfile
+
+        where = f"data.source.path={self.path}"
+        if not self.path.is_file():
+            raise DataNotFoundError(f"{where}: no such file; give a .npz with x (N, F), edge_index (2, E), y (N,) [, train_mask (N,)]")
+        try:
+            with np.load(self.path, allow_pickle=False) as arrays:
+                missing = [k for k in ("x", "edge_index", "y") if k not in arrays.files]
+                if missing:
+                    raise UserError(f"{where}: the graph lacks {', '.join(missing)} (it holds {', '.join(arrays.files) or 'nothing'}); "
+                                    "node labels y are needed for the probe")
+                x, edge_index, y = arrays["x"], arrays["edge_index"], arrays["y"]
+                mask = arrays["train_mask"] if "train_mask" in arrays.files else None
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise UserError(f"{where}: not a readable .npz file ({error})") from None
+        if x.ndim != 2 or edge_index.ndim != 2 or edge_index.shape[0] != 2 or not np.issubdtype(edge_index.dtype, np.integer):
+            raise UserError(f"{where}: x must be (N, F) and edge_index (2, E) integers, got {x.shape} and {edge_index.shape} {edge_index.dtype}")
+        if not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+            raise UserError(f"{where}: y must hold integer class labels >= 0, got dtype {y.dtype}")
+        train_mask = (torch.from_numpy(mask.astype(bool)) if mask is not None
+                      else torch.rand(len(x), generator=torch.Generator().manual_seed(0)) < self.train_fraction)
+        return graph_splits(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index.astype(np.int64)), torch.from_numpy(y.astype(np.int64)),
+                            train_mask, where, self.train_limit, self.test_limit)
