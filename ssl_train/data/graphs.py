@@ -82,9 +82,10 @@ def graph_splits(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= len(x)):
         raise UserError(f"{where}: an edge names a node outside 0..{len(x) - 1}")
     graph = Data(x=x.float(), edge_index=to_undirected(edge_index.long(), num_nodes=len(x)))
+    # probe nodes in a fixed-seed random order, as the image sources shuffle theirs: the first N of them (the online kNN's
+    # train sample, train_limit) are then a fair sample, not the first synsets of a file sorted by topic
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train_nodes = order[train_mask[order]][:train_limit].sort().values
-    test_nodes = order[~train_mask[order]][:test_limit].sort().values
+    train_nodes, test_nodes = order[train_mask[order]][:train_limit], order[~train_mask[order]][:test_limit]
     if len(train_nodes) == 0 or len(test_nodes) == 0:
         raise UserError(f"{where}: the node split leaves {len(train_nodes)} train and {len(test_nodes)} test nodes; both need some")
     all_nodes = torch.arange(len(x))
