@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from ssl_train.data.audio import fit_length
+
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3", "croak",
@@ -38,13 +40,7 @@ def render(word: str, voice: str, speed: int, pitch: int, workdir: Path) -> np.n
     audio, _ = soundfile.read(resampled, dtype="int16")
     loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 300)
     audio = audio[loud[0]: loud[-1] + 1] if len(loud) else audio
-    if len(audio) >= LENGTH:
-        start = (len(audio) - LENGTH) // 2
-        return audio[start: start + LENGTH]
-    out = np.zeros(LENGTH, dtype=np.int16)
-    start = (LENGTH - len(audio)) // 2
-    out[start: start + len(audio)] = audio
-    return out
+    return fit_length(audio, LENGTH)
 
 
 def flac_bytes(audio: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     if len(audio) >= length:
         start = (len(audio) - length) // 2
         return audio[start: start + length]
-    out = np.zeros(length, dtype=np.float32)
+    out = np.zeros(length, dtype=audio.dtype)
     start = (length - len(audio)) // 2
     out[start: start + len(audio)] = audio
     return out

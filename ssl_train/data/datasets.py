@@ -173,9 +173,14 @@ class EmbeddedFashionMNIST:
         self.train_limit, self.test_limit = train_limit, test_limit
 
     def load(self) -> Splits:
-        if not EMBEDDED_FILE.is_file():
-            raise DataNotFoundError(f"the embedded dataset {EMBEDDED_FILE} is missing: reinstall ssl_train or run scripts/make_embedded_dataset.py")
-        with np.load(EMBEDDED_FILE) as arrays:
-            train = limited(arrays["train_images"], arrays["train_labels"], self.train_limit, seed=0)
-            test = limited(arrays["test_images"], arrays["test_labels"], self.test_limit, seed=1)
-        return make_splits(*train, *test)
+        return make_splits(*embedded_arrays(self.train_limit, self.test_limit))
+
+
+def embedded_arrays(train_limit: int | None, test_limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) of the embedded subset, each split limited (fixed-seed shuffle)."""
+    if not EMBEDDED_FILE.is_file():
+        raise DataNotFoundError(f"the embedded dataset {EMBEDDED_FILE} is missing: reinstall ssl_train or run scripts/make_embedded_dataset.py")
+    with np.load(EMBEDDED_FILE) as arrays:
+        train = limited(arrays["train_images"], arrays["train_labels"], train_limit, seed=0)
+        test = limited(arrays["test_images"], arrays["test_labels"], test_limit, seed=1)
+    return *train, *test

@@ -4,11 +4,12 @@ the device once per batch with torch_geometric's utilities: drop edges, drop nod
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 from torch import nn
 
 from ssl_train.data.graphs import NodeBatch
+from ssl_train.data.views import recipes_per_view
 
 
 @dataclass(frozen=True)
@@ -18,14 +19,6 @@ class GraphViewRecipe:
     drop_edge: float = 0.2      # probability of removing each (undirected) edge
     drop_node: float = 0.0      # probability of removing a node's edges (GraphCL's node dropping; the node stays)
     mask_feature: float = 0.3   # probability of zeroing each feature column, for every node at once
-
-
-def _recipe(base: GraphViewRecipe, overrides: Mapping | None) -> GraphViewRecipe:
-    known = {f.name for f in fields(GraphViewRecipe)}
-    unknown = set(overrides or {}) - known
-    if unknown:
-        raise ValueError(f"augment: unknown graph view setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    return replace(base, **dict(overrides or {}))
 
 
 class BatchedGraphView(nn.Module):
@@ -60,13 +53,7 @@ class GraphViews:
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], num_global: int = 2, recipe: Mapping | None = None,
                  per_view: Sequence[Mapping] | None = None, fixed_size: bool = True) -> None:
-        if num_global < 1:
-            raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
-        per_view = list(per_view or [])
-        if len(per_view) > num_global:
-            raise ValueError(f"augment.per_view has {len(per_view)} entries but num_global is {num_global}")
-        base = _recipe(GraphViewRecipe(), recipe)
-        self.recipes = [_recipe(base, per_view[i] if i < len(per_view) else None) for i in range(num_global)]
+        _, self.recipes = recipes_per_view(GraphViewRecipe(), recipe, per_view, num_global, pair_fields=())
         self.num_global = num_global
 
     def batched(self) -> nn.Module:

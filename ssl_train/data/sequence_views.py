@@ -9,11 +9,13 @@ for audio also a speed/pitch change), a speed factor, gain, additive noise, a ci
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ssl_train.data.views import recipes_per_view
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,6 @@ class SequenceViewRecipe:
     shift: float = 0.0                            # circular shift by up to this fraction of the length, either way
     time_masks: int = 1                           # number of masked spans (set to the mean, i.e. 0 once standardised)
     time_mask_fraction: float = 0.1               # the longest span, as a fraction of the length
-
-
-def _recipe(base: SequenceViewRecipe, overrides: Mapping | None) -> SequenceViewRecipe:
-    known = {f.name for f in fields(SequenceViewRecipe)}
-    unknown = set(overrides or {}) - known
-    if unknown:
-        raise ValueError(f"augment: unknown sequence view setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    pairs = ("crop_scale", "speed", "gain_db")
-    return replace(base, **{k: tuple(v) if k in pairs else v for k, v in (overrides or {}).items()})
 
 
 def _uniform(n: int, bounds: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -121,13 +114,7 @@ class SequenceViews:
         self, size: int, mean: Sequence[float], std: Sequence[float], num_global: int = 2, recipe: Mapping | None = None,
         per_view: Sequence[Mapping] | None = None, fixed_size: bool = True,
     ) -> None:
-        if num_global < 1:
-            raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
-        per_view = list(per_view or [])
-        if len(per_view) > num_global:
-            raise ValueError(f"augment.per_view has {len(per_view)} entries but num_global is {num_global}")
-        base = _recipe(SequenceViewRecipe(), recipe)
-        self.recipes = [_recipe(base, per_view[i] if i < len(per_view) else None) for i in range(num_global)]
+        _, self.recipes = recipes_per_view(SequenceViewRecipe(), recipe, per_view, num_global, pair_fields=("crop_scale", "speed", "gain_db"))
         self.num_global, self.size, self.mean, self.std = num_global, size, tuple(mean), tuple(std)
 
     def batched(self) -> nn.Module:

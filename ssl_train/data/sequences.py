@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_train.data.datasets import EMBEDDED_FILE, Splits, limited
+from ssl_train.data.datasets import Splits, embedded_arrays, limited
 from ssl_train.errors import DataNotFoundError, UserError
 
 
@@ -72,12 +72,8 @@ class SequentialFashionMNIST:
         self.train_limit, self.test_limit = train_limit, test_limit
 
     def load(self) -> Splits:
-        if not EMBEDDED_FILE.is_file():
-            raise DataNotFoundError(f"the embedded dataset {EMBEDDED_FILE} is missing: reinstall ssl_train or run scripts/make_embedded_dataset.py")
-        with np.load(EMBEDDED_FILE) as arrays:
-            train = limited(arrays["train_images"], arrays["train_labels"], self.train_limit, seed=0)
-            test = limited(arrays["test_images"], arrays["test_labels"], self.test_limit, seed=1)
-        return sequence_splits(train[0] / np.float32(255), train[1], test[0] / np.float32(255), test[1], "data=seq_fashion_mnist")
+        train_x, train_y, test_x, test_y = embedded_arrays(self.train_limit, self.test_limit)
+        return sequence_splits(train_x / np.float32(255), train_y, test_x / np.float32(255), test_y, "data=seq_fashion_mnist")
 
 
 class SequenceArrays:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import TypeVar
 
 import torch
 from torchvision.transforms import v2
@@ -44,12 +45,28 @@ class ViewRecipe:
         return v2.Compose(steps)
 
 
-def _recipe(base: ViewRecipe, overrides: Mapping | None) -> ViewRecipe:
-    known = {f.name for f in fields(ViewRecipe)}
+R = TypeVar("R")
+
+
+def with_overrides(base: R, overrides: Mapping | None, pair_fields: tuple[str, ...] = ("crop_scale",)) -> R:
+    """`base` (a frozen recipe dataclass) with some fields replaced; an unknown name is refused listing the known ones."""
+    known = {f.name for f in fields(base)}  # type: ignore[arg-type]
     unknown = set(overrides or {}) - known
     if unknown:
         raise ValueError(f"augment: unknown view setting(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    return replace(base, **{k: tuple(v) if k == "crop_scale" else v for k, v in (overrides or {}).items()})
+    return replace(base, **{k: tuple(v) if k in pair_fields else v for k, v in (overrides or {}).items()})  # type: ignore[type-var]
+
+
+def recipes_per_view(default: R, recipe: Mapping | None, per_view: Sequence[Mapping] | None, num_global: int,
+                     pair_fields: tuple[str, ...] = ("crop_scale",)) -> tuple[R, list[R]]:
+    """The shared recipe (`default` + `recipe`) and one recipe per global view (+ its `per_view` entry), for every modality."""
+    if num_global < 1:
+        raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
+    per_view = list(per_view or [])
+    if len(per_view) > num_global:
+        raise ValueError(f"augment.per_view has {len(per_view)} entries but num_global is {num_global}")
+    shared = with_overrides(default, recipe, pair_fields)
+    return shared, [with_overrides(shared, per_view[i] if i < len(per_view) else None, pair_fields) for i in range(num_global)]
 
 
 class MultiViewTransform:
@@ -82,14 +99,8 @@ class MultiViewTransform:
     ) -> None:
         if on_device not in (True, False, "auto"):
             raise ValueError(f"augment.on_device must be true, false or auto, got {on_device!r}")
-        if num_global < 1:
-            raise ValueError(f"augment.num_global must be >= 1, got {num_global}")
-        per_view = list(per_view or [])
-        if len(per_view) > num_global:
-            raise ValueError(f"augment.per_view has {len(per_view)} entries but num_global is {num_global}")
-        base = _recipe(ViewRecipe(), recipe)
-        self.global_recipes = [_recipe(base, per_view[i] if i < len(per_view) else None) for i in range(num_global)]
-        self.local_recipe = _recipe(base, {"crop_scale": (0.05, 0.4), **dict(local or {})})
+        base, self.global_recipes = recipes_per_view(ViewRecipe(), recipe, per_view, num_global)
+        self.local_recipe = with_overrides(base, {"crop_scale": (0.05, 0.4), **dict(local or {})})
         self.transforms = [r.build(size, mean, std) for r in self.global_recipes]
         self.transforms += [self.local_recipe.build(local_size, mean, std)] * num_local
         self.num_global, self.num_local = num_global, num_local
