@@ -35,7 +35,7 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
 
 def decode(source: str | Path | io.BytesIO, sample_rate: int, length: int) -> np.ndarray:
     """One file as mono float32 of `length` samples at `sample_rate`; channels are averaged, another rate is resampled
-    linearly (a warning says so: resample offline for quality)."""
+    linearly (resample offline for quality)."""
     audio, rate = soundfile.read(source, dtype="float32", always_2d=True)
     audio = audio.mean(axis=1)
     if len(audio) == 0:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ssl_train.data.graphs import NodeBatch
-from ssl_train.data.views import recipes_per_view
+from ssl_train.data.views import ViewList, recipes_per_view
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,5 @@ class GraphViews:
         self.num_global = num_global
 
     def batched(self) -> nn.Module:
-        return BatchedGraphViews(self.recipes)
+        return ViewList(BatchedGraphView(r) for r in self.recipes)
 
-
-class BatchedGraphViews(nn.Module):
-    def __init__(self, recipes: Sequence[GraphViewRecipe]) -> None:
-        super().__init__()
-        self.views = nn.ModuleList(BatchedGraphView(r) for r in recipes)
-
-    def forward(self, batch: NodeBatch) -> list[NodeBatch]:
-        return [view(batch) for view in self.views]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ def require_torch_geometric() -> None:
         import torch_geometric  # noqa: F401
     except ImportError:
         raise UserError("graph data and encoders need torch_geometric: pip install -e '.[graph]' (it works without torch-scatter)") from None
+
+
+def random_train_mask(num_nodes: int, train_fraction: float) -> torch.Tensor:
+    """A fixed-seed `train_fraction` of the nodes, for graphs that come without a split."""
+    return torch.rand(num_nodes, generator=torch.Generator().manual_seed(0)) < train_fraction
 
 
 def graph_splits(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor, where: str,
@@ -195,7 +201,7 @@ class WordNetNouns:
         labels = torch.tensor(lexfiles[:keep]) - 3  # noun lexicographer files are numbered 03..28
         if labels.min() < 0 or labels.max() >= WORDNET_NOUN_FILES:
             raise UserError(f"{path}: lexicographer file numbers outside noun.Tops..noun.time (03..28)")
-        train_mask = torch.rand(keep, generator=torch.Generator().manual_seed(0)) < self.train_fraction
+        train_mask = random_train_mask(keep, self.train_fraction)
         x = hashed_bag_of_words(glosses[:keep], self.feature_dim)
         return graph_splits(x, edge_index, labels, train_mask, f"data.source.root={self.root}", self.train_limit, self.test_limit)
 
@@ -212,8 +218,6 @@ class GraphArrays:
         self.path, self.train_fraction, self.train_limit, self.test_limit = Path(path).expanduser(), train_fraction, train_limit, test_limit
 
     def load(self) -> Splits:
-        import zipfile
-
         where = f"data.source.path={self.path}"
         if not self.path.is_file():
             raise DataNotFoundError(f"{where}: no such file; give a .npz with x (N, F), edge_index (2, E), y (N,) [, train_mask (N,)]")
@@ -231,7 +235,6 @@ class GraphArrays:
             raise UserError(f"{where}: x must be (N, F) and edge_index (2, E) integers, got {x.shape} and {edge_index.shape} {edge_index.dtype}")
         if not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
             raise UserError(f"{where}: y must hold integer class labels >= 0, got dtype {y.dtype}")
-        train_mask = (torch.from_numpy(mask.astype(bool)) if mask is not None
-                      else torch.rand(len(x), generator=torch.Generator().manual_seed(0)) < self.train_fraction)
+        train_mask = torch.from_numpy(mask.astype(bool)) if mask is not None else random_train_mask(len(x), self.train_fraction)
         return graph_splits(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index.astype(np.int64)), torch.from_numpy(y.astype(np.int64)),
                             train_mask, where, self.train_limit, self.test_limit)

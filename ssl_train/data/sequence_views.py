@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_train.data.views import recipes_per_view
+from ssl_train.data.views import ViewList, recipes_per_view
 
 
 @dataclass(frozen=True)
@@ -89,17 +89,6 @@ class BatchedSequenceView(nn.Module):
         return x[..., 0] if waveform else x
 
 
-class BatchedSequenceViews(nn.Module):
-    """`num_global` independent views of a batch of sequences or waveforms."""
-
-    def __init__(self, recipes: Sequence[SequenceViewRecipe], mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.views = nn.ModuleList(BatchedSequenceView(r, mean, std) for r in recipes)
-
-    def forward(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        return [view(batch) for view in self.views]
-
-
 class SequenceViews:
     """The view pipeline for sequence and waveform data (`augment=sequence`): always batched on the device.
 
@@ -118,7 +107,7 @@ class SequenceViews:
         self.num_global, self.size, self.mean, self.std = num_global, size, tuple(mean), tuple(std)
 
     def batched(self) -> nn.Module:
-        return BatchedSequenceViews(self.recipes, self.mean, self.std)
+        return ViewList(BatchedSequenceView(r, self.mean, self.std) for r in self.recipes)
 
     def __call__(self, sample: torch.Tensor) -> list[torch.Tensor]:
         """Per-sample use (tests, the toolkit): the batched views of a batch of one."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 from torchvision.transforms import v2
 
 
@@ -67,6 +68,17 @@ def recipes_per_view(default: R, recipe: Mapping | None, per_view: Sequence[Mapp
         raise ValueError(f"augment.per_view has {len(per_view)} entries but num_global is {num_global}")
     shared = with_overrides(default, recipe, pair_fields)
     return shared, [with_overrides(shared, per_view[i] if i < len(per_view) else None, pair_fields) for i in range(num_global)]
+
+
+class ViewList(nn.Module):
+    """Apply each of `views` (one module per view) to the same batch: the batched form of a one- or multi-view pipeline."""
+
+    def __init__(self, views: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.views = nn.ModuleList(views)
+
+    def forward(self, batch: Any) -> list[Any]:
+        return [view(batch) for view in self.views]
 
 
 class MultiViewTransform:

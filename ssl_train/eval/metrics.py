@@ -37,6 +37,14 @@ def normalised_std(z: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def two_views(make: Any) -> tuple[Any, Any]:
+    """The first two views `make()` returns; a one-view pipeline (CPC, DIM) is drawn twice (two independent draws)."""
+    views = list(make())
+    if len(views) < 2:
+        views += list(make())
+    return views[0], views[1]
+
+
 def positive_pair_features(
     encoder: torch.nn.Module, views: Any, images: list[torch.Tensor], device: str | torch.device = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +53,9 @@ def positive_pair_features(
     encoder.eval().to(device)
     if getattr(views, "on_device", False):
         batched, batch = views.batched().to(device), torch.stack(images).to(device)
-        first, second = [*batched(batch), *batched(batch)][:2]  # a one-view pipeline (CPC, DIM): two independent draws
+        first, second = two_views(lambda: batched(batch))
     else:
-        made = [[*views(image), *views(image)][:2] for image in images]
+        made = [two_views(lambda image=image: views(image)) for image in images]
         first, second = torch.stack([m[0] for m in made]).to(device), torch.stack([m[1] for m in made]).to(device)
     z_a, z_b = encoder(first).float().cpu(), encoder(second).float().cpu()
     encoder.train(was_training)
