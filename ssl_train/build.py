@@ -5,6 +5,7 @@ Any failure is reported as one line naming the group and choice, e.g. "backbone=
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,24 @@ def use_compile(setting: bool | str, on_cuda: bool) -> bool:
     raise UserError(f"compile must be true, false or auto, got {setting!r}")
 
 
+def build_method(cfg: DictConfig, splits: Any) -> Any:
+    """Encoder (for the data's input), head, loss -> the method, random init; image-text methods also get a text tower
+    (`text_encoder` group) for the data's tokenizer."""
+    backbone = build_encoder(cfg, splits.channels, splits.modality)
+    projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
+    loss = instantiate("loss", cfg.loss)
+    method_class = hydra.utils.get_class(cfg.method._target_)
+    if getattr(projector, "predicts_steps", False) and not getattr(method_class, "uses_step_predictions", False):
+        raise UserError(f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
+                        "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)")
+    extra = {}
+    if "text_encoder" in inspect.signature(method_class).parameters:
+        if cfg.get("text_encoder") is None:
+            raise UserError(f"method={group_choice('method')} needs a text tower: text_encoder=transformer_small or text_encoder=char_cnn")
+        extra["text_encoder"] = instantiate("text_encoder", instantiate("text_encoder", cfg.text_encoder), in_channels=splits.tokenizer.vocab_size)
+    return instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss, **extra)
+
+
 def build(cfg: DictConfig) -> Built:
     """One pass, each object finished when made: Trainer -> data + views -> encoder, head, loss -> method -> module."""
     validate(cfg)
@@ -129,13 +148,8 @@ def build(cfg: DictConfig) -> Built:
     datamodule = build_datamodule(cfg.data, views=instantiate("augment", cfg.augment), world_size=trainer.world_size)
     check_components_fit(cfg, datamodule.splits.modality)
     splits, views = datamodule.splits, datamodule.views()
-    backbone = build_encoder(cfg, splits.channels, splits.modality)
-    projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
-    loss = instantiate("loss", cfg.loss)
-    if getattr(projector, "predicts_steps", False) and not getattr(hydra.utils.get_class(cfg.method._target_), "uses_step_predictions", False):
-        raise UserError(f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
-                        "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)")
-    method = instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss)
+    method = build_method(cfg, splits)
+    backbone = method.backbone
     compiled = use_compile(cfg.get("compile", False), trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
     if compiled:
         method.backbone.compile()  # in place: state_dict keys stay those of the plain model

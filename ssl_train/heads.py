@@ -7,12 +7,15 @@ from torch import nn
 
 from ssl_train.losses.precision import float32_linear
 
+LAST_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
 
 class MLP(nn.Sequential):
     """Linear layers with BatchNorm + ReLU between them; exposes `out_dim`.
 
     `num_layers=2` with BN is SimCLR's/BYOL's projector; `last_batch_norm=True` (no affine) is
-    MoCo v3's/Barlow Twins' choice. `in_dim` is completed at run time from the encoder.
+    MoCo v3's/Barlow Twins' choice; `last_activation='tanh'` with one layer is SimCSE's pooler MLP. `in_dim` is
+    completed at run time from the encoder.
     """
 
     def __init__(
@@ -23,6 +26,7 @@ class MLP(nn.Sequential):
         num_layers: int = 2,
         batch_norm: bool = True,
         last_batch_norm: bool = False,
+        last_activation: str | None = None,
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"MLP: num_layers must be >= 1, got {num_layers}")
@@ -37,6 +41,10 @@ class MLP(nn.Sequential):
                 layers.append(nn.ReLU(inplace=True))
             elif last_batch_norm:
                 layers.append(nn.BatchNorm1d(d_out, affine=False))
+        if last_activation is not None:
+            if last_activation not in LAST_ACTIVATIONS:
+                raise ValueError(f"head.last_activation must be one of {sorted(LAST_ACTIVATIONS)} or null, got {last_activation!r}")
+            layers.append(LAST_ACTIVATIONS[last_activation]())
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
 

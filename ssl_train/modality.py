@@ -1,4 +1,4 @@
-"""What a sample is (image, sequence, waveform, graph node) and the one build-time check that data, views, encoder and method fit.
+"""What a sample is (image, sequence, waveform, graph node, text, image-caption pair) and the one build-time check that data, views, encoder and method fit.
 
 Data sources put their modality on `Splits.modality`; view pipelines, encoders and methods say which modalities
 they take in a class attribute `modalities` (a tuple; a method without one is modality-free: a siamese loss works
@@ -16,8 +16,13 @@ from hydra.utils import get_class
 
 from ssl_train.errors import UserError
 
-MODALITIES = ("image", "sequence", "waveform", "graph")
-RAW_INPUT_NAMES = {"image": "raw pixels", "sequence": "raw sequence", "waveform": "raw waveform", "graph": "raw node features"}
+MODALITIES = ("image", "sequence", "waveform", "graph", "text", "image_text")
+RAW_INPUT_NAMES = {
+    "image": "raw pixels", "sequence": "raw sequence", "waveform": "raw waveform", "graph": "raw node features",
+    "text": "bag of token n-grams", "image_text": "raw pixels",
+}
+HOLDS = {"text": "texts", "image_text": "image-caption pairs"}  # how the one-line error names the samples (default: <modality>s)
+COMPONENT_INPUT = {("image_text", "backbone"): "image"}  # what a component reads of a sample: the image tower reads the image of a pair
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -69,11 +74,12 @@ def check_fits(modality: str, data_choice: str, components: dict[str, tuple[str,
         raise UserError(f"data={data_choice}: unknown modality {modality!r}; allowed: {', '.join(MODALITIES)}")
     for group, (choice, target) in components.items():
         declared = modalities_of(target)
-        if declared is not None and modality not in declared:
+        needed = COMPONENT_INPUT.get((modality, group), modality)
+        if declared is not None and needed not in declared:
             if group == "method":  # the method is what the user asked for: say which data it takes
                 fits = tuple(dict.fromkeys(o for m in declared for o in options_for("data", m)))
                 hint = f"; data options for {'/'.join(declared)} data: {', '.join(fits)}"
             else:
-                fits = options_for(group, modality)
-                hint = f"; {group} options for {modality} data: {', '.join(fits)}" if fits else f"; no {group} option takes {modality} data"
-            raise UserError(f"{group}={choice} takes {'/'.join(declared)} data, but data={data_choice} holds {modality}s{hint}")
+                fits = options_for(group, needed)
+                hint = f"; {group} options for {needed} data: {', '.join(fits)}" if fits else f"; no {group} option takes {needed} data"
+            raise UserError(f"{group}={choice} takes {'/'.join(declared)} data, but data={data_choice} holds {HOLDS.get(modality, modality + 's')}{hint}")

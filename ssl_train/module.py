@@ -66,7 +66,7 @@ class SSLModule(pl.LightningModule):
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, labels = batch
         if self.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            views = [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for v in views]  # images only (not caption tokens)
         out = self.method(views, labels)
         if not torch.isfinite(out["loss"]):
             raise FloatingPointError(f"train/loss is {out['loss'].item()} at step {self.global_step}")

@@ -48,3 +48,12 @@ class EncoderEvaluator(Protocol):
 
     def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
                          device: str | torch.device) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class TwoTowerEvaluator(Protocol):
+    """An evaluator of image-text models on test-pair embeddings (zero-shot classification, retrieval); `embed_texts`
+    embeds any texts (class-name prompts) with the model's text tower."""
+
+    def evaluate_two_tower(self, image_embeddings: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor,
+                           embed_texts: Any, class_names: Sequence[str]) -> dict[str, float]: ...

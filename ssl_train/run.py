@@ -24,6 +24,7 @@ from ssl_train.checkpoint_io import first_line, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
+from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES
 from ssl_train.validate import validate
 
@@ -151,7 +152,13 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
         "eval_split": "validation" if cfg.data.get("validation_fraction") else "test", "modality": datamodule.splits.modality,
     }
     evaluators = build_evaluators(cfg.eval) if cfg.probe else {}
+    pair_evaluators = two_tower_evaluators(evaluators)  # zero-shot, retrieval: they read the whole image-text model
+    evaluators = {name: e for name, e in evaluators.items() if name not in pair_evaluators}
     splits = datamodule.splits
+
+    def evaluate_pairs(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_two_tower(model, datamodule.test_pairs(), splits.tokenizer, splits.class_names or (), pair_evaluators, probe_device(trainer),
+                                  datamodule.eval_batch_size) if pair_evaluators else {}
 
     def evaluate(encoder: torch.nn.Module, chosen: dict[str, Any]) -> dict[str, float]:
         return evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, chosen, probe_device(trainer), datamodule.eval_batch_size)
@@ -172,6 +179,8 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
         baseline = cache.get_or_compute("random_init", key, lambda: evaluate(initial, evaluators))
         metrics.update(prefixed_scores("random_init", baseline))
         log.info("raw input: %s; random-init encoder: %s", *(", ".join(f"{k} {v:.4f}" for k, v in r.items() if "top1" in k) for r in (raw, baseline)))
+    if pair_evaluators and cfg.baseline and trainer.is_global_zero:  # the untrained towers: what zero-shot and retrieval start from
+        metrics.update({f"random_init_{k}": v for k, v in evaluate_pairs(copy.deepcopy(built.method)).items()})
     if cfg.pretrain:
         fit_started = time.time()
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.runs_dir), output_dir)
@@ -183,6 +192,8 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
         for logged, key in LOGGED_DURING_TRAINING.items():  # last values logged during training
             if logged in trainer.callback_metrics:
                 metrics[key] = round(float(trainer.callback_metrics[logged]), 6)
+    if trainer.is_global_zero:
+        metrics.update(evaluate_pairs(built.method))
     if evaluators and trainer.is_global_zero:
         metrics.update(evaluate(features_of(built.backbone), evaluators))
         if metrics.get("repr_collapsed"):
@@ -195,5 +206,8 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
         summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics, raw_name) if "linear_top1" in metrics else "no probe"
         if "knn_k20_top1" in metrics:
             summary += f", kNN top-1 {metrics['knn_k20_top1']:.4f}"
+        if "zero_shot_top1" in metrics:
+            baseline = f", random-init {metrics['random_init_zero_shot_top1']:.4f}" if "random_init_zero_shot_top1" in metrics else ""
+            summary += f", zero-shot top-1 {metrics['zero_shot_top1']:.4f} (chance {metrics['zero_shot_chance']:.4f}{baseline})"
         print(f"[ssl_train] {metrics['method']}: {summary}; wall time {metrics['wall_time_s']:.0f}s; results in {metrics_path}")
     return metrics

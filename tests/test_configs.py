@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError
 
@@ -38,6 +39,22 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
         return ["data.source.node_limit=400", "data.batch_size=8"]
     if option == "sequence_arrays":
         return [f"data.source.path={make_sequence_arrays(tmp_path / 'seq.npz')}", *no_limits]
+    if option == "text_files":
+        (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(20)))
+        return [f"data.source.train={tmp_path / 'train.csv'}", "data.batch_size=8"]
+    if option in ("caption_folder", "caption_table"):
+        from torchvision.io import write_png
+
+        rows = ["image,caption"]
+        for i in range(12):
+            folder = tmp_path / "pairs" / "ab"[i % 2]
+            folder.mkdir(parents=True, exist_ok=True)
+            write_png(torch.full((3, 16, 16), 10 * i, dtype=torch.uint8), str(folder / f"{i}.png"))
+            (folder / f"{i}.txt").write_text(f"picture {i}\n")
+            rows.append(f"pairs/{'ab'[i % 2]}/{i}.png,picture {i}")
+        (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+        where = f"data.source.root={tmp_path / 'pairs'}" if option == "caption_folder" else f"data.source.path={tmp_path / 'pairs.csv'}"
+        return [where, "data.source.image_size=16", "data.batch_size=4", "data.num_workers=0"]
     if option == "unlabeled_folder":
         return [f"data.source.root={make_image_folder(tmp_path / 'u')}/train", f"data.source.probe.root={make_image_folder(tmp_path / 'l')}", *no_limits]
     return []
@@ -50,6 +67,12 @@ SEQUENCE_CONTEXT = ["method=cpc", "data=seq_fashion_mnist"]
 GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "graph_arrays"), ("data", "wordnet_graph"),
                  ("augment", "graph"), ("augment", "graph_identity"), ("backbone", "gcn"),
                  ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
+TEXT_OPTIONS = {("data", "wordnet_glosses"), ("data", "text_files"), ("augment", "text_eda"), ("augment", "text_identity"),
+                ("backbone", "transformer_small"), ("backbone", "char_cnn"), ("method", "simcse"), ("head", "simcse_mlp")}
+TEXT_CONTEXT = ["method=simcse", "data.source.train_limit=64", "data.source.test_limit=16"]
+PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data", "caption_table"), ("augment", "clip"), ("method", "clip"),
+                ("loss", "clip"), ("head", "clip_projection")}
+PAIR_CONTEXT = ["method=clip"]
 GRAPH_CONTEXT = ["method=dgi", "data=fmnist_knn_graph", "data.source.train_limit=200", "data.source.test_limit=50"]
 
 
@@ -80,7 +103,8 @@ def test_every_group_has_options() -> None:
 @pytest.mark.parametrize(("group", "option"), all_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, idx_root: Path) -> None:
     skip_without_graph_extra(option)
-    context = SEQUENCE_CONTEXT if (group, option) in SEQUENCE_OPTIONS else GRAPH_CONTEXT if (group, option) in GRAPH_OPTIONS else []
+    contexts = ((SEQUENCE_OPTIONS, SEQUENCE_CONTEXT), (GRAPH_OPTIONS, GRAPH_CONTEXT), (TEXT_OPTIONS, TEXT_CONTEXT), (PAIR_OPTIONS, PAIR_CONTEXT))
+    context = next((c for options, c in contexts if (group, option) in options), [])
     overrides = [*context, f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
         overrides.append(f"data.source.root={idx_root}")

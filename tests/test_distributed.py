@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ssl_train.losses import BarlowTwinsLoss, CPCLoss, DeepInfoMaxLoss, DINOLoss, InfoNCELoss, NTXentLoss, SupConLoss, SwAVLoss, VICRegLoss
+from ssl_train.losses import BarlowTwinsLoss, CLIPLoss, CPCLoss, DeepInfoMaxLoss, DINOLoss, InfoNCELoss, NTXentLoss, SupConLoss, SwAVLoss, VICRegLoss
 from ssl_train.methods.queue import FeatureQueue
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
@@ -60,6 +60,7 @@ CASES: dict[str, tuple[Callable, Callable, Callable]] = {
     "cpc": (lambda g: CPCLoss(gather_distributed=g), _sequence_inputs, lambda f, x, y: f(*x)),
     "dim_infonce": (lambda g: DeepInfoMaxLoss("infonce", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),
     "dim_jsd": (lambda g: DeepInfoMaxLoss("jsd", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),
+    "clip": (lambda g: CLIPLoss(init_temperature=0.2, gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
 }
 
 

@@ -150,16 +150,20 @@ def test_every_method_with_every_head_steps_or_says_why(method: str, head: str, 
     """One optimizer step of `method=<m> head=<h>` on a tiny batch, or one clear line naming what does not fit."""
     skip_without_graph_extra(method)
     try:
-        data = {"cpc": ["data=seq_fashion_mnist"], "dgi": ["data=fmnist_knn_graph"], "grace": ["data=fmnist_knn_graph"]}.get(method, [])
+        data = {"cpc": ["data=seq_fashion_mnist"], "dgi": ["data=fmnist_knn_graph"], "grace": ["data=fmnist_knn_graph"],
+                "simcse": ["data=wordnet_glosses"], "clip": ["data=fmnist_captions"]}.get(method, [])
         built = build(compose_config([f"method={method}", *data, f"head={head}", "data.batch_size=8"], tmp_path))
     except UserError as error:
         assert "\n" not in str(error) and "head" in str(error), str(error)
         return
     train = built.datamodule.splits.train
-    items = [train[i] for i in range(8)]
-    collate = getattr(train, "collate", None)
-    images = collate(items)[0] if collate else torch.stack([item[0] for item in items])
-    views = built.module.batched_views(images) if built.module.batched_views is not None else None
+    if built.module.batched_views is not None:
+        items = [train[i] for i in range(8)]
+        collate = getattr(train, "collate", None)
+        images = collate(items)[0] if collate else torch.stack([item[0] for item in items])
+        views = built.module.batched_views(images)
+    else:  # texts, image-caption pairs: the loader makes the views
+        views = next(iter(built.datamodule.train_dataloader()))[0]
     labels = torch.arange(8) % 4
     out = built.method(views, labels)
     out["loss"].backward()

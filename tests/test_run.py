@@ -16,7 +16,9 @@ METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
 
 # methods for other modalities: (data option, encoder class, source class) they run on here
 OTHER_MODALITY = {"cpc": ("seq_fashion_mnist", "RecurrentEncoder", "SequentialFashionMNIST"),
-                  "dgi": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"), "grace": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph")}
+                  "dgi": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"), "grace": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"),
+                  "simcse": ("wordnet_glosses", "TransformerTextEncoder", "WordNetGlosses"),
+                  "clip": ("fmnist_captions", "SmallResNet", "CaptionedFashionMNIST")}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -27,7 +29,8 @@ def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None
     metrics = run(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written == metrics
-    per_sample_pairs = ("online_alignment",) if source != "FashionMNISTKNNGraph" else ()  # graph views perturb the whole graph
+    # graph views perturb the whole graph; a pair's views are an image and a caption
+    per_sample_pairs = ("online_alignment",) if source not in ("FashionMNISTKNNGraph", "CaptionedFashionMNIST") else ()
     for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "knn_k20_top1", "random_init_knn_k20_top1", "raw_input_linear_top1",
                 "online_probe_top1", "online_knn_top1", *per_sample_pairs, "repr_rankme", "repr_uniformity", "repr_embedding_std",
                 "method", "backbone", "data", "epochs", "seed",
@@ -36,6 +39,9 @@ def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None
     assert written["method"] == method and written["steps"] == 2
     assert written["backbone"] == encoder and written["data"] == source  # named outside a Hydra app too
     assert written["train_images_per_s"] > 0 and written["eval_split"] == "test"
+    if method == "clip":  # the two towers' evaluations, beside the untrained ones
+        for key in ("zero_shot_top1", "zero_shot_chance", "random_init_zero_shot_top1", "retrieval_image_to_text_r1", "retrieval_text_to_image_r10"):
+            assert key in written, key
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "config_resolved.yaml").is_file()

@@ -7,12 +7,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from ssl_train import dist
 from ssl_train.data.datasets import Splits, carve_validation
-from ssl_train.data.sampling import ResumableSampler, loader_generator
+from ssl_train.data.sampling import MPerClassSampler, ResumableSampler, loader_generator
 from ssl_train.data.sequence_views import StandardizeSequence
 from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
@@ -26,6 +26,28 @@ def collate_of(dataset: Dataset) -> Callable | None:
             return dataset.collate  # type: ignore[union-attr]
         dataset = getattr(dataset, "dataset", None) or getattr(dataset, "base", None)
     return None
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The labels of a dataset without reading its samples: its `labels`, looking through Subset / TransformedDataset."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if hasattr(dataset, "labels"):
+        return torch.as_tensor(dataset.labels, dtype=torch.long)  # type: ignore[attr-defined]
+    inner = getattr(dataset, "base", None) or getattr(dataset, "dataset", None) or getattr(dataset, "images", None)
+    if inner is None:
+        raise UserError(f"data.m_per_class: {type(dataset).__name__} does not expose its labels")
+    return labels_of(inner)
+
+
+class ImageOfPair:
+    """(image, captions) -> transform(image): the evaluation transform of image-caption pairs for the image probes."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], Any]) -> None:
+        self.transform = transform
+
+    def __call__(self, pair: tuple[torch.Tensor, Any]) -> Any:
+        return self.transform(pair[0])
 
 
 class TransformedDataset(Dataset):
@@ -48,13 +70,14 @@ class SSLDataModule(pl.LightningDataModule):
     `batch_size` is the GLOBAL batch: each of the `world_size` processes loads batch_size / world_size.
     `views` is the partial view pipeline (configs/augment); it is completed with this data's image size, mean and
     std when the splits are loaded. None for evaluation-only use (the probe needs no training views).
-    `validation_fraction` > 0 replaces the test split by that fraction of train (held out of pretraining and of
+    `m_per_class` (metric learning: SupCon, triplet, margin) makes every batch hold batch / m classes with m samples
+    each (MPerClassSampler). `validation_fraction` > 0 replaces the test split by that fraction of train (held out of pretraining and of
     the probe's fit): what recipes are tuned on, so that the test split is only ever read for final figures.
     """
 
     def __init__(
         self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True,
-        validation_fraction: float = 0.0, views: Callable[..., Callable] | None = None, world_size: int = 1,
+        validation_fraction: float = 0.0, views: Callable[..., Callable] | None = None, world_size: int = 1, m_per_class: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -64,11 +87,14 @@ class SSLDataModule(pl.LightningDataModule):
                 f"data.batch_size={batch_size} (the global batch) does not divide across {world_size} processes "
                 f"(trainer.devices x trainer.num_nodes); pick a multiple of {world_size}"
             )
+        if m_per_class is not None and (m_per_class < 1 or (batch_size // world_size) % m_per_class):
+            raise UserError(f"data.m_per_class={m_per_class} must be >= 1 and divide the per-device batch {batch_size // world_size}")
         if not 0 <= validation_fraction < 1:
             raise UserError(f"data.validation_fraction must be in [0, 1), got {validation_fraction}")
         self.source, self.batch_size, self.num_workers = source, batch_size, num_workers
         self.eval_batch_size, self.pin_memory, self.shuffle = eval_batch_size, pin_memory, shuffle
         self.validation_fraction, self.views_factory, self.world_size = validation_fraction, views, world_size
+        self.m_per_class = m_per_class
         self._splits: Splits | None = None
         self._views: Any = None
 
@@ -93,7 +119,13 @@ class SSLDataModule(pl.LightningDataModule):
         sampler, generator = None, None
         if train:
             seed = torch.initial_seed()  # the run's seed (seed_everything), the same for an interrupted run and its resumption
-            sampler = ResumableSampler(dataset, batch_size, seed, shuffle=self.shuffle, num_replicas=dist.world_size(), rank=dist.rank())
+            if self.m_per_class:
+                try:
+                    sampler = MPerClassSampler(dataset, labels_of(dataset), self.m_per_class, batch_size, seed, dist.world_size(), dist.rank())
+                except ValueError as error:
+                    raise UserError(str(error)) from None
+            else:
+                sampler = ResumableSampler(dataset, batch_size, seed, shuffle=self.shuffle, num_replicas=dist.world_size(), rank=dist.rank())
             generator = loader_generator(seed)
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, drop_last=train, generator=generator, collate_fn=collate_of(dataset),
@@ -106,7 +138,8 @@ class SSLDataModule(pl.LightningDataModule):
             raise UserError("this datamodule was built without views (evaluation only): pass views=<the augment config> to train")
         if self._views is None:
             s = self.splits
-            self._views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std, fixed_size=s.fixed_size)
+            extra = {"tokenizer": s.tokenizer} if s.tokenizer is not None else {}  # text views tokenise what they edit
+            self._views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std, fixed_size=s.fixed_size, **extra)
         return self._views
 
     def train_dataloader(self) -> DataLoader:
@@ -122,12 +155,25 @@ class SSLDataModule(pl.LightningDataModule):
         s = self.splits
         if s.modality == "graph":  # a node index: the encoder reads the graph
             return lambda node: node
+        if s.modality == "text":  # a str: its token ids
+            return s.tokenizer
+        if s.modality == "image_text":  # the probes read the image of a pair (the image tower's features)
+            return ImageOfPair(eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size))
         if s.modality != "image":  # sequences and waveforms: standardised per feature
             return StandardizeSequence(s.mean, s.std)
         return eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(TransformedDataset(self.splits.test, self._eval_transform()), self.eval_batch_size, train=False)
+
+    def test_pairs(self) -> Dataset:
+        """The test split of image-caption data as ((image, first caption's token ids), label), for zero-shot and retrieval."""
+        from ssl_train.eval.zero_shot import pairs_for_evaluation  # imported here: evaluation code the training loaders never need
+
+        s = self.splits
+        if s.modality != "image_text":
+            raise UserError(f"zero-shot and retrieval evaluation need image-caption data (e.g. data=fmnist_captions); this data holds {s.modality} samples")
+        return pairs_for_evaluation(s.test, eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size), s.tokenizer)
 
     def probe_datasets(self) -> tuple[Dataset, Dataset]:
         """(train, test) with the deterministic evaluation transform, for the offline probe."""

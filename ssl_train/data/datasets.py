@@ -10,6 +10,7 @@ import gzip
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,8 @@ class Splits:
     label -1 where unknown). `fixed_size` is False for decoded files of any size (views crop them to
     `image_size`; evaluation resizes and centre-crops). `modality` says what a sample is (ssl_train.modality):
     an image (C, H, W), a sequence (T, F: `image_size` is then the length T and `channels` the F features per
-    step) or a waveform (T samples, `channels` 1).
+    step), a waveform (T samples, `channels` 1), a text (a str: `channels` is the tokenizer's vocabulary size and
+    `image_size` its token length) or an image-caption pair ((image, caption): `tokenizer` encodes the captions).
     """
 
     train: Dataset
@@ -60,6 +62,8 @@ class Splits:
     pretrain: Dataset | None = None
     fixed_size: bool = True
     modality: str = "image"
+    tokenizer: Any = None  # text and image-text data: str -> int64 token ids (ssl_train.data.tokenizers)
+    class_names: tuple[str, ...] | None = None  # zero-shot prompts and reports; None: class indices only
 
     @property
     def pretrain_set(self) -> Dataset:

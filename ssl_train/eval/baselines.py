@@ -25,9 +25,26 @@ log = logging.getLogger(__name__)
 RAW_INPUT_EVALUATORS = ("linear", "knn")  # the representation metrics and the SGD probe say nothing about raw pixels
 
 
+def bag_of_ngrams(tokens: torch.Tensor, dim: int = 4096, orders: tuple[int, ...] = (1, 2, 3)) -> torch.Tensor:
+    """(N, L) token ids (0 = padding) -> (N, dim) log(1 + counts) of their 1-, 2- and 3-grams hashed into `dim` buckets:
+    the classic bag-of-n-grams text baseline (with byte tokens: character n-grams), no vocabulary needed."""
+    counts = torch.zeros(tokens.shape[0], dim, device=tokens.device)
+    for n in orders:
+        if tokens.shape[1] < n:
+            continue
+        windows = tokens.unfold(1, n, 1)  # (N, L - n + 1, n)
+        valid = (windows != 0).all(-1)
+        code = torch.zeros_like(windows[..., 0])
+        for i in range(n):
+            code = code * 1_000_003 + windows[..., i]
+        buckets = (code * 2_654_435_761 + n) % dim
+        counts.scatter_add_(1, buckets, valid.float())
+    return counts.log1p()
+
+
 class RawInput(nn.Module):
     """The identity encoder: (N, ...) inputs flattened to (N, D) float features (the probe standardises them); for a
-    batch of graph nodes, their feature vectors.
+    batch of graph nodes, their feature vectors; for token ids (N, L) of texts, their hashed bag of n-grams.
 
     Images with more than `max_dim` values (96 px STL-10, 224 px folders) are first average-pooled to the largest
     square grid that fits (e.g. 3 x 36 x 36 for 4096), so the raw-input probe stays tractable: a linear probe on
@@ -41,6 +58,8 @@ class RawInput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if callable(getattr(x, "raw_features", None)):  # graph nodes: their own feature vectors
             x = x.raw_features()
+        if x.dtype == torch.long and x.ndim == 2:  # token ids of texts
+            return bag_of_ngrams(x)
         x = x.float()
         if x.ndim == 4 and x[0].numel() > self.max_dim:
             side = max(1, int((self.max_dim / x.shape[1]) ** 0.5))

@@ -1,6 +1,7 @@
 """One loss per file, each a plain nn.Module documenting its paper and shapes."""
 
 from ssl_train.losses.barlow_twins import BarlowTwinsLoss
+from ssl_train.losses.clip import CLIPLoss
 from ssl_train.losses.cpc import CPCLoss
 from ssl_train.losses.deep_infomax import DeepInfoMaxLoss
 from ssl_train.losses.dgi import DeepGraphInfomaxLoss
@@ -18,4 +19,5 @@ from ssl_train.losses.vicreg import VICRegLoss
 __all__ = [
     "NTXentLoss", "InfoNCELoss", "SupConLoss", "NegativeCosineSimilarity", "BarlowTwinsLoss", "VICRegLoss",
     "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss", "CPCLoss", "DeepInfoMaxLoss", "DeepGraphInfomaxLoss",
+    "CLIPLoss",
 ]

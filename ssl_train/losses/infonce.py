@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.losses.ntxent import check_hard_negative_beta, log_negative_sum
 from ssl_train.losses.precision import float32
 
 
@@ -18,10 +19,14 @@ class InfoNCELoss(nn.Module):
     negatives (MoCo v3: logits = q @ k.T, labels = diagonal), gathered from every rank when
     `gather_distributed`. Vectors are L2-normalised; logits are float32 and divided by `temperature`.
     `scale_by_two_temperature` multiplies the loss by 2 * temperature, as MoCo v3's reference code does.
+    `hard_negative_beta > 0` weights each negative by exp(beta * its logit) (HCL, Robinson et al., ICLR 2021).
     """
 
-    def __init__(self, temperature: float = 0.2, gather_distributed: bool = False, scale_by_two_temperature: bool = False) -> None:
+    def __init__(self, temperature: float = 0.2, gather_distributed: bool = False, scale_by_two_temperature: bool = False,
+                 hard_negative_beta: float = 0.0) -> None:
         super().__init__()
+        check_hard_negative_beta(hard_negative_beta, "InfoNCELoss")
+        self.hard_negative_beta = float(hard_negative_beta)
         if not temperature > 0:
             raise ValueError(f"InfoNCELoss: temperature must be > 0, got {temperature}")
         self.temperature, self.gather_distributed = float(temperature), gather_distributed
@@ -38,9 +43,18 @@ class InfoNCELoss(nn.Module):
                 raise ValueError(f"InfoNCELoss: negative_keys must be (K, {q.shape[1]}), got {tuple(negative_keys.shape)}")
             negatives = F.normalize(negative_keys.float(), dim=1)
             logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.T], dim=1) / self.temperature
-            return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device)) * self.factor
+            return self._cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device)) * self.factor
         keys, offset = k, 0
         if self.gather_distributed and dist.is_distributed():
             keys, offset = dist.gather_with_grad(k), dist.rank() * len(q)
         logits = q @ keys.T / self.temperature
-        return F.cross_entropy(logits, torch.arange(len(q), device=q.device) + offset) * self.factor
+        return self._cross_entropy(logits, torch.arange(len(q), device=q.device) + offset) * self.factor
+
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """-log softmax of each row's target column; with HCL weighting, of the positive against reweighted negatives."""
+        if self.hard_negative_beta == 0:
+            return F.cross_entropy(logits, targets)
+        positive = logits.gather(1, targets[:, None]).squeeze(1)
+        is_negative = ~F.one_hot(targets, logits.shape[1]).bool()
+        log_negatives = log_negative_sum(logits.masked_fill(~is_negative, float("-inf")), is_negative.sum(1), self.hard_negative_beta)
+        return (torch.logaddexp(positive, log_negatives) - positive).mean()

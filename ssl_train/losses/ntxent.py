@@ -10,6 +10,19 @@ from ssl_train import dist
 from ssl_train.losses.precision import float32
 
 
+def check_hard_negative_beta(beta: float, loss: str) -> None:
+    if not beta >= 0:
+        raise ValueError(f"{loss}: hard_negative_beta must be >= 0 (0 = plain negatives), got {beta}")
+
+
+def log_negative_sum(negative_logits: torch.Tensor, count: torch.Tensor, beta: float) -> torch.Tensor:
+    """log of sum_j exp(s_j) over each row's negatives (-inf elsewhere); with beta > 0, HCL's importance-weighted sum
+    sum_j w_j exp(s_j) with w_j = exp(beta s_j) / mean_k exp(beta s_k) (Robinson et al. 2021, eq. 5 / joshr17/HCL)."""
+    if beta == 0:
+        return torch.logsumexp(negative_logits, dim=1)
+    return torch.logsumexp((1 + beta) * negative_logits, dim=1) - torch.logsumexp(beta * negative_logits, dim=1) + count.float().log()
+
+
 class NTXentLoss(nn.Module):
     """SimCLR's contrastive loss over 2N views: each view's positive is its pair, negatives are the other 2N-2.
 
@@ -19,17 +32,22 @@ class NTXentLoss(nn.Module):
     With `gather_distributed`, negatives come from all ranks (gradients flow back to every rank).
 
     Variants: `decoupled=True` drops the positive from the denominator (DCL, Yeh et al., ECCV 2022);
-    `debiased_tau_plus > 0` corrects for false negatives with class prior tau+ (Chuang et al., NeurIPS 2020, eq. 6).
+    `debiased_tau_plus > 0` corrects for false negatives with class prior tau+ (Chuang et al., NeurIPS 2020, eq. 6);
+    `hard_negative_beta > 0` weights each negative by exp(beta * its logit) (HCL, Robinson et al., ICLR 2021; with
+    debiased_tau_plus, the HCL estimator of the reference code joshr17/HCL).
     """
 
-    def __init__(self, temperature: float = 0.5, gather_distributed: bool = False, decoupled: bool = False, debiased_tau_plus: float = 0.0) -> None:
+    def __init__(self, temperature: float = 0.5, gather_distributed: bool = False, decoupled: bool = False, debiased_tau_plus: float = 0.0,
+                 hard_negative_beta: float = 0.0) -> None:
         super().__init__()
+        check_hard_negative_beta(hard_negative_beta, "NTXentLoss")
         if not temperature > 0:
             raise ValueError(f"NTXentLoss: temperature must be > 0, got {temperature}")
         if not 0.0 <= debiased_tau_plus < 1.0:
             raise ValueError(f"NTXentLoss: debiased_tau_plus must be in [0, 1), got {debiased_tau_plus}")
         self.temperature = float(temperature)
         self.gather_distributed, self.decoupled, self.debiased_tau_plus = gather_distributed, decoupled, debiased_tau_plus
+        self.hard_negative_beta = float(hard_negative_beta)
 
     @float32
     def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
@@ -50,16 +68,15 @@ class NTXentLoss(nn.Module):
         pair_index = torch.where(rows < n, own_index + total, own_index - total)  # column of its positive
         self_mask = F.one_hot(own_index, everyone.shape[0]).bool()
         logits = logits.masked_fill(self_mask, float("-inf"))
-        if not self.decoupled and self.debiased_tau_plus == 0:
+        if not self.decoupled and self.debiased_tau_plus == 0 and self.hard_negative_beta == 0:
             return F.cross_entropy(logits, pair_index)
         positive = logits.gather(1, pair_index[:, None]).squeeze(1)
         negative_mask = ~self_mask & ~F.one_hot(pair_index, everyone.shape[0]).bool()
         negatives = logits.masked_fill(~negative_mask, float("-inf"))
+        log_negatives = log_negative_sum(negatives, negative_mask.sum(1), self.hard_negative_beta)
         if self.debiased_tau_plus > 0:
             tau_plus, n_neg = self.debiased_tau_plus, negative_mask.sum(1)
-            estimate = (negatives.exp().sum(1) - tau_plus * n_neg * positive.exp()) / (1 - tau_plus)
+            estimate = (log_negatives.exp() - tau_plus * n_neg * positive.exp()) / (1 - tau_plus)
             log_negatives = torch.log(torch.maximum(estimate, n_neg * torch.exp(torch.tensor(-1.0 / self.temperature))))
-        else:
-            log_negatives = torch.logsumexp(negatives, dim=1)
         log_denominator = log_negatives if self.decoupled else torch.logaddexp(positive, log_negatives)
         return (log_denominator - positive).mean()

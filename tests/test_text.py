@@ -1,0 +1,171 @@
+"""Text: tokenizers, text sources (skipped rows counted), EDA views, text encoders, the bag-of-n-grams baseline, SimCSE."""
+
+from __future__ import annotations
+
+import pickle
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_train.data.text import LEXNAMES, TextFiles, WordNetGlosses, read_rows, synonym_table
+from ssl_train.data.text_views import STOP_WORDS, TextEdits, TextViewRecipe, TextViews
+from ssl_train.data.tokenizers import BOS, EOS, PAD, BPETokenizer, ByteTokenizer, bpe_tokenizer
+from ssl_train.errors import UserError
+from ssl_train.eval.baselines import RawInput, bag_of_ngrams
+from ssl_train.losses import InfoNCELoss
+from ssl_train.text_encoders import CharCNNEncoder, TransformerTextEncoder
+
+CORPUS = ["the cat sat on the mat", "a dog chased the cat", "the bird sang in the tree", "dogs and cats are animals"] * 5
+
+
+def test_byte_tokenizer_frames_utf8_bytes_and_round_trips() -> None:
+    tokenizer = ByteTokenizer(max_length=8)
+    ids = tokenizer("hé")
+    assert ids.tolist() == [BOS, ord("h") + 3, 0xC3 + 3, 0xA9 + 3, EOS, PAD, PAD, PAD]
+    assert tokenizer.decode(ids) == "hé"
+    long = tokenizer("abcdefghij")
+    assert long.tolist() == [BOS, *[ord(c) + 3 for c in "abcdef"], EOS]  # cut to max_length with BOS/EOS kept
+    assert tokenizer.encode_batch(["a", "bc"]).shape == (2, 8)
+    with pytest.raises(UserError, match="max_length must be an integer >= 3"):
+        ByteTokenizer(max_length=2)
+
+
+def test_bpe_learns_merges_keeps_special_ids_and_survives_save_and_pickle(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    tokenizer = bpe_tokenizer(CORPUS, vocab_size=320, max_length=16, min_frequency=1)
+    ids = tokenizer("the cat sat")
+    assert ids[0] == BOS and EOS in ids.tolist() and ids.tolist().index(EOS) < len("the cat sat") + 1  # merges: fewer tokens than bytes
+    assert tokenizer.decode(ids).strip() == "the cat sat"
+    tokenizer.save(tmp_path / "tokenizer.json")
+    reloaded = BPETokenizer.from_file(tmp_path, max_length=16)
+    assert torch.equal(reloaded("a dog sang"), tokenizer("a dog sang"))
+    assert torch.equal(pickle.loads(pickle.dumps(tokenizer))("the bird"), tokenizer("the bird"))  # goes to loader workers
+    with pytest.raises(UserError, match="no tokenizer.json"):
+        BPETokenizer.from_file(tmp_path / "nowhere")
+
+
+def test_text_files_skip_and_count_bad_rows_and_map_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    train = tmp_path / "train.csv"
+    train.write_bytes(b"text,label\nthe cat sat,animal\n\xff\xfe broken,animal\n,animal\na red car,vehicle\nno label here,\nthe dog ran,animal\n")
+    texts, labels, skips = read_rows(train, "text", "label")
+    assert texts == ["the cat sat", "a red car", "the dog ran"] and labels == ["animal", "vehicle", "animal"]
+    assert skips.reasons == Counter({"not UTF-8": 1, "no 'text'": 1, "no 'label'": 1})  # an empty value is a missing one
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"text": "a blue bus", "label": "vehicle"}\nnot json\n{"text": "a fish", "label": "plant"}\n\n{"label": "animal"}\n')
+    splits = TextFiles(str(train), str(test)).load()
+    assert splits.modality == "text" and splits.class_names == ("animal", "vehicle") and splits.num_classes == 2
+    assert [splits.test[i] for i in range(len(splits.test))] == [("a blue bus", 1)]  # 'plant' is not a train label: skipped
+    assert splits.train.skipped == 3 and splits.test.skipped == 4  # not JSON, empty line, no 'text', unseen label
+    assert splits.channels == ByteTokenizer.vocab_size and torch.equal(splits.tokenizer("a"), ByteTokenizer()("a"))
+    assert "skipped 3 row(s)" in caplog.text
+    tsv = tmp_path / "lines.txt"
+    tsv.write_text("pos\tgreat film\nneg\tdull plot\nno tab here\npos\tloved it\nneg\tboring\n")
+    held_out = TextFiles(str(tsv), test_fraction=0.25).load()
+    assert len(held_out.train) == 3 and len(held_out.test) == 1 and held_out.train.skipped == 1
+    with pytest.raises(UserError, match="no column 'words'"):
+        TextFiles(str(train), text_column="words").load()
+
+
+def test_embedded_wordnet_glosses_hold_45_lexicographer_files() -> None:
+    splits = WordNetGlosses().load()
+    assert (len(splits.train), len(splits.test)) == (8388, 1686) and splits.num_classes == len(LEXNAMES) == 45
+    assert set(splits.train.labels.tolist()) == set(range(45))
+    text, label = splits.train[0]
+    assert isinstance(text, str) and len(text) > 10 and splits.class_names[label] in LEXNAMES
+    assert len(WordNetGlosses(train_limit=100, test_limit=10).load().train) == 100
+
+
+def test_synonym_table_joins_the_lemmas_of_every_synset_a_word_is_in() -> None:
+    table = synonym_table([["car", "auto", "automobile"], ["car", "railcar"], ["take a breath", "breathe"]])
+    assert table["car"] == ["auto", "automobile", "railcar"] and table["auto"] == ["automobile", "car"]
+    assert table["breathe"] == ["take a breath"] and "take a breath" not in table  # multi-word lemmas are replacements only
+
+
+SYNONYMS = {"quick": ["fast", "speedy"], "fox": ["reynard"], "jumps": ["leaps"], "the": ["thee"]}
+SENTENCE = "the quick brown fox jumps over the lazy dog"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eda_edits_do_what_the_reference_does(seed: int) -> None:
+    random.seed(seed)
+    words = SENTENCE.split()
+    replaced = TextEdits(TextViewRecipe(synonym_fraction=0.3), SYNONYMS).replace_synonyms(words)
+    changed = [(a, b) for a, b in zip(words, replaced, strict=True) if a != b]
+    assert len(changed) == 2 and all(b in SYNONYMS[a] for a, b in changed)  # n = max(1, int(0.3 * 9)); never a stop word ('the')
+    inserted = TextEdits(TextViewRecipe(insert_fraction=0.25), SYNONYMS).insert_synonyms(words)
+    assert len(inserted) == 11 and Counter(inserted) - Counter(words) <= Counter({s: 2 for s in ["fast", "speedy", "reynard", "leaps"]})
+    swapped = TextEdits(TextViewRecipe(swap_fraction=0.2), SYNONYMS).swap(words)
+    assert sorted(swapped) == sorted(words)
+    deleted = TextEdits(TextViewRecipe(delete_prob=0.99), SYNONYMS).delete(words)
+    assert len(deleted) == 1 and deleted[0] in words  # one word always stays
+    cropped = TextEdits(TextViewRecipe(crop_scale=(0.5, 0.5)), SYNONYMS).crop(words)
+    assert " ".join(cropped) in SENTENCE and len(cropped) == round(9 * 0.5)
+    assert "the" in STOP_WORDS
+
+
+def test_text_views_apply_one_edit_per_view_and_tokenise() -> None:
+    random.seed(0)
+    views = TextViews(ByteTokenizer(64), num_global=2, recipe={"swap_fraction": 0.2, "delete_prob": 0.3}, synonyms=None)
+    texts = [views.texts(SENTENCE) for _ in range(50)]
+    for view in (t for pair in texts for t in pair):
+        same_words = sorted(view.split()) == sorted(SENTENCE.split())
+        assert same_words or set(view.split()) <= set(SENTENCE.split())  # a swap, or a deletion: never both changed order and words
+    assert any(len(v.split()) < 9 for pair in texts for v in pair) and any(v != SENTENCE and len(v.split()) == 9 for pair in texts for v in pair)
+    tokens = views(SENTENCE)
+    assert len(tokens) == 2 and tokens[0].shape == (64,) and tokens[0].dtype == torch.long
+    identity = TextViews(ByteTokenizer(64), recipe={}, synonyms=None)
+    assert identity.texts(SENTENCE) == [SENTENCE, SENTENCE]  # SimCSE: the noise is the encoder's dropout
+    with pytest.raises(ValueError, match="synonyms is null"):
+        TextViews(ByteTokenizer(64), recipe={"synonym_fraction": 0.1}, synonyms=None)
+    with pytest.raises(ValueError, match="unknown view setting"):
+        TextViews(ByteTokenizer(64), recipe={"shuffle": 0.1}, synonyms=None)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2),
+    lambda: TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2, downsample=1, pooling="cls"),
+    lambda: TransformerTextEncoder(300, width=32, depth=1, heads=2),
+    lambda: CharCNNEncoder(ByteTokenizer.vocab_size, embed_dim=16, channels=8),
+])
+def test_text_encoders_ignore_padding(make) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    encoder = make().eval()
+    short = ByteTokenizer(32).encode_batch(["a short text", "another one, longer than that"])
+    padded = F.pad(short, (0, 32))  # the same texts with 32 more padding tokens
+    with torch.no_grad():
+        assert torch.allclose(encoder(short), encoder(padded), atol=1e-5)
+        assert encoder(short).shape == (2, encoder.out_dim)
+        assert not torch.allclose(encoder(short)[0], encoder(short)[1])
+
+
+def test_byte_transformer_merges_four_bytes_per_position_by_default() -> None:
+    assert TransformerTextEncoder(ByteTokenizer.vocab_size).downsample == 4 and TransformerTextEncoder(4000).downsample == 1
+    encoder = TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2)
+    features, padding = encoder.token_features(ByteTokenizer(30).encode_batch(["abcdef"]))
+    assert features.shape == (1, 8, 32) and padding[0].tolist() == [False, False] + [True] * 6  # 8 bytes (BOS..EOS) -> 2 positions
+    with pytest.raises(ValueError, match="max_positions"):
+        TransformerTextEncoder(300, width=32, depth=1, heads=2, max_positions=8)(torch.ones(1, 9, dtype=torch.long))
+
+
+def test_bag_of_ngrams_counts_what_a_loop_counts() -> None:
+    tokens = torch.tensor([[1, 5, 6, 5, 6, 2, 0, 0], [1, 7, 2, 0, 0, 0, 0, 0]])
+    features = bag_of_ngrams(tokens, dim=1 << 20)
+    for row, ids in enumerate(([1, 5, 6, 5, 6, 2], [1, 7, 2])):
+        expected = sum(len(ids) - n + 1 for n in (1, 2, 3) if len(ids) >= n)
+        assert features[row].expm1().sum().round() == expected  # every n-gram of the non-padding tokens, none across padding
+        assert features[row].expm1().max().round() == max(Counter(zip(ids, ids[1:], strict=False)).values() or [1])  # (5, 6) twice
+    assert torch.equal(RawInput()(tokens), bag_of_ngrams(tokens))  # the raw-input baseline of texts
+
+
+def test_simcse_loss_is_the_reference_cross_entropy_over_cosine_similarities() -> None:
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 32), torch.randn(16, 32)
+    temp = 0.05
+    # princeton-nlp/SimCSE simcse/models.py cl_forward: cos_sim = Similarity(temp)(z1.unsqueeze(1), z2.unsqueeze(0)); CE(cos_sim, arange)
+    cos_sim = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1) / temp
+    reference = F.cross_entropy(cos_sim, torch.arange(16))
+    assert torch.allclose(InfoNCELoss(temperature=temp)(z1, z2), reference, atol=1e-5)
