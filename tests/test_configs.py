@@ -67,7 +67,7 @@ SEQUENCE_CONTEXT = ["method=cpc", "data=seq_fashion_mnist"]
 GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "graph_arrays"), ("data", "wordnet_graph"),
                  ("augment", "graph"), ("augment", "graph_identity"), ("backbone", "gcn"),
                  ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
-TEXT_OPTIONS = {("data", "wordnet_glosses"), ("data", "text_files"), ("augment", "text_eda"), ("augment", "text_identity"),
+TEXT_OPTIONS = {("data", "wordnet_glosses"), ("data", "text_files"), ("augment", "text_eda"), ("augment", "text_identity"), ("augment", "text_crop"),
                 ("backbone", "transformer_small"), ("backbone", "char_cnn"), ("method", "simcse"), ("head", "simcse_mlp")}
 TEXT_CONTEXT = ["method=simcse", "data.source.train_limit=64", "data.source.test_limit=16"]
 PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data", "caption_table"), ("augment", "clip"), ("method", "clip"),

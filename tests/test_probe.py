@@ -123,3 +123,24 @@ def test_whitened_solver_reaches_the_plain_optimum(l2: float) -> None:
         assert objective(ours).item() == pytest.approx(objective(reference).item(), rel=1e-4)
         assert torch.allclose(ours.weight, reference.weight, atol=2e-3)
         assert ours.weight[:, -2:].abs().max() == 0  # directions the data never spans get no weight
+
+
+def test_eval_entry_evaluates_both_towers_of_a_clip_checkpoint_as_the_run_did(tmp_path: Path) -> None:
+    trained = run(compose_config(["method=clip", "text_encoder.width=32", "text_encoder.heads=2", "baseline=false"], tmp_path / "train"))
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    same_probe = ["eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]  # the run's (tiny) protocol
+    metrics = probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[zero_shot,retrieval,linear]", *same_probe], tmp_path / "eval", config_name="probe"))
+    for key in ("zero_shot_top1", "zero_shot_top5", "retrieval_image_to_text_r1", "retrieval_text_to_image_r5", "linear_top1"):
+        assert metrics[key] == pytest.approx(trained[key], abs=1e-6), key  # same weights, same test pairs, same tokenizer
+    with pytest.raises(UserError, match="need an image-text checkpoint"):
+        run(compose_config(["probe=false", "baseline=false"], tmp_path / "simclr"))
+        probe_checkpoint(compose_config([f"ckpt_path={tmp_path / 'simclr' / 'checkpoints' / 'last.ckpt'}", "eval=[zero_shot]"], tmp_path / "e2",
+                                        config_name="probe"))
+
+
+def test_eval_entry_probes_a_text_checkpoint(tmp_path: Path) -> None:
+    trained = run(compose_config(["method=simcse", "backbone.width=32", "backbone.heads=2", "baseline=false"], tmp_path / "train"))
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    same_probe = ["eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]
+    metrics = probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[linear]", *same_probe], tmp_path / "eval", config_name="probe"))
+    assert metrics["linear_top1"] == pytest.approx(trained["linear_top1"], abs=1e-6) and "raw_input_linear_top1" in metrics
