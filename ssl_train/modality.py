@@ -52,6 +52,7 @@ def options_for(group: str, modality: str) -> tuple[str, ...]:
         if not isinstance(node, dict):
             continue
         if group == "data":  # a data option's modality is its source's; image sources declare none
+            node = node["data"] if isinstance(node.get("data"), dict) else node  # an option in the global package nests under `data`
             target = (node.get("source") or {}).get("_target_")
             declared = (modalities_of(target) or ("image",)) if target else None
         else:

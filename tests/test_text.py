@@ -169,3 +169,39 @@ def test_simcse_loss_is_the_reference_cross_entropy_over_cosine_similarities() -
     cos_sim = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1) / temp
     reference = F.cross_entropy(cos_sim, torch.arange(16))
     assert torch.allclose(InfoNCELoss(temperature=temp)(z1, z2), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data=wordnet_glosses"], "augment=simclr takes image data, but data=wordnet_glosses holds texts; augment options for text data: "
+                               "text_crop, text_eda, text_identity"),
+    (["method=simcse", "backbone=small_resnet"], "backbone=small_resnet takes image data, but data=wordnet_glosses holds texts; "
+                                                 "backbone options for text data: char_cnn, transformer_small"),
+    (["method=clip", "data=default"], "method=clip takes image_text data, but data=default holds images; data options for image_text data: "
+                                      "caption_folder, caption_table, fmnist_captions"),
+])
+def test_text_and_pair_mismatches_stop_with_one_line_naming_what_fits(overrides: list[str], message: str, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from ssl_train.build import build
+    from tests.conftest import CONFIG_DIR, compose_config
+
+    cfg = compose_config(overrides, tmp_path)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        HydraConfig.instance().set_config(compose("train", overrides=overrides, return_hydra_config=True))
+        with pytest.raises(UserError) as caught:
+            build(cfg)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_clip_without_a_text_tower_is_refused_in_one_line(tmp_path: Path) -> None:
+    from omegaconf import open_dict
+
+    from ssl_train.build import build
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["method=clip"], tmp_path)
+    with open_dict(cfg):
+        cfg.text_encoder = None
+    with pytest.raises(UserError, match="needs a text tower: text_encoder=transformer_small or text_encoder=char_cnn"):
+        build(cfg)
