@@ -69,6 +69,10 @@ RULES: dict[str, Number] = {
     "holdout_fraction": Number(low=0, high=1, open_low=True, open_high=True), "validation_fraction": Number(low=0, high=1, open_high=True),
     "train_limit": Number(integer=True, low=1, nullable=True), "test_limit": Number(integer=True, low=1, nullable=True),
     "gradient_clip_val": Number(low=0, open_low=True, nullable=True),
+    "test_fraction": Number(low=0, high=1, open_low=True, open_high=True), "m_per_class": Number(integer=True, low=1, nullable=True),
+    "hard_negative_beta": NON_NEGATIVE, "init_temperature": TEMPERATURE, "max_length": Number(integer=True, low=3),
+    "captions_per_image": POSITIVE_INT, "delete_prob": FRACTION, "synonym_fraction": NON_NEGATIVE, "insert_fraction": NON_NEGATIVE,
+    "swap_fraction": NON_NEGATIVE,
 }
 
 

@@ -47,6 +47,20 @@ def test_method_specific_keys_are_checked(tmp_path: Path) -> None:
         validate(compose_config(["method=byol", "method.momentum_base=1.5"], tmp_path))
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["loss.hard_negative_beta=-1"], r"loss.hard_negative_beta=-1: must be a finite number >= 0"),
+    (["data.m_per_class=0"], r"data.m_per_class=0: must be an integer >= 1"),
+    (["method=simcse", "tokenizer.max_length=2"], r"tokenizer.max_length=2: must be an integer >= 3"),
+    (["method=simcse", "augment=text_eda", "augment.recipe.delete_prob=1.5"], r"augment.recipe.delete_prob=1.5: must be a finite number in \[0, 1\]"),
+    (["method=clip", "loss.init_temperature=0"], r"loss.init_temperature=0: must be a finite number in \(0, 100\]"),
+    (["method=clip", "data=caption_folder", "data.source.root=x", "data.source.test_fraction=1"],
+     r"data.source.test_fraction=1: must be a finite number in \(0, 1\)"),
+])
+def test_text_and_image_text_keys_are_checked_before_anything_is_built(overrides: list[str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=message):
+        validate(compose_config(overrides, tmp_path))
+
+
 def test_absurd_but_typed_values_that_would_train_silently_wrong_are_refused_or_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     validate(compose_config(["optim.warmup_epochs=50", "trainer.max_epochs=12"], tmp_path))
     assert "optim.warmup_epochs=50 is longer than trainer.max_epochs=12: the learning rate never leaves warm-up" in caplog.text

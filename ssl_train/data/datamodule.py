@@ -158,22 +158,29 @@ class SSLDataModule(pl.LightningDataModule):
         if s.modality == "text":  # a str: its token ids
             return s.tokenizer
         if s.modality == "image_text":  # the probes read the image of a pair (the image tower's features)
-            return ImageOfPair(eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size))
+            return ImageOfPair(self.image_eval_transform())
         if s.modality != "image":  # sequences and waveforms: standardised per feature
             return StandardizeSequence(s.mean, s.std)
+        return self.image_eval_transform()
+
+    def image_eval_transform(self) -> Callable:
+        """The deterministic transform of an image (of an image source or of a pair): resize + centre-crop for files of
+        any size, then scale and normalise with the data's statistics."""
+        s = self.splits
         return eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(TransformedDataset(self.splits.test, self._eval_transform()), self.eval_batch_size, train=False)
 
-    def test_pairs(self) -> Dataset:
-        """The test split of image-caption data as ((image, first caption's token ids), label), for zero-shot and retrieval."""
+    def test_pairs(self, tokenizer: Any = None) -> Dataset:
+        """The test split of image-caption data as ((image, first caption's token ids), label), for zero-shot and
+        retrieval; captions tokenised by `tokenizer` (a checkpoint's training tokenizer), or this data's own."""
         from ssl_train.eval.zero_shot import pairs_for_evaluation  # imported here: evaluation code the training loaders never need
 
         s = self.splits
         if s.modality != "image_text":
             raise UserError(f"zero-shot and retrieval evaluation need image-caption data (e.g. data=fmnist_captions); this data holds {s.modality} samples")
-        return pairs_for_evaluation(s.test, eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size), s.tokenizer)
+        return pairs_for_evaluation(s.test, self.image_eval_transform(), tokenizer or s.tokenizer)
 
     def probe_datasets(self) -> tuple[Dataset, Dataset]:
         """(train, test) with the deterministic evaluation transform, for the offline probe."""

@@ -14,12 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
-from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
 from ssl_train.eval.metrics import alignment, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
-from ssl_train.eval.zero_shot import evaluate_two_tower, pairs_for_evaluation, two_tower_evaluators
+from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES, modalities_of
 from ssl_train.run import claim_output_dir
 from ssl_train.trust import check_stored_config, targets_in
@@ -83,30 +82,30 @@ def _input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[in
     return splits.channels, splits.modality
 
 
-def load_method(ckpt_path: Path, train_cfg: DictConfig, trust: bool = False) -> torch.nn.Module:
+def load_method(ckpt_path: Path, train_cfg: DictConfig, train_splits: Any, trust: bool = False) -> torch.nn.Module:
     """The whole trained method of a checkpoint (both towers of CLIP), rebuilt from its config for its training data's
-    input and tokenizer, weights loaded; for evaluations that need more than the encoder (zero-shot, retrieval)."""
+    splits (input and tokenizer), weights loaded; for evaluations that need more than the encoder (zero-shot, retrieval)."""
     from ssl_train.build import build_method
 
-    method = build_method(train_cfg, build_datamodule(train_cfg.data).splits)
+    method = build_method(train_cfg, train_splits)
     _load_weights(method, _sub_state(read_checkpoint(ckpt_path, trust=trust)["state_dict"], "method."), ckpt_path, "method")
     return method
 
 
 def evaluate_checkpoint_towers(ckpt_path: Path, train_cfg: DictConfig, datamodule: Any, evaluators: dict[str, Any], device: torch.device,
-                               trust: bool = False) -> dict[str, float]:
-    """Zero-shot / retrieval of an image-text checkpoint on `datamodule`'s test pairs, captions tokenised as in training."""
+                               trust: bool = False, on_training_data: bool = False) -> dict[str, float]:
+    """Zero-shot / retrieval of an image-text checkpoint on `datamodule`'s test pairs, captions tokenised as in training
+    (`on_training_data`: `datamodule` is the checkpoint's own training data, not loaded a second time)."""
     if not evaluators:
         return {}
     if "image_text" not in (modalities_of(train_cfg.method) or ()):
         raise UserError(f"eval={','.join(evaluators)}: {'/'.join(evaluators)} need an image-text checkpoint (method=clip); "
                         f"{ckpt_path} holds method={train_cfg.method.get('name')}")
-    method = load_method(ckpt_path, train_cfg, trust)
-    tokenizer = build_datamodule(train_cfg.data).splits.tokenizer
-    splits = datamodule.splits
-    pairs = pairs_for_evaluation(splits.test, eval_transform(splits.mean, splits.std, None if splits.fixed_size else splits.image_size),
-                                 tokenizer)
-    return evaluate_two_tower(method, pairs, tokenizer, splits.class_names or (), evaluators, device, datamodule.eval_batch_size)
+    train_splits = datamodule.splits if on_training_data else build_datamodule(train_cfg.data).splits
+    method = load_method(ckpt_path, train_cfg, train_splits, trust)
+    tokenizer = train_splits.tokenizer
+    return evaluate_two_tower(method, datamodule.test_pairs(tokenizer), tokenizer, datamodule.splits.class_names or (), evaluators, device,
+                              datamodule.eval_batch_size)
 
 
 def beside(ckpt_path: Path, name: str = "metrics", suffix: str = ".json") -> Path:
@@ -132,7 +131,8 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     evaluators = build_evaluators(cfg.eval)
     pair_evaluators = two_tower_evaluators(evaluators)
     evaluators = {name: e for name, e in evaluators.items() if name not in pair_evaluators}
-    pair_metrics = evaluate_checkpoint_towers(ckpt_path, train_cfg, datamodule, pair_evaluators, device, cfg.get("trust_checkpoint", False))
+    pair_metrics = evaluate_checkpoint_towers(ckpt_path, train_cfg, datamodule, pair_evaluators, device, cfg.get("trust_checkpoint", False),
+                                              on_training_data=cfg.get("data") is None)
     result = pair_metrics | evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device, datamodule.eval_batch_size)
     metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
     if "repr" in evaluators and getattr(datamodule.views(), "pairs_per_sample", True):  # alignment: the run's own views of test samples

@@ -36,7 +36,6 @@ def normalised_std(z: torch.Tensor) -> float:
     return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
 
 
-@torch.no_grad()
 def two_views(make: Any) -> tuple[Any, Any]:
     """The first two views `make()` returns; a one-view pipeline (CPC, DIM) is drawn twice (two independent draws)."""
     views = list(make())
@@ -45,6 +44,7 @@ def two_views(make: Any) -> tuple[Any, Any]:
     return views[0], views[1]
 
 
+@torch.no_grad()
 def positive_pair_features(
     encoder: torch.nn.Module, views: Any, images: list[torch.Tensor], device: str | torch.device = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
