@@ -22,6 +22,7 @@ from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
 from ssl_train.modality import check_fits, modalities_of
 from ssl_train.module import SSLModule
+from ssl_train.tracking.trackers import TrackerRunsInCheckpoint, build_loggers
 from ssl_train.validate import validate
 
 
@@ -49,6 +50,8 @@ def instantiate(group: str, node: Any, *args: Any, **kwargs: Any) -> Any:
         raise
     except Exception as error:  # noqa: BLE001 - re-raised as a user-facing error with its cause chained
         cause = _root_cause(error)
+        if isinstance(cause, UserError):  # a component's own one-line message, raised inside hydra's instantiate
+            raise cause from None
         raise UserError(f"{group}={group_choice(group)}: {type(cause).__name__}: {cause}") from error
 
 
@@ -132,13 +135,16 @@ def build_method(cfg: DictConfig, splits: Any) -> Any:
     return instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss, **extra)
 
 
-def build(cfg: DictConfig) -> Built:
-    """One pass, each object finished when made: Trainer -> data + views -> encoder, head, loss -> method -> module."""
+def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
+    """One pass, each object finished when made: Trainer -> data + views -> encoder, head, loss -> method -> module.
+
+    `tracker_runs` ({'wandb': id, 'mlflow': run id} from the checkpoint being resumed) makes those trackers continue their runs."""
     validate(cfg)
     # ResumeState first: its batch-end position must be current when another callback (Preemption) saves a checkpoint
     callbacks = [ResumeState(), *(instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None)]
-    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
-    logger = instantiate("logger", cfg.logger) if cfg.get("logger") else False
+    callbacks += [ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)), TrackerRunsInCheckpoint()]
+    loggers = build_loggers(cfg.get("logger"), lambda node, **extra: instantiate("logger", node, **extra), tracker_runs)
+    logger = loggers or False
     if logger is False:  # nothing to log learning rates to (Lightning would stop with a MisconfigurationException)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     checkpoint_io = AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))

@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build, build_evaluators, group_choice
 from ssl_train.callbacks import Preemption
-from ssl_train.checkpoint_io import first_line, state_dict_mismatch
+from ssl_train.checkpoint_io import first_line, read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES
+from ssl_train.tracking.trackers import RESUMABLE, abandon_trackers, command_line, git_commit, log_run_end, log_run_start, stored_tracker_runs
 from ssl_train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,32 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
         raise
 
 
+def hydra_overrides() -> list[str] | None:
+    """The command-line overrides of this Hydra run (None outside a Hydra app: tests, the Python API)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return None
+
+
+def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
+    """ckpt_path resolved (`last` or a file), else the checkpoint of a preempted run in this directory; None: a fresh start."""
+    if not cfg.pretrain:
+        return None
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.runs_dir), output_dir)
+    if ckpt_path is None and (ckpt_path := preempted_checkpoint(output_dir)):
+        log.info("resuming the preempted run in %s from %s", output_dir, ckpt_path)
+    return ckpt_path
+
+
+def tracker_runs_to_continue(cfg: DictConfig, ckpt_path: str | None) -> dict[str, str]:
+    """The W&B / MLflow run ids stored in the checkpoint being resumed, when this run logs to such a tracker."""
+    resumable = any(node is not None and node.get("_target_") in RESUMABLE for node in (cfg.get("logger") or {}).values())
+    return stored_tracker_runs(read_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))) if ckpt_path and resumable else {}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pretrain the configured method, then linear-probe its encoder; returns (and writes) the metrics."""
     validate(cfg)  # before anything is created on disk
@@ -142,8 +169,20 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
     started = time.time()
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    built = build(cfg)
+    ckpt_path = checkpoint_to_resume(cfg, output_dir)
+    built = build(cfg, tracker_runs_to_continue(cfg, ckpt_path))
+    try:
+        return _train_and_evaluate(cfg, built, ckpt_path, output_dir, metrics_path, started)
+    except BaseException as error:
+        abandon_trackers(built.trainer.loggers, getattr(error, "exit_code", 1))
+        raise
+
+
+def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, output_dir: Path, metrics_path: Path, started: float) -> dict[str, Any]:
     trainer, datamodule = built.trainer, built.datamodule
+    if trainer.is_global_zero:
+        log_run_start(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), git_commit(), command_line(hydra_overrides()),
+                      [output_dir / "config_resolved.yaml"], resumed_from=ckpt_path)
     metrics: dict[str, Any] = {
         "method": cfg.method.get("name", group_choice("method")),
         "backbone": component_name("backbone", cfg.backbone), "data": component_name("data", cfg.data),
@@ -183,9 +222,6 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
         metrics.update({f"random_init_{k}": v for k, v in evaluate_pairs(copy.deepcopy(built.method)).items()})
     if cfg.pretrain:
         fit_started = time.time()
-        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, Path(cfg.paths.runs_dir), output_dir)
-        if ckpt_path is None and (ckpt_path := preempted_checkpoint(output_dir)):
-            log.info("resuming the preempted run in %s from %s", output_dir, ckpt_path)
         fit(trainer, built.module, datamodule, ckpt_path, output_dir)
         (output_dir / Preemption.MARKER).unlink(missing_ok=True)
         metrics.update({"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)})
@@ -202,6 +238,7 @@ def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        log_run_end(trainer.loggers, metrics, trainer.global_step, [metrics_path])
         raw_name = RAW_INPUT_NAMES[splits.modality]
         summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics, raw_name) if "linear_top1" in metrics else "no probe"
         if "knn_k20_top1" in metrics:
