@@ -118,6 +118,11 @@ class TorchvisionResNet(nn.Module):
         model.fc = nn.Identity()
         self.model = model
 
+    @property
+    def portable_module(self) -> nn.Module:
+        """The torchvision model itself: exports carry torchvision's key names (ssl_train.portable)."""
+        return self.model
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 

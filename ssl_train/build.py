@@ -5,6 +5,7 @@ Any failure is reported as one line naming the group and choice, e.g. "backbone=
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ssl_train.callbacks import ConfigInCheckpoint, ResumeState
 from ssl_train.checkpoint_io import AtomicCheckpointIO
@@ -22,6 +23,7 @@ from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
 from ssl_train.modality import check_fits, modalities_of
 from ssl_train.module import SSLModule
+from ssl_train.portable import load_initial_weights
 from ssl_train.tracking.trackers import TrackerRunsInCheckpoint, build_loggers
 from ssl_train.validate import validate
 
@@ -69,13 +71,19 @@ class Built:
         return self.method.backbone
 
 
-def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image") -> Any:
-    """The backbone of `cfg` for inputs with `in_channels` channels (features per step for sequences), random init.
+def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", initial_weights: bool = True) -> Any:
+    """The backbone of `cfg` for inputs with `in_channels` channels (features per step for sequences): random init, or
+    `backbone.weights` (ssl_train.portable.load_initial_weights) unless `initial_weights` is false (a checkpoint's own
+    weights replace them anyway).
 
     An encoder class that serves several modalities (the recurrent encoder: sequences and waveforms) is told which."""
     serves = modalities_of(cfg.backbone) or ()
     extra = {"modality": modality} if len(serves) > 1 else {}
-    return instantiate("backbone", instantiate("backbone", cfg.backbone), in_channels=in_channels, **extra)
+    node = copy.copy(cfg.backbone)
+    with open_dict(node):
+        weights = node.pop("weights", None)
+    encoder = instantiate("backbone", instantiate("backbone", node), in_channels=in_channels, **extra)
+    return load_initial_weights(encoder, weights, trust=bool(cfg.get("trust_checkpoint", False))) if weights and initial_weights else encoder
 
 
 def check_components_fit(cfg: DictConfig, modality: str) -> None:
@@ -117,10 +125,10 @@ def use_compile(setting: bool | str, on_cuda: bool) -> bool:
     raise UserError(f"compile must be true, false or auto, got {setting!r}")
 
 
-def build_method(cfg: DictConfig, splits: Any) -> Any:
+def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> Any:
     """Encoder (for the data's input), head, loss -> the method, random init; image-text methods also get a text tower
     (`text_encoder` group) for the data's tokenizer."""
-    backbone = build_encoder(cfg, splits.channels, splits.modality)
+    backbone = build_encoder(cfg, splits.channels, splits.modality, initial_weights)
     projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
     loss = instantiate("loss", cfg.loss)
     method_class = hydra.utils.get_class(cfg.method._target_)

@@ -190,6 +190,8 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, outp
         "effective_lr": built.module.optim.effective_lr(datamodule.batch_size * cfg.trainer.accumulate_grad_batches), "output_dir": str(output_dir),
         "eval_split": "validation" if cfg.data.get("validation_fraction") else "test", "modality": datamodule.splits.modality,
     }
+    if cfg.backbone.get("weights"):  # the random_init_* baseline is then these weights, before this run's training
+        metrics["initial_weights"] = str(cfg.backbone.weights)
     evaluators = build_evaluators(cfg.eval) if cfg.probe else {}
     pair_evaluators = two_tower_evaluators(evaluators)  # zero-shot, retrieval: they read the whole image-text model
     evaluators = {name: e for name, e in evaluators.items() if name not in pair_evaluators}

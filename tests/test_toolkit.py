@@ -1,18 +1,15 @@
-"""Embedding toolkit: export loads without renaming, search/recall, anomaly AUROC on a planted outlier, pictures, CLI."""
+"""Embedding toolkit: search/recall, anomaly AUROC on a planted outlier, pictures, CLI."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 
-from ssl_train.backbones import SmallResNet
 from ssl_train.run import run
-from ssl_train.toolkit import auroc, export_backbone, knn_anomaly_scores, knn_search, mahalanobis_scores, recall_at_k, render_scatter
+from ssl_train.toolkit import auroc, knn_anomaly_scores, knn_search, mahalanobis_scores, recall_at_k, render_scatter
 from ssl_train.toolkit.__main__ import main as toolkit
 from tests.conftest import compose_config
 
@@ -55,30 +52,6 @@ def test_render_scatter_colours_points() -> None:
     image = render_scatter(torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([0, 1]), size=64)
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
     assert (image != 255).any(dim=0).sum() > 0
-
-
-def test_export_small_resnet_loads_unchanged(checkpoint: Path, tmp_path: Path) -> None:
-    card = export_backbone(checkpoint, tmp_path / "export", torchscript=True)
-    state = torch.load(tmp_path / "export" / "backbone.pt")
-    model = SmallResNet(in_channels=1, widths=(8, 16), pool_size=2)  # the default config's 2x2 pooling grid
-    model.load_state_dict(state)  # strict: exactly the same keys
-    assert json.loads((tmp_path / "export" / "model_card.json").read_text())["method"] == "simclr" and card["out_dim"] == 64
-    scripted = torch.jit.load(str(tmp_path / "export" / "backbone.torchscript.pt"))
-    x = torch.randn(2, 1, 28, 28)
-    torch.testing.assert_close(scripted(x), model.eval()(x))
-    again = export_backbone(checkpoint, tmp_path / "export")
-    assert again["export_dir"].endswith("export-1")  # never overwritten
-
-
-def test_export_torchvision_resnet_loads_without_renaming(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    run(compose_config([*QUIET, "backbone=resnet18", "data.batch_size=8", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"], out))
-    export_backbone(out / "checkpoints" / "last.ckpt", tmp_path / "export")
-    model = torchvision.models.resnet18()
-    model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)  # the card says: CIFAR stem, 1 input channel
-    model.maxpool = torch.nn.Identity()
-    missing, unexpected = model.load_state_dict(torch.load(tmp_path / "export" / "backbone.pt"), strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
 
 
 def test_cli_commands_on_checkpoint(checkpoint: Path, tmp_path: Path) -> None:

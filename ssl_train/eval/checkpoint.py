@@ -44,7 +44,7 @@ def load_encoder(
         check_stored_config(checkpoint[ConfigInCheckpoint.KEY], f"ckpt_path {path}", also_allowed)
     train_cfg = OmegaConf.create(checkpoint[ConfigInCheckpoint.KEY])
     backbone_state = _sub_state(checkpoint["state_dict"], "method.backbone.")
-    encoder = build_encoder(train_cfg, *_input_of(train_cfg, backbone_state))
+    encoder = build_encoder(train_cfg, *input_of(train_cfg, backbone_state), initial_weights=False)
     _load_weights(encoder, backbone_state, path, "backbone")
     if features == "projector":
         projector = instantiate("head", instantiate("head", train_cfg.head), in_dim=encoder.out_dim)
@@ -68,7 +68,7 @@ def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int, str]:
+def input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int, str]:
     """(input channels, modality) the stored backbone was built for: an image encoder's from its first conv, a
     sequence/waveform encoder's from its training data (a recurrent encoder has no 2-D conv to read them from)."""
     if not state:
@@ -87,7 +87,7 @@ def load_method(ckpt_path: Path, train_cfg: DictConfig, train_splits: Any, trust
     splits (input and tokenizer), weights loaded; for evaluations that need more than the encoder (zero-shot, retrieval)."""
     from ssl_train.build import build_method
 
-    method = build_method(train_cfg, train_splits)
+    method = build_method(train_cfg, train_splits, initial_weights=False)
     _load_weights(method, _sub_state(read_checkpoint(ckpt_path, trust=trust)["state_dict"], "method."), ckpt_path, "method")
     return method
 

@@ -66,8 +66,8 @@ def _out(args: argparse.Namespace, command: str) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
-    card = export_backbone(args.ckpt, args.out, torchscript=args.torchscript, onnx=args.onnx, trust=args.trust_checkpoint)
-    return {"export_dir": card["export_dir"], "how_to_load": card["how_to_load"]}
+    card = export_backbone(args.ckpt, args.out, fmt=args.format, torchscript=args.torchscript, onnx=args.onnx, trust=args.trust_checkpoint)
+    return {"export_dir": card["export_dir"], "files": sorted(p.name for p in Path(card["export_dir"]).iterdir()), "how_to_load": card["how_to_load"]}
 
 
 def cmd_embed(args: argparse.Namespace) -> dict:
@@ -131,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="python -m ssl_train.toolkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main.add_subparsers(dest="command", required=True)
     specs = {
-        "export": (cmd_export, "backbone state_dict (+ JSON card, --torchscript, --onnx)"),
+        "export": (cmd_export, "encoder as model.safetensors + config.json + README model card (+ --torchscript, --onnx)"),
         "embed": (cmd_embed, "embeddings .npy (+ labels, ids) of a dataset's splits or an image folder"),
         "search": (cmd_search, "top-k neighbours of the test split in the train split, recall@k"),
         "anomaly": (cmd_anomaly, "kNN / Mahalanobis anomaly scores; AUROC with one class held out as the anomaly"),
@@ -148,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", default=None, help="a configs/data option (default: the checkpoint's training data)")
         sub.add_argument("--set", nargs="*", default=[], help="extra overrides for --data, e.g. data.source.root=DIR")
         sub.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    commands.choices["export"].add_argument("--format", choices=["safetensors", "torch"], default="safetensors",
+                                            help="model.safetensors (default) or backbone.pt (torch.save of the state dict)")
     commands.choices["export"].add_argument("--torchscript", action="store_true")
     commands.choices["export"].add_argument("--onnx", action="store_true", help="needs the onnx package")
     commands.choices["embed"].add_argument("--images", default=None, help="a folder of image files to embed instead of a dataset")

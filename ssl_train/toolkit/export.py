@@ -1,25 +1,29 @@
-"""Export a trained backbone as a plain state_dict (+ JSON card, optional TorchScript / ONNX)."""
+"""Export a trained encoder: model.safetensors (or backbone.pt) + config.json + a README model card; optional TorchScript / ONNX.
+
+The folder is what the Hugging Face hub accepts as a model repository (`huggingface-cli upload USER/NAME DIR`, not needed
+to use it) and what `ssl_train.load_encoder(DIR)` and `backbone.weights=DIR` read.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from ssl_train import backbones
 from ssl_train.backbones import TorchvisionResNet
 from ssl_train.build import build_datamodule
-from ssl_train.eval.checkpoint import load_encoder
+from ssl_train.errors import UserError
+from ssl_train.eval.checkpoint import input_of, load_encoder
+from ssl_train.modality import modalities_of
+from ssl_train.portable import CARD_FILE, CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE, encoder_spec, portable_module
+from ssl_train.tracking.trackers import git_commit
 
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+FORMATS = ("safetensors", "torch")
 
 
 def fresh_dir(path: Path) -> Path:
@@ -32,46 +36,103 @@ def fresh_dir(path: Path) -> Path:
     return candidate
 
 
+def how_to_load(encoder: torch.nn.Module, spec: dict[str, Any], weights_file: str) -> dict[str, str]:
+    """Python snippets that rebuild the encoder: with ssl_train, and with only torch + safetensors (+ torchvision)."""
+    read = "safetensors.torch.load_file('model.safetensors')" if weights_file == WEIGHTS_FILE else "torch.load('backbone.pt')"
+    with_ssl_train = "import ssl_train\nencoder = ssl_train.load_encoder('DIR')  # eval mode; encoder(images) -> (N, out_dim) features"
+    if isinstance(encoder, TorchvisionResNet):
+        model = encoder.model
+        lines = ["import safetensors.torch, torch, torchvision", f"model = torchvision.models.{spec.get('arch', 'resnet18')}()"]
+        conv = model.conv1
+        if (conv.in_channels, conv.kernel_size, conv.stride) != (3, (7, 7), (2, 2)):  # stem changes the torchvision model needs
+            lines.append(f"model.conv1 = torch.nn.Conv2d({conv.in_channels}, 64, {conv.kernel_size[0]}, {conv.stride[0]}, {conv.padding[0]}, bias=False)")
+        if isinstance(model.maxpool, torch.nn.Identity):
+            lines.append("model.maxpool = torch.nn.Identity()")
+        lines += ["model.fc = torch.nn.Identity()  # the features, not ImageNet logits", f"model.load_state_dict({read})", "model.eval()"]
+        return {"ssl_train": with_ssl_train, "standalone": "\n".join(lines)}
+    if isinstance(encoder, backbones.SmallResNet):
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "_target_")
+        standalone = "\n".join(["import safetensors.torch", "from modeling import SmallResNet  # modeling.py in this folder: torch + torchvision only",
+                                f"model = SmallResNet({kwargs})", f"model.load_state_dict({read})", "model.eval()"])
+        return {"ssl_train": with_ssl_train, "standalone": standalone}
+    return {"ssl_train": with_ssl_train}
+
+
+def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: dict[str, str]) -> str:
+    """README.md with Hugging Face front matter: what was trained on what, the probe figures beside both baselines, how to load."""
+    method, data = config["method"] or "?", config["data"] or "?"
+    lines = ["---", "library_name: ssl_train", f"tags: [self-supervised-learning, {method}, {config['modality']}-feature-extraction]",
+             f"pipeline_tag: {'image-feature' if config['modality'] == 'image' else 'feature'}-extraction", "---", "",
+             f"# {method} encoder ({config['encoder']['_target_'].rsplit('.', 1)[1]}, {config['out_dim']}-d features)", "",
+             f"Self-supervised with ssl_train: method `{method}` on data `{data}`"
+             + (f", {probe.get('epochs')} epochs ({probe.get('steps')} steps, global batch {probe.get('global_batch_size')})" if probe else "") + ".", ""]
+    if probe:
+        rows = [(label, probe.get(key)) for label, key in (
+            ("linear probe top-1", "linear_top1"), ("kNN (k=20) top-1", "knn_k20_top1"),
+            ("raw input, same linear probe", "raw_input_linear_top1"), ("random-init encoder, same linear probe", "random_init_linear_top1"))]
+        lines += ["| evaluation (frozen features, test split) | top-1 |", "|---|---|"]
+        lines += [f"| {label} | {value:.4f} |" for label, value in rows if value is not None]
+        lines.append("")
+    lines += ["## Input", "", f"Modality `{config['modality']}`" + (
+        f", {config['input']['channels']} channel(s), {config['input']['image_size']} px, normalised with mean {config['input']['mean']} and std "
+        f"{config['input']['std']} (x / 255, then (x - mean) / std)" if config["input"].get("image_size") else "") + ".", "",
+        "## How to load", "", "```python", snippets["ssl_train"], "```", ""]
+    if "standalone" in snippets:
+        lines += ["Without ssl_train (torch + safetensors + torchvision):", "", "```python", snippets["standalone"], "```", ""]
+    lines += ["Continue pretraining from it: `python -m ssl_train backbone.weights=DIR ...` (same `backbone` option and settings).", "",
+              "## Provenance", "", f"- checkpoint: `{config['checkpoint']}`", f"- ssl_train commit: `{config['commit']}`",
+              "- the full training config is in config.json (`training_config`)", "",
+              "Publishing is optional: `huggingface-cli upload USER/NAME DIR` uploads this folder as a model repository.", ""]
+    return "\n".join(lines)
+
+
 def export_backbone(
-    ckpt_path: str | Path, out_dir: str | Path | None = None, torchscript: bool = False, onnx: bool = False, trust: bool = False,
+    ckpt_path: str | Path, out_dir: str | Path | None = None, fmt: str = "safetensors", torchscript: bool = False, onnx: bool = False,
+    trust: bool = False,
 ) -> dict[str, Any]:
-    """Write backbone.pt (a state_dict that loads into the matching torchvision model or SmallResNet with no key renaming),
-    model_card.json, and optionally backbone.torchscript.pt / backbone.onnx. Returns the card."""
+    """Write model.safetensors (or backbone.pt for fmt='torch'), config.json, README.md (+ modeling.py for ssl_train's own
+    CNN; + TorchScript / ONNX when asked) into a new folder. Returns config.json's content plus `export_dir`."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     ckpt_path = Path(ckpt_path).expanduser()
     encoder, cfg = load_encoder(ckpt_path, trust=trust)
+    encoder.eval()
     out = fresh_dir(Path(out_dir) if out_dir else ckpt_path.parent / "export")
-    if isinstance(encoder, TorchvisionResNet):
-        state = encoder.model.state_dict()  # torchvision's own names; the classifier `fc` is absent (load with strict=False)
-        how = f"model = torchvision.models.{cfg.backbone.get('arch', 'resnet18')}(); "
-        how += "model.load_state_dict(torch.load('backbone.pt'), strict=False)  # only fc.* missing"
-        if cfg.backbone.get("small_image_stem"):
-            how += "; first replace conv1 by a 3x3 stride-1 conv and maxpool by nn.Identity() (CIFAR stem)"
+    state = {k: v.contiguous() for k, v in portable_module(encoder).state_dict().items()}
+    in_channels, modality = input_of(cfg, {f"{k}": v for k, v in encoder.state_dict().items()})
+    serves = modalities_of(cfg.backbone) or ()
+    spec = encoder_spec(encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        weights_file = WEIGHTS_FILE
+        save_file(state, str(out / weights_file), metadata={"format": "pt", "library": "ssl_train"})
     else:
-        state = encoder.state_dict()
-        kwargs = {k: v for k, v in cfg.backbone.items() if not k.startswith("_")}
-        how = f"ssl_train.backbones.SmallResNet(in_channels={_in_channels(state)}, **{kwargs})"
-        how += ".load_state_dict(torch.load('backbone.pt'))"
-    torch.save(state, out / "backbone.pt")
+        weights_file = "backbone.pt"
+        torch.save(state, out / weights_file)
+    splits = build_datamodule(cfg.data).splits
     run_metrics = ckpt_path.parent.parent / "metrics.json"
-    card = {
-        "checkpoint": str(ckpt_path.resolve()), "method": cfg.method.get("name"), "backbone": cfg.backbone.get("_target_"),
-        "backbone_config": dict(cfg.backbone), "data": dict(cfg.data.source), "out_dim": int(encoder.out_dim), "how_to_load": how,
-        "probe": json.loads(run_metrics.read_text()) if run_metrics.is_file() else None, "commit": _git_commit(),
-        "config": OmegaConf.to_container(cfg, resolve=False),
+    probe = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
+    image_input = {"channels": splits.channels, "image_size": splits.image_size, "mean": list(splits.mean), "std": list(splits.std)}
+    image_input = image_input if modality == "image" else {}
+    config = {
+        "library": "ssl_train", "encoder": spec, "weights": weights_file, "modality": modality, "out_dim": int(encoder.out_dim), "input": image_input,
+        "method": cfg.method.get("name"), "data": cfg.data.source.get("_target_", "?").rsplit(".", 1)[-1], "checkpoint": str(ckpt_path.resolve()),
+        "commit": git_commit(), "probe": probe, "training_config": OmegaConf.to_container(cfg, resolve=False),
     }
-    size = build_datamodule(cfg.data).splits.image_size
-    example = torch.zeros(1, _in_channels(state), size, size)
-    if torchscript:
-        torch.jit.trace(encoder.eval(), example).save(str(out / "backbone.torchscript.pt"))
-        card["torchscript"] = "backbone.torchscript.pt"
-    if onnx:
-        torch.onnx.export(encoder.eval(), example, str(out / "backbone.onnx"), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
-        card["onnx"] = "backbone.onnx"
-    (out / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
-    card["export_dir"] = str(out)
-    return card
-
-
-def _in_channels(state: dict[str, torch.Tensor]) -> int:
-    return int(next(v for v in state.values() if v.ndim == 4).shape[1])
+    snippets = how_to_load(encoder, spec, weights_file)
+    config["how_to_load"] = snippets
+    if isinstance(encoder, backbones.SmallResNet):
+        (out / MODELING_FILE).write_text(inspect.getsource(backbones))  # torch + torchvision only: the class travels with its weights
+    if modality == "image":
+        example = torch.zeros(1, in_channels, splits.image_size, splits.image_size)
+        if torchscript:
+            torch.jit.trace(encoder, example).save(str(out / "backbone.torchscript.pt"))
+            config["torchscript"] = "backbone.torchscript.pt"
+        if onnx:
+            torch.onnx.export(encoder, example, str(out / "backbone.onnx"), input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+            config["onnx"] = "backbone.onnx"
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    (out / CARD_FILE).write_text(model_card(config, probe, snippets))
+    return {**config, "export_dir": str(out)}

@@ -1,0 +1,116 @@
+"""Portable encoders: a folder with model.safetensors, config.json and a README model card (a layout the Hugging Face hub
+accepts), loaded back with `ssl_train.load_encoder(DIR)` without Hydra; and the weights an encoder starts from
+(`backbone.weights=PATH`: a .safetensors file, an exported folder or an ssl_train checkpoint).
+
+The tensors keep the architecture's own key layout: a torchvision ResNet's state dict is torchvision's (it loads into
+`torchvision.models.resnet18()`), ssl_train's SmallResNet ships its defining source beside it (modeling.py), so an export
+loads with only torch + safetensors (+ torchvision) installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
+from ssl_train.errors import UserError
+from ssl_train.trust import is_allowed
+
+WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, MODELING_FILE = "model.safetensors", "config.json", "README.md", "modeling.py"
+BACKBONE_PREFIX = "method.backbone."
+
+
+def portable_module(encoder: nn.Module) -> nn.Module:
+    """The module whose state dict is exported: the wrapped torchvision/timm model when the encoder wraps one (its own key
+    names), else the encoder itself."""
+    return getattr(encoder, "portable_module", encoder)
+
+
+def encoder_spec(encoder: nn.Module, backbone_cfg: dict[str, Any], in_channels: int, modality: str | None) -> dict[str, Any]:
+    """{'_target_': class path, constructor kwargs...}: what rebuilds `encoder` (random init) without Hydra."""
+    spec = {k: v for k, v in backbone_cfg.items() if not k.startswith("_") and k != "weights"}
+    accepted = inspect.signature(type(encoder)).parameters
+    spec["in_channels"] = in_channels
+    if modality is not None and "modality" in accepted:
+        spec["modality"] = modality
+    return {"_target_": f"{type(encoder).__module__}.{type(encoder).__qualname__}", **spec}
+
+
+def build_from_spec(spec: dict[str, Any], source: str) -> nn.Module:
+    """Instantiate an encoder spec (config.json's `encoder`); only classes of the allowlisted packages are built."""
+    spec = dict(spec)
+    target = str(spec.pop("_target_", ""))
+    if not is_allowed(target):
+        raise UserError(f"{source}: config.json names encoder {target!r}, outside the allowlist of ssl_train.trust: refused")
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise UserError(f"{source}: config.json names encoder {target!r}, which this installation cannot import") from None
+    return cls(**spec)
+
+
+def load_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{key}: reading {path.name} needs the safetensors package (pip install safetensors)") from None
+    try:
+        return load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for truncated/corrupt headers
+        raise UserError(f"{key}: {path} is not a readable .safetensors file ({type(error).__name__}: {error})") from None
+
+
+def load_encoder(path: str | Path) -> nn.Module:
+    """The encoder of an export folder (config.json + model.safetensors), rebuilt without Hydra, in eval mode."""
+    folder = Path(path).expanduser()
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise UserError(f"load_encoder: {folder} is not an ssl_train export (needs {CONFIG_FILE} and {WEIGHTS_FILE}; "
+                        "make one with python -m ssl_train.toolkit export --ckpt CKPT)")
+    config = json.loads(config_path.read_text())
+    encoder = build_from_spec(config["encoder"], str(folder))
+    _load_into(encoder, load_safetensors(folder / WEIGHTS_FILE, "load_encoder"), str(folder), portable=True)
+    return encoder.eval()
+
+
+def _load_into(encoder: nn.Module, state: dict[str, torch.Tensor], source: str, portable: bool) -> None:
+    target = portable_module(encoder) if portable else encoder
+    try:
+        missing, unexpected = target.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise UserError(f"{source}: its weights do not fit this encoder ({state_dict_mismatch(error)}): check backbone.* matches the export") from None
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise UserError(f"{source}: its weights do not fit this encoder ({what}, {len(missing) + len(unexpected)} keys in all): "
+                        "check backbone.* matches the architecture the weights came from")
+
+
+def load_initial_weights(encoder: nn.Module, weights: str | Path, trust: bool = False) -> nn.Module:
+    """`backbone.weights=PATH`: start from given weights — an export folder, a .safetensors file (the export layout) or an
+    ssl_train/Lightning checkpoint (its method.backbone.* tensors) — instead of a random init. Returns `encoder`."""
+    path = Path(weights).expanduser()
+    key = f"backbone.weights={weights}"
+    if path.is_dir():
+        if not (path / WEIGHTS_FILE).is_file():
+            raise UserError(f"{key}: the folder has no {WEIGHTS_FILE} (an export from python -m ssl_train.toolkit export has one)")
+        _load_into(encoder, load_safetensors(path / WEIGHTS_FILE, key), key, portable=True)
+    elif path.suffix == ".safetensors":
+        if not path.is_file():
+            raise UserError(f"{key}: no such file")
+        _load_into(encoder, load_safetensors(path, key), key, portable=True)
+    elif path.is_file():
+        state = read_checkpoint(path, trust=trust, key="backbone.weights")["state_dict"]
+        backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+        if not backbone:
+            raise UserError(f"{key}: the checkpoint holds no {BACKBONE_PREFIX}* weights (not an ssl_train checkpoint?)")
+        _load_into(encoder, backbone, key, portable=False)
+    else:
+        raise UserError(f"{key}: no such file or folder (give a .safetensors file, an export folder or a .ckpt)")
+    return encoder
