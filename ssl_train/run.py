@@ -26,6 +26,7 @@ from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key,
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES
+from ssl_train.tracking.report import write_report
 from ssl_train.tracking.trackers import RESUMABLE, abandon_trackers, command_line, git_commit, log_run_end, log_run_start, stored_tracker_runs
 from ssl_train.validate import validate
 
@@ -240,7 +241,8 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, outp
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-        log_run_end(trainer.loggers, metrics, trainer.global_step, [metrics_path])
+        report_path = write_report(output_dir)
+        log_run_end(trainer.loggers, metrics, trainer.global_step, [metrics_path, report_path])
         raw_name = RAW_INPUT_NAMES[splits.modality]
         summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics, raw_name) if "linear_top1" in metrics else "no probe"
         if "knn_k20_top1" in metrics:
@@ -248,5 +250,5 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, outp
         if "zero_shot_top1" in metrics:
             baseline = f", random-init {metrics['random_init_zero_shot_top1']:.4f}" if "random_init_zero_shot_top1" in metrics else ""
             summary += f", zero-shot top-1 {metrics['zero_shot_top1']:.4f} (chance {metrics['zero_shot_chance']:.4f}{baseline})"
-        print(f"[ssl_train] {metrics['method']}: {summary}; wall time {metrics['wall_time_s']:.0f}s; results in {metrics_path}")
+        print(f"[ssl_train] {metrics['method']}: {summary}; wall time {metrics['wall_time_s']:.0f}s; results in {metrics_path} (report: {report_path})")
     return metrics

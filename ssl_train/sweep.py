@@ -1,4 +1,4 @@
-"""Hydra callback: after a -m sweep, a summary table (CSV + markdown) of every job's metrics at the sweep root."""
+"""Hydra callback: after a -m sweep, a summary table (CSV, markdown, sortable HTML) of every job's metrics at the sweep root."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from ssl_train.tracking.report import write_summary_html
 
 SUMMARY_COLUMNS = (
     "method", "backbone", "data", "linear_top1", "knn_k20_top1", "random_init_linear_top1", "epochs", "steps", "wall_time_s", "train_images_per_s",
@@ -28,7 +30,7 @@ def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write summary.csv (every key) and summary.md (the main columns) into sweep_dir; returns the rows."""
+    """Write summary.csv (every key), summary.md and summary.html (the main columns; jobs link to their report.html) into sweep_dir."""
     rows = collect_sweep(sweep_dir)
     if not rows:
         return rows
@@ -43,11 +45,12 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) and c.endswith("top1") else str(row.get(c, "")) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary_html(sweep_dir, rows, columns)
     return rows
 
 
 class SweepSummary(Callback):
-    """On multirun end, summarise the jobs' metrics.json files at the sweep root (summary.csv, summary.md)."""
+    """On multirun end, summarise the jobs' metrics.json files at the sweep root (summary.csv, summary.md, summary.html)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -81,6 +81,8 @@ def test_sweep_runs_each_job_in_own_dir_and_writes_summary(tmp_path: Path, launc
     assert sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json")) == ["0", "1"]
     summary = (sweep_dir / "summary.md").read_text()
     assert "| 0 | method=simclr | simclr |" in summary and "| 1 | method=byol | byol |" in summary
+    page = (sweep_dir / "summary.html").read_text()
+    assert '<a href="0/report.html">0</a>' in page and '<a href="1/report.html">1</a>' in page and (sweep_dir / "1" / "report.html").is_file()
 
 
 def test_local_multirun_with_ddp_is_refused(tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
         "embed": (cmd_embed, "embeddings .npy (+ labels, ids) of a dataset's splits or an image folder"),
         "search": (cmd_search, "top-k neighbours of the test split in the train split, recall@k"),
         "anomaly": (cmd_anomaly, "kNN / Mahalanobis anomaly scores; AUROC with one class held out as the anomaly"),
-        "map": (cmd_map, "2-D map of embeddings (UMAP / t-SNE if installed, else PCA) as PNG and TensorBoard"),
+        "map": (cmd_map, "2-D map of embeddings (auto: UMAP if umap-learn is installed, else PCA; or --method tsne) as PNG and TensorBoard"),
         "views": (cmd_views, "grid of augmented views of a few training images (what the augment config does)"),
     }
     for name, (function, help_text) in specs.items():

@@ -16,7 +16,8 @@ PALETTE = torch.tensor([
 
 
 def embedding_map(features: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[torch.Tensor, str]:
-    """2-D coordinates of `features`: UMAP if installed, else t-SNE (scikit-learn) if installed, else PCA. Returns (coords, method)."""
+    """2-D coordinates of `features` and the method used: `pca`; `umap` (umap-learn); `tsne` (scikit-learn);
+    `auto`: UMAP when umap-learn is installed, else PCA."""
     x = features.float().numpy()
     if method in ("auto", "umap"):
         try:
@@ -26,14 +27,10 @@ def embedding_map(features: torch.Tensor, method: str = "auto", seed: int = 0) -
         except ImportError:
             if method == "umap":
                 raise
-    if method in ("auto", "tsne"):
-        try:
-            from sklearn.manifold import TSNE  # type: ignore[import-not-found]
+    if method == "tsne":
+        from sklearn.manifold import TSNE  # type: ignore[import-not-found]
 
-            return torch.from_numpy(TSNE(2, random_state=seed, init="pca").fit_transform(x)).float(), "tsne"
-        except ImportError:
-            if method == "tsne":
-                raise
+        return torch.from_numpy(TSNE(2, random_state=seed, init="pca").fit_transform(x)).float(), "tsne"
     centred = features.float() - features.float().mean(0)
     _, _, v = torch.pca_lowrank(centred, q=2, center=False)
     return centred @ v[:, :2], "pca"

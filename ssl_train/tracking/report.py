@@ -1,0 +1,174 @@
+"""report.html per run and summary.html per sweep: self-contained pages (inline SVG curves, PNGs as data URIs, no
+script or style from the network) that open from disk."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ssl_train.tracking.history import FILE as HISTORY_FILE
+from ssl_train.tracking.history import read_history, series
+
+REPORT_FILE, SUMMARY_FILE = "report.html", "summary.html"
+VIEWS_FILE, MAP_PATTERN = "views.png", "embedding_map-epoch{epoch:03d}.png"  # written by tracking.training_pictures
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+CURVES = (  # (title, [(label, history key)])
+    ("Training loss", [("train/loss", "train/loss")]),
+    ("Online linear probe top-1", [("train batches", "probe/online_top1"), ("test split", "val/online_top1")]),
+    ("kNN top-1 (test split)", [("k=20", "val/knn_top1")]),
+    ("Effective rank", [("RankMe", "val/rankme"), ("LiDAR", "val/lidar")]),
+)
+HEADLINE = (  # (label, metrics.json key)
+    ("linear probe top-1", "linear_top1"), ("kNN top-1 (k=20)", "knn_k20_top1"), ("raw input, same probe", "raw_input_linear_top1"),
+    ("random-init encoder, same probe", "random_init_linear_top1"), ("zero-shot top-1", "zero_shot_top1"),
+    ("retrieval mAP@R", "image_retrieval_map_at_r"),
+)
+THROUGHPUT = (("training images/s", "train_images_per_s"), ("optimizer steps", "steps"), ("global batch", "global_batch_size"),
+              ("fit time (s)", "fit_time_s"), ("wall time (s)", "wall_time_s"))
+STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-variant-numeric:tabular-nums}th{background:#f4f4f4}
+th.sortable{cursor:pointer}.grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:.85em;color:#555}
+img.pixels{image-rendering:pixelated;border:1px solid #ddd}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em;max-height:40em}
+.muted{color:#777}"""
+
+
+def _fmt(value: Any) -> str:
+    """Scores with 4 decimals, larger figures (times, images/s) with 1, whole numbers as such."""
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 1:
+            return f"{value:.0f}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    return html.escape(str(value))
+
+
+def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, float]]]], width: int = 500, height: int = 260) -> str:
+    """An inline SVG line chart of (x, y) series with min/max axis labels and a legend; '' when there is nothing to draw."""
+    lines = [(label, points) for label, points in lines if points]
+    if not lines:
+        return ""
+    xs = [x for _, pts in lines for x, _ in pts]
+    ys = [y for _, pts in lines for _, y in pts]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + abs(y0) * 0.1 + 1e-6)
+    left, right, top, bottom = 56, 12, 28, 34
+    sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)
+    sy = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
+             f'<text x="{left}" y="16" font-size="13" font-weight="600">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
+             f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" font-size="10" text-anchor="end">{y1:.4g}</text>',
+             f'<text x="{left - 4}" y="{sy(y0) + 4:.1f}" font-size="10" text-anchor="end">{y0:.4g}</text>',
+             f'<text x="{left}" y="{height - bottom + 14}" font-size="10">{x0:.0f}</text>',
+             f'<text x="{width - right}" y="{height - bottom + 14}" font-size="10" text-anchor="end">{x1:.0f}</text>',
+             f'<text x="{(left + width - right) / 2:.0f}" y="{height - 6}" font-size="10" text-anchor="middle">optimizer step</text>']
+    for i, (label, points) in enumerate(lines):
+        colour = COLOURS[i % len(COLOURS)]
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{coords}"/>')
+        if len(points) < 12:
+            parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in points]
+        parts.append(f'<text x="{width - right - 4}" y="{top + 12 + 13 * i}" font-size="11" text-anchor="end" fill="{colour}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _png(path: Path, caption: str, width: int) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img class="pixels" src="data:image/png;base64,{data}" width="{width}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _epoch_of(path: Path) -> int:
+    found = re.search(r"epoch(\d+)", path.name)
+    return int(found.group(1)) if found else -1
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{html.escape(label)}</th><td>{_fmt(value)}</td></tr>" for label, value in rows) + "</table>"
+
+
+def render_report(metrics: Mapping[str, Any], config_text: str, history: list[dict[str, Any]], pictures_dir: Path | None, title: str) -> str:
+    """The report page as a string (no file access beyond reading the PNGs under `pictures_dir`)."""
+    headline = [(label, metrics[key]) for label, key in HEADLINE if key in metrics]
+    if metrics.get("initial_weights"):
+        headline = [(label.replace("random-init", "initial (backbone.weights)"), value) for label, value in headline]
+    charts = [line_chart(name, [(label, series(history, key)) for label, key in lines]) for name, lines in CURVES]
+    charts = [c for c in charts if c]
+    pictures = []
+    if pictures_dir is not None and pictures_dir.is_dir():
+        maps = sorted(pictures_dir.glob("embedding_map-epoch*.png"), key=_epoch_of)
+        if maps:
+            pictures.append(_png(maps[-1], f"embedding map of the test split after epoch {_epoch_of(maps[-1])}, coloured by label", 420))
+            pictures += [_png(p, f"after epoch {_epoch_of(p)}", 160) for p in maps[:-1][-4:]]
+        if (pictures_dir / VIEWS_FILE).is_file():
+            pictures.append(_png(pictures_dir / VIEWS_FILE, "augmented views fed to the model (one row per image, one column per view)", 160))
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="muted">{_fmt(metrics.get("output_dir", ""))}: method {_fmt(metrics.get("method", "?"))}, backbone '
+            f'{_fmt(metrics.get("backbone", "?"))}, data {_fmt(metrics.get("data", "?"))}, {_fmt(metrics.get("epochs", "?"))} epochs</p>',
+            "<h2>Results</h2>", _table(headline) if headline else '<p class="muted">no probe in this run</p>',
+            "<h2>Curves</h2>", '<div class="grid">' + "".join(charts) + "</div>" if charts else '<p class="muted">no history.jsonl</p>',
+            "<h2>Pictures</h2>", '<div class="grid">' + "".join(pictures) + "</div>" if pictures else '<p class="muted">no pictures</p>',
+            "<h2>Throughput</h2>", _table([(label, metrics[key]) for label, key in THROUGHPUT if key in metrics]),
+            "<h2>All metrics (metrics.json)</h2>", _table(sorted(metrics.items())),
+            "<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>"]
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def write_report(run_dir: Path) -> Path:
+    """<run_dir>/report.html from metrics.json, history.jsonl, pictures/ and config_resolved.yaml."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config_path = run_dir / "config_resolved.yaml"
+    config_text = config_path.read_text() if config_path.is_file() else ""
+    title = f"ssl_train run: {metrics.get('method', '?')} on {metrics.get('data', '?')}"
+    path = run_dir / REPORT_FILE
+    _write_atomically(path, render_report(metrics, config_text, read_history(run_dir / HISTORY_FILE), run_dir / "pictures", title))
+    return path
+
+
+SORT_SCRIPT = """document.querySelectorAll('th.sortable').forEach(function(th){th.addEventListener('click',function(){
+var table=th.closest('table'),body=table.tBodies[0],i=Array.prototype.indexOf.call(th.parentNode.children,th),
+up=th.dataset.order!=='asc';th.dataset.order=up?'asc':'desc';var rows=Array.prototype.slice.call(body.rows);
+rows.sort(function(a,b){var x=a.cells[i].dataset.value||a.cells[i].textContent,y=b.cells[i].dataset.value||b.cells[i].textContent,
+p=parseFloat(x),q=parseFloat(y),c=(!isNaN(p)&&!isNaN(q))?p-q:x.localeCompare(y);return up?c:-c;});
+rows.forEach(function(r){body.appendChild(r);});});});"""
+
+
+def render_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str) -> str:
+    """A sortable table (click a header; inline script, no network) with one row per job, linking each job's report."""
+    head = "".join(f'<th class="sortable">{html.escape(c)}</th>' for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            if column == "job" and row.get("report"):
+                cells.append(f'<td data-value="{html.escape(str(value))}"><a href="{html.escape(str(row["report"]))}">{_fmt(value)}</a></td>')
+            else:
+                cells.append(f'<td data-value="{html.escape(str(value))}">{_fmt(value)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>'
+            f"<body><h1>{html.escape(title)}</h1><p class=\"muted\">{len(rows)} job(s); click a column header to sort</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table><script>{SORT_SCRIPT}</script></body></html>\n")
+
+
+def write_summary_html(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    """<sweep_dir>/summary.html; each job's name links to its report.html when it has one."""
+    linked = [{**row, "report": f"{row['job']}/{REPORT_FILE}" if (sweep_dir / str(row["job"]) / REPORT_FILE).is_file() else None} for row in rows]
+    path = sweep_dir / SUMMARY_FILE
+    _write_atomically(path, render_summary(linked, columns, f"ssl_train sweep {sweep_dir.name}"))
+    return path
