@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 LOGGED_DURING_TRAINING = {  # logged name -> metrics.json key
     "train/images_per_s": "train_images_per_s",  # ThroughputMeter: source images/s over training batches
     "val/online_top1": "online_probe_top1", "val/knn_top1": "online_knn_top1", "val/alignment": "online_alignment",
-    "val/uniformity": "online_uniformity", "val/rankme": "online_rankme", "val/embedding_std": "online_embedding_std",
+    "val/uniformity": "online_uniformity", "val/rankme": "online_rankme", "val/lidar": "online_lidar", "val/embedding_std": "online_embedding_std",
 }
 
 

@@ -38,6 +38,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_history_has_every_step_and_each_evaluation(finished_run: Path) -> None:
     records = read_history(finished_run / "history.jsonl")
     assert [x for x, _ in series(records, "train/loss")] == [1, 2, 3, 4, 5, 6]  # 3 epochs x 2 batches, one record per step
+    assert json.loads((finished_run / "metrics.json").read_text())["online_lidar"] > 1  # LiDAR beside RankMe
+    assert series(records, "val/lidar") and series(records, "val/rankme")
     knn = series(records, "val/knn_top1")
     assert knn and knn[-1][1] == pytest.approx(json.loads((finished_run / "metrics.json").read_text())["online_knn_top1"], abs=1e-6)
 

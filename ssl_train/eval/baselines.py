@@ -22,7 +22,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-RAW_INPUT_EVALUATORS = ("linear", "knn")  # the representation metrics and the SGD probe say nothing about raw pixels
+RAW_INPUT_EVALUATORS = ("linear", "knn", "image_retrieval")  # the representation metrics and the SGD probe say nothing about raw pixels
 
 
 def bag_of_ngrams(tokens: torch.Tensor, dim: int = 4096, orders: tuple[int, ...] = (1, 2, 3)) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
-from ssl_train.eval.metrics import alignment, positive_pair_features
+from ssl_train.eval.metrics import alignment, augmented_view_features, lidar, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES, modalities_of
@@ -139,6 +139,9 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         test = splits.test
         pairs = positive_pair_features(encoder, datamodule.views(), [test[i][0] for i in range(min(len(test), 512))], device)
         metrics["repr_alignment"] = alignment(*pairs)
+        if splits.modality == "image":  # LiDAR: 8 views of each of 256 test images as surrogate classes, as during training
+            images = [test[i][0] for i in range(min(len(test), 256))]
+            metrics["repr_lidar"] = lidar(augmented_view_features(encoder, datamodule.views(), images, 8, device))
     raw = raw_input_baseline(
         ResultCache(cfg.paths.get("cache_dir")), OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True),
         evaluators, lambda model, chosen: evaluate_encoder(model, *datamodule.probe_datasets(), splits.num_classes, chosen, device, datamodule.eval_batch_size),

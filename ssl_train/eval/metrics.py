@@ -1,4 +1,5 @@
-"""Representation metrics: alignment & uniformity (Wang & Isola, ICML 2020), RankMe (Garrido et al., ICML 2023), collapse."""
+"""Representation metrics: alignment & uniformity (Wang & Isola, ICML 2020), RankMe (Garrido et al., ICML 2023), LiDAR
+(Thilak et al., ICLR 2024), collapse."""
 
 from __future__ import annotations
 
@@ -31,6 +32,27 @@ def rankme(z: torch.Tensor, eps: float = 1e-7) -> float:
     return torch.exp(-(p * torch.log(p)).sum()).item()
 
 
+def lidar(features: torch.Tensor, delta: float = 1e-4, eps: float = 1e-7) -> float:
+    """LiDAR (Thilak et al. 2024): the effective rank exp(entropy) of the eigenvalues of the LDA matrix
+    Sigma_w^-1/2 Sigma_b Sigma_w^-1/2, where each of n samples is a surrogate class whose members are its q augmented views.
+    features: (n, q, d). Sigma_b = cov of the n class means, Sigma_w = mean within-class cov + delta * I (delta keeps it
+    invertible when q * n < d or views coincide); eps smooths the entropy as in RankMe."""
+    if features.ndim != 3 or features.shape[1] < 2:
+        raise ValueError(f"lidar: need (n samples, q >= 2 views, d) features, got shape {tuple(features.shape)}")
+    z = features.double()
+    n, q, d = z.shape
+    means = z.mean(dim=1)
+    centred_means = means - means.mean(dim=0)
+    between = centred_means.T @ centred_means / n
+    deviations = (z - means[:, None]).reshape(n * q, d)
+    within = deviations.T @ deviations / (n * q) + delta * torch.eye(d, dtype=z.dtype)
+    values, vectors = torch.linalg.eigh(within)
+    inverse_sqrt = vectors @ torch.diag(values.rsqrt()) @ vectors.T
+    spectrum = torch.linalg.eigvalsh(inverse_sqrt @ between @ inverse_sqrt).clamp_min(0)
+    p = spectrum / spectrum.sum() + eps
+    return torch.exp(-(p * torch.log(p)).sum()).item()
+
+
 def normalised_std(z: torch.Tensor) -> float:
     """Mean over dimensions of the std of L2-normalised embeddings: ~1/sqrt(D) when spread out, 0 when collapsed."""
     return F.normalize(z.float(), dim=1).std(dim=0).mean().item()
@@ -38,10 +60,20 @@ def normalised_std(z: torch.Tensor) -> float:
 
 def two_views(make: Any) -> tuple[Any, Any]:
     """The first two views `make()` returns; a one-view pipeline (CPC, DIM) is drawn twice (two independent draws)."""
-    views = list(make())
-    if len(views) < 2:
-        views += list(make())
-    return views[0], views[1]
+    return tuple(draw_views(make, 2, same_shape=False))
+
+
+def draw_views(make: Any, count: int, same_shape: bool = True) -> list[Any]:
+    """`count` views from repeated calls of `make()` (each returns a list of views); with `same_shape`, only views shaped
+    like the first (multi-crop's small local crops are left out)."""
+    views: list[Any] = []
+    while len(views) < count:
+        made = list(make())
+        if not made:
+            raise ValueError("the view pipeline made no views")
+        reference = views[0] if views else made[0]
+        views += [v for v in made if not same_shape or v.shape == reference.shape]
+    return views[:count]
 
 
 @torch.no_grad()
@@ -60,6 +92,24 @@ def positive_pair_features(
     z_a, z_b = encoder(first).float().cpu(), encoder(second).float().cpu()
     encoder.train(was_training)
     return z_a, z_b
+
+
+@torch.no_grad()
+def augmented_view_features(encoder: torch.nn.Module, views: Any, images: list[torch.Tensor], count: int,
+                            device: str | torch.device = "cpu") -> torch.Tensor:
+    """(n, count, d) features (encoder in eval mode) of `count` views of each image made by the run's own view pipeline:
+    LiDAR's surrogate classes."""
+    was_training = encoder.training
+    encoder.eval().to(device)
+    if getattr(views, "on_device", False):
+        batched, batch = views.batched().to(device), torch.stack(images).to(device)
+        made = draw_views(lambda: batched(batch), count)  # each: (n, C, H, W)
+        features = torch.stack([encoder(v).float().cpu() for v in made], dim=1)
+    else:
+        per_image = [draw_views(lambda image=image: views(image), count) for image in images]
+        features = torch.stack([encoder(torch.stack([m[j] for m in per_image]).to(device)).float().cpu() for j in range(count)], dim=1)
+    encoder.train(was_training)
+    return features
 
 
 def representation_metrics(z: torch.Tensor, z_positive: torch.Tensor | None = None, collapse_threshold: float = 0.01) -> dict[str, float]:

@@ -9,18 +9,23 @@ from torch.utils.data import Subset
 
 from ssl_train.eval.knn import KNNClassifier
 from ssl_train.eval.linear_probe import extract_features
-from ssl_train.eval.metrics import alignment, positive_pair_features, representation_metrics
+from ssl_train.eval.metrics import alignment, augmented_view_features, lidar, positive_pair_features, representation_metrics
 
 
 class OnlineEvaluation(pl.Callback):
     """Every `every_n_epochs`: weighted kNN top-1 on the test split (val/knn_top1) and uniformity, RankMe, std and
-    alignment of backbone features (val/uniformity, ...). Alignment uses two training views of `pairs` test images."""
+    alignment of backbone features (val/uniformity, ...). Alignment uses two training views of `pairs` test images; LiDAR
+    (val/lidar, images only) `lidar_views` training views of each of `lidar_samples` test images (0: off)."""
 
-    def __init__(self, every_n_epochs: int = 2, k: int = 20, temperature: float = 0.07, max_train_samples: int = 5000, pairs: int = 512) -> None:
+    def __init__(self, every_n_epochs: int = 2, k: int = 20, temperature: float = 0.07, max_train_samples: int = 5000, pairs: int = 512,
+                 lidar_samples: int = 256, lidar_views: int = 8) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"callbacks.online_eval.every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs, self.knn = every_n_epochs, KNNClassifier(k=[k], temperature=temperature)
+        if lidar_samples and lidar_views < 2:
+            raise ValueError(f"callbacks.online_eval.lidar_views must be >= 2 (views per surrogate class), got {lidar_views}")
         self.k, self.max_train_samples, self.pairs = k, max_train_samples, pairs
+        self.lidar_samples, self.lidar_views = lidar_samples, lidar_views
 
     @torch.no_grad()
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -47,5 +52,8 @@ class OnlineEvaluation(pl.Callback):
             base = datamodule.splits.test
             z_a, z_b = positive_pair_features(encoder, views, [base[i][0] for i in range(min(len(base), self.pairs))], device)
             metrics["alignment"] = alignment(z_a, z_b)
+            if self.lidar_samples and datamodule.splits.modality == "image":
+                images = [base[i][0] for i in range(min(len(base), self.lidar_samples))]
+                metrics["lidar"] = lidar(augmented_view_features(encoder, views, images, self.lidar_views, device))
         for key, value in metrics.items():
             pl_module.log(f"val/{key}", float(value), rank_zero_only=True)
