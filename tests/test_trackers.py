@@ -92,7 +92,8 @@ def test_killed_then_resumed_run_is_one_run_in_each_tracker(tmp_path: Path, monk
     steps = sorted({m.step for m in client.get_metric_history(stored["mlflow"], "train/loss")})
     assert steps[0] <= 1 and steps[-1] >= 5  # both segments' losses in the one run
     assert runs[0].data.tags["resumed_from"].endswith("last.ckpt") and runs[0].data.params["config/seed"] == "0"
-    assert {a.path for a in client.list_artifacts(stored["mlflow"])} >= {"config_resolved.yaml", "metrics.json"}
+    assert {a.path for a in client.list_artifacts(stored["mlflow"])} >= {"config_resolved.yaml", "metrics.json", "report.html", "pictures"}
+    assert [a.path for a in client.list_artifacts(stored["mlflow"], "pictures/views")] == ["pictures/views/step000001.png"]  # logged once
     assert runs[0].data.metrics["final/steps"] == 6
     assert wandb_run_ids(tmp_path / "job") == {stored["wandb"]}  # two offline segments, one W&B run: `wandb sync` joins them
     assert len(list((tmp_path / "job" / "wandb").glob("offline-run-*"))) == 2
