@@ -71,14 +71,19 @@ class Built:
         return self.method.backbone
 
 
-def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", initial_weights: bool = True) -> Any:
+def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", initial_weights: bool = True, image_size: int | None = None) -> Any:
     """The backbone of `cfg` for inputs with `in_channels` channels (features per step for sequences): random init, or
     `backbone.weights` (ssl_train.portable.load_initial_weights) unless `initial_weights` is false (a checkpoint's own
     weights replace them anyway).
 
-    An encoder class that serves several modalities (the recurrent encoder: sequences and waveforms) is told which."""
+    An encoder class that serves several modalities (the recurrent encoder: sequences and waveforms) is told which; one
+    that declares `needs_image_size` (a ViT) gets `image_size`."""
     serves = modalities_of(cfg.backbone) or ()
-    extra = {"modality": modality} if len(serves) > 1 else {}
+    extra: dict[str, Any] = {"modality": modality} if len(serves) > 1 else {}
+    if getattr(hydra.utils.get_class(cfg.backbone._target_), "needs_image_size", False):  # ViTs: patches and position embeddings
+        if image_size is None:
+            raise UserError(f"backbone={group_choice('backbone')} needs the data's image size")
+        extra["image_size"] = image_size
     node = copy.copy(cfg.backbone)
     with open_dict(node):
         weights = node.pop("weights", None)
@@ -128,15 +133,18 @@ def use_compile(setting: bool | str, on_cuda: bool) -> bool:
 def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> Any:
     """Encoder (for the data's input), head, loss -> the method, random init; image-text methods also get a text tower
     (`text_encoder` group) for the data's tokenizer."""
-    backbone = build_encoder(cfg, splits.channels, splits.modality, initial_weights)
+    backbone = build_encoder(cfg, splits.channels, splits.modality, initial_weights, splits.image_size)
     projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
     loss = instantiate("loss", cfg.loss)
     method_class = hydra.utils.get_class(cfg.method._target_)
     if getattr(projector, "predicts_steps", False) and not getattr(method_class, "uses_step_predictions", False):
         raise UserError(f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
                         "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)")
-    extra = {}
-    if "text_encoder" in inspect.signature(method_class).parameters:
+    extra: dict[str, Any] = {}
+    accepted = inspect.signature(method_class).parameters
+    if "image_size" in accepted:  # masked modelling: the patch grid of the data's images
+        extra.update(image_size=splits.image_size, channels=splits.channels)
+    if "text_encoder" in accepted:
         if cfg.get("text_encoder") is None:
             raise UserError(f"method={group_choice('method')} needs a text tower: text_encoder=transformer_small or text_encoder=char_cnn")
         extra["text_encoder"] = instantiate("text_encoder", instantiate("text_encoder", cfg.text_encoder), in_channels=splits.tokenizer.vocab_size)

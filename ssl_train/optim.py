@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 import torch
@@ -30,13 +30,15 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True) -> list[dict]:
-    """Two groups: weights with decay; biases and norm parameters (ndim <= 1) without it, and not LARS-adapted."""
+def param_groups(module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True, no_decay_names: Sequence[str] = ()) -> list[dict]:
+    """Two groups: weights with decay; biases and norm parameters (ndim <= 1) and parameters whose name contains one of
+    `no_decay_names` (a ViT's pos_embed, cls_token) without it, and not LARS-adapted."""
     decay, no_decay = [], []
-    for _, param in module.named_parameters():
+    for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if exclude_bias_and_norm and param.ndim <= 1 else decay).append(param)
+        excluded = exclude_bias_and_norm and (param.ndim <= 1 or any(part in name for part in no_decay_names))
+        (no_decay if excluded else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
@@ -100,14 +102,15 @@ class OptimRecipe:
     """
 
     def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], lr_scaling: str = "linear", base_batch_size: int = 256,
-                 warmup_epochs: float = 1.0, min_lr_ratio: float = 0.0, exclude_bias_and_norm: bool = True, online_probe_lr: float = 0.1) -> None:
+                 warmup_epochs: float = 1.0, min_lr_ratio: float = 0.0, exclude_bias_and_norm: bool = True, online_probe_lr: float = 0.1,
+                 no_decay_names: Sequence[str] = ()) -> None:
         if not isinstance(optimizer, partial):
             raise UserError("optim.optimizer must be a partial (set `_partial_: true`)")
         if lr_scaling not in LR_SCALING_RULES:
             raise UserError(f"optim.lr_scaling={lr_scaling!r} is not one of {LR_SCALING_RULES}")
         self.optimizer, self.lr_scaling, self.base_batch_size = optimizer, lr_scaling, base_batch_size
         self.warmup_epochs, self.min_lr_ratio, self.exclude_bias_and_norm = warmup_epochs, min_lr_ratio, exclude_bias_and_norm
-        self.online_probe_lr = online_probe_lr
+        self.online_probe_lr, self.no_decay_names = online_probe_lr, tuple(no_decay_names)
 
     @property
     def base_lr(self) -> float:
@@ -120,7 +123,7 @@ class OptimRecipe:
         """Optimizer over `model` (+ `extra_groups`, each with its own 'lr'), and a per-step LambdaLR."""
         lr = self.effective_lr(global_batch)
         weight_decay = float(self.optimizer.keywords.get("weight_decay", 0.0))
-        groups = param_groups(model, weight_decay, self.exclude_bias_and_norm)
+        groups = param_groups(model, weight_decay, self.exclude_bias_and_norm, self.no_decay_names)
         extra = [{"weight_decay": 0.0, "lars_exclude": True, **g} for g in extra_groups]
         optimizer = self.optimizer(groups + extra, lr=lr)
         warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))

@@ -32,11 +32,13 @@ def portable_module(encoder: nn.Module) -> nn.Module:
     return getattr(encoder, "portable_module", encoder)
 
 
-def encoder_spec(encoder: nn.Module, backbone_cfg: dict[str, Any], in_channels: int, modality: str | None) -> dict[str, Any]:
+def encoder_spec(encoder: nn.Module, backbone_cfg: dict[str, Any], in_channels: int, modality: str | None, image_size: int | None = None) -> dict[str, Any]:
     """{'_target_': class path, constructor kwargs...}: what rebuilds `encoder` (random init) without Hydra."""
     spec = {k: v for k, v in backbone_cfg.items() if not k.startswith("_") and k != "weights"}
     accepted = inspect.signature(type(encoder)).parameters
     spec["in_channels"] = in_channels
+    if image_size is not None and "image_size" in accepted:
+        spec["image_size"] = image_size
     if modality is not None and "modality" in accepted:
         spec["modality"] = modality
     return {"_target_": f"{type(encoder).__module__}.{type(encoder).__qualname__}", **spec}

@@ -65,7 +65,7 @@ RULES: dict[str, Number] = {
     "num_global": POSITIVE_INT, "num_local": COUNT, "local_size": POSITIVE_INT, "image_size": Number(integer=True, low=1, nullable=True),
     "crop_min": Number(low=0, high=1, open_low=True), "jitter_strength": NON_NEGATIVE,
     "flip_prob": FRACTION, "jitter_prob": FRACTION, "grayscale_prob": FRACTION, "blur_prob": FRACTION, "solarize_prob": FRACTION,
-    "max_iter": POSITIVE_INT, "search_max_iter": POSITIVE_INT, "max_train_samples": POSITIVE_INT, "pairs": POSITIVE_INT,
+    "max_iter": POSITIVE_INT, "search_max_iter": POSITIVE_INT, "max_train_samples": Number(integer=True, low=1, nullable=True), "pairs": POSITIVE_INT,
     "holdout_fraction": Number(low=0, high=1, open_low=True, open_high=True), "validation_fraction": Number(low=0, high=1, open_high=True),
     "train_limit": Number(integer=True, low=1, nullable=True), "test_limit": Number(integer=True, low=1, nullable=True),
     "gradient_clip_val": Number(low=0, open_low=True, nullable=True),
@@ -73,6 +73,12 @@ RULES: dict[str, Number] = {
     "hard_negative_beta": NON_NEGATIVE, "init_temperature": TEMPERATURE, "max_length": Number(integer=True, low=3),
     "captions_per_image": POSITIVE_INT, "delete_prob": FRACTION, "synonym_fraction": NON_NEGATIVE, "insert_fraction": NON_NEGATIVE,
     "swap_fraction": NON_NEGATIVE,
+    "mask_ratio": Number(low=0, high=1, open_low=True, open_high=True), "decoder_dim": POSITIVE_INT, "decoder_depth": POSITIVE_INT,
+    "decoder_heads": POSITIVE_INT, "patch_size": Number(integer=True, low=1, nullable=True), "drop_path_rate": Number(low=0, high=1, open_high=True),
+    "layer_decay": Number(low=0, high=1, open_low=True), "label_smoothing": Number(low=0, high=1, open_high=True), "mixup_alpha": NON_NEGATIVE,
+    "cutmix_alpha": NON_NEGATIVE, "l2": NON_NEGATIVE, "max_queries": Number(integer=True, low=1, nullable=True),
+    "lidar_samples": COUNT, "lidar_views": Number(integer=True, low=2), "max_points": POSITIVE_INT, "grid_samples": POSITIVE_INT,
+    "every_n_steps": POSITIVE_INT,
 }
 
 

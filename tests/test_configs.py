@@ -73,6 +73,9 @@ TEXT_CONTEXT = ["method=simcse", "data.source.train_limit=64", "data.source.test
 PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data", "caption_table"), ("augment", "clip"), ("method", "clip"),
                 ("loss", "clip"), ("head", "clip_projection")}
 PAIR_CONTEXT = ["method=clip"]
+# the 224 px ViT-S/16 recipe, dry-run on the 28 px test data with 4 px patches and one block (tests/test_vit.py runs it at 224 px)
+VIT_GPU_OPTIONS = {("backbone", "vit_small")}
+VIT_GPU_CONTEXT = ["backbone.patch_size=4", "+backbone.model_kwargs.depth=1"]
 GRAPH_CONTEXT = ["method=dgi", "data=fmnist_knn_graph", "data.source.train_limit=200", "data.source.test_limit=50"]
 
 
@@ -103,7 +106,8 @@ def test_every_group_has_options() -> None:
 @pytest.mark.parametrize(("group", "option"), all_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, idx_root: Path) -> None:
     skip_without_graph_extra(option)
-    contexts = ((SEQUENCE_OPTIONS, SEQUENCE_CONTEXT), (GRAPH_OPTIONS, GRAPH_CONTEXT), (TEXT_OPTIONS, TEXT_CONTEXT), (PAIR_OPTIONS, PAIR_CONTEXT))
+    contexts = ((SEQUENCE_OPTIONS, SEQUENCE_CONTEXT), (GRAPH_OPTIONS, GRAPH_CONTEXT), (TEXT_OPTIONS, TEXT_CONTEXT), (PAIR_OPTIONS, PAIR_CONTEXT),
+                (VIT_GPU_OPTIONS, VIT_GPU_CONTEXT))
     context = next((c for options, c in contexts if (group, option) in options), [])
     overrides = [*context, f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
@@ -114,7 +118,7 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
         overrides.append("trainer.accelerator=cpu")  # composes the GPU recipe, builds it on CPU
         overrides.append("trainer.precision=32-true")
         overrides.append("trainer.sync_batchnorm=false")  # SyncBatchNorm is CUDA-only (trainer=ddp turns it on)
-    cfg = compose_config(overrides, tmp_path)
+    cfg = compose_config([*overrides[len(context):], *overrides[:len(context)]] if (group, option) in VIT_GPU_OPTIONS else overrides, tmp_path)
     built = build(cfg)
     assert build_evaluators(cfg.eval)
     assert built.backbone.out_dim > 0

@@ -44,13 +44,22 @@ def load_encoder(
         check_stored_config(checkpoint[ConfigInCheckpoint.KEY], f"ckpt_path {path}", also_allowed)
     train_cfg = OmegaConf.create(checkpoint[ConfigInCheckpoint.KEY])
     backbone_state = _sub_state(checkpoint["state_dict"], "method.backbone.")
-    encoder = build_encoder(train_cfg, *input_of(train_cfg, backbone_state), initial_weights=False)
+    encoder = build_encoder(train_cfg, *input_of(train_cfg, backbone_state), initial_weights=False, image_size=_image_size_of(train_cfg))
     _load_weights(encoder, backbone_state, path, "backbone")
     if features == "projector":
         projector = instantiate("head", instantiate("head", train_cfg.head), in_dim=encoder.out_dim)
         _load_weights(projector, _sub_state(checkpoint["state_dict"], "method.projector."), path, "projector")
         encoder = torch.nn.Sequential(encoder, projector)
     return encoder, train_cfg
+
+
+def _image_size_of(train_cfg: DictConfig) -> int | None:
+    """The training data's image size, for a backbone built for one (a ViT's patch grid); None for the others."""
+    import hydra
+
+    if getattr(hydra.utils.get_class(train_cfg.backbone._target_), "needs_image_size", False):
+        return int(build_datamodule(train_cfg.data).splits.image_size)
+    return None
 
 
 def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, part: str) -> None:

@@ -8,6 +8,7 @@ from ssl_train.losses.dgi import DeepGraphInfomaxLoss
 from ssl_train.losses.dino import DINOLoss
 from ssl_train.losses.infonce import InfoNCELoss
 from ssl_train.losses.margin import ContrastiveMarginLoss
+from ssl_train.losses.masked_pixels import MaskedPixelLoss
 from ssl_train.losses.nce import NCELoss
 from ssl_train.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_train.losses.ntxent import NTXentLoss
@@ -19,5 +20,5 @@ from ssl_train.losses.vicreg import VICRegLoss
 __all__ = [
     "NTXentLoss", "InfoNCELoss", "SupConLoss", "NegativeCosineSimilarity", "BarlowTwinsLoss", "VICRegLoss",
     "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss", "CPCLoss", "DeepInfoMaxLoss", "DeepGraphInfomaxLoss",
-    "CLIPLoss",
+    "CLIPLoss", "MaskedPixelLoss",
 ]

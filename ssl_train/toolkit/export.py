@@ -101,7 +101,9 @@ def export_backbone(
     state = {k: v.contiguous() for k, v in portable_module(encoder).state_dict().items()}
     in_channels, modality = input_of(cfg, {f"{k}": v for k, v in encoder.state_dict().items()})
     serves = modalities_of(cfg.backbone) or ()
-    spec = encoder_spec(encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None)
+    splits = build_datamodule(cfg.data).splits
+    spec = encoder_spec(encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None,
+                        splits.image_size if modality == "image" else None)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
@@ -110,7 +112,6 @@ def export_backbone(
     else:
         weights_file = "backbone.pt"
         torch.save(state, out / weights_file)
-    splits = build_datamodule(cfg.data).splits
     run_metrics = ckpt_path.parent.parent / "metrics.json"
     probe = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
     image_input = {"channels": splits.channels, "image_size": splits.image_size, "mean": list(splits.mean), "std": list(splits.std)}

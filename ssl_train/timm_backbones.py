@@ -1,0 +1,114 @@
+"""Any timm model as an encoder (random init, nothing downloaded): ViTs at CPU sizes (patch 4 on 28-32 px), ConvNeXt, ...
+
+Kept apart from backbones.py, which must stay torch + torchvision only (it travels as modeling.py with exports).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssl_train.errors import UserError
+
+VIT_ONLY_KWARGS = ("img_size", "patch_size", "dynamic_img_size")
+
+
+def _timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise UserError("backbone=timm / vit_*: needs the timm package (pip install -e '.[vit]')") from None
+    return timm
+
+
+def close_timm_names(name: str, limit: int = 5) -> list[str]:
+    """timm model names closest to a misspelled one (substring matches first, then edit distance)."""
+    names = _timm().list_models()
+    containing = [n for n in names if name.lower() in n][:limit]
+    return containing or difflib.get_close_matches(name.lower(), names, n=limit, cutoff=0.5)
+
+
+def _check_fits(model: nn.Module, name: str, in_channels: int, image_size: int) -> None:
+    """One dry forward at the data's size: a CNN that downsamples the image to nothing stops here with one line."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, image_size, image_size))
+    except RuntimeError as error:
+        raise UserError(f"backbone.name={name!r} cannot encode {image_size} px images (it downsamples them to nothing: {str(error).splitlines()[0]}); "
+                        "use larger images (e.g. data=cifar10, 32 px) or a model with less downsampling (backbone.name=resnet10t)") from None
+    finally:
+        model.train(was_training)
+
+
+class TimmEncoder(nn.Module):
+    """A timm model by `name` without its classifier (`num_classes=0`): forward(images) -> (N, num_features) pooled
+    features. Vision transformers are built for the data's image size with `patch_size` (4 for 28-32 px) and
+    `dynamic_img_size`, so position embeddings are interpolated when evaluated at another size; they also expose
+    their tokens (`tokens(images, keep)`), which masked modelling (MAE) needs. `drop_path_rate`: stochastic depth.
+    The wrapped model's state dict keeps timm's own key names (`timm.create_model(name, ...).load_state_dict` takes
+    an export as is)."""
+
+    modalities = ("image",)
+    needs_image_size = True  # build_encoder passes the data's image size
+
+    def __init__(self, name: str, in_channels: int = 3, image_size: int = 224, patch_size: int | None = None, drop_path_rate: float = 0.0,
+                 global_pool: str | None = None, model_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        timm = _timm()
+        if not timm.is_model(name):
+            close = close_timm_names(name)
+            raise UserError(f"backbone.name={name!r} is not a timm model" + (f"; close matches: {', '.join(close)}" if close else "")
+                            + " (python -c 'import timm; print(timm.list_models(\"*vit*\"))' lists them)")
+        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_channels, "drop_path_rate": drop_path_rate,
+                                  **(model_kwargs or {})}
+        if global_pool is not None:
+            kwargs["global_pool"] = global_pool
+        vit_kwargs = {"img_size": image_size, "dynamic_img_size": True, **({"patch_size": patch_size} if patch_size else {})}
+        if patch_size and image_size % patch_size:
+            raise UserError(f"backbone.patch_size={patch_size} does not divide the image size {image_size}: pick a divisor (4 for 28 or 32 px)")
+        try:
+            model = timm.create_model(name, **kwargs, **vit_kwargs)
+        except TypeError as error:  # not a transformer: convnets take any image size and have no patches
+            if not any(k in str(error) for k in VIT_ONLY_KWARGS):
+                raise
+            if patch_size:
+                raise UserError(f"backbone.patch_size={patch_size}: timm model {name!r} has no patches (a CNN); set backbone.patch_size=null") from None
+            model = timm.create_model(name, **kwargs)
+            _check_fits(model, name, in_channels, image_size)
+        self.model, self.name = model, name
+        self.out_dim = int(model.num_features)
+        self.is_vit = all(hasattr(model, a) for a in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens"))
+        self.patch_size = int(model.patch_embed.patch_size[0]) if self.is_vit else None
+        self.prefers_channels_last = not self.is_vit
+
+    @property
+    def portable_module(self) -> nn.Module:
+        """The timm model itself: exports carry timm's key names (ssl_train.portable)."""
+        return self.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, prefix + K, D) output tokens of a ViT (prefix: the class/register tokens) run on the patches `keep` (N, K)
+        indexes (position embeddings added before dropping the others), or on all patches."""
+        if not self.is_vit:
+            raise UserError(f"backbone {self.name!r} is not a vision transformer: it has no tokens to mask (use a vit_* backbone)")
+        vit = self.model
+        x = vit._pos_embed(vit.patch_embed(images))
+        if keep is not None:
+            prefix, patches = x[:, :vit.num_prefix_tokens], x[:, vit.num_prefix_tokens:]
+            x = torch.cat([prefix, torch.gather(patches, 1, keep[..., None].expand(-1, -1, x.shape[-1]))], dim=1)
+        x = vit.blocks(vit.norm_pre(x))
+        return vit.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pooled features of output tokens, as forward() returns them (class token or average, per global_pool)."""
+        return self.model.forward_head(tokens, pre_logits=True)
+
+    def num_patches(self, image_size: int) -> int:
+        return (image_size // self.patch_size) ** 2 if self.patch_size else 0
