@@ -35,7 +35,7 @@ def timed(work: Callable[[], object], rounds: int) -> float:
 
 def built_from(overrides: list[str]):  # noqa: ANN201 - ssl_train.build.Built
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "logger=null", "paths.output_dir=/tmp/bench_vit", "callbacks.preemption=null"])
+        cfg = compose("train", overrides=[*overrides, "~logger", "paths.output_dir=/tmp/bench_vit", "callbacks.preemption=null"])
     return build(cfg)
 
 

@@ -213,3 +213,12 @@ def test_vit_small_224_recipe_takes_one_mae_step() -> None:
     out = method([torch.randn(2, 3, 224, 224)])
     out["loss"].backward()
     assert vit.num_patches(224) == 196 and out["logs"]["visible_patches"] == 49 and out["features"].shape == (2, 384)
+
+
+def test_mae_trains_the_class_token_through_the_decoder() -> None:
+    """As in the reference, the class token goes through the decoder blocks, so its embedding gets a gradient."""
+    vit = tiny_vit()
+    method = MAEMethod(vit, torch.nn.Identity(), MaskedPixelLoss(), image_size=28, channels=1, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    method([torch.randn(4, 1, 28, 28)])["loss"].backward()
+    assert vit.model.cls_token.grad is not None and vit.model.cls_token.grad.abs().sum() > 0
+    assert method.decoder.positions[0, 0].abs().sum() == 0  # the class token's decoder position is zero

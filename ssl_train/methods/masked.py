@@ -54,7 +54,9 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
 
 class MAEDecoder(nn.Module):
     """MAE's lightweight decoder: encoder tokens -> `dim`, mask tokens put back at the masked places, fixed sin-cos
-    positions, `depth` transformer blocks, a linear map to each patch's pixels."""
+    positions (zero for the class token, as the reference's decoder_pos_embed), `depth` transformer blocks over the class
+    token and all patches, a linear map to each patch's pixels (the class token's prediction is dropped). The class token
+    goes through the decoder as in the reference, so it is trained too."""
 
     def __init__(self, in_dim: int, num_patches: int, patch_pixels: int, dim: int = 128, depth: int = 2, heads: int = 4, prefix_tokens: int = 1) -> None:
         super().__init__()
@@ -65,7 +67,8 @@ class MAEDecoder(nn.Module):
             raise ValueError(f"MAEDecoder: {num_patches} patches are not a square grid")
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("positions", sincos_2d(dim, grid)[None], persistent=False)
+        positions = torch.cat([torch.zeros(prefix_tokens, dim), sincos_2d(dim, grid)])[None]
+        self.register_buffer("positions", positions, persistent=False)
         self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.predict = nn.Linear(dim, patch_pixels)
@@ -74,11 +77,13 @@ class MAEDecoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
         """tokens: (N, prefix + K, in_dim) encoder output; restore: (N, L). Returns (N, L, patch_pixels)."""
-        x = self.embed(tokens[:, self.prefix_tokens:])
-        n, visible, dim = x.shape
-        x = torch.cat([x, self.mask_token.expand(n, restore.shape[1] - visible, dim)], dim=1)
-        x = torch.gather(x, 1, restore[..., None].expand(-1, -1, dim)) + self.positions
-        return self.predict(self.norm(self.blocks(x)))
+        x = self.embed(tokens)
+        prefix, visible = x[:, :self.prefix_tokens], x[:, self.prefix_tokens:]
+        n, k, dim = visible.shape
+        patches = torch.cat([visible, self.mask_token.expand(n, restore.shape[1] - k, dim)], dim=1)
+        patches = torch.gather(patches, 1, restore[..., None].expand(-1, -1, dim))
+        x = self.blocks(torch.cat([prefix, patches], dim=1) + self.positions)
+        return self.predict(self.norm(x))[:, self.prefix_tokens:]
 
 
 class MAEMethod(nn.Module):
@@ -88,6 +93,7 @@ class MAEMethod(nn.Module):
 
     One view per image (crop + flip, no colour changes). `features` for the online probe are the pooled encoder output
     of the visible patches (no second pass over all patches). `projector` is unused (head=identity): MAE has no head.
+    Judge it by fine-tuning (eval=finetune): MAE's linear probe is weak by design (the paper's Table 1 vs Fig. 9).
     """
 
     modalities = ("image",)
