@@ -70,6 +70,9 @@ def test_lidar_equals_the_naive_computation_and_ignores_rotations() -> None:
     assert 1.5 < lidar(low) < 2.5 and lidar(z) > 4
     with pytest.raises(ValueError, match=r"q >= 2 views"):
         lidar(torch.randn(10, 1, 4))
+    diverged = z.clone()
+    diverged[0, 0, 0] = float("inf")
+    assert math.isnan(lidar(diverged)) and math.isnan(lidar(torch.zeros(4, 3, 5)))  # nothing to rank: NaN, never an exception
 
 
 def _naive_map_at_r(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor) -> float:

@@ -40,15 +40,22 @@ def lidar(features: torch.Tensor, delta: float = 1e-4, eps: float = 1e-7) -> flo
     if features.ndim != 3 or features.shape[1] < 2:
         raise ValueError(f"lidar: need (n samples, q >= 2 views, d) features, got shape {tuple(features.shape)}")
     z = features.double()
+    if not bool(torch.isfinite(z).all()):
+        return float("nan")  # diverged features: nothing to rank (the probe's feature check reports the divergence)
     n, q, d = z.shape
     means = z.mean(dim=1)
     centred_means = means - means.mean(dim=0)
     between = centred_means.T @ centred_means / n
     deviations = (z - means[:, None]).reshape(n * q, d)
     within = deviations.T @ deviations / (n * q) + delta * torch.eye(d, dtype=z.dtype)
-    values, vectors = torch.linalg.eigh(within)
-    inverse_sqrt = vectors @ torch.diag(values.rsqrt()) @ vectors.T
-    spectrum = torch.linalg.eigvalsh(inverse_sqrt @ between @ inverse_sqrt).clamp_min(0)
+    try:
+        values, vectors = torch.linalg.eigh(within)
+        inverse_sqrt = vectors @ torch.diag(values.clamp_min(delta).rsqrt()) @ vectors.T
+        spectrum = torch.linalg.eigvalsh(inverse_sqrt @ between @ inverse_sqrt).clamp_min(0)
+    except torch.linalg.LinAlgError:  # eigen-solver did not converge (huge, ill-conditioned features)
+        return float("nan")
+    if not bool(torch.isfinite(spectrum).all()) or spectrum.sum() <= 0:
+        return float("nan")
     p = spectrum / spectrum.sum() + eps
     return torch.exp(-(p * torch.log(p)).sum()).item()
 
