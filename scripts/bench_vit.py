@@ -9,34 +9,11 @@ Every figure is the median of `--rounds` timed rounds after a warm-up, built fro
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
+from bench_modalities import built_from, timed  # the same timing and config building as the other modality benchmarks
 
-from ssl_train.build import build
 from ssl_train.methods.masked import patchify, random_masking
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def timed(work: Callable[[], object], rounds: int) -> float:
-    work()
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        work()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
-
-
-def built_from(overrides: list[str]):  # noqa: ANN201 - ssl_train.build.Built
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "~logger", "paths.output_dir=/tmp/bench_vit", "callbacks.preemption=null"])
-    return build(cfg)
 
 
 def training_step_time(built, batch: int, steps: int, rounds: int) -> float:  # noqa: ANN001
