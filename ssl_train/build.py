@@ -71,6 +71,11 @@ class Built:
         return self.method.backbone
 
 
+def needs_image_size(backbone_cfg: DictConfig) -> bool:
+    """Whether the backbone class declares `needs_image_size` (a ViT is built for the data's patch grid)."""
+    return bool(getattr(hydra.utils.get_class(backbone_cfg._target_), "needs_image_size", False))
+
+
 def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", initial_weights: bool = True, image_size: int | None = None) -> Any:
     """The backbone of `cfg` for inputs with `in_channels` channels (features per step for sequences): random init, or
     `backbone.weights` (ssl_train.portable.load_initial_weights) unless `initial_weights` is false (a checkpoint's own
@@ -80,7 +85,7 @@ def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", in
     that declares `needs_image_size` (a ViT) gets `image_size`."""
     serves = modalities_of(cfg.backbone) or ()
     extra: dict[str, Any] = {"modality": modality} if len(serves) > 1 else {}
-    if getattr(hydra.utils.get_class(cfg.backbone._target_), "needs_image_size", False):  # ViTs: patches and position embeddings
+    if needs_image_size(cfg.backbone):  # ViTs: patches and position embeddings
         if image_size is None:
             raise UserError(f"backbone={group_choice('backbone')} needs the data's image size")
         extra["image_size"] = image_size

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate
+from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate, needs_image_size
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
@@ -55,9 +55,7 @@ def load_encoder(
 
 def _image_size_of(train_cfg: DictConfig) -> int | None:
     """The training data's image size, for a backbone built for one (a ViT's patch grid); None for the others."""
-    import hydra
-
-    if getattr(hydra.utils.get_class(train_cfg.backbone._target_), "needs_image_size", False):
+    if needs_image_size(train_cfg.backbone):
         return int(build_datamodule(train_cfg.data).splits.image_size)
     return None
 

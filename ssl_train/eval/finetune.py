@@ -65,9 +65,7 @@ class FineTune:
         self.mixup_alpha, self.cutmix_alpha, self.max_train_samples, self.seed = mixup_alpha, cutmix_alpha, max_train_samples, seed
 
     def _mixing(self, num_classes: int) -> v2.Transform | None:
-        chosen = [t for alpha, t in ((self.mixup_alpha, v2.MixUp), (self.cutmix_alpha, v2.CutMix)) if alpha > 0]
-        alphas = [a for a in (self.mixup_alpha, self.cutmix_alpha) if a > 0]
-        made = [t(alpha=a, num_classes=num_classes) for t, a in zip(chosen, alphas, strict=True)]
+        made = [kind(alpha=alpha, num_classes=num_classes) for alpha, kind in ((self.mixup_alpha, v2.MixUp), (self.cutmix_alpha, v2.CutMix)) if alpha > 0]
         return None if not made else made[0] if len(made) == 1 else v2.RandomChoice(made)
 
     def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,

@@ -99,7 +99,7 @@ def export_backbone(
     encoder.eval()
     out = fresh_dir(Path(out_dir) if out_dir else ckpt_path.parent / "export")
     state = {k: v.contiguous() for k, v in portable_module(encoder).state_dict().items()}
-    in_channels, modality = input_of(cfg, {f"{k}": v for k, v in encoder.state_dict().items()})
+    in_channels, modality = input_of(cfg, encoder.state_dict())
     serves = modalities_of(cfg.backbone) or ()
     splits = build_datamodule(cfg.data).splits
     spec = encoder_spec(encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None,
