@@ -23,7 +23,7 @@ from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
 from ssl_train.modality import check_fits, modalities_of
 from ssl_train.module import SSLModule
-from ssl_train.portable import load_initial_weights
+from ssl_train.portable import RUN_KEYS, load_initial_weights
 from ssl_train.tracking.trackers import TrackerRunsInCheckpoint, build_loggers
 from ssl_train.validate import validate
 
@@ -92,6 +92,8 @@ def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", in
     node = copy.copy(cfg.backbone)
     with open_dict(node):
         weights = node.pop("weights", None)
+        for key in RUN_KEYS:
+            node.pop(key, None)
     encoder = instantiate("backbone", instantiate("backbone", node), in_channels=in_channels, **extra)
     return load_initial_weights(encoder, weights, trust=bool(cfg.get("trust_checkpoint", False))) if weights and initial_weights else encoder
 

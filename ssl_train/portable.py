@@ -24,6 +24,8 @@ from ssl_train.trust import is_allowed
 
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, MODELING_FILE = "model.safetensors", "config.json", "README.md", "modeling.py"
 BACKBONE_PREFIX = "method.backbone."
+# backbone.* keys that configure the run around the encoder, not its constructor
+RUN_KEYS = ("weights", "gradient_clip_val")
 
 
 def portable_module(encoder: nn.Module) -> nn.Module:
@@ -34,7 +36,7 @@ def portable_module(encoder: nn.Module) -> nn.Module:
 
 def encoder_spec(encoder: nn.Module, backbone_cfg: dict[str, Any], in_channels: int, modality: str | None, image_size: int | None = None) -> dict[str, Any]:
     """{'_target_': class path, constructor kwargs...}: what rebuilds `encoder` (random init) without Hydra."""
-    spec = {k: v for k, v in backbone_cfg.items() if not k.startswith("_") and k != "weights"}
+    spec = {k: v for k, v in backbone_cfg.items() if not k.startswith("_") and k not in RUN_KEYS}
     accepted = inspect.signature(type(encoder)).parameters
     spec["in_channels"] = in_channels
     if image_size is not None and "image_size" in accepted:

@@ -49,6 +49,7 @@ class TimmEncoder(nn.Module):
     features. Vision transformers are built for the data's image size with `patch_size` (4 for 28-32 px) and
     `dynamic_img_size`, so position embeddings are interpolated when evaluated at another size; they also expose
     their tokens (`tokens(images, keep)`), which masked modelling (MAE) needs. `drop_path_rate`: stochastic depth.
+    `freeze_patch_embed`: keep the patch projection at its random init (MoCo v3's stop-grad-conv1, for stability).
     The wrapped model's state dict keeps timm's own key names (`timm.create_model(name, ...).load_state_dict` takes
     an export as is)."""
 
@@ -56,7 +57,7 @@ class TimmEncoder(nn.Module):
     needs_image_size = True  # build_encoder passes the data's image size
 
     def __init__(self, name: str, in_channels: int = 3, image_size: int = 224, patch_size: int | None = None, drop_path_rate: float = 0.0,
-                 global_pool: str | None = None, model_kwargs: dict[str, Any] | None = None) -> None:
+                 global_pool: str | None = None, model_kwargs: dict[str, Any] | None = None, freeze_patch_embed: bool = False) -> None:
         super().__init__()
         timm = _timm()
         if not timm.is_model(name):
@@ -84,6 +85,10 @@ class TimmEncoder(nn.Module):
         self.is_vit = all(hasattr(model, a) for a in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens"))
         self.patch_size = int(model.patch_embed.patch_size[0]) if self.is_vit else None
         self.prefers_channels_last = not self.is_vit
+        if freeze_patch_embed:
+            if not self.is_vit:
+                raise UserError(f"backbone.freeze_patch_embed=true: timm model {name!r} has no patch embedding (a CNN); set it to false")
+            model.patch_embed.requires_grad_(False)
 
     @property
     def portable_module(self) -> nn.Module:
@@ -93,21 +98,54 @@ class TimmEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None, masked: torch.Tensor | None = None,
+               mask_token: torch.Tensor | None = None) -> torch.Tensor:
         """(N, prefix + K, D) output tokens of a ViT (prefix: the class/register tokens) run on the patches `keep` (N, K)
-        indexes (position embeddings added before dropping the others), or on all patches."""
+        indexes (position embeddings added before dropping the others: MAE), or on all patches; with `masked` (N, L),
+        1 = masked, the embeddings of masked patches are replaced by `mask_token` (D,) before positions are added (SimMIM)."""
         if not self.is_vit:
             raise UserError(f"backbone {self.name!r} is not a vision transformer: it has no tokens to mask (use a vit_* backbone)")
         vit = self.model
-        x = vit._pos_embed(vit.patch_embed(images))
+        x = vit.patch_embed(images)
+        if masked is not None:
+            if mask_token is None:
+                raise ValueError("tokens: `masked` needs a `mask_token`")
+            weight = masked.reshape(x.shape[:-1])[..., None].to(x.dtype)  # x: (N, H, W, D) with dynamic_img_size, else (N, L, D)
+            x = x * (1 - weight) + mask_token * weight
+        x = vit._pos_embed(x)
         if keep is not None:
             prefix, patches = x[:, :vit.num_prefix_tokens], x[:, vit.num_prefix_tokens:]
             x = torch.cat([prefix, torch.gather(patches, 1, keep[..., None].expand(-1, -1, x.shape[-1]))], dim=1)
         x = vit.blocks(vit.norm_pre(x))
         return vit.norm(x)
 
+    @torch.no_grad()
+    def cls_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, heads, grid, grid): how much the class token attends to each patch in the last block (softmax of q k^T /
+        sqrt(d), the map DINO's visualize_attention shows), computed explicitly since timm's fused attention hides it."""
+        if not self.is_vit or not self.model.num_prefix_tokens:
+            raise UserError(f"backbone {self.name!r} has no class token to show attention of (a ViT with a class token is needed)")
+        vit = self.model
+        x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+        for block in vit.blocks[:-1]:
+            x = block(x)
+        attention = vit.blocks[-1].attn
+        n, length, _ = x.shape
+        qkv = attention.qkv(vit.blocks[-1].norm1(x)).reshape(n, length, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = attention.q_norm(qkv[0]), attention.k_norm(qkv[1])
+        weights = (q[:, :, :1] * attention.scale @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0, vit.num_prefix_tokens:]
+        grid = int(round(weights.shape[-1] ** 0.5))
+        return weights.reshape(n, attention.num_heads, grid, grid)
+
+    def stages(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[the last feature map (N, C, h, w)] of a CNN (SimMIM on CNNs reads it); pool(stages(x)[-1]) == forward(x)."""
+        if self.is_vit:
+            raise UserError(f"backbone {self.name!r} is a vision transformer: it has tokens, not feature maps")
+        return [self.model.forward_features(images)]
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The pooled features of output tokens, as forward() returns them (class token or average, per global_pool)."""
+        """The pooled features of output tokens (a ViT: class token or average, per global_pool) or of a CNN's last
+        feature map, as forward() returns them."""
         return self.model.forward_head(tokens, pre_logits=True)
 
     def num_patches(self, image_size: int) -> int:

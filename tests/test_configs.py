@@ -58,7 +58,7 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
     if option == "unlabeled_folder":
         return [f"data.source.root={make_image_folder(tmp_path / 'u')}/train", f"data.source.probe.root={make_image_folder(tmp_path / 'l')}", *no_limits]
     return []
-NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
+NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp"), ("experiment", "dino_vit_small"), ("experiment", "mocov3_vit_small")}
 # options for sequence data, composed with the pieces that fit them (an image default would stop with one line)
 SEQUENCE_OPTIONS = {("data", "seq_fashion_mnist"), ("data", "sequence_arrays"), ("augment", "sequence"), ("backbone", "recurrent"),
                     ("method", "cpc"), ("head", "cpc_predictions"), ("loss", "cpc"),
@@ -74,7 +74,7 @@ PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data"
                 ("loss", "clip"), ("head", "clip_projection")}
 PAIR_CONTEXT = ["method=clip"]
 # the 224 px ViT-S/16 recipe, dry-run on the 28 px test data with 4 px patches and one block (tests/test_vit.py runs it at 224 px)
-VIT_GPU_OPTIONS = {("backbone", "vit_small")}
+VIT_GPU_OPTIONS = {("backbone", "vit_small"), ("experiment", "dino_vit_small"), ("experiment", "mocov3_vit_small")}
 VIT_GPU_CONTEXT = ["backbone.patch_size=4", "+backbone.model_kwargs.depth=1"]
 GRAPH_CONTEXT = ["method=dgi", "data=fmnist_knn_graph", "data.source.train_limit=200", "data.source.test_limit=50"]
 

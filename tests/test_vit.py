@@ -204,6 +204,14 @@ def test_vit_checkpoint_evaluates_and_exports_with_timm_keys(tmp_path: Path) -> 
     reference.load_state_dict(load_file(str(Path(card["export_dir"]) / "model.safetensors")))
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(reference.eval()(x), encoder.eval()(x))
+    from ssl_train.toolkit.__main__ import main as toolkit
+
+    shown = toolkit(["attention", "--ckpt", str(ckpt), "--count", "3"])
+    assert shown["heads"] == 3 and shown["grid"] == 7 and Path(shown["out"]).is_file()
+    from torchvision.io import read_image
+
+    picture = read_image(shown["out"])
+    assert picture.shape[0] == 3 and picture.shape[1] == 3 * 30 + 2  # 3 rows of 28 px images with 2 px padding
 
 
 def test_vit_small_224_recipe_takes_one_mae_step() -> None:

@@ -71,24 +71,40 @@ class FineTune:
     def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
                          device: str | torch.device = "cpu") -> dict[str, float]:
         torch.manual_seed(self.seed)
+        encoder = copy.deepcopy(encoder).to(device)
+        head = self._head(encoder, train_set, num_classes, device)
+        lr = self.lr * self.batch_size / 256
+        groups = layer_decay_groups(encoder, lr, self.weight_decay, self.layer_decay) + [{"params": list(head.parameters()), "lr": lr, "weight_decay": 0.0}]
+        classifier = nn.Sequential(encoder, head)
+        self._train(classifier, groups, train_set, num_classes, device)
+        return self._test(encoder, head, test_set, num_classes, device, trainable=sum(p.numel() for g in groups for p in g["params"]))
+
+    def _head(self, encoder: nn.Module, train_set: Dataset, num_classes: int, device: str | torch.device) -> nn.Linear:
+        """A linear classifier on the encoder's features, initialised as MAE's fine-tuning head (tiny weights, zero bias)."""
+        in_dim = int(getattr(encoder, "out_dim", 0))
+        if not in_dim:
+            with torch.no_grad():
+                in_dim = encoder(train_set[0][0][None].to(device)).shape[1]
+        head = nn.Linear(in_dim, num_classes).to(device)
+        nn.init.trunc_normal_(head.weight, std=2e-5)
+        nn.init.zeros_(head.bias)
+        return head
+
+    def _train(self, classifier: nn.Module, groups: list[dict], train_set: Dataset, num_classes: int, device: str | torch.device) -> None:
+        """AdamW over `groups` (each keeps its own lr) with warm-up then cosine, on augmented (and optionally mixed) images."""
         generator = torch.Generator().manual_seed(self.seed)
         if self.max_train_samples:
             train_set = Subset(train_set, torch.randperm(len(train_set), generator=generator)[: self.max_train_samples].tolist())
-        sample = train_set[0][0]
-        augment = v2.Compose([v2.RandomResizedCrop(sample.shape[-1], scale=self.crop_scale, antialias=True), v2.RandomHorizontalFlip()])
+        size = train_set[0][0].shape[-1]
+        augment = v2.Compose([v2.RandomResizedCrop(size, scale=self.crop_scale, antialias=True), v2.RandomHorizontalFlip()])
         loader = DataLoader(_Augmented(train_set, augment), batch_size=self.batch_size, shuffle=True, drop_last=len(train_set) > self.batch_size,
                             generator=generator)
-        model = copy.deepcopy(encoder).to(device).train()
-        head = nn.Linear(int(getattr(model, "out_dim", 0)) or model(sample[None].to(device)).shape[1], num_classes).to(device)
-        nn.init.trunc_normal_(head.weight, std=2e-5)  # MAE's fine-tuning head init
-        nn.init.zeros_(head.bias)
-        lr = self.lr * self.batch_size / 256
-        groups = layer_decay_groups(model, lr, self.weight_decay, self.layer_decay) + [{"params": list(head.parameters()), "lr": lr, "weight_decay": 0.0}]
         for group in groups:
             group["base_lr"] = group["lr"]
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
         total, warmup = self.epochs * len(loader), int(self.warmup_epochs * len(loader))
         mixing = self._mixing(num_classes)
+        classifier.train()
         step = 0
         for _ in range(self.epochs):
             for images, labels in loader:
@@ -98,16 +114,19 @@ class FineTune:
                 images, labels = images.to(device), labels.to(device)
                 if mixing is not None:
                     images, labels = mixing(images, labels)
-                loss = F.cross_entropy(head(model(images)), labels, label_smoothing=self.label_smoothing)
+                loss = F.cross_entropy(classifier(images), labels, label_smoothing=self.label_smoothing)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 step += 1
-        model.eval()
-        test_x, test_y = extract_features(model, test_set, self.batch_size * 2, device)
+        classifier.eval()
+
+    def _test(self, encoder: nn.Module, head: nn.Module, test_set: Dataset, num_classes: int, device: str | torch.device,
+              trainable: int) -> dict[str, float]:
+        test_x, test_y = extract_features(encoder.eval(), test_set, self.batch_size * 2, device)
         with torch.no_grad():
             logits = head(test_x.to(device)).cpu()
-        result = {"top1": topk_accuracy(logits, test_y, 1), "trainable_params": float(sum(p.numel() for g in groups for p in g["params"]))}
+        result = {"top1": topk_accuracy(logits, test_y, 1), "trainable_params": float(trainable)}
         if num_classes > 5:
             result["top5"] = topk_accuracy(logits, test_y, 5)
         return result

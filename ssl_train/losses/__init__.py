@@ -7,6 +7,8 @@ from ssl_train.losses.deep_infomax import DeepInfoMaxLoss
 from ssl_train.losses.dgi import DeepGraphInfomaxLoss
 from ssl_train.losses.dino import DINOLoss
 from ssl_train.losses.infonce import InfoNCELoss
+from ssl_train.losses.koleo import KoLeoLoss
+from ssl_train.losses.latent_prediction import LatentPredictionLoss
 from ssl_train.losses.margin import ContrastiveMarginLoss
 from ssl_train.losses.masked_pixels import MaskedPixelLoss
 from ssl_train.losses.nce import NCELoss
@@ -20,5 +22,5 @@ from ssl_train.losses.vicreg import VICRegLoss
 __all__ = [
     "NTXentLoss", "InfoNCELoss", "SupConLoss", "NegativeCosineSimilarity", "BarlowTwinsLoss", "VICRegLoss",
     "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss", "CPCLoss", "DeepInfoMaxLoss", "DeepGraphInfomaxLoss",
-    "CLIPLoss", "MaskedPixelLoss",
+    "CLIPLoss", "MaskedPixelLoss", "LatentPredictionLoss", "KoLeoLoss",
 ]

@@ -1,7 +1,7 @@
 """Methods: small nn.Modules whose forward(views, labels) returns {"loss", "features", "logs"}."""
 
 from ssl_train.methods.infomax import DeepGraphInfomaxMethod, DeepInfoMaxMethod
-from ssl_train.methods.masked import MAEMethod
+from ssl_train.methods.masked import IJEPAMethod, MAEMethod, SimMIMMethod
 from ssl_train.methods.multicrop import DINOMethod, SwAVMethod
 from ssl_train.methods.predictive_coding import CPCMethod
 from ssl_train.methods.siamese import NNCLRMethod, SiameseMethod
@@ -10,5 +10,5 @@ from ssl_train.methods.two_tower import CLIPMethod
 
 __all__ = [
     "SiameseMethod", "NNCLRMethod", "TargetNetworkMethod", "DINOMethod", "SwAVMethod", "CPCMethod", "DeepInfoMaxMethod", "DeepGraphInfomaxMethod",
-    "CLIPMethod", "MAEMethod",
+    "CLIPMethod", "MAEMethod", "SimMIMMethod", "IJEPAMethod",
 ]

@@ -1,12 +1,15 @@
-"""The masked-modelling family: hide most of an image and predict it (MAE)."""
+"""The masked-modelling family: hide most of an image and predict it (MAE, SimMIM), or its representation (I-JEPA)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ssl_train.methods.ema import ema_update
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -118,3 +121,188 @@ class MAEMethod(nn.Module):
         tokens = self.backbone.tokens(images, keep)
         loss = self.loss(self.decoder(tokens, restore), target, mask)
         return {"loss": loss, "features": self.backbone.pool(tokens).detach(), "logs": {"visible_patches": float(keep.shape[1])}}
+
+
+def block_mask(batch: int, grid: int, ratio: float, scale: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """SimMIM's mask (its MaskGenerator, batched): (N, grid * scale, grid * scale) of 0/1, 1 = masked; per sample exactly
+    ceil(grid^2 x ratio) of the grid x grid mask blocks are masked, each block covering scale x scale model patches."""
+    count = math.ceil(grid * grid * ratio)
+    if not 0 < count < grid * grid:
+        raise ValueError(f"method.mask_ratio={ratio} masks {count} of {grid * grid} blocks: choose a ratio that masks some and keeps some")
+    chosen = torch.rand(batch, grid * grid, device=device).argsort(dim=1)[:, :count]
+    mask = torch.zeros(batch, grid * grid, device=device).scatter_(1, chosen, 1.0).reshape(batch, grid, grid)
+    return mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+
+
+class SimMIMMethod(nn.Module):
+    """SimMIM (Xie et al., CVPR 2022): masked blocks of the image are encoded as they are — a ViT sees a learned mask token
+    in place of each masked patch's embedding, a CNN sees a learned per-channel fill value in place of the masked pixels —
+    and a one-layer head (1x1 conv to stride^2 x channels + pixel shuffle) predicts the raw pixels; the loss (L1,
+    MaskedPixelLoss with l1=true, norm_pix=false) covers the masked pixels only.
+
+    `mask_patch_size` is the side of a masked block in pixels (a multiple of the ViT's patch size; the reference: 32 px
+    blocks of 16 px patches at 224 px), `mask_ratio` the share of blocks masked (0.6). `features` for the online probe
+    are the pooled encoding of the masked image (no second pass). `projector` is unused (head=identity)."""
+
+    modalities = ("image",)
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, image_size: int, channels: int, mask_ratio: float = 0.6,
+                 mask_patch_size: int = 4, name: str = "simmim") -> None:
+        super().__init__()
+        self.backbone, self.projector, self.loss, self.mask_ratio, self.name, self.channels = backbone, projector, loss, mask_ratio, name, channels
+        self.is_vit = bool(getattr(backbone, "is_vit", False))
+        if self.is_vit:
+            stride, features = backbone.patch_size, backbone.out_dim
+            if mask_patch_size % stride:
+                raise ValueError(f"method.mask_patch_size={mask_patch_size} must be a multiple of the ViT's patch size {stride}")
+            self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(backbone.out_dim), std=0.02, a=-0.02, b=0.02))
+        elif callable(getattr(backbone, "stages", None)):
+            with torch.no_grad():
+                last = backbone.stages(torch.zeros(1, channels, image_size, image_size))[-1]
+            features, stride = last.shape[1], math.ceil(image_size / last.shape[-1])
+            self.mask_token = nn.Parameter(torch.zeros(channels))  # the fill value of masked pixels (0 = the data mean)
+        else:
+            raise ValueError(f"method={name} needs a ViT or a CNN that exposes its feature maps (stages), got {type(backbone).__name__}")
+        if image_size % mask_patch_size:
+            raise ValueError(f"method.mask_patch_size={mask_patch_size} does not divide the image size {image_size}")
+        self.image_size, self.mask_patch_size, self.stride = image_size, mask_patch_size, stride
+        self.patch = stride if self.is_vit else mask_patch_size  # the granularity the mask (and the loss) is counted in
+        block_mask(1, image_size // mask_patch_size, mask_ratio, 1)  # a ratio that masks none or all stops here, at build
+        self.decoder = nn.Sequential(nn.Conv2d(features, stride * stride * channels, kernel_size=1), nn.PixelShuffle(stride))
+
+    def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
+        images = views[0]
+        n, size = images.shape[0], images.shape[-1]
+        mask = block_mask(n, size // self.mask_patch_size, self.mask_ratio, self.mask_patch_size // self.patch, images.device)  # (N, g, g)
+        if self.is_vit:
+            tokens = self.backbone.tokens(images, masked=mask.flatten(1), mask_token=self.mask_token)
+            prefix = self.backbone.model.num_prefix_tokens
+            feature_map = tokens[:, prefix:].transpose(1, 2).reshape(n, -1, size // self.stride, size // self.stride)
+            features = self.backbone.pool(tokens)
+        else:
+            pixel_mask = mask.repeat_interleave(self.patch, 1).repeat_interleave(self.patch, 2)[:, None]
+            masked_images = images * (1 - pixel_mask) + self.mask_token.view(1, -1, 1, 1) * pixel_mask
+            feature_map = self.backbone.stages(masked_images)[-1]
+            features = self.backbone.pool(feature_map)
+        reconstruction = self.decoder(feature_map)[..., :size, :size]
+        loss = self.loss(patchify(reconstruction, self.patch), patchify(images, self.patch), mask.flatten(1))
+        return {"loss": loss, "features": features.detach(), "logs": {"masked_fraction": float(mask.mean())}}
+
+
+def _block_size(grid: int, scale: tuple[float, float], aspect: tuple[float, float], generator: torch.Generator | None) -> tuple[int, int]:
+    """I-JEPA's block shape (its _sample_block_size): one uniform draw sets both the area share and the aspect ratio."""
+    u = float(torch.rand(1, generator=generator))
+    area = int(grid * grid * (scale[0] + u * (scale[1] - scale[0])))
+    ratio = aspect[0] + u * (aspect[1] - aspect[0])
+    height, width = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+    return max(1, min(height, grid - 1)), max(1, min(width, grid - 1))
+
+
+def _place_block(grid: int, size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+    """(grid, grid) bool, True on a block of `size` at a random place (top-left in [0, grid - size), as the reference)."""
+    top = int(torch.randint(0, grid - size[0], (1,), generator=generator))
+    left = int(torch.randint(0, grid - size[1], (1,), generator=generator))
+    block = torch.zeros(grid, grid, dtype=torch.bool)
+    block[top:top + size[0], left:left + size[1]] = True
+    return block
+
+
+def multiblock_masks(batch: int, grid: int, num_targets: int = 4, target_scale: tuple[float, float] = (0.15, 0.2),
+                     target_aspect: tuple[float, float] = (0.75, 1.5), context_scale: tuple[float, float] = (0.85, 1.0), min_keep: int = 4,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """I-JEPA's multi-block masking (src/masks/multiblock.py): per batch one target block shape and one square context
+    shape; per image `num_targets` target blocks and one context block with every target patch removed (no overlap),
+    redrawn until more than `min_keep` patches remain. Returns (context (N, Kc), [targets (N, Kt)] x num_targets) patch
+    indices in row-major order, each cut to the shortest in the batch as the reference's collator does."""
+    target_size = _block_size(grid, target_scale, target_aspect, generator)
+    context_size = _block_size(grid, context_scale, (1.0, 1.0), generator)
+    contexts, targets = [], []
+    for _ in range(batch):
+        blocks = [_place_block(grid, target_size, generator) for _ in range(num_targets)]
+        covered = torch.stack(blocks).any(0)
+        for _ in range(100):
+            context = _place_block(grid, context_size, generator) & ~covered
+            if int(context.sum()) > min_keep:
+                break
+        else:
+            raise ValueError(f"I-JEPA masks: no context block keeps more than {min_keep} patches beside {num_targets} targets on a {grid} x {grid} "
+                             "grid; lower method.num_targets or method.target_scale")
+        contexts.append(context.flatten().nonzero()[:, 0])
+        targets.append([b.flatten().nonzero()[:, 0] for b in blocks])
+    keep_context = min(len(c) for c in contexts)
+    keep_target = min(len(t) for ts in targets for t in ts)
+    context_idx = torch.stack([c[:keep_context] for c in contexts])
+    return context_idx, [torch.stack([ts[i][:keep_target] for ts in targets]) for i in range(num_targets)]
+
+
+class JEPAPredictor(nn.Module):
+    """I-JEPA's predictor (a narrow ViT): context tokens -> `dim` plus fixed sin-cos positions; per target block, mask
+    tokens at the target positions appended; `depth` blocks; the mask tokens' outputs mapped back to the encoder's width."""
+
+    def __init__(self, in_dim: int, num_patches: int, dim: int = 96, depth: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        grid = int(math.isqrt(num_patches))
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(dim), std=0.02))
+        self.register_buffer("positions", sincos_2d(dim, grid), persistent=False)
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.project = nn.Linear(dim, in_dim)
+
+    def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: list[torch.Tensor]) -> torch.Tensor:
+        """context: (N, Kc, in_dim) encoded context patches at `context_idx`. Returns (T x N, Kt, in_dim), target-major."""
+        x = self.embed(context) + self.positions[context_idx]
+        queries = torch.cat([self.positions[t] + self.mask_token for t in target_idx])  # (T x N, Kt, dim)
+        x = torch.cat([x.repeat(len(target_idx), 1, 1), queries], dim=1)
+        x = self.norm(self.blocks(x))
+        return self.project(x[:, -queries.shape[1]:])
+
+
+class IJEPAMethod(nn.Module):
+    """I-JEPA (Assran et al., CVPR 2023): from one context block of the image, predict the representations an EMA target
+    encoder gives four other blocks — in latent space, no pixels and no hand-made views. The target encoder sees the whole
+    image; its output is layer-normalised and cut to the target blocks; the context encoder (`backbone`, the one trained
+    and evaluated) sees the context patches only; JEPAPredictor fills in the targets; the loss (LatentPredictionLoss:
+    smooth L1) compares the two. The target momentum rises linearly from momentum_base to momentum_final (the reference).
+    `features` for the online probe are the pooled context encoding. `projector` is unused (head=identity)."""
+
+    modalities = ("image",)
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, image_size: int, channels: int, num_targets: int = 4,
+                 target_scale: Sequence[float] = (0.15, 0.2), target_aspect: Sequence[float] = (0.75, 1.5),
+                 context_scale: Sequence[float] = (0.85, 1.0), min_keep: int = 4, predictor_dim: int = 96, predictor_depth: int = 2,
+                 predictor_heads: int = 4, momentum_base: float = 0.996, momentum_final: float = 1.0, name: str = "ijepa") -> None:
+        super().__init__()
+        if not getattr(backbone, "is_vit", False):
+            raise ValueError(f"method={name} needs a vision transformer backbone (backbone=vit_tiny, vit_small), got {type(backbone).__name__}")
+        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+        self.target_encoder = copy.deepcopy(backbone).requires_grad_(False)
+        self.grid = image_size // backbone.patch_size
+        self.masking = {"num_targets": num_targets, "target_scale": tuple(target_scale), "target_aspect": tuple(target_aspect),
+                        "context_scale": tuple(context_scale), "min_keep": min_keep}
+        multiblock_masks(2, self.grid, **self.masking)  # shapes that leave no context stop here, at build
+        self.predictor = JEPAPredictor(backbone.out_dim, self.grid * self.grid, predictor_dim, predictor_depth, predictor_heads)
+        self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
+
+    def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
+        images = views[0]
+        context_idx, target_idx = multiblock_masks(images.shape[0], self.grid, **self.masking)
+        context_idx, target_idx = context_idx.to(images.device), [t.to(images.device) for t in target_idx]
+        prefix = self.backbone.model.num_prefix_tokens
+        with torch.no_grad():
+            full = self.target_encoder.tokens(images)[:, prefix:]
+            full = nn.functional.layer_norm(full, full.shape[-1:])
+            targets = torch.cat([torch.gather(full, 1, t[..., None].expand(-1, -1, full.shape[-1])) for t in target_idx])
+        tokens = self.backbone.tokens(images, context_idx)
+        predictions = self.predictor(tokens[:, prefix:], context_idx, target_idx)
+        loss = self.loss(predictions, targets)
+        return {"loss": loss, "features": self.backbone.pool(tokens).detach(),
+                "logs": {"momentum": self.momentum, "context_patches": float(context_idx.shape[1]), "target_patches": float(target_idx[0].shape[1])}}
+
+    @torch.no_grad()
+    def on_optimizer_step(self, step: int, max_steps: int) -> None:
+        """EMA update of the target encoder with the reference's linear momentum schedule."""
+        self.momentum = self.momentum_base + (self.momentum_final - self.momentum_base) * min(1.0, step / max(1, max_steps))
+        ema_update(self.target_encoder, self.backbone, self.momentum)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ssl_train.losses.koleo import KoLeoLoss
 from ssl_train.losses.precision import float32_linear
 from ssl_train.methods.common import encode_views
 from ssl_train.methods.ema import cosine_momentum, ema_update
@@ -20,11 +21,13 @@ class DINOMethod(nn.Module):
     sharpened output of the other global views, from every view (global and local crops).
 
     The teacher sees global views only and gets no gradients; its momentum follows BYOL's cosine schedule;
-    the loss's teacher temperature warms up with the optimizer step (DINOLoss.set_step).
+    the loss's teacher temperature warms up with the optimizer step (DINOLoss.set_step). `koleo_weight` > 0 adds DINOv2's
+    KoLeo regulariser (Oquab et al. 2024; weight 0.1 there) on the student's backbone features of each global view.
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, momentum_base: float = 0.996,
-                 momentum_final: float = 1.0, num_global_views: int = 2, freeze_last_layer_epochs: int = 1, name: str = "dino") -> None:
+                 momentum_final: float = 1.0, num_global_views: int = 2, freeze_last_layer_epochs: int = 1, koleo_weight: float = 0.0,
+                 name: str = "dino") -> None:
         super().__init__()
         if not hasattr(projector, "last_layer_norm"):
             raise ValueError(f"DINO needs head=dino (a DINOHead with a weight-normalised last layer), got {type(projector).__name__}")
@@ -35,6 +38,9 @@ class DINOMethod(nn.Module):
         self.teacher_projector = copy.deepcopy(projector).requires_grad_(False)
         self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
         self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
+        if koleo_weight < 0:
+            raise ValueError(f"DINO: method.koleo_weight must be >= 0, got {koleo_weight}")
+        self.koleo_weight, self.koleo = koleo_weight, KoLeoLoss()
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         num_global = min(self.num_global_views, len(views))
@@ -43,7 +49,12 @@ class DINOMethod(nn.Module):
         with torch.no_grad():
             teacher = encode_views(lambda x: self.teacher_projector(self.teacher_backbone(x)), views[:num_global])
         loss = self.loss(student, teacher)
-        return {"loss": loss, "features": features[0].detach(), "logs": {"momentum": self.momentum, "teacher_temp": self.loss.current_teacher_temp}}
+        logs = {"momentum": self.momentum, "teacher_temp": self.loss.current_teacher_temp}
+        if self.koleo_weight > 0:
+            koleo = sum(self.koleo(h) for h in features[:num_global])
+            loss = loss + self.koleo_weight * koleo
+            logs["koleo"] = float(koleo.detach())
+        return {"loss": loss, "features": features[0].detach(), "logs": logs}
 
     @torch.no_grad()
     def on_optimizer_step(self, step: int, max_steps: int) -> None:

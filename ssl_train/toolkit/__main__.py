@@ -1,4 +1,4 @@
-"""`python -m ssl_train.toolkit COMMAND --ckpt PATH [options]`: export, embed, search, anomaly, map, views.
+"""`python -m ssl_train.toolkit COMMAND --ckpt PATH [options]`: export, embed, search, anomaly, map, views, attention.
 
 Outputs go to a new folder beside the checkpoint (<ckpt dir>/<command>[-N]) unless --out is given; nothing is overwritten.
 Data defaults to the checkpoint's own training data; --data OPTION picks another config of configs/data
@@ -28,7 +28,7 @@ from ssl_train.eval.checkpoint import load_encoder
 from ssl_train.eval.linear_probe import extract_features
 from ssl_train.toolkit.anomaly import auroc, knn_anomaly_scores, mahalanobis_scores
 from ssl_train.toolkit.export import export_backbone, fresh_dir
-from ssl_train.toolkit.pictures import save_map, view_grid
+from ssl_train.toolkit.pictures import attention_grid, save_map, view_grid
 from ssl_train.toolkit.search import knn_search, recall_at_k
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -127,6 +127,21 @@ def cmd_views(args: argparse.Namespace) -> dict:
     return {"out": str(out / "views.png"), "images": len(images), "views_per_image": len(views(images[0]))}
 
 
+def cmd_attention(args: argparse.Namespace) -> dict:
+    encoder, train_cfg = load_encoder(args.ckpt, trust=args.trust_checkpoint)
+    if not callable(getattr(encoder, "cls_attention", None)):
+        raise UserError(f"attention: the checkpoint's encoder ({type(encoder).__name__}) is not a vision transformer; train with backbone=vit_tiny / vit_small")
+    datamodule = _datamodule(args, train_cfg)
+    s = datamodule.splits
+    _, test = datamodule.probe_datasets()
+    images = torch.stack([test[i][0] for i in range(min(args.count, len(test)))])
+    attention = encoder.eval().cls_attention(images)
+    out = _out(args, "attention")
+    write_png(attention_grid(images, attention, s.mean, s.std), str(out / "attention.png"))
+    np.save(out / "attention.npy", attention.numpy())
+    return {"out": str(out / "attention.png"), "images": len(images), "heads": int(attention.shape[1]), "grid": int(attention.shape[-1])}
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="python -m ssl_train.toolkit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = main.add_subparsers(dest="command", required=True)
@@ -137,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
         "anomaly": (cmd_anomaly, "kNN / Mahalanobis anomaly scores; AUROC with one class held out as the anomaly"),
         "map": (cmd_map, "2-D map of embeddings (auto: UMAP if umap-learn is installed, else PCA; or --method tsne) as PNG and TensorBoard"),
         "views": (cmd_views, "grid of augmented views of a few training images (what the augment config does)"),
+        "attention": (cmd_attention, "a ViT's class-token attention in its last block, mean and per head, over a few test images (PNG + .npy)"),
     }
     for name, (function, help_text) in specs.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -161,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
     commands.choices["map"].add_argument("--split", choices=["train", "test"], default="test")
     commands.choices["map"].add_argument("--method", choices=["auto", "umap", "tsne", "pca"], default="auto")
     commands.choices["views"].add_argument("--count", type=int, default=8, help="how many images")
+    commands.choices["attention"].add_argument("--count", type=int, default=8, help="how many test images")
     return main
 
 

@@ -77,3 +77,24 @@ def view_grid(views: Callable[[torch.Tensor], Sequence[torch.Tensor]], images: S
     if grid.shape[0] == 1:
         grid = grid.repeat(3, 1, 1)
     return (grid * 255).round().to(torch.uint8)
+
+
+def heat_colours(values: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [0, 1] from (H, W) values scaled to [0, 1]: black -> red -> yellow -> white ("hot")."""
+    v = (values - values.min()) / (values.max() - values.min()).clamp_min(1e-12)
+    return torch.stack([(3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)])
+
+
+def attention_grid(images: torch.Tensor, attention: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """A uint8 grid: one row per image, the image then the class token's attention averaged over heads and each head's,
+    upsampled to the image (nearest: one block per patch)."""
+    mean_t, std_t = torch.tensor(list(mean)).view(-1, 1, 1), torch.tensor(list(std)).view(-1, 1, 1)
+    size = images.shape[-1]
+    rows = []
+    for image, heads in zip(images, attention, strict=True):
+        shown = (image.cpu() * std_t + mean_t).clamp(0, 1)
+        maps = torch.cat([heads.mean(0, keepdim=True), heads]).cpu()
+        upsampled = torch.nn.functional.interpolate(maps[:, None], size=(size, size), mode="nearest")[:, 0]
+        rows += [shown.expand(3, -1, -1)] + [heat_colours(m) for m in upsampled]
+    grid = make_grid(torch.stack(rows), nrow=len(rows) // len(images), padding=2, pad_value=1.0)
+    return (grid * 255).round().to(torch.uint8)
