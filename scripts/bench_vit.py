@@ -1,5 +1,6 @@
 """Vision transformers on this machine: training images/s of ViT-tiny (the CPU config, 28 px, 4 px patches) beside the
-small ResNet for the same method, and MAE's speed-up from encoding only the visible patches.
+small ResNet for the same method, the masked-modelling methods (MAE, SimMIM, I-JEPA), and MAE's speed-up from encoding
+only the visible patches.
 
 Run: python scripts/bench_vit.py [--steps 5] [--rounds 3] [--batch 256]
 
@@ -43,7 +44,10 @@ def main() -> None:
     print(f"| training step (batch {args.batch}, 28 px, {torch.get_num_threads()} threads) | params | images/s |")
     print("|---|---|---|")
     configs = (("SimCLR, small ResNet (default)", ["method=simclr"]), ("SimCLR, ViT-tiny (6 blocks, 4 px patches)", ["method=simclr", "backbone=vit_tiny"]),
-               ("DINO, ViT-tiny", ["method=dino", "backbone=vit_tiny"]), ("MAE, ViT-tiny (25% visible)", ["method=mae"]))
+               ("DINO, ViT-tiny", ["method=dino", "backbone=vit_tiny"]), ("MAE, ViT-tiny (25% visible)", ["method=mae"]),
+               ("SimMIM, ViT-tiny (all patches, 60% masked)", ["method=simmim"]),
+               ("SimMIM, small ResNet (masked pixels)", ["method=simmim", "backbone=small_resnet"]),
+               ("I-JEPA, ViT-tiny (context + EMA target)", ["method=ijepa"]))
     for name, overrides in configs:
         built = built_from(overrides)
         seconds = training_step_time(built, args.batch, args.steps, args.rounds)
