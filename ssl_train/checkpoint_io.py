@@ -17,6 +17,16 @@ from ssl_train.errors import UserError
 TRUST_HINT = "trust_checkpoint=true (toolkit: --trust-checkpoint)"
 
 
+def fresh_dir(path: Path) -> Path:
+    """`path`, or path-1, path-2, ... if it exists, made empty: an export or adapter never overwrites an earlier one."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
 def read_checkpoint(path: str | os.PathLike, trust: bool = False, key: str = "ckpt_path") -> dict[str, Any]:
     """torch.load with weights_only=True (tensors and plain containers only: a crafted file cannot run code), or
     the full unpickler when `trust` is set; every way a file can be unreadable becomes one UserError naming `key`."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ssl_train.checkpoint_io import fresh_dir
 from ssl_train.errors import UserError
 from ssl_train.eval.finetune import FineTune
 
@@ -78,18 +79,8 @@ class LoRAFineTune(FineTune):
         groups = [{"params": trainable, "lr": self.lr * self.batch_size / 256, "weight_decay": self.weight_decay}]
         self._train(adapted, groups, train_set, num_classes, device)
         if self.adapter_dir:
-            adapted.save_pretrained(str(self._fresh_dir(Path(self.adapter_dir))))
+            adapted.save_pretrained(str(fresh_dir(Path(self.adapter_dir))))
         model = adapted.base_model.model  # the classifier with adapters in place
         result = self._test(model.encoder, model.head, test_set, num_classes, device, trainable=sum(p.numel() for p in trainable))
         result["total_params"] = float(sum(p.numel() for p in adapted.parameters()))
         return result
-
-    @staticmethod
-    def _fresh_dir(path: Path) -> Path:
-        """`path`, or path-1, path-2, ... when it exists: an earlier adapter is never overwritten."""
-        candidate, number = path, 0
-        while candidate.exists():
-            number += 1
-            candidate = path.with_name(f"{path.name}-{number}")
-        candidate.mkdir(parents=True)
-        return candidate

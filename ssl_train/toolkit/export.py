@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from ssl_train import backbones
 from ssl_train.backbones import TorchvisionResNet
 from ssl_train.build import build_datamodule
+from ssl_train.checkpoint_io import fresh_dir
 from ssl_train.errors import UserError
 from ssl_train.eval.checkpoint import input_of, load_encoder
 from ssl_train.modality import modalities_of
@@ -24,16 +25,6 @@ from ssl_train.portable import CARD_FILE, CONFIG_FILE, MODELING_FILE, WEIGHTS_FI
 from ssl_train.tracking.trackers import git_commit
 
 FORMATS = ("safetensors", "torch")
-
-
-def fresh_dir(path: Path) -> Path:
-    """`path`, or path-1, path-2, ... if it exists: an export never overwrites an earlier one."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
 
 
 def how_to_load(encoder: torch.nn.Module, spec: dict[str, Any], weights_file: str) -> dict[str, str]:
