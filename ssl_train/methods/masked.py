@@ -212,21 +212,26 @@ def multiblock_masks(batch: int, grid: int, num_targets: int = 4, target_scale: 
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """I-JEPA's multi-block masking (src/masks/multiblock.py): per batch one target block shape and one square context
     shape; per image `num_targets` target blocks and one context block with every target patch removed (no overlap),
-    redrawn until more than `min_keep` patches remain. Returns (context (N, Kc), [targets (N, Kt)] x num_targets) patch
+    redrawn until more than `min_keep` patches remain (after each 20 failed draws one more target may overlap, as the
+    reference's constrain_mask relaxes). Returns (context (N, Kc), [targets (N, Kt)] x num_targets) patch
     indices in row-major order, each cut to the shortest in the batch as the reference's collator does."""
     target_size = _block_size(grid, target_scale, target_aspect, generator)
     context_size = _block_size(grid, context_scale, (1.0, 1.0), generator)
+    if context_size[0] * context_size[1] <= min_keep:
+        raise ValueError(f"I-JEPA masks: a {context_size[0]} x {context_size[1]} context block never keeps more than method.min_keep={min_keep} "
+                         "patches; raise method.context_scale or lower min_keep")
     contexts, targets = [], []
     for _ in range(batch):
         blocks = [_place_block(grid, target_size, generator) for _ in range(num_targets)]
-        covered = torch.stack(blocks).any(0)
-        for _ in range(100):
-            context = _place_block(grid, context_size, generator) & ~covered
+        relaxed, attempts = 0, 0  # the reference's fallback: every 20 failed draws, one more target may overlap the context
+        while True:
+            context = _place_block(grid, context_size, generator)
+            for block in blocks[:max(num_targets - relaxed, 0)]:
+                context &= ~block
             if int(context.sum()) > min_keep:
                 break
-        else:
-            raise ValueError(f"I-JEPA masks: no context block keeps more than {min_keep} patches beside {num_targets} targets on a {grid} x {grid} "
-                             "grid; lower method.num_targets or method.target_scale")
+            attempts += 1
+            relaxed += attempts % 20 == 0
         contexts.append(context.flatten().nonzero()[:, 0])
         targets.append([b.flatten().nonzero()[:, 0] for b in blocks])
     keep_context = min(len(c) for c in contexts)
@@ -282,7 +287,10 @@ class IJEPAMethod(nn.Module):
         self.grid = image_size // backbone.patch_size
         self.masking = {"num_targets": num_targets, "target_scale": tuple(target_scale), "target_aspect": tuple(target_aspect),
                         "context_scale": tuple(context_scale), "min_keep": min_keep}
-        multiblock_masks(2, self.grid, **self.masking)  # shapes that leave no context stop here, at build
+        smallest = max(1, min(int(round(math.sqrt(int(self.grid ** 2 * context_scale[0])))), self.grid - 1))
+        if smallest * smallest <= min_keep:  # the smallest context block the masks can draw must keep more than min_keep
+            raise ValueError(f"method.context_scale={list(context_scale)}: a {smallest} x {smallest} context block on the {self.grid} x {self.grid} "
+                             f"patch grid cannot keep more than method.min_keep={min_keep} patches; raise context_scale or lower min_keep")
         self.predictor = JEPAPredictor(backbone.out_dim, self.grid * self.grid, predictor_dim, predictor_depth, predictor_heads)
         self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
 
