@@ -18,7 +18,8 @@ METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
 OTHER_MODALITY = {"cpc": ("seq_fashion_mnist", "RecurrentEncoder", "SequentialFashionMNIST"),
                   "dgi": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"), "grace": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"),
                   "simcse": ("wordnet_glosses", "TransformerTextEncoder", "WordNetGlosses"),
-                  "clip": ("fmnist_captions", "SmallResNet", "CaptionedFashionMNIST"), "mae": ("default", "TimmEncoder", "EmbeddedFashionMNIST")}
+                  "clip": ("fmnist_captions", "SmallResNet", "CaptionedFashionMNIST"), "mae": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
+                  "simmim": ("default", "TimmEncoder", "EmbeddedFashionMNIST"), "ijepa": ("default", "TimmEncoder", "EmbeddedFashionMNIST")}
 
 
 @pytest.mark.parametrize("method", METHODS)
