@@ -149,7 +149,7 @@ class SimMIMMethod(nn.Module):
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, image_size: int, channels: int, mask_ratio: float = 0.6,
                  mask_patch_size: int = 4, name: str = "simmim") -> None:
         super().__init__()
-        self.backbone, self.projector, self.loss, self.mask_ratio, self.name, self.channels = backbone, projector, loss, mask_ratio, name, channels
+        self.backbone, self.projector, self.loss, self.mask_ratio, self.name = backbone, projector, loss, mask_ratio, name
         self.is_vit = bool(getattr(backbone, "is_vit", False))
         if self.is_vit:
             stride, features = backbone.patch_size, backbone.out_dim
@@ -157,15 +157,17 @@ class SimMIMMethod(nn.Module):
                 raise ValueError(f"method.mask_patch_size={mask_patch_size} must be a multiple of the ViT's patch size {stride}")
             self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(backbone.out_dim), std=0.02, a=-0.02, b=0.02))
         elif callable(getattr(backbone, "stages", None)):
-            with torch.no_grad():
-                last = backbone.stages(torch.zeros(1, channels, image_size, image_size))[-1]
+            was_training = backbone.training
+            with torch.no_grad():  # in eval mode: the dry forward must not move BatchNorm's running statistics
+                last = backbone.eval().stages(torch.zeros(1, channels, image_size, image_size))[-1]
+            backbone.train(was_training)
             features, stride = last.shape[1], math.ceil(image_size / last.shape[-1])
             self.mask_token = nn.Parameter(torch.zeros(channels))  # the fill value of masked pixels (0 = the data mean)
         else:
             raise ValueError(f"method={name} needs a ViT or a CNN that exposes its feature maps (stages), got {type(backbone).__name__}")
         if image_size % mask_patch_size:
             raise ValueError(f"method.mask_patch_size={mask_patch_size} does not divide the image size {image_size}")
-        self.image_size, self.mask_patch_size, self.stride = image_size, mask_patch_size, stride
+        self.mask_patch_size, self.stride = mask_patch_size, stride
         self.patch = stride if self.is_vit else mask_patch_size  # the granularity the mask (and the loss) is counted in
         block_mask(1, image_size // mask_patch_size, mask_ratio, 1)  # a ratio that masks none or all stops here, at build
         self.decoder = nn.Sequential(nn.Conv2d(features, stride * stride * channels, kernel_size=1), nn.PixelShuffle(stride))
@@ -189,55 +191,56 @@ class SimMIMMethod(nn.Module):
         return {"loss": loss, "features": features.detach(), "logs": {"masked_fraction": float(mask.mean())}}
 
 
-def _block_size(grid: int, scale: tuple[float, float], aspect: tuple[float, float], generator: torch.Generator | None) -> tuple[int, int]:
-    """I-JEPA's block shape (its _sample_block_size): one uniform draw sets both the area share and the aspect ratio."""
-    u = float(torch.rand(1, generator=generator))
+def _block_size(grid: int, scale: tuple[float, float], aspect: tuple[float, float], generator: torch.Generator | None,
+                u: float | None = None) -> tuple[int, int]:
+    """I-JEPA's block shape (its _sample_block_size): one uniform draw `u` sets both the area share and the aspect ratio."""
+    u = float(torch.rand(1, generator=generator)) if u is None else u
     area = int(grid * grid * (scale[0] + u * (scale[1] - scale[0])))
     ratio = aspect[0] + u * (aspect[1] - aspect[0])
     height, width = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
     return max(1, min(height, grid - 1)), max(1, min(width, grid - 1))
 
 
-def _place_block(grid: int, size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
-    """(grid, grid) bool, True on a block of `size` at a random place (top-left in [0, grid - size), as the reference)."""
-    top = int(torch.randint(0, grid - size[0], (1,), generator=generator))
-    left = int(torch.randint(0, grid - size[1], (1,), generator=generator))
-    block = torch.zeros(grid, grid, dtype=torch.bool)
-    block[top:top + size[0], left:left + size[1]] = True
-    return block
+def _place_blocks(count: int, per_image: int, grid: int, size: tuple[int, int], generator: torch.Generator | None) -> torch.Tensor:
+    """(count, per_image, grid, grid) bool, True on blocks of `size` at random places (top-left in [0, grid - size), as the
+    reference's randint)."""
+    tops = torch.randint(0, grid - size[0], (count, per_image, 1), generator=generator)
+    lefts = torch.randint(0, grid - size[1], (count, per_image, 1), generator=generator)
+    cells = torch.arange(grid)
+    rows, cols = (cells >= tops) & (cells < tops + size[0]), (cells >= lefts) & (cells < lefts + size[1])
+    return rows[..., :, None] & cols[..., None, :]
+
+
+def _first_indices(masks: torch.Tensor) -> torch.Tensor:
+    """(..., L) bool -> (..., K) the row-major indices of the True entries, each row cut to the shortest row's K."""
+    keep = int(masks.sum(-1).min())
+    return torch.argsort((~masks).to(torch.uint8), dim=-1, stable=True)[..., :keep]
 
 
 def multiblock_masks(batch: int, grid: int, num_targets: int = 4, target_scale: tuple[float, float] = (0.15, 0.2),
                      target_aspect: tuple[float, float] = (0.75, 1.5), context_scale: tuple[float, float] = (0.85, 1.0), min_keep: int = 4,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """I-JEPA's multi-block masking (src/masks/multiblock.py): per batch one target block shape and one square context
-    shape; per image `num_targets` target blocks and one context block with every target patch removed (no overlap),
-    redrawn until more than `min_keep` patches remain (after each 20 failed draws one more target may overlap, as the
-    reference's constrain_mask relaxes). Returns (context (N, Kc), [targets (N, Kt)] x num_targets) patch
-    indices in row-major order, each cut to the shortest in the batch as the reference's collator does."""
+    """I-JEPA's multi-block masking (src/masks/multiblock.py), batched: per batch one target block shape and one square
+    context shape; per image `num_targets` target blocks and one context block with every target patch removed (no
+    overlap), redrawn until more than `min_keep` patches remain (after each 20 failed draws one more target may overlap,
+    as the reference's constrain_mask relaxes). Returns (context (N, Kc), [targets (N, Kt)] x num_targets) patch indices
+    in row-major order, each cut to the shortest in the batch as the reference's collator does."""
     target_size = _block_size(grid, target_scale, target_aspect, generator)
     context_size = _block_size(grid, context_scale, (1.0, 1.0), generator)
     if context_size[0] * context_size[1] <= min_keep:
         raise ValueError(f"I-JEPA masks: a {context_size[0]} x {context_size[1]} context block never keeps more than method.min_keep={min_keep} "
                          "patches; raise method.context_scale or lower min_keep")
-    contexts, targets = [], []
-    for _ in range(batch):
-        blocks = [_place_block(grid, target_size, generator) for _ in range(num_targets)]
-        relaxed, attempts = 0, 0  # the reference's fallback: every 20 failed draws, one more target may overlap the context
-        while True:
-            context = _place_block(grid, context_size, generator)
-            for block in blocks[:max(num_targets - relaxed, 0)]:
-                context &= ~block
-            if int(context.sum()) > min_keep:
-                break
-            attempts += 1
-            relaxed += attempts % 20 == 0
-        contexts.append(context.flatten().nonzero()[:, 0])
-        targets.append([b.flatten().nonzero()[:, 0] for b in blocks])
-    keep_context = min(len(c) for c in contexts)
-    keep_target = min(len(t) for ts in targets for t in ts)
-    context_idx = torch.stack([c[:keep_context] for c in contexts])
-    return context_idx, [torch.stack([ts[i][:keep_target] for ts in targets]) for i in range(num_targets)]
+    targets = _place_blocks(batch, num_targets, grid, target_size, generator)  # (N, T, g, g)
+    context = torch.zeros(batch, grid, grid, dtype=torch.bool)
+    pending, failures = torch.arange(batch), 0  # every pending image has failed `failures` draws
+    while len(pending):
+        drawn = _place_blocks(len(pending), 1, grid, context_size, generator)[:, 0]
+        drawn &= ~targets[pending, :max(num_targets - failures // 20, 0)].any(1)
+        kept = drawn.flatten(1).sum(1) > min_keep
+        context[pending[kept]] = drawn[kept]
+        pending, failures = pending[~kept], failures + 1
+    target_idx = _first_indices(targets.flatten(2).transpose(0, 1).flatten(0, 1))  # (T x N, Kt), cut over all targets
+    return _first_indices(context.flatten(1)), list(target_idx.reshape(num_targets, batch, -1))
 
 
 class JEPAPredictor(nn.Module):
@@ -287,9 +290,9 @@ class IJEPAMethod(nn.Module):
         self.grid = image_size // backbone.patch_size
         self.masking = {"num_targets": num_targets, "target_scale": tuple(target_scale), "target_aspect": tuple(target_aspect),
                         "context_scale": tuple(context_scale), "min_keep": min_keep}
-        smallest = max(1, min(int(round(math.sqrt(int(self.grid ** 2 * context_scale[0])))), self.grid - 1))
-        if smallest * smallest <= min_keep:  # the smallest context block the masks can draw must keep more than min_keep
-            raise ValueError(f"method.context_scale={list(context_scale)}: a {smallest} x {smallest} context block on the {self.grid} x {self.grid} "
+        smallest = _block_size(self.grid, tuple(context_scale), (1.0, 1.0), None, u=0.0)  # the smallest context block the masks can draw
+        if smallest[0] * smallest[1] <= min_keep:
+            raise ValueError(f"method.context_scale={list(context_scale)}: a {smallest[0]} x {smallest[1]} context block on the {self.grid} x {self.grid} "
                              f"patch grid cannot keep more than method.min_keep={min_keep} patches; raise context_scale or lower min_keep")
         self.predictor = JEPAPredictor(backbone.out_dim, self.grid * self.grid, predictor_dim, predictor_depth, predictor_heads)
         self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
