@@ -91,9 +91,8 @@ def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", in
         extra["image_size"] = image_size
     node = copy.copy(cfg.backbone)
     with open_dict(node):
-        weights = node.pop("weights", None)
-        for key in RUN_KEYS:
-            node.pop(key, None)
+        run_settings = {key: node.pop(key, None) for key in RUN_KEYS}  # not constructor arguments
+    weights = run_settings["weights"]
     encoder = instantiate("backbone", instantiate("backbone", node), in_channels=in_channels, **extra)
     return load_initial_weights(encoder, weights, trust=bool(cfg.get("trust_checkpoint", False))) if weights and initial_weights else encoder
 
