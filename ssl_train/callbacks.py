@@ -165,7 +165,9 @@ class Preemption(pl.Callback):
         if batch_idx + 1 < trainer.num_training_batches:  # after an epoch's last batch come its validation and checkpoints:
             self._stop_if_signalled(trainer, pl_module)    # a signal then is acted on once they are written (below)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after the epoch's validation and its checkpoints, where Lightning resumes at the next epoch; not at the next
+        # epoch's start: a checkpoint written there resumes as if that epoch were done (Lightning 2.6 trains 0 batches)
         self._stop_if_signalled(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

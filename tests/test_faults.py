@@ -61,6 +61,27 @@ def test_sigterm_mid_epoch_saves_at_once_and_the_rerun_ends_at_the_uninterrupted
     assert_same_weights(final_weights(tmp_path / "job"), final_weights(tmp_path / "full"))
 
 
+@pytest.mark.parametrize("signal_step", [2, 5], ids=["last batch of epoch 1", "last batch of the last epoch"])
+def test_sigterm_in_an_epochs_last_batch_resumes_to_the_uninterrupted_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                             signal_step: int) -> None:
+    """A signal in an epoch's last batch is acted on after its validation and checkpoints; the rerun trains the rest."""
+    full = run(compose_config(TWO_EPOCHS, tmp_path / "full"))
+    original = SSLModule.training_step
+
+    def signalled(self, batch, batch_idx):  # noqa: ANN001, ANN202 - same signature as the real training_step
+        if self.global_step == signal_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SSLModule, "training_step", signalled)
+        with pytest.raises(Preempted, match=rf"stopped at step {signal_step + 1} after writing"):
+            run(compose_config(TWO_EPOCHS, tmp_path / "job"))
+    resumed = run(compose_config(TWO_EPOCHS, tmp_path / "job"))
+    assert resumed["steps"] == full["steps"] == 6
+    assert_same_weights(final_weights(tmp_path / "job"), final_weights(tmp_path / "full"))
+
+
 def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_save, calls = torch.save, {"n": 0}
 
