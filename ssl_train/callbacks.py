@@ -166,19 +166,26 @@ class Preemption(pl.Callback):
             self._stop_if_signalled(trainer, pl_module)    # a signal then is acted on once they are written (below)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # after the epoch's validation and its checkpoints, where Lightning resumes at the next epoch; not at the next
-        # epoch's start: a checkpoint written there resumes as if that epoch were done (Lightning 2.6 trains 0 batches)
-        self._stop_if_signalled(trainer, pl_module)
+        # Lightning calls the ModelCheckpoints' epoch-end hooks after this one: ask it to stop once they (and the epoch's
+        # scheduler step) are done, and write ours at train end. Not at the next epoch's start: a checkpoint written
+        # there resumes as if that epoch were done (Lightning 2.6 trains 0 batches)
+        if self._signal(trainer, pl_module) is not None:
+            trainer.should_stop = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._stop_if_signalled(trainer, pl_module)  # signalled during the last epoch's validation: training is done, stop before the probe
+        self._stop_if_signalled(trainer, pl_module)  # signalled at an epoch's end or in the last epoch: stop before the probe
         self._restore_handlers()
 
-    def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _signal(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+        """The signal received on any rank (all ranks agree, so they save and stop together), or None."""
         received = self.received
-        if trainer.world_size > 1:  # any rank signalled -> all ranks save and stop together
+        if trainer.world_size > 1:
             flag = torch.tensor([0 if received is None else int(received)], device=pl_module.device)
             received = int(trainer.strategy.reduce(flag, reduce_op="max").item()) or None
+        return received
+
+    def _stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        received = self._signal(trainer, pl_module)
         if received is None:
             return
         trainer.save_checkpoint(self.checkpoint_path)

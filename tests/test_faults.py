@@ -80,6 +80,8 @@ def test_sigterm_in_an_epochs_last_batch_resumes_to_the_uninterrupted_weights(tm
     resumed = run(compose_config(TWO_EPOCHS, tmp_path / "job"))
     assert resumed["steps"] == full["steps"] == 6
     assert_same_weights(final_weights(tmp_path / "job"), final_weights(tmp_path / "full"))
+    checkpoints = lambda run_dir: sorted(p.name for p in (run_dir / "checkpoints").iterdir())  # noqa: E731
+    assert checkpoints(tmp_path / "job") == checkpoints(tmp_path / "full")  # the epoch-end ones too (best-epochNNN)
 
 
 def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
