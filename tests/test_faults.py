@@ -30,6 +30,10 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -80,8 +84,7 @@ def test_sigterm_in_an_epochs_last_batch_resumes_to_the_uninterrupted_weights(tm
     resumed = run(compose_config(TWO_EPOCHS, tmp_path / "job"))
     assert resumed["steps"] == full["steps"] == 6
     assert_same_weights(final_weights(tmp_path / "job"), final_weights(tmp_path / "full"))
-    checkpoints = lambda run_dir: sorted(p.name for p in (run_dir / "checkpoints").iterdir())  # noqa: E731
-    assert checkpoints(tmp_path / "job") == checkpoints(tmp_path / "full")  # the epoch-end ones too (best-epochNNN)
+    assert checkpoint_names(tmp_path / "job") == checkpoint_names(tmp_path / "full")  # the epoch-end ones too (best-epochNNN)
 
 
 def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,7 +102,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Pa
         run(compose_config([*QUIET, "trainer.max_epochs=3", "callbacks.model_checkpoint=null"], tmp_path / "run"))
     monkeypatch.undo()
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]  # no staging file left
+    assert checkpoint_names(tmp_path / "run") == ["last.ckpt"]  # no staging file left
 
 
 def test_unwritable_output_dir_is_one_line(tmp_path: Path) -> None:

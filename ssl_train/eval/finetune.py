@@ -55,8 +55,8 @@ class FineTune:
     LR decay `layer_decay` (ViTs; 1.0 off), warm-up then cosine, label smoothing, random-resized-crop + flip and optional
     mixup / cutmix (alpha 0: off); report the test top-1 (and top-5). `max_train_samples` caps the labelled set (CPU)."""
 
-    def __init__(self, epochs: int = 5, lr: float = 1e-3, batch_size: int = 128, weight_decay: float = 0.05, layer_decay: float = 0.75,
-                 label_smoothing: float = 0.1, warmup_epochs: float = 1.0, crop_scale: Sequence[float] = (0.5, 1.0), mixup_alpha: float = 0.0,
+    def __init__(self, epochs: int = 5, lr: float = 4e-3, batch_size: int = 32, weight_decay: float = 0.05, layer_decay: float = 0.75,
+                 label_smoothing: float = 0.0, warmup_epochs: float = 1.0, crop_scale: Sequence[float] = (0.9, 1.0), mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, max_train_samples: int | None = None, seed: int = 0) -> None:
         if epochs < 1 or lr <= 0 or not 0 < layer_decay <= 1:
             raise ValueError(f"eval.finetune: epochs >= 1, lr > 0 and 0 < layer_decay <= 1 required, got {epochs}, {lr}, {layer_decay}")
