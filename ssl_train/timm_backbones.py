@@ -9,6 +9,7 @@ import difflib
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from ssl_train.errors import UserError
@@ -31,17 +32,43 @@ def close_timm_names(name: str, limit: int = 5) -> list[str]:
     return containing or difflib.get_close_matches(name.lower(), names, n=limit, cutoff=0.5)
 
 
-def _check_fits(model: nn.Module, name: str, in_channels: int, image_size: int) -> None:
-    """One dry forward at the data's size: a CNN that downsamples the image to nothing stops here with one line."""
+SMALL_IMAGE_OUTPUT_STRIDES = (16, 8)  # tried in turn when a CNN's default stride 32 leaves nothing of a small image
+
+
+def _fits(model: nn.Module, in_channels: int, image_size: int) -> str | None:
+    """None when one dry forward at the data's size works, else the first line of the error (a CNN that downsamples
+    the image to nothing)."""
     was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, image_size, image_size))
     except RuntimeError as error:
-        raise UserError(f"backbone.name={name!r} cannot encode {image_size} px images (it downsamples them to nothing: {str(error).splitlines()[0]}); "
-                        "use larger images (e.g. data=cifar10, 32 px) or a model with less downsampling (backbone.name=resnet10t)") from None
+        return str(error).splitlines()[0]
     finally:
         model.train(was_training)
+    return None
+
+
+def _build_cnn(timm: Any, name: str, kwargs: dict[str, Any], in_channels: int, image_size: int) -> nn.Module:
+    """A timm CNN that can encode `image_size` px images: as asked, or, when its stride-32 downsampling leaves nothing
+    (ConvNeXt on 28 px), with its last stages dilated instead of strided (timm's `output_stride` 16, then 8; the weights
+    are the same, the feature map stays >= 1 x 1), logged in one line. An `output_stride` the user set is kept as is."""
+    model = timm.create_model(name, **kwargs)
+    error = _fits(model, in_channels, image_size)
+    if error is None:
+        return model
+    if "output_stride" not in kwargs:
+        for output_stride in SMALL_IMAGE_OUTPUT_STRIDES:
+            try:
+                dilated = timm.create_model(name, **kwargs, output_stride=output_stride)
+            except TypeError:  # the model has no output_stride (e.g. MobileNetV3)
+                break
+            if _fits(dilated, in_channels, image_size) is None:
+                rank_zero_info(f"[ssl_train] backbone.name={name!r}: stride 32 leaves nothing of {image_size} px images; built with "
+                               f"output_stride={output_stride} (last stages dilated, not strided; set backbone.model_kwargs.output_stride to choose)")
+                return dilated
+    raise UserError(f"backbone.name={name!r} cannot encode {image_size} px images (it downsamples them to nothing: {error}); "
+                    "use larger images (e.g. data=cifar10, 32 px) or a model with less downsampling (backbone.name=resnet10t)")
 
 
 class TimmEncoder(nn.Module):
@@ -78,8 +105,7 @@ class TimmEncoder(nn.Module):
                 raise
             if patch_size:
                 raise UserError(f"backbone.patch_size={patch_size}: timm model {name!r} has no patches (a CNN); set backbone.patch_size=null") from None
-            model = timm.create_model(name, **kwargs)
-            _check_fits(model, name, in_channels, image_size)
+            model = _build_cnn(timm, name, kwargs, in_channels, image_size)
         self.model, self.name = model, name
         self.out_dim = int(model.num_features)
         self.is_vit = all(hasattr(model, a) for a in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens"))

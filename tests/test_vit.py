@@ -50,8 +50,11 @@ def test_timm_state_dict_keeps_timm_key_names() -> None:
 def test_any_timm_cnn_and_a_wrong_name() -> None:
     cnn = TimmEncoder("convnext_atto", in_channels=1, image_size=32)
     assert not cnn.is_vit and cnn(torch.randn(2, 1, 32, 32)).shape == (2, cnn.out_dim) == (2, 320)
+    dilated = TimmEncoder("convnext_atto", in_channels=1, image_size=28)  # stride 32 leaves nothing of 28 px: output_stride 16
+    assert dilated.model.stages[3].downsample[1].stride == (1, 1) and dilated.stages(torch.randn(2, 1, 28, 28))[0].shape == (2, 320, 1, 1)
+    assert dilated.state_dict().keys() == cnn.state_dict().keys()  # the same weights, dilated instead of strided
     with pytest.raises(UserError, match=r"^backbone.name='convnext_atto' cannot encode 28 px images \(it downsamples them to nothing"):
-        TimmEncoder("convnext_atto", in_channels=1, image_size=28)
+        TimmEncoder("convnext_atto", in_channels=1, image_size=28, model_kwargs={"output_stride": 32})  # the user's stride is kept
     with pytest.raises(UserError, match=r"^backbone.name='vit_tiny_patch16_22' is not a timm model; close matches: .*vit_tiny_patch16_224"):
         TimmEncoder("vit_tiny_patch16_22")
     with pytest.raises(UserError, match=r"backbone.patch_size=5 does not divide the image size 28"):
