@@ -152,7 +152,7 @@ def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> 
         extra.update(image_size=splits.image_size, channels=splits.channels)
     if "text_encoder" in accepted:
         if cfg.get("text_encoder") is None:
-            raise UserError(f"method={group_choice('method')} needs a text tower: text_encoder=transformer_small or text_encoder=char_cnn")
+            raise UserError(f"method={group_choice('method')} needs a text tower: text_encoder=transformer_small, char_cnn or hf_text")
         extra["text_encoder"] = instantiate("text_encoder", instantiate("text_encoder", cfg.text_encoder), in_channels=splits.tokenizer.vocab_size)
     return instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss, **extra)
 

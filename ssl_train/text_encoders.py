@@ -1,4 +1,5 @@
-"""Text encoders trained from scratch on CPU: a small pre-norm transformer and a character (byte) CNN.
+"""Text encoders: a small pre-norm transformer and a character (byte) CNN trained from scratch on CPU, and any Hugging
+Face `transformers` encoder read from a local folder (HFTextEncoder, pretrained weights or random init).
 
 Both read int64 token ids (B, L) as the tokenizers make them (ssl_train.data.tokenizers: 0 is padding, position 0
 holds BOS) and return one vector per text (`out_dim`), so every method (SimCLR, SimCSE, BYOL, ...) and every probe
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ssl_train.data.tokenizers import PAD, ByteTokenizer
+from ssl_train.data.tokenizers import HF_ID_OFFSET, PAD, ByteTokenizer, _local_hf_folder, _transformers, load_hf_tokenizer
+from ssl_train.errors import UserError
 
 POOLINGS = ("mean", "cls")
 
@@ -113,3 +115,60 @@ class CharCNNEncoder(nn.Module):
                 x = torch.relu(norm(conv(x)[..., : tokens.shape[1]].transpose(1, 2)).transpose(1, 2)) * keep
             pooled.append(x.masked_fill(~keep, float("-inf")).amax(-1))
         return torch.cat(pooled, dim=1)
+
+
+class HFTextEncoder(nn.Module):
+    """A Hugging Face `transformers` encoder (BERT, RoBERTa, DistilBERT, ...) read from the local folder `path`, never
+    the hub: its pretrained weights (`pretrained=true`, SimCSE's setting: Gao et al. 2021 start from BERT) or the
+    architecture of its config.json at random init; mean pooling of the last hidden states over the non-padding
+    tokens (Sentence-BERT) or the first ([CLS]) token. It reads the ids of `tokenizer=hf` on the same folder (the
+    model's own ids + 3, 0 = padding) and shifts them back; `in_channels` (the data's vocabulary) must be that
+    tokenizer's, so a byte or BPE tokenizer stops here instead of feeding the model meaningless ids. The state dict of
+    `portable_module` keeps transformers' key names."""
+
+    modalities = ("text",)
+
+    def __init__(self, in_channels: int, path: str | None = None, pretrained: bool = True, pooling: str = "mean") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"backbone.pooling must be one of {POOLINGS}, got {pooling!r}")
+        transformers = _transformers()
+        folder = _local_hf_folder(path, "backbone.path")
+        tokenizer = load_hf_tokenizer(folder, "backbone.path")
+        if len(tokenizer) + HF_ID_OFFSET != in_channels:
+            data_vocabulary = in_channels - HF_ID_OFFSET if in_channels > HF_ID_OFFSET else in_channels
+            raise UserError(f"backbone.path={path}: this model reads the ids of its own tokenizer ({len(tokenizer)} tokens), but the data's "
+                            f"tokenizer has {data_vocabulary}: set tokenizer=hf tokenizer.path={path}")
+        progress_bar = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # a bar per load (the encoder is built for the baseline too) is noise
+        try:
+            if pretrained:
+                model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+            else:
+                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
+        except (OSError, ValueError) as error:
+            hint = " (backbone.pretrained=false builds its config.json at random init)" if pretrained else ""
+            raise UserError(f"backbone.path={path}: cannot load a transformers model from it{hint}: {str(error).splitlines()[0]}") from None
+        finally:
+            if progress_bar:
+                transformers.utils.logging.enable_progress_bar()
+        self.model, self.pooling, self.vocab_size = model.train(), pooling, in_channels  # from_pretrained returns eval mode: no dropout noise
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.out_dim = int(model.config.hidden_size)
+        limits = [int(n) for n in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length) if n and n < 100_000]
+        self.max_positions = min(limits) if limits else None
+
+    @property
+    def portable_module(self) -> nn.Module:
+        """The transformers model itself: exports carry its key names (AutoModel.from_config(...).load_state_dict)."""
+        return self.model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        _check_tokens(tokens, self.vocab_size, self.max_positions)
+        keep = tokens != PAD
+        ids = (tokens - HF_ID_OFFSET).masked_fill(~keep, self.pad_id)
+        hidden = self.model(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = keep.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)

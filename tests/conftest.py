@@ -139,3 +139,28 @@ def make_image_folder(root: Path, n_per_class: int = 3, classes: int = 4, size: 
     for i in range(corrupt):
         (root / "train" / "class_0" / f"broken_{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     return root
+
+
+HF_WORDS = ("the a of to and in is that for on with as by or an be from at which it this are not person animal move act "
+            "something plant body food place state make change used having relating quality").split()
+
+
+def make_hf_model(root: Path, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny BERT (WordPiece vocabulary learned locally, random weights) saved as a Hugging Face model folder: what
+    `save_pretrained` writes for a real one (config.json, model.safetensors, tokenizer files). Needs transformers."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(1234)  # not the tests' seed: a random init there must differ from these weights
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator([" ".join(HF_WORDS)] * 4, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials, show_progress=False))
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
+                        max_position_embeddings=128, pad_token_id=fast.pad_token_id)
+    root.mkdir(parents=True, exist_ok=True)
+    BertModel(config).save_pretrained(root)
+    fast.save_pretrained(root)
+    return root

@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError
 
 from ssl_train.build import build, build_evaluators
-from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_image_folder, make_stl10, skip_without_graph_extra
+from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_hf_model, make_image_folder, make_stl10, skip_without_graph_extra
 
 GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug"]
 NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist"), ("experiment", "fmnist30")}
@@ -68,7 +68,7 @@ GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "graph_arrays"), ("data"
                  ("augment", "graph"), ("augment", "graph_identity"), ("backbone", "gcn"),
                  ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
 TEXT_OPTIONS = {("data", "wordnet_glosses"), ("data", "text_files"), ("augment", "text_eda"), ("augment", "text_identity"), ("augment", "text_crop"),
-                ("backbone", "transformer_small"), ("backbone", "char_cnn"), ("method", "simcse"), ("head", "simcse_mlp")}
+                ("backbone", "transformer_small"), ("backbone", "char_cnn"), ("backbone", "hf_text"), ("method", "simcse"), ("head", "simcse_mlp")}
 TEXT_CONTEXT = ["method=simcse", "data.source.train_limit=64", "data.source.test_limit=16"]
 PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data", "caption_table"), ("augment", "clip"), ("method", "clip"),
                 ("loss", "clip"), ("head", "clip_projection")}
@@ -112,6 +112,9 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     overrides = [*context, f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
         overrides.append(f"data.source.root={idx_root}")
+    if (group, option) == ("backbone", "hf_text"):  # a local Hugging Face model folder and its tokenizer
+        pytest.importorskip("transformers")
+        overrides += ["tokenizer=hf", f"tokenizer.path={make_hf_model(tmp_path / 'hf')}"]
     if group == "data":
         overrides += data_fixture(option, tmp_path)
     if (group, option) in NEEDS_GPU:

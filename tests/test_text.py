@@ -175,7 +175,7 @@ def test_simcse_loss_is_the_reference_cross_entropy_over_cosine_similarities() -
     (["data=wordnet_glosses"], "augment=simclr takes image data, but data=wordnet_glosses holds texts; augment options for text data: "
                                "text_crop, text_eda, text_identity"),
     (["method=simcse", "backbone=small_resnet"], "backbone=small_resnet takes image data, but data=wordnet_glosses holds texts; "
-                                                 "backbone options for text data: char_cnn, transformer_small"),
+                                                 "backbone options for text data: char_cnn, hf_text, transformer_small"),
     (["method=clip", "data=default"], "method=clip takes image_text data, but data=default holds images; data options for image_text data: "
                                       "caption_folder, caption_table, fmnist_captions"),
 ])
@@ -203,5 +203,5 @@ def test_clip_without_a_text_tower_is_refused_in_one_line(tmp_path: Path) -> Non
     cfg = compose_config(["method=clip"], tmp_path)
     with open_dict(cfg):
         cfg.text_encoder = None
-    with pytest.raises(UserError, match="needs a text tower: text_encoder=transformer_small or text_encoder=char_cnn"):
+    with pytest.raises(UserError, match="needs a text tower: text_encoder=transformer_small, char_cnn or hf_text"):
         build(cfg)

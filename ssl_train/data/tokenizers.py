@@ -4,7 +4,8 @@ Every tokenizer maps a text to a fixed-length int64 tensor: [BOS] tokens... [EOS
 (longer texts are cut). Ids 0, 1, 2 are PAD, BOS and EOS in every tokenizer, so encoders mask padding with
 `tokens == PAD` and read the first position for CLS pooling without knowing which tokenizer made the ids.
 A tokenizer is made by a factory that gets the training texts (`corpus`): the byte tokenizer ignores them, the BPE
-learns its merges from them (`tokenizers` library, seconds for 10k sentences) or reads a tokenizer.json it saved.
+learns its merges from them (`tokenizers` library, seconds for 10k sentences) or reads a tokenizer.json it saved, and
+`tokenizer=hf` reads a Hugging Face tokenizer from a local folder (the model's own ids shifted by 3, so 0 stays PAD).
 Nothing is ever fetched from a hub.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -112,6 +114,61 @@ class BPETokenizer:
         return self.tokenizer.decode([int(i) for i in ids.tolist() if int(i) > EOS])  # type: ignore[attr-defined]
 
 
+HF_ID_OFFSET = len(SPECIAL_TOKENS)  # HFTokenizer's ids are the Hugging Face tokenizer's + 3: 0 stays padding
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("tokenizer=hf / backbone=hf_text need the `transformers` package: pip install 'ssl_train[hf]'") from None
+    return transformers
+
+
+def _local_hf_folder(path: str | Path | None, key: str) -> Path:
+    """The local folder of a Hugging Face model or tokenizer; never a hub name."""
+    if not path:
+        raise UserError(f"{key}: give the local folder of a Hugging Face model (save_pretrained's output): tokenizer=hf "
+                        "tokenizer.path=~/models/bert-base-uncased (backbone.path follows it); nothing is fetched from the hub")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataNotFoundError(f"{key}={path}: no such folder (a local Hugging Face model folder, e.g. from huggingface-cli download "
+                                "NAME --local-dir DIR on a machine with internet); nothing is fetched from the hub")
+    return folder
+
+
+def load_hf_tokenizer(path: str | Path | None, key: str = "tokenizer.path") -> Any:
+    """A `transformers.AutoTokenizer` read from a local folder only (local_files_only: never the hub)."""
+    folder = _local_hf_folder(path, key)
+    try:
+        return _transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{key}={path}: not a Hugging Face tokenizer folder ({str(error).splitlines()[0]})") from None
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer from a local folder, with the model's own framing ([CLS] ... [SEP] for BERT, <s> ... </s>
+    for RoBERTa) and truncation at `max_length`; its ids are shifted by 3 (HF_ID_OFFSET) so that 0 is padding as in
+    every ssl_train tokenizer, and ssl_train.text_encoders.HFTextEncoder shifts them back. Picklable (DataLoader workers)."""
+
+    def __init__(self, path: str | Path, max_length: int = 128) -> None:
+        _check_length(max_length)
+        self.tokenizer, self.max_length, self.path = load_hf_tokenizer(path), max_length, str(path)
+        self.vocab_size = len(self.tokenizer) + HF_ID_OFFSET
+
+    def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
+        if not texts:
+            return torch.zeros(0, self.max_length, dtype=torch.long)
+        encoded = self.tokenizer(list(texts), max_length=self.max_length, truncation=True, padding="max_length", return_tensors="pt")
+        return (encoded["input_ids"].long() + HF_ID_OFFSET).masked_fill(encoded["attention_mask"] == 0, PAD)
+
+    def __call__(self, text: str) -> torch.Tensor:
+        return self.encode_batch([text])[0]
+
+    def decode(self, ids: torch.Tensor) -> str:
+        return self.tokenizer.decode([int(i) - HF_ID_OFFSET for i in ids.tolist() if int(i) != PAD], skip_special_tokens=True)
+
+
 def byte_tokenizer(corpus: Sequence[str] = (), max_length: int = 128) -> ByteTokenizer:
     """`tokenizer=bytes`: the byte tokenizer (the corpus is not needed)."""
     return ByteTokenizer(max_length)
@@ -126,3 +183,8 @@ def bpe_tokenizer(corpus: Sequence[str] = (), vocab_size: int = 4000, max_length
     except ImportError:
         raise UserError("data.source.tokenizer=bpe needs the `tokenizers` package: pip install 'ssl_train[text]'") from None
     return BPETokenizer.train(corpus, vocab_size, max_length, min_frequency)
+
+
+def hf_tokenizer(corpus: Sequence[str] = (), path: str | None = None, max_length: int = 128) -> HFTokenizer:
+    """`tokenizer=hf`: the Hugging Face tokenizer in the local folder `path` (the corpus is not needed)."""
+    return HFTokenizer(_local_hf_folder(path, "tokenizer.path"), max_length)
