@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ssl_train.data.tokenizers import HF_ID_OFFSET, PAD, ByteTokenizer, _local_hf_folder, _transformers, load_hf_tokenizer
+from ssl_train.data.tokenizers import HF_ID_OFFSET, PAD, ByteTokenizer, _local_hf_folder, _transformers, hashed_ngrams, load_hf_tokenizer
 from ssl_train.errors import UserError
 
 POOLINGS = ("mean", "cls")
@@ -172,3 +172,29 @@ class HFTextEncoder(nn.Module):
             return hidden[:, 0]
         weights = keep.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
+class NGramBagEncoder(nn.Module):
+    """fastText-style sentence encoder (Joulin et al. 2017, "Bag of Tricks"; Sent2Vec, Pagliardini et al. 2018): every
+    token n-gram of `orders` (with byte tokens: character n-grams) hashed into `buckets` rows of an embedding table,
+    averaged over the text's n-grams, then LayerNorm. Order-free and cheap: a step costs a lookup, not attention, so
+    a CPU trains it on far more texts than a transformer in the same time."""
+
+    modalities = ("text",)
+
+    def __init__(self, in_channels: int, dim: int = 256, buckets: int = 65536, orders: Sequence[int] = (1, 2, 3, 4), dropout: float = 0.1) -> None:
+        super().__init__()
+        if not orders or min(orders) < 1 or buckets < 2:
+            raise ValueError(f"backbone.orders must be n-gram lengths >= 1 and buckets >= 2, got {list(orders)}, {buckets}")
+        self.vocab_size, self.buckets, self.orders, self.out_dim = in_channels, buckets, tuple(int(n) for n in orders), dim
+        self.table = nn.EmbeddingBag(buckets, dim, mode="sum")
+        nn.init.normal_(self.table.weight, std=dim ** -0.5)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        _check_tokens(tokens, self.vocab_size)
+        ids, keep = hashed_ngrams(tokens, self.buckets, self.orders)
+        weights = self.dropout(keep.to(self.table.weight.dtype))  # n-gram dropout: SimCSE's noise for a bag
+        summed = self.table(ids, per_sample_weights=weights)
+        return self.norm(summed / keep.sum(1, keepdim=True).clamp_min(1))

@@ -17,7 +17,7 @@ from ssl_train.data.tokenizers import BOS, EOS, PAD, BPETokenizer, ByteTokenizer
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import RawInput, bag_of_ngrams
 from ssl_train.losses import InfoNCELoss
-from ssl_train.text_encoders import CharCNNEncoder, TransformerTextEncoder
+from ssl_train.text_encoders import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
 
 CORPUS = ["the cat sat on the mat", "a dog chased the cat", "the bird sang in the tree", "dogs and cats are animals"] * 5
 
@@ -130,6 +130,7 @@ def test_text_views_apply_one_edit_per_view_and_tokenise() -> None:
     lambda: TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2, downsample=1, pooling="cls"),
     lambda: TransformerTextEncoder(300, width=32, depth=1, heads=2),
     lambda: CharCNNEncoder(ByteTokenizer.vocab_size, embed_dim=16, channels=8),
+    lambda: NGramBagEncoder(ByteTokenizer.vocab_size, dim=16, buckets=512),
 ])
 def test_text_encoders_ignore_padding(make) -> None:  # noqa: ANN001
     torch.manual_seed(0)
@@ -149,6 +150,25 @@ def test_byte_transformer_merges_four_bytes_per_position_by_default() -> None:
     assert features.shape == (1, 8, 32) and padding[0].tolist() == [False, False] + [True] * 6  # 8 bytes (BOS..EOS) -> 2 positions
     with pytest.raises(ValueError, match="max_positions"):
         TransformerTextEncoder(300, width=32, depth=1, heads=2, max_positions=8)(torch.ones(1, 9, dtype=torch.long))
+
+
+def test_ngram_bag_encoder_averages_the_rows_of_its_ngrams_and_drops_ngrams_in_training() -> None:
+    torch.manual_seed(0)
+    encoder = NGramBagEncoder(ByteTokenizer.vocab_size, dim=8, buckets=1 << 20, orders=(1, 2)).eval()
+    ids = [1, 5, 6, 2]
+    tokens = torch.tensor([ids + [0, 0]])
+    grams = [(a,) for a in ids] + list(zip(ids, ids[1:], strict=False))  # 4 unigrams + 3 bigrams, none with padding
+    rows = []
+    for gram in grams:  # the hash written out: code = sum(token * 1_000_003^k), bucket = (code * 2_654_435_761 + n) % buckets
+        code = 0
+        for token in gram:
+            code = code * 1_000_003 + token
+        rows.append(encoder.table.weight[(code * 2_654_435_761 + len(gram)) % (1 << 20)])
+    with torch.no_grad():
+        expected = F.layer_norm(torch.stack(rows).mean(0), (8,), encoder.norm.weight, encoder.norm.bias)
+        torch.testing.assert_close(encoder(tokens)[0], expected)
+        encoder.train()
+        assert not torch.allclose(encoder(tokens), encoder(tokens))  # n-gram dropout: two views of one text differ
 
 
 def test_bag_of_ngrams_counts_what_a_loop_counts() -> None:
@@ -175,7 +195,7 @@ def test_simcse_loss_is_the_reference_cross_entropy_over_cosine_similarities() -
     (["data=wordnet_glosses"], "augment=simclr takes image data, but data=wordnet_glosses holds texts; augment options for text data: "
                                "text_crop, text_eda, text_identity"),
     (["method=simcse", "backbone=small_resnet"], "backbone=small_resnet takes image data, but data=wordnet_glosses holds texts; "
-                                                 "backbone options for text data: char_cnn, hf_text, transformer_small"),
+                                                 "backbone options for text data: char_cnn, hf_text, ngram_bag, transformer_small"),
     (["method=clip", "data=default"], "method=clip takes image_text data, but data=default holds images; data options for image_text data: "
                                       "caption_folder, caption_table, fmnist_captions"),
 ])

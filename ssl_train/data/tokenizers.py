@@ -114,6 +114,22 @@ class BPETokenizer:
         return self.tokenizer.decode([int(i) for i in ids.tolist() if int(i) > EOS])  # type: ignore[attr-defined]
 
 
+def hashed_ngrams(tokens: torch.Tensor, buckets: int, orders: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) bucket ids of every token n-gram (B, L) `tokens` hold, for each length in `orders`, hashed into `buckets`,
+    and the (B, P) mask of the n-grams that hold no padding (the bag-of-n-grams baseline and NGramBagEncoder)."""
+    ids, masks = [], []
+    for n in orders:
+        if tokens.shape[1] < n:
+            continue
+        windows = tokens.unfold(1, n, 1)  # (B, L - n + 1, n)
+        code = torch.zeros_like(windows[..., 0])
+        for i in range(n):
+            code = code * 1_000_003 + windows[..., i]
+        ids.append((code * 2_654_435_761 + n) % buckets)
+        masks.append((windows != PAD).all(-1))
+    return torch.cat(ids, 1), torch.cat(masks, 1)
+
+
 HF_ID_OFFSET = len(SPECIAL_TOKENS)  # HFTokenizer's ids are the Hugging Face tokenizer's + 3: 0 stays padding
 
 

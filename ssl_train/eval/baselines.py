@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssl_train.data.tokenizers import hashed_ngrams
+
 log = logging.getLogger(__name__)
 
 RAW_INPUT_EVALUATORS = ("linear", "knn", "image_retrieval")  # the representation metrics and the SGD probe say nothing about raw pixels
@@ -28,17 +30,8 @@ RAW_INPUT_EVALUATORS = ("linear", "knn", "image_retrieval")  # the representatio
 def bag_of_ngrams(tokens: torch.Tensor, dim: int = 4096, orders: tuple[int, ...] = (1, 2, 3)) -> torch.Tensor:
     """(N, L) token ids (0 = padding) -> (N, dim) log(1 + counts) of their 1-, 2- and 3-grams hashed into `dim` buckets:
     the classic bag-of-n-grams text baseline (with byte tokens: character n-grams), no vocabulary needed."""
-    counts = torch.zeros(tokens.shape[0], dim, device=tokens.device)
-    for n in orders:
-        if tokens.shape[1] < n:
-            continue
-        windows = tokens.unfold(1, n, 1)  # (N, L - n + 1, n)
-        valid = (windows != 0).all(-1)
-        code = torch.zeros_like(windows[..., 0])
-        for i in range(n):
-            code = code * 1_000_003 + windows[..., i]
-        buckets = (code * 2_654_435_761 + n) % dim
-        counts.scatter_add_(1, buckets, valid.float())
+    buckets, valid = hashed_ngrams(tokens, dim, orders)
+    counts = torch.zeros(tokens.shape[0], dim, device=tokens.device).scatter_add_(1, buckets, valid.float())
     return counts.log1p()
 
 
