@@ -89,6 +89,9 @@ class SmallResNet(nn.Module):
         return self.net[-1](self.net[-2](feature_map))
 
 
+SMALL_STEM_MAX_SIZE = 96  # small_image_stem=auto: the 3x3 stem up to STL-10's 96 px, the ImageNet stem above
+
+
 class TorchvisionResNet(nn.Module):
     """A torchvision ResNet without its classifier; `small_image_stem` swaps in a 3x3 conv and drops max-pool (CIFAR).
 
@@ -99,12 +102,20 @@ class TorchvisionResNet(nn.Module):
 
     modalities = ("image",)
     prefers_channels_last = True  # NHWC convolutions (faster on CPU and with tensor cores under mixed precision)
+    needs_image_size = True  # build_encoder passes the data's image size (small_image_stem=auto reads it)
 
-    def __init__(self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool = False, zero_init_residual: bool = True) -> None:
+    def __init__(self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool | str = False, zero_init_residual: bool = True,
+                 image_size: int | None = None) -> None:
         super().__init__()
         allowed = ("resnet18", "resnet34", "resnet50", "resnet101")
         if arch not in allowed:
             raise ValueError(f"TorchvisionResNet: arch must be one of {allowed}, got {arch!r}")
+        if small_image_stem == "auto":  # CIFAR/STL sizes get the 3x3 stem; 224 px the ImageNet one (at 224 px the small
+            if image_size is None:      # stem keeps 224 x 224 maps through layer1: 16x the activations, OOM on CPU at batch 256)
+                raise ValueError("TorchvisionResNet: small_image_stem='auto' needs image_size")
+            small_image_stem = image_size <= SMALL_STEM_MAX_SIZE
+        if not isinstance(small_image_stem, bool):
+            raise ValueError(f"backbone.small_image_stem must be true, false or auto, got {small_image_stem!r}")
         model = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
         if small_image_stem or in_channels != 3:
             kernel, stride, padding = (3, 1, 1) if small_image_stem else (7, 2, 3)

@@ -105,3 +105,15 @@ def test_small_resnet_pooling_grid_sets_out_dim_and_keeps_layout() -> None:
     assert global_pool.out_dim == 16 and grid_pool.out_dim == 64 and fine.shape == (3, 64)
     assert not torch.allclose(fine.view(3, 16, 4)[..., 0], fine.view(3, 16, 4)[..., 3])  # the cells differ: layout kept
     assert torch.allclose(fine.view(3, 16, 2, 2).mean((2, 3)), coarse, atol=1e-5)  # and average to the global pool
+
+
+def test_resnet_small_image_stem_auto_follows_the_image_size() -> None:
+    from ssl_train.backbones import TorchvisionResNet
+
+    small = TorchvisionResNet("resnet18", in_channels=3, small_image_stem="auto", image_size=32)
+    assert small.model.conv1.kernel_size == (3, 3) and small.model.conv1.stride == (1, 1) and isinstance(small.model.maxpool, torch.nn.Identity)
+    large = TorchvisionResNet("resnet18", in_channels=3, small_image_stem="auto", image_size=224)  # ImageNet stem: 224 -> 56 before layer1
+    assert large.model.conv1.kernel_size == (7, 7) and large.model.conv1.stride == (2, 2) and isinstance(large.model.maxpool, torch.nn.MaxPool2d)
+    assert large.stages(torch.zeros(1, 3, 224, 224))[0].shape[-1] == 56 and small.stages(torch.zeros(1, 3, 32, 32))[0].shape[-1] == 32
+    with pytest.raises(ValueError, match="small_image_stem must be true, false or auto"):
+        TorchvisionResNet("resnet18", small_image_stem="yes")
