@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build, build_evaluators, group_choice
-from ssl_train.callbacks import Preemption
+from ssl_train.callbacks import Preemption, rng_states, set_rng_states
 from ssl_train.checkpoint_io import first_line, read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
@@ -208,6 +208,7 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, outp
     def features_of(backbone: torch.nn.Module) -> torch.nn.Module:
         return torch.nn.Sequential(backbone, built.method.projector) if cfg.get("eval_features", "backbone") == "projector" else backbone
 
+    training_rng = rng_states()  # the baselines below, computed or read from the cache, must not move the training's random stream
     if evaluators and cfg.baseline and trainer.is_global_zero:
         cache = ResultCache(cfg.paths.get("cache_dir"))
         data_cfg, eval_cfg = OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True)
@@ -223,6 +224,7 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, outp
         log.info("raw input: %s; random-init encoder: %s", *(", ".join(f"{k} {v:.4f}" for k, v in r.items() if "top1" in k) for r in (raw, baseline)))
     if pair_evaluators and cfg.baseline and trainer.is_global_zero:  # the untrained towers: what zero-shot and retrieval start from
         metrics.update({f"random_init_{k}": v for k, v in evaluate_pairs(copy.deepcopy(built.method)).items()})
+    set_rng_states(training_rng)
     if cfg.pretrain:
         fit_started = time.time()
         fit(trainer, built.module, datamodule, ckpt_path, output_dir)

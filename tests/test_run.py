@@ -64,3 +64,15 @@ def test_resume_from_checkpoint_continues_step_count(tmp_path: Path) -> None:
     resumed = run(compose_config(["method=byol", "probe=false", "baseline=false", "trainer.max_epochs=2", f"ckpt_path={ckpt}"], tmp_path / "second"))
     assert resumed["steps"] == 4  # 2 restored + 2 new, in a new directory; the first run is untouched
     assert (tmp_path / "first" / "metrics.json").is_file()
+
+
+def test_a_rerun_that_reads_the_baselines_from_the_cache_trains_the_same_weights(tmp_path: Path) -> None:
+    import torch
+
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    first = run(compose_config([cache], tmp_path / "first"))  # computes both baselines
+    second = run(compose_config([cache], tmp_path / "second"))  # reads them: no probe runs before training
+    assert first["random_init_linear_top1"] == second["random_init_linear_top1"]
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (tmp_path / "first", tmp_path / "second")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert first["linear_top1"] == second["linear_top1"]
