@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ssl_train.data.tokenizers import HF_ID_OFFSET, PAD, ByteTokenizer, _local_hf_folder, _transformers, hashed_ngrams, load_hf_tokenizer
+from ssl_train.data.tokenizers import HF_ID_OFFSET, PAD, ByteTokenizer, hashed_ngrams, import_transformers, load_hf_tokenizer, local_hf_folder
 from ssl_train.errors import UserError
 
 POOLINGS = ("mean", "cls")
@@ -132,8 +132,8 @@ class HFTextEncoder(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"backbone.pooling must be one of {POOLINGS}, got {pooling!r}")
-        transformers = _transformers()
-        folder = _local_hf_folder(path, "backbone.path")
+        transformers = import_transformers()
+        folder = local_hf_folder(path, "backbone.path")
         tokenizer = load_hf_tokenizer(folder, "backbone.path")
         if len(tokenizer) + HF_ID_OFFSET != in_channels:
             data_vocabulary = in_channels - HF_ID_OFFSET if in_channels > HF_ID_OFFSET else in_channels

@@ -133,7 +133,7 @@ def hashed_ngrams(tokens: torch.Tensor, buckets: int, orders: Sequence[int]) -> 
 HF_ID_OFFSET = len(SPECIAL_TOKENS)  # HFTokenizer's ids are the Hugging Face tokenizer's + 3: 0 stays padding
 
 
-def _transformers() -> Any:
+def import_transformers() -> Any:
     try:
         import transformers
     except ImportError:
@@ -141,7 +141,7 @@ def _transformers() -> Any:
     return transformers
 
 
-def _local_hf_folder(path: str | Path | None, key: str) -> Path:
+def local_hf_folder(path: str | Path | None, key: str) -> Path:
     """The local folder of a Hugging Face model or tokenizer; never a hub name."""
     if not path:
         raise UserError(f"{key}: give the local folder of a Hugging Face model (save_pretrained's output): tokenizer=hf "
@@ -155,9 +155,9 @@ def _local_hf_folder(path: str | Path | None, key: str) -> Path:
 
 def load_hf_tokenizer(path: str | Path | None, key: str = "tokenizer.path") -> Any:
     """A `transformers.AutoTokenizer` read from a local folder only (local_files_only: never the hub)."""
-    folder = _local_hf_folder(path, key)
+    folder = local_hf_folder(path, key)
     try:
-        return _transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return import_transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as error:
         raise UserError(f"{key}={path}: not a Hugging Face tokenizer folder ({str(error).splitlines()[0]})") from None
 
@@ -167,9 +167,9 @@ class HFTokenizer:
     for RoBERTa) and truncation at `max_length`; its ids are shifted by 3 (HF_ID_OFFSET) so that 0 is padding as in
     every ssl_train tokenizer, and ssl_train.text_encoders.HFTextEncoder shifts them back. Picklable (DataLoader workers)."""
 
-    def __init__(self, path: str | Path, max_length: int = 128) -> None:
+    def __init__(self, path: str | Path | None, max_length: int = 128) -> None:
         _check_length(max_length)
-        self.tokenizer, self.max_length, self.path = load_hf_tokenizer(path), max_length, str(path)
+        self.tokenizer, self.max_length = load_hf_tokenizer(path), max_length
         self.vocab_size = len(self.tokenizer) + HF_ID_OFFSET
 
     def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
@@ -203,4 +203,4 @@ def bpe_tokenizer(corpus: Sequence[str] = (), vocab_size: int = 4000, max_length
 
 def hf_tokenizer(corpus: Sequence[str] = (), path: str | None = None, max_length: int = 128) -> HFTokenizer:
     """`tokenizer=hf`: the Hugging Face tokenizer in the local folder `path` (the corpus is not needed)."""
-    return HFTokenizer(_local_hf_folder(path, "tokenizer.path"), max_length)
+    return HFTokenizer(path, max_length)
