@@ -77,3 +77,27 @@ def test_on_device_auto_follows_fixed_size_and_rejects_bad_values() -> None:
     assert make(on_device=True, fixed_size=False).on_device is True
     with pytest.raises(ValueError, match="augment.on_device must be true, false or auto"):
         make(on_device="yes")
+
+
+@pytest.mark.parametrize("size", [None, 28])
+def test_loader_batches_of_the_evaluation_transform_equal_the_per_image_samples(size: int | None) -> None:
+    """TransformedDataset reads a loader's batch in one indexing op + one transform call (evaluation of in-memory images);
+    the samples must be those of the per-image path, through a Subset too, and a random transform keeps the per-image path."""
+    from torch.utils.data import DataLoader, Subset
+
+    from ssl_train.data.datamodule import TransformedDataset
+    from ssl_train.data.datasets import ImageArrayDataset
+    from ssl_train.data.views import eval_transform
+
+    images = torch.randint(0, 256, (30, 1, 40, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    base = ImageArrayDataset(images, torch.arange(30) % 7)
+    batched = TransformedDataset(base, eval_transform((0.3,), (0.2,), size))
+    one_by_one = [batched[i] for i in range(30)]
+    got = next(iter(DataLoader(batched, batch_size=30)))
+    assert torch.equal(got[0], torch.stack([x for x, _ in one_by_one])) and got[1].tolist() == [y for _, y in one_by_one]
+    subset = Subset(batched, [5, 2, 29])
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(subset.__getitems__([0, 1, 2]), (one_by_one[5], one_by_one[2], one_by_one[29])))
+    calls: list[int] = []
+    per_image = TransformedDataset(base, lambda image: calls.append(image.ndim) or image)
+    per_image.__getitems__([0, 1])
+    assert calls == [3, 3]

@@ -14,7 +14,7 @@ from ssl_train import dist
 from ssl_train.data.datasets import Splits, carve_validation
 from ssl_train.data.sampling import MPerClassSampler, ResumableSampler, loader_generator
 from ssl_train.data.sequence_views import StandardizeSequence
-from ssl_train.data.views import eval_transform
+from ssl_train.data.views import BatchableCompose, eval_transform
 from ssl_train.errors import UserError
 
 
@@ -62,6 +62,14 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.base[index]
         return self.transform(image), label
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, int]]:
+        """A loader's batch: one indexing op and one transform call when the base reads batches and the transform
+        acts on them (the evaluation transform of in-memory images), else item by item; the same samples either way."""
+        if not (hasattr(self.base, "batch") and getattr(self.transform, "acts_on_batches", False)):
+            return [self[index] for index in indices]
+        images, labels = self.base.batch(indices)
+        return list(zip(self.transform(images).unbind(0), labels.tolist()))
 
 
 class SSLDataModule(pl.LightningDataModule):
@@ -147,7 +155,7 @@ class SSLDataModule(pl.LightningDataModule):
         if getattr(views, "on_device", False):
             # Batched augmentation: the loader only decodes and stacks uint8 images; SSLModule makes the views on the device.
             canvas = round(s.image_size / 0.875)
-            transform: Callable = (lambda image: image) if s.fixed_size else v2.Compose([v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas)])
+            transform: Callable = BatchableCompose([v2.Identity()] if s.fixed_size else [v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas)])
             return self._loader(TransformedDataset(s.pretrain_set, transform), self.per_device_batch_size, train=True)
         return self._loader(TransformedDataset(s.pretrain_set, views), self.per_device_batch_size, train=True)
 

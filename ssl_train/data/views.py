@@ -129,9 +129,16 @@ class MultiViewTransform:
         return BatchedMultiView(self.global_recipes, self.local_recipe, self.num_local, self.size, self.local_size, self.mean, self.std)
 
 
-def eval_transform(mean: Sequence[float], std: Sequence[float], size: int | None = None) -> v2.Compose:
+class BatchableCompose(v2.Compose):
+    """A v2.Compose of transforms that treat a batch (B, C, H, W) as each of its images (resize, crop, scale,
+    normalise: no randomness); TransformedDataset applies it to a loader's whole batch at once (~15x faster)."""
+
+    acts_on_batches = True
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float], size: int | None = None) -> BatchableCompose:
     """The deterministic evaluation transform: (for images of any size: resize to size / 0.875, centre-crop), scale, normalise."""
     steps: list[torch.nn.Module] = []
     if size is not None:
         steps += [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    return BatchableCompose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
