@@ -96,7 +96,8 @@ def test_loader_batches_of_the_evaluation_transform_equal_the_per_image_samples(
     got = next(iter(DataLoader(batched, batch_size=30)))
     assert torch.equal(got[0], torch.stack([x for x, _ in one_by_one])) and got[1].tolist() == [y for _, y in one_by_one]
     subset = Subset(batched, [5, 2, 29])
-    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(subset.__getitems__([0, 1, 2]), (one_by_one[5], one_by_one[2], one_by_one[29])))
+    expected = (one_by_one[5], one_by_one[2], one_by_one[29])
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(subset.__getitems__([0, 1, 2]), expected, strict=True))
     calls: list[int] = []
     per_image = TransformedDataset(base, lambda image: calls.append(image.ndim) or image)
     per_image.__getitems__([0, 1])

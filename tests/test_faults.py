@@ -125,14 +125,14 @@ def test_second_run_in_a_busy_directory_refuses_and_touches_nothing(tmp_path: Pa
 
 
 def test_a_killed_loader_worker_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = TransformedDataset.__getitem__
+    original = TransformedDataset.__getitems__  # what a loader worker reads a batch with
 
-    def dies_in_worker(self, index):  # noqa: ANN001, ANN202
+    def dies_in_worker(self, indices):  # noqa: ANN001, ANN202
         if torch.utils.data.get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, index)
+        return original(self, indices)
 
-    monkeypatch.setattr(TransformedDataset, "__getitem__", dies_in_worker)
+    monkeypatch.setattr(TransformedDataset, "__getitems__", dies_in_worker)
     died = r"a data loader worker died \(DataLoader worker \(pid.*(killed by signal|exited unexpectedly).*data.num_workers=0"
     with pytest.raises(UserError, match=died) as caught:
         run(compose_config([*QUIET, "data.num_workers=1"], tmp_path / "run"))

@@ -69,7 +69,7 @@ class TransformedDataset(Dataset):
         if not (hasattr(self.base, "batch") and getattr(self.transform, "acts_on_batches", False)):
             return [self[index] for index in indices]
         images, labels = self.base.batch(indices)
-        return list(zip(self.transform(images).unbind(0), labels.tolist()))
+        return list(zip(self.transform(images).unbind(0), labels.tolist(), strict=True))
 
 
 class SSLDataModule(pl.LightningDataModule):
