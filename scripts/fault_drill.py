@@ -194,14 +194,14 @@ def fault_drills(tally: Tally, sandbox: Path) -> None:
     (sandbox / "a_file").write_text("")
     record(tally, "unwritable-output-dir", outcome(lambda: run(cfg_for([], sandbox / "a_file" / "run"))))
 
-    original_get = TransformedDataset.__getitem__
+    original_get = TransformedDataset.__getitems__  # what a loader worker reads a batch with
 
-    def dies(self, index):  # noqa: ANN001, ANN202
+    def dies(self, indices):  # noqa: ANN001, ANN202
         if torch.utils.data.get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
-        return original_get(self, index)
+        return original_get(self, indices)
 
-    with patch.object(TransformedDataset, "__getitem__", dies):
+    with patch.object(TransformedDataset, "__getitems__", dies):
         record(tally, "loader-worker-killed", outcome(lambda: run(cfg_for(["data.num_workers=1"], sandbox / "worker"))))
 
     folder = make_image_folder(sandbox / "images")
