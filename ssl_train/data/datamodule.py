@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from ssl_train import dist
-from ssl_train.data.datasets import Splits, carve_validation
+from ssl_train.data.datasets import ImageArrayDataset, Splits, carve_validation
 from ssl_train.data.sampling import MPerClassSampler, ResumableSampler, loader_generator
 from ssl_train.data.sequence_views import StandardizeSequence
 from ssl_train.data.views import BatchableCompose, eval_transform
@@ -66,7 +66,7 @@ class TransformedDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, int]]:
         """A loader's batch: one indexing op and one transform call when the base reads batches and the transform
         acts on them (the evaluation transform of in-memory images), else item by item; the same samples either way."""
-        if not (hasattr(self.base, "batch") and getattr(self.transform, "acts_on_batches", False)):
+        if not (isinstance(self.base, ImageArrayDataset) and isinstance(self.transform, BatchableCompose)):
             return [self[index] for index in indices]
         images, labels = self.base.batch(indices)
         return list(zip(self.transform(images).unbind(0), labels.tolist(), strict=True))

@@ -133,8 +133,6 @@ class BatchableCompose(v2.Compose):
     """A v2.Compose of transforms that treat a batch (B, C, H, W) as each of its images (resize, crop, scale,
     normalise: no randomness); TransformedDataset applies it to a loader's whole batch at once (~15x faster)."""
 
-    acts_on_batches = True
-
 
 def eval_transform(mean: Sequence[float], std: Sequence[float], size: int | None = None) -> BatchableCompose:
     """The deterministic evaluation transform: (for images of any size: resize to size / 0.875, centre-crop), scale, normalise."""
