@@ -136,9 +136,9 @@ class HFTextEncoder(nn.Module):
         folder = local_hf_folder(path, "backbone.path")
         tokenizer = load_hf_tokenizer(folder, "backbone.path")
         if len(tokenizer) + HF_ID_OFFSET != in_channels:
-            data_vocabulary = in_channels - HF_ID_OFFSET if in_channels > HF_ID_OFFSET else in_channels
-            raise UserError(f"backbone.path={path}: this model reads the ids of its own tokenizer ({len(tokenizer)} tokens), but the data's "
-                            f"tokenizer has {data_vocabulary}: set tokenizer=hf tokenizer.path={path}")
+            raise UserError(f"backbone.path={path}: this model reads the ids of its own tokenizer ({len(tokenizer)} tokens + "
+                            f"{HF_ID_OFFSET} specials = {len(tokenizer) + HF_ID_OFFSET} ids), but the data's tokenizer has "
+                            f"{in_channels} ids: set tokenizer=hf tokenizer.path={path}")
         progress_bar = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # a bar per load (the encoder is built for the baseline too) is noise
         try:
