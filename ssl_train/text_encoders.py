@@ -135,9 +135,10 @@ class HFTextEncoder(nn.Module):
         transformers = import_transformers()
         folder = local_hf_folder(path, "backbone.path")
         tokenizer = load_hf_tokenizer(folder, "backbone.path")
-        if len(tokenizer) + HF_ID_OFFSET != in_channels:
+        model_ids = len(tokenizer) + HF_ID_OFFSET
+        if model_ids != in_channels:
             raise UserError(f"backbone.path={path}: this model reads the ids of its own tokenizer ({len(tokenizer)} tokens + "
-                            f"{HF_ID_OFFSET} specials = {len(tokenizer) + HF_ID_OFFSET} ids), but the data's tokenizer has "
+                            f"{HF_ID_OFFSET} specials = {model_ids} ids), but the data's tokenizer has "
                             f"{in_channels} ids: set tokenizer=hf tokenizer.path={path}")
         progress_bar = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # a bar per load (the encoder is built for the baseline too) is noise
