@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ssl_train.data.text import LEXNAMES, TextFiles, WordNetGlosses, read_rows, synonym_table
 from ssl_train.data.text_views import STOP_WORDS, TextEdits, TextViewRecipe, TextViews
 from ssl_train.data.tokenizers import BOS, EOS, PAD, BPETokenizer, ByteTokenizer, bpe_tokenizer
-from ssl_train.errors import UserError
+from ssl_train.errors import DataNotFoundError, UserError
 from ssl_train.eval.baselines import RawInput, bag_of_ngrams
 from ssl_train.losses import InfoNCELoss
 from ssl_train.text_encoders import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
@@ -68,6 +68,10 @@ def test_text_files_skip_and_count_bad_rows_and_map_labels(tmp_path: Path, caplo
     assert len(held_out.train) == 3 and len(held_out.test) == 1 and held_out.train.skipped == 1
     with pytest.raises(UserError, match="no column 'words'"):
         TextFiles(str(train), text_column="words").load()
+    extra = tmp_path / "extra.txt"
+    extra.write_text("an unlabeled line\nanother one\n")
+    limited = TextFiles(str(train), str(test), unlabeled=str(extra), train_limit=2).load()  # pretraining = the limited train + extra
+    assert len(limited.pretrain_set) == 4 and [limited.pretrain_set[i] for i in (2, 3)] == [("an unlabeled line", -1), ("another one", -1)]
 
 
 def test_embedded_wordnet_glosses_hold_45_lexicographer_files() -> None:
@@ -77,6 +81,23 @@ def test_embedded_wordnet_glosses_hold_45_lexicographer_files() -> None:
     text, label = splits.train[0]
     assert isinstance(text, str) and len(text) > 10 and splits.class_names[label] in LEXNAMES
     assert len(WordNetGlosses(train_limit=100, test_limit=10).load().train) == 100
+
+
+def test_wordnet_unlabeled_glosses_join_pretraining_but_never_the_test_ones(tmp_path: Path) -> None:
+    embedded = WordNetGlosses(train_limit=20, test_limit=5).load()
+    test_gloss, train_gloss = embedded.test[0][0], embedded.train[0][0]
+    for i, part in enumerate(("noun", "verb", "adj", "adv")):
+        glosses = [test_gloss, train_gloss, f"a new {part} gloss", f"a new {part} gloss"] if part == "noun" else [f"a new {part} gloss"]
+        (tmp_path / f"data.{part}").write_text("  1 licence header\n" + "".join(
+            f"{j:08d} {i + 3:02d} n 01 word 0 000 | {g}\n" for j, g in enumerate(glosses)))
+    splits = WordNetGlosses(train_limit=20, test_limit=5, unlabeled=str(tmp_path)).load()
+    assert len(splits.train) == 20 and len(splits.test) == 5  # the probe's splits are the embedded ones, unchanged
+    pretrain = [splits.pretrain_set[i] for i in range(len(splits.pretrain_set))]
+    assert pretrain[:20] == [splits.train[i] for i in range(20)]
+    assert sorted(t for t, y in pretrain[20:]) == sorted(f"a new {p} gloss" for p in ("noun", "verb", "adj", "adv"))  # once each
+    assert all(y == -1 for _, y in pretrain[20:]) and test_gloss not in {t for t, _ in pretrain}
+    with pytest.raises(DataNotFoundError, match="data.source.unlabeled: .*apt-get install wordnet-base"):
+        WordNetGlosses(unlabeled=str(tmp_path / "none")).load()
 
 
 def test_synonym_table_joins_the_lemmas_of_every_synset_a_word_is_in() -> None:

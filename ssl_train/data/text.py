@@ -204,7 +204,7 @@ class TextFiles:
         pretrain = None
         if self.unlabeled is not None:
             extra, _, extra_skips = read_rows(self.unlabeled, self.text_column, None)
-            pretrain = TextDataset(texts + extra, [*train_set.labels.tolist(), *([-1] * len(extra))], extra_skips.total())
+            pretrain = TextDataset(train_set.texts + extra, [*train_set.labels.tolist(), *([-1] * len(extra))], extra_skips.total())
         return text_splits(train_set, test_set, self.tokenizer, class_names, f"data.source.train={self.train}", pretrain)
 
 
@@ -213,13 +213,13 @@ def wordnet_lemma(word: str) -> str:
     return re.sub(r"\([a-z]+\)$", "", word).replace("_", " ")
 
 
-def parse_wordnet_glosses(root: Path) -> tuple[list[str], list[int], list[list[str]]]:
+def parse_wordnet_glosses(root: Path, key: str = "data.source.root") -> tuple[list[str], list[int], list[list[str]]]:
     """(glosses, lexicographer-file numbers, lemmas per synset) of every synset in WordNet's data.{noun,verb,adj,adv}."""
     glosses, lexfiles, lemmas = [], [], []
     for part in WORDNET_PARTS:
         path = root / f"data.{part}"
         if not path.is_file():
-            raise DataNotFoundError(f"data.source.root: {path} not found; apt-get install wordnet-base puts WordNet 3.0 in {WORDNET_ROOT}")
+            raise DataNotFoundError(f"{key}: {path} not found; apt-get install wordnet-base puts WordNet 3.0 in {WORDNET_ROOT}")
         with open(path, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if line.startswith(" "):  # licence header
@@ -258,14 +258,17 @@ class WordNetGlosses:
 
     `root: null` (default) reads the subset inside the package (up to 200 train / 40 test glosses per file: 8,388 /
     1,686; WordNet licence in ssl_train/data/embedded/LICENSE); `root=/usr/share/wordnet` (apt-get install wordnet-base)
-    reads all 117,659 synsets, 80/20 split by a fixed seed. WordNet 3.0, Princeton University (Miller 1995).
+    reads all 117,659 synsets, 80/20 split by a fixed seed. `unlabeled=/usr/share/wordnet` adds every gloss of that
+    WordNet to pretraining, unlabeled, except those of the test split (the probe still reads the labelled train split):
+    the semi-supervised protocol of STL-10, for text. WordNet 3.0, Princeton University (Miller 1995).
     """
 
     modalities = ("text",)
 
     def __init__(self, root: str | None = None, train_limit: int | None = None, test_limit: int | None = None,
-                 tokenizer: TokenizerFactory | None = None) -> None:
+                 tokenizer: TokenizerFactory | None = None, unlabeled: str | None = None) -> None:
         self.root = Path(root).expanduser() if root else None
+        self.unlabeled = Path(unlabeled).expanduser() if unlabeled else None
         self.train_limit, self.test_limit, self.tokenizer = train_limit, test_limit, tokenizer
 
     def texts_and_labels(self) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
@@ -282,7 +285,13 @@ class WordNetGlosses:
         train_x, train_y, test_x, test_y = self.texts_and_labels()
         train = limited_texts(TextDataset([str(t) for t in train_x], train_y), self.train_limit, seed=0)
         test = limited_texts(TextDataset([str(t) for t in test_x], test_y), self.test_limit, seed=1)
-        return text_splits(train, test, self.tokenizer, LEXNAMES, f"data.source.root={self.root or 'embedded'}")
+        pretrain = None
+        if self.unlabeled is not None:
+            held_out = set(test.texts) | set(train.texts)  # test glosses never pretrain; train ones are in once
+            extra = [g for g in dict.fromkeys(parse_wordnet_glosses(self.unlabeled, "data.source.unlabeled")[0]) if g not in held_out]
+            pretrain = TextDataset(train.texts + extra, [*train.labels.tolist(), *([-1] * len(extra))])
+            log.info("pretraining on %d glosses: %d of the train split + %d unlabeled from %s", len(pretrain), len(train), len(extra), self.unlabeled)
+        return text_splits(train, test, self.tokenizer, LEXNAMES, f"data.source.root={self.root or 'embedded'}", pretrain)
 
 
 def load_synonyms(root: str | None = "auto") -> dict[str, list[str]]:
