@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from ssl_train.optim import OptimRecipe
-from ssl_train.protocols import EditsGradients, Method, UpdatesAfterOptimizerStep
+from ssl_train.protocols import EditsGradients, UpdatesAfterOptimizerStep, is_method
 
 
 class SSLModule(pl.LightningModule):
@@ -28,7 +28,7 @@ class SSLModule(pl.LightningModule):
         batched_views: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(method, Method):
+        if not is_method(method):
             raise TypeError(f"{type(method).__name__} is not a method: it needs backbone, projector and forward(views, labels) -> dict")
         self.method, self.optim, self.channels_last = method, optim, channels_last
         # which optional hooks the method has, decided once (a Protocol isinstance check walks its members)

@@ -20,6 +20,12 @@ class Method(Protocol):
     def __call__(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict[str, Any]: ...
 
 
+def is_method(candidate: object) -> bool:
+    """Whether `candidate` satisfies Method. Not isinstance(candidate, Method): from Python 3.12 a runtime Protocol check
+    looks members up statically, and an nn.Module keeps its submodules in `_modules`, so every method would fail it."""
+    return callable(candidate) and all(isinstance(getattr(candidate, name, None), nn.Module) for name in ("backbone", "projector"))
+
+
 @runtime_checkable
 class UpdatesAfterOptimizerStep(Protocol):
     """A method with state that follows the optimizer step (EMA targets, schedules): called after every real step."""

@@ -117,3 +117,19 @@ def test_resnet_small_image_stem_auto_follows_the_image_size() -> None:
     assert large.stages(torch.zeros(1, 3, 224, 224))[0].shape[-1] == 56 and small.stages(torch.zeros(1, 3, 32, 32))[0].shape[-1] == 32
     with pytest.raises(ValueError, match="small_image_stem must be true, false or auto"):
         TorchvisionResNet("resnet18", small_image_stem="yes")
+
+
+def test_every_method_is_recognised_without_a_static_member_lookup(tmp_path) -> None:
+    """SSLModule accepts a method by its backbone and projector submodules. Python 3.12's runtime Protocol check looks
+    members up statically, where an nn.Module's submodules are not (they live in _modules): on a 3.12 GPU machine every
+    method was refused with 'is not a method'. The check must not depend on that lookup."""
+    import inspect
+
+    from ssl_train.build import build
+    from ssl_train.protocols import is_method
+    from tests.conftest import compose_config
+
+    method = build(compose_config(["method=byol", "probe=false", "baseline=false"], tmp_path)).method
+    assert inspect.getattr_static(method, "backbone", None) is None  # what a 3.12 isinstance(method, Method) sees
+    assert is_method(method)
+    assert not is_method(torch.nn.Linear(2, 2)) and not is_method(method.backbone)
