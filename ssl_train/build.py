@@ -157,6 +157,20 @@ def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> 
     return instantiate("method", cfg.method, backbone=backbone, projector=projector, loss=loss, **extra)
 
 
+def optim_for(optim: DictConfig, trainer: pl.Trainer) -> DictConfig:
+    """The optim node, with a fused optimizer unfused when the trainer clips gradients under mixed precision: Lightning
+    refuses to clip for an optimizer that unscales gradients itself (measured on a GPU: every ViT recipe with optim=adamw
+    stopped at its first step). The unfused AdamW (foreach on CUDA) makes the same updates."""
+    fused = OmegaConf.select(optim, "optimizer.fused", default=False)
+    if not (fused and trainer.gradient_clip_val and "mixed" in str(trainer.precision)):
+        return optim
+    rank_zero_info(f"[ssl_train] optim.optimizer.fused=true -> false: Lightning clips gradients (trainer.gradient_clip_val={trainer.gradient_clip_val}) "
+                   f"under precision={trainer.precision} only for an unfused optimizer")
+    unfused = copy.deepcopy(optim)
+    unfused.optimizer.fused = False
+    return unfused
+
+
 def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
     """One pass, each object finished when made: Trainer -> data + views -> encoder, head, loss -> method -> module.
 
@@ -187,7 +201,8 @@ def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
         f"torch.compile of the backbone: {'on' if compiled else 'off'} (compile={cfg.get('compile')})"
     )
     module = SSLModule(
-        method, instantiate("optim", cfg.optim), num_classes=splits.num_classes, global_batch_size=datamodule.batch_size, channels_last=channels_last,
+        method, instantiate("optim", optim_for(cfg.optim, trainer)), num_classes=splits.num_classes, global_batch_size=datamodule.batch_size,
+        channels_last=channels_last,
         batched_views=views.batched() if views.on_device else None,
     )
     return Built(datamodule, method, module, trainer)

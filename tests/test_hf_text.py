@@ -59,7 +59,8 @@ def test_hf_encoder_equals_the_transformers_model_it_loads(hf_dir: Path) -> None
 def test_hf_encoder_refuses_another_tokenizers_ids_and_missing_folders(hf_dir: Path, tmp_path: Path) -> None:
     from ssl_train.text_encoders import HFTextEncoder
 
-    with pytest.raises(UserError, match=r"this model reads the ids of its own tokenizer \(\d+ tokens \+ 3 specials = \d+ ids\), but the data's tokenizer has 259 ids: set tokenizer=hf"):
+    own_ids = r"this model reads the ids of its own tokenizer \(\d+ tokens \+ 3 specials = \d+ ids\)"
+    with pytest.raises(UserError, match=own_ids + r", but the data's tokenizer has 259 ids: set tokenizer=hf"):
         HFTextEncoder(256 + 3, path=str(hf_dir))  # the byte tokenizer's vocabulary (256 bytes + 3 specials)
     with pytest.raises(DataNotFoundError, match=r"^tokenizer.path=.*nope: no such folder .*nothing is fetched from the hub"):
         hf_tokenizer(path=str(tmp_path / "nope"))

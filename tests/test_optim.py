@@ -133,3 +133,23 @@ def test_adamw_option_is_fused_and_follows_the_per_step_lr_and_weight_decay(tmp_
         assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.4)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adamw_is_unfused_only_where_lightning_clips_gradients_under_mixed_precision(tmp_path) -> None:
+    """Lightning refuses to clip gradients for a fused optimizer under mixed precision (a ViT recipe with optim=adamw
+    stopped at its first step on a GPU): that combination trains with the unfused AdamW, every other keeps fused."""
+    from ssl_train.build import build
+    from ssl_train.run import run
+    from tests.conftest import compose_config
+
+    vit = ["backbone=vit_tiny", "backbone.model_kwargs.depth=1", "optim=adamw", "probe=false", "baseline=false"]
+
+    def fused(overrides: list[str], name: str) -> bool:
+        built = build(compose_config(overrides, tmp_path / name))
+        return built.module.optim.optimizer.keywords["fused"]
+
+    assert fused(vit, "fp32_clipped") is True  # 32-true clips outside any precision plugin: fused stays
+    assert fused([*vit, "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=null"], "mixed_unclipped") is True
+    assert fused([*vit, "trainer.precision=bf16-mixed"], "mixed_clipped") is False
+    result = run(compose_config([*vit, "trainer.precision=bf16-mixed"], tmp_path / "trains"))  # stopped with a RuntimeError before
+    assert result["steps"] == 2
