@@ -10,7 +10,7 @@ Then: the offline linear probe (L2 grid included) on 50k x 512 features (target 
 installed (pip install -e '.[bench]'), lightly's idiomatic SimCLR (per-sample SimCLRTransform, its NTXentLoss and
 projection head, a LightningModule) on the same encoder, data and batch, as the ratio of end-to-end images/s.
 
-Run: python scripts/bench_throughput.py [--preset cpu|gpu] [--rows 0 2] [--steps 30] [--warmup 5] [--rounds 3]
+Run: python scripts/bench_throughput.py [--preset cpu|gpu] [--rows 0 2] [--steps 30] [--warmup 5] [--rounds 3] [--override compile=false]
      python scripts/bench_throughput.py --preset gpu --dry-run     # the GPU rows on the CPU with tiny inputs (a slow test)
 """
 
@@ -110,7 +110,8 @@ class PremadeViews(Dataset):
         return [v[i] for v in self.views], int(self.labels[i])
 
 
-def compose_row(method: str, backbone: str, precision: str, path: str, workers: int, batch: int, steps: int, out: str, dry_run: bool = False):  # noqa: ANN201
+def compose_row(method: str, backbone: str, precision: str, path: str, workers: int, batch: int, steps: int, out: str, dry_run: bool = False,  # noqa: ANN201
+                extra: tuple[str, ...] = ()):
     overrides = [
         f"method={method}", f"backbone={backbone}", f"trainer.precision={precision}", f"augment.on_device={path == 'batched'}",
         f"data.num_workers={workers}", f"data.batch_size={batch}", "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
@@ -120,6 +121,7 @@ def compose_row(method: str, backbone: str, precision: str, path: str, workers: 
     ]
     if dry_run:  # a GPU row on the CPU with tiny inputs: checks the row composes, builds and steps
         overrides += ["trainer.accelerator=cpu", "data.source.train_limit=64", "data.source.test_limit=16"]
+    overrides += list(extra)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=overrides)
 
@@ -148,10 +150,10 @@ def framework_step(cfg, premade: PremadeViews, batch: int, warmup: int) -> float
     return meter.rate
 
 
-def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = False) -> dict:
+def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = False, extra: tuple[str, ...] = ()) -> dict:
     method, backbone, precision, path, workers, batch = row
     with tempfile.TemporaryDirectory() as out:
-        cfg = compose_row(*row, steps, out, dry_run)
+        cfg = compose_row(*row, steps, out, dry_run, extra)
         pl.seed_everything(0, verbose=False)
         built = build(cfg)
         meter = SteadyThroughput(warmup)
@@ -159,7 +161,7 @@ def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = Fa
         with PeakMemory() as memory:
             built.trainer.fit(built.module, datamodule=built.datamodule)
         premade = premade_views(built, batch, steps)
-        cfg_premade = compose_row(method, backbone, precision, "per-sample", 0, batch, steps, out, dry_run)
+        cfg_premade = compose_row(method, backbone, precision, "per-sample", 0, batch, steps, out, dry_run, extra)
         step_rates, plain_rates = [], []
         for _ in range(rounds):  # alternated, so that drifts of the machine hit both alike
             step_rates.append(framework_step(cfg_premade, premade, batch, warmup))
@@ -295,6 +297,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of framework step vs plain loop (median)")
     parser.add_argument("--rows", type=int, nargs="*", help="indices of preset rows to run (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="tiny inputs on the CPU, 2 steps: check the rows run (GPU preset on a CPU machine)")
+    parser.add_argument("--override", nargs="*", default=[], help="config overrides for every row, e.g. compile=false")
     parser.add_argument("--skip-probe", action="store_true")
     parser.add_argument("--skip-peers", action="store_true")
     args = parser.parse_args()
@@ -307,11 +310,12 @@ def main() -> None:
               "| step / plain | end-to-end / plain | peak memory |")
     lines = [header, "|" + "---|" * 12]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {device}; {args.steps} steps after {args.warmup} warm-up, median of {args.rounds} alternated rounds")
+    print(f"torch {torch.__version__}, {device}; {args.steps} steps after {args.warmup} warm-up, median of {args.rounds} alternated rounds"
+          + (f"; overrides: {' '.join(args.override)}" if args.override else ""))
     if args.dry_run:
         print("DRY RUN: tiny inputs on the CPU; the figures below check that the rows run, they are not measurements")
     for row in rows:
-        r = measure(row, args.steps, args.warmup, args.rounds, args.dry_run)
+        r = measure(row, args.steps, args.warmup, args.rounds, args.dry_run, tuple(args.override))
         m, b, p, a, w, bs = row
         lines.append(f"| {m} | {b} | {p} | {a} | {w} | {bs} | {r['end_to_end']:.0f} | {r['framework_step']:.0f} | {r['plain']:.0f} "
                      f"| {r['framework_step'] / r['plain']:.2f} | {r['end_to_end'] / r['plain']:.2f} | {r['memory_mib']:.0f} MiB |")

@@ -44,3 +44,14 @@ def test_quality_table_ranks_against_the_stronger_baseline(tmp_path: Path) -> No
     assert "| 0.8700 | 0.8200 | 0.8500 / 0.8400 | 0.8600 / 0.8000 | +1.0 pts | 150 s | 1200 |" in line and "`method=simclr`" in line
     assert bench.row_overrides("byol", "fmnist30") == ["method=byol", "experiment=fmnist30"]
     assert bench.row_overrides("cpc:spoken_digits", "quick") == ["method=cpc", "data=spoken_digits"]
+
+
+@pytest.mark.slow
+def test_gpu_recipes_dry_run_on_cpu() -> None:
+    """scripts/bench_recipes.py builds and steps the ViT-S/16 GPU recipes on a synthetic image folder (tiny, on the CPU)."""
+    done = subprocess.run([sys.executable, "scripts/bench_recipes.py", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| `experiment=")]
+    assert len(rows) == 4 and not any("failed" in r for r in rows), rows  # each printed as measured, then in the final table
+    assert {r.split("`")[1] for r in rows} == {"experiment=dino_vit_small", "experiment=mocov3_vit_small"}
+    assert all(r.split("|")[5].strip() == "off" and r.rstrip().endswith("|") for r in rows)  # no torch.compile on the CPU

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The CUDA checks in one pass, each with its own time limit (seconds), each log in ${OUT:-gpu_checks_out}/:
+#   1. quickstart_gpu: the quick start on a GPU (trainer=gpu: bf16-mixed, compile=auto -> torch.compile on, views made
+#      on the device), linear probe beside both baselines
+#   2. vit_recipes: the ViT-S/16 GPU recipes end to end (experiment=dino_vit_small, mocov3_vit_small) on a synthetic
+#      folder of 224 px JPEGs: images/s and peak memory (scripts/bench_recipes.py)
+#   3. throughput: fp32 vs bf16-mixed, ResNet-18 / ResNet-50, framework step vs a plain loop (scripts/bench_throughput.py)
+#   4. ddp_one_gpu: trainer=ddp (NCCL, SyncBatchNorm) on one GPU: the DDP code path, not a multi-GPU equivalence
+# Run from the repository root on a CUDA machine with ssl_train and its vit extra installed: bash scripts/gpu_checks.sh
+set -u
+out=${OUT:-gpu_checks_out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/env.log"
+python -c "import torch, lightning, timm; print('torch', torch.__version__, 'lightning', lightning.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$out/env.log"
+
+check() {  # check NAME LIMIT COMMAND...: runs it under `timeout`, keeps the log, prints its status and the log's last lines
+    local name=$1 limit=$2 start
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    start=$(date +%s)
+    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    echo "== $name: exit $? after $(( $(date +%s) - start )) s"
+    grep -v -i -e warning -e "^ *warnings.warn" "$out/$name.log" | tail -n "${TAIL_LINES:-14}"
+}
+
+check quickstart_gpu "${QUICK_LIMIT:-140}" python -m ssl_train trainer=gpu paths.output_dir=/tmp/gpu_checks/quick
+cp /tmp/gpu_checks/quick/metrics.json "$out/quickstart_metrics.json" 2>/dev/null
+check vit_recipes "${VIT_LIMIT:-160}" python scripts/bench_recipes.py
+check throughput "${THROUGHPUT_LIMIT:-110}" python scripts/bench_throughput.py --preset gpu --rows 1 3 7 --rounds 1 --skip-probe --skip-peers --override compile=false
+check ddp_one_gpu "${DDP_LIMIT:-60}" python -m ssl_train trainer=ddp trainer.devices=1 trainer.max_epochs=1 trainer.limit_train_batches=20 probe=false baseline=false paths.output_dir=/tmp/gpu_checks/ddp
