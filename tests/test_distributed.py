@@ -16,7 +16,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ssl_train.losses import BarlowTwinsLoss, CLIPLoss, CPCLoss, DeepInfoMaxLoss, DINOLoss, InfoNCELoss, NTXentLoss, SupConLoss, SwAVLoss, VICRegLoss
+from ssl_train.losses import (
+    BarlowTwinsLoss,
+    CLIPLoss,
+    CPCLoss,
+    DeepInfoMaxLoss,
+    DINOLoss,
+    IBOTPatchLoss,
+    InfoNCELoss,
+    NTXentLoss,
+    SupConLoss,
+    SwAVLoss,
+    VICRegLoss,
+)
 from ssl_train.methods.queue import FeatureQueue
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
@@ -47,6 +59,16 @@ def _infomax_inputs() -> list[torch.Tensor]:
     return [torch.randn(N, D, 4, generator=g) * 0.5, torch.randn(N, D, generator=g) * 0.5]
 
 
+def _patch_inputs() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(5)  # iBOT: the student's patch outputs (N, L, K) of 2 global views
+    return [torch.randn(N, 4, 5, generator=g) for _ in range(2)]
+
+
+def _ibot_call(loss: IBOTPatchLoss, student: list[torch.Tensor]) -> torch.Tensor:
+    """Teacher outputs and masks made row by row from the student's (so each rank sees its rows' own), some rows unmasked."""
+    return loss(student, [s.detach().flip(-1) * 2 for s in student], [s.detach()[..., 0] > 0.3 for s in student])
+
+
 # name -> (loss factory given gather flag, inputs factory, call(loss, local inputs, local labels))
 CASES: dict[str, tuple[Callable, Callable, Callable]] = {
     "ntxent": (lambda g: NTXentLoss(0.5, gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
@@ -57,6 +79,7 @@ CASES: dict[str, tuple[Callable, Callable, Callable]] = {
     "vicreg": (lambda g: VICRegLoss(gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
     "swav": (lambda g: SwAVLoss(), _swav_inputs, lambda f, x, y: f(x, num_global=2)),
     "dino": (lambda g: DINOLoss(out_dim=5, teacher_temp=0.07), _swav_inputs, lambda f, x, y: f(x, x[:2])),
+    "ibot_patch": (lambda g: IBOTPatchLoss(out_dim=5, teacher_temp=0.07), _patch_inputs, lambda f, x, y: _ibot_call(f, x)),
     "cpc": (lambda g: CPCLoss(gather_distributed=g), _sequence_inputs, lambda f, x, y: f(*x)),
     "dim_infonce": (lambda g: DeepInfoMaxLoss("infonce", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),
     "dim_jsd": (lambda g: DeepInfoMaxLoss("jsd", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),

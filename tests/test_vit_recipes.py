@@ -208,6 +208,81 @@ def test_dino_koleo_term_adds_the_weighted_regulariser() -> None:
     assert "koleo" in regularised["logs"] and "koleo" not in base["logs"]
 
 
+def test_ibot_patch_loss_equals_a_per_image_loop_over_masked_patches() -> None:
+    from ssl_train.losses import IBOTPatchLoss
+
+    g = torch.Generator().manual_seed(0)
+    student = [torch.randn(3, 5, 8, generator=g) for _ in range(2)]
+    teacher = [torch.randn(3, 5, 8, generator=g) for _ in range(2)]
+    masks = [torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]), torch.tensor([[0, 1, 0, 0, 0]] * 3)]
+    loss_fn = IBOTPatchLoss(out_dim=8, student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_steps=10)
+    loss_fn.center.fill_(0.3)
+    loss_fn.set_step(5)  # halfway through the warm-up: 0.055
+    expected = 0.0
+    for s, t, m in zip(student, teacher, masks, strict=True):
+        per_view = 0.0
+        for i in range(3):
+            masked = [p for p in range(5) if m[i, p]]
+            cross = [-(torch.softmax((t[i, p] - 0.3) / 0.055, 0) * torch.log_softmax(s[i, p] / 0.1, 0)).sum() for p in masked]
+            per_view += sum(cross) / len(masked) if masked else 0.0  # an image with no masked patch adds 0
+        expected += per_view / 3
+    torch.testing.assert_close(loss_fn(student, teacher, masks), torch.as_tensor(expected / 2))
+    mean_patch = torch.cat([t.mean(1) for t in teacher]).mean(0, keepdim=True)  # the reference's center2: per-image patch means
+    torch.testing.assert_close(loss_fn.center, 0.9 * torch.full((1, 8), 0.3) + 0.1 * mean_patch)
+
+
+def test_beit_block_masks_never_exceed_the_ratio_and_leave_ratio_zero_images_whole() -> None:
+    from ssl_train.methods.masked import beit_block_masks
+
+    ratios = torch.tensor([0.0, 0.3, 0.5, 0.45] * 16)
+    masks = beit_block_masks(ratios, 14, generator=torch.Generator().manual_seed(0))
+    counts = masks.flatten(1).sum(1).float()
+    assert masks.shape == (64, 14, 14) and masks.dtype == torch.bool
+    assert (counts[::4] == 0).all() and (counts <= ratios * 196).all()
+    masked = ratios > 0
+    assert (counts[masked] >= ratios[masked] * 196 - 20).all()  # rectangles fill each ratio to within about a block
+    first = masks[1]  # a block-wise mask: its masked patches touch other masked patches, unlike a random one
+    neighbours = first[1:, :] & first[:-1, :]
+    assert neighbours.sum() > 0.5 * first.sum()
+    again = beit_block_masks(ratios, 14, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+
+
+def test_dino_ibot_term_adds_the_masked_patch_distillation_and_trains_the_mask_token() -> None:
+    from ssl_train.heads import DINOHead
+    from ssl_train.losses import DINOLoss, IBOTPatchLoss
+    from ssl_train.methods import DINOMethod
+    from ssl_train.methods.masked import beit_block_masks
+
+    torch.manual_seed(0)
+    vit = tiny_vit().eval()  # no drop-path randomness between passes
+    head = DINOHead(in_dim=192, out_dim=64, hidden_dim=32, bottleneck_dim=16)
+    method = DINOMethod(vit, head, DINOLoss(out_dim=64), ibot_weight=0.5, ibot_masked_share=1.0, ibot_mask_ratio=[0.3, 0.3])
+    with torch.no_grad():
+        method.mask_token.normal_()
+    views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.randn(4, 1, 12, 12)]
+    torch.manual_seed(1)
+    out = method(views)
+    # the same computation by hand: the masks the method drew (same RNG stream), the student on masked global views
+    torch.manual_seed(1)
+    ratios = torch.where(torch.rand(8) < 1.0, 0.3 + torch.rand(8) * 0.0, 0.0)
+    masks = beit_block_masks(ratios, 7).flatten(1)
+    images = torch.cat(views[:2])
+    tokens = vit.tokens(images, masked=masks, mask_token=method.mask_token)
+    student = [head(h) for h in vit.pool(tokens).chunk(2)] + [head(vit(views[2]))]
+    teacher = [method.teacher_projector(method.teacher_backbone(v)) for v in views[:2]]
+    teacher_patches = method.teacher_projector(method.teacher_backbone.tokens(images)[:, 1:]).chunk(2)
+    cls = DINOLoss(out_dim=64)(student, teacher)
+    patches = IBOTPatchLoss(out_dim=64, teacher_temp=0.07)(head(tokens[:, 1:]).chunk(2), teacher_patches, masks.chunk(2))
+    torch.testing.assert_close(out["loss"], cls + 0.5 * patches)
+    assert 0.2 < out["logs"]["masked_fraction"] <= 0.3 and out["logs"]["ibot_patch"] > 0
+    out["loss"].backward()
+    assert method.mask_token.grad.abs().sum() > 0
+    assert DINOMethod(vit, head, DINOLoss(out_dim=64)).mask_token is None  # off by default: no extra parameter
+    with pytest.raises(ValueError, match="ibot_weight > 0 masks patch tokens and needs a ViT"):
+        DINOMethod(nn.Sequential(nn.Flatten(), nn.Linear(784, 192)), head, DINOLoss(out_dim=64), ibot_weight=1.0)
+
+
 def test_weight_decay_follows_a_cosine_on_decayed_weights_only() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
     recipe = OptimRecipe(partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.04), warmup_epochs=0, weight_decay_end=0.4)

@@ -6,6 +6,7 @@ from ssl_train.losses.cpc import CPCLoss
 from ssl_train.losses.deep_infomax import DeepInfoMaxLoss
 from ssl_train.losses.dgi import DeepGraphInfomaxLoss
 from ssl_train.losses.dino import DINOLoss
+from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.losses.infonce import InfoNCELoss
 from ssl_train.losses.koleo import KoLeoLoss
 from ssl_train.losses.latent_prediction import LatentPredictionLoss
@@ -22,5 +23,5 @@ from ssl_train.losses.vicreg import VICRegLoss
 __all__ = [
     "NTXentLoss", "InfoNCELoss", "SupConLoss", "NegativeCosineSimilarity", "BarlowTwinsLoss", "VICRegLoss",
     "DINOLoss", "SwAVLoss", "ContrastiveMarginLoss", "TripletLoss", "NCELoss", "CPCLoss", "DeepInfoMaxLoss", "DeepGraphInfomaxLoss",
-    "CLIPLoss", "MaskedPixelLoss", "LatentPredictionLoss", "KoLeoLoss",
+    "CLIPLoss", "MaskedPixelLoss", "LatentPredictionLoss", "KoLeoLoss", "IBOTPatchLoss",
 ]

@@ -134,6 +134,40 @@ def block_mask(batch: int, grid: int, ratio: float, scale: int, device: torch.de
     return mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
 
 
+def beit_block_masks(ratios: torch.Tensor, grid: int, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """BEiT's block-wise masking (Bao et al. 2022; the masks iBOT's loader.py draws, `pred_shape='block'`), batched: image i
+    gets rectangles of area ~ U((grid // 3)^2, still to mask) and log-uniform aspect ratio until ratios[i] x grid^2
+    patches are masked, a rectangle counting only if it adds at least one patch and no more than still to mask; an
+    image stops after `attempts` failed draws in a row, as the reference's round does. (N, grid, grid) bool, True =
+    masked; never more than ratios[i] x grid^2 masked, none where the ratio is 0."""
+    n = len(ratios)
+    target = ratios.float().cpu() * grid * grid
+    mask = torch.zeros(n, grid, grid, dtype=torch.bool)
+    count, failures = torch.zeros(n), torch.zeros(n, dtype=torch.long)
+    low, log_aspect = float((grid // 3) ** 2), (math.log(aspect[0]), math.log(aspect[1]))
+    cells = torch.arange(grid)
+    active = count < target
+    while bool(active.any()):
+        remaining = target - count
+        area = low + torch.rand(n, generator=generator) * (remaining - low)  # random.uniform(low, remaining)
+        ratio = torch.exp(log_aspect[0] + torch.rand(n, generator=generator) * (log_aspect[1] - log_aspect[0]))
+        height, width = torch.sqrt(area * ratio).round().long(), torch.sqrt(area / ratio).round().long()
+        fits = (height < grid) & (width < grid)
+        top = (torch.rand(n, generator=generator) * (grid - height + 1).clamp(min=1)).long()  # random.randint(0, grid - h)
+        left = (torch.rand(n, generator=generator) * (grid - width + 1).clamp(min=1)).long()
+        rows = (cells >= top[:, None]) & (cells < (top + height)[:, None])
+        cols = (cells >= left[:, None]) & (cells < (left + width)[:, None])
+        block = rows[:, :, None] & cols[:, None, :]
+        added = (block & ~mask).flatten(1).sum(1)
+        accepted = active & fits & (added > 0) & (added <= remaining)
+        mask |= block & accepted[:, None, None]
+        count += added * accepted
+        failures = torch.where(accepted, 0, failures + 1)
+        active &= (count < target) & (failures < attempts)
+    return mask
+
+
 class SimMIMMethod(nn.Module):
     """SimMIM (Xie et al., CVPR 2022): masked blocks of the image are encoded as they are — a ViT sees a learned mask token
     in place of each masked patch's embedding, a CNN sees a learned per-channel fill value in place of the masked pixels —
