@@ -144,3 +144,27 @@ def test_eval_entry_probes_a_text_checkpoint(tmp_path: Path) -> None:
     same_probe = ["eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]
     metrics = probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[linear]", *same_probe], tmp_path / "eval", config_name="probe"))
     assert metrics["linear_top1"] == pytest.approx(trained["linear_top1"], abs=1e-6) and "raw_input_linear_top1" in metrics
+
+
+def test_l2_picked_at_the_strong_edge_is_extended_upwards_while_the_holdout_rises() -> None:
+    """Bags of character n-grams of 800 WordNet glosses (6 classes): the grid [0, 1e-3] picks its strongest L2; the
+    extension goes on past it to a better held-out score. A pick inside the grid is left exactly as it was."""
+    from ssl_train.data.text import read_embedded_glosses
+    from ssl_train.data.tokenizers import byte_tokenizer
+    from ssl_train.eval.baselines import bag_of_ngrams
+
+    arrays = read_embedded_glosses()
+    labels = torch.as_tensor(arrays["train_label"])
+    keep = (labels < 6).nonzero().squeeze(1)[torch.randperm(1041, generator=torch.Generator().manual_seed(0))][:1000]
+    x = bag_of_ngrams(byte_tokenizer().encode_batch([str(arrays["train_text"][i]) for i in keep]), 1024)
+    train, test = (x[:800], labels[keep][:800]), (x[800:], labels[keep][800:])
+    fixed = LinearProbe(l2_grid=[0.0, 1e-3], holdout_fraction=0.25, extend_grid=0).evaluate_features(*train, *test, num_classes=6)
+    extended = LinearProbe(l2_grid=[0.0, 1e-3], holdout_fraction=0.25, extend_grid=3).evaluate_features(*train, *test, num_classes=6)
+    assert fixed["l2"] == 1e-3 and extended["l2"] == pytest.approx(0.1)
+    assert extended["holdout_top1"] > fixed["holdout_top1"] + 0.02
+    wide = [0.0, 1e-3, 1e-1, 10.0]
+    interior = LinearProbe(l2_grid=wide, holdout_fraction=0.25, extend_grid=3).evaluate_features(*train, *test, num_classes=6)
+    assert interior["l2"] == pytest.approx(0.1)
+    assert interior == LinearProbe(l2_grid=wide, holdout_fraction=0.25, extend_grid=0).evaluate_features(*train, *test, num_classes=6)
+    with pytest.raises(ValueError, match="eval.extend_grid must be >= 0"):
+        LinearProbe(extend_grid=-1)

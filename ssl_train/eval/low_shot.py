@@ -30,7 +30,7 @@ class LowShotProbe:
         if any(not 0 < f < 1 for f in fractions) or any(k < 1 for k in shots) or not seeds:
             raise ValueError(f"eval.low_shot: fractions in (0, 1), shots >= 1 and at least one seed; got {list(fractions)}, {list(shots)}, {list(seeds)}")
         self.fractions, self.shots, self.seeds = tuple(fractions), tuple(shots), tuple(seeds)
-        self.probe = LinearProbe(l2_grid=[l2], max_iter=max_iter, search_max_iter=1)
+        self.probe = LinearProbe(l2_grid=[l2], max_iter=max_iter, search_max_iter=1, extend_grid=0)
 
     def budgets(self, labels: torch.Tensor) -> dict[str, dict[int, int]]:
         """{'1pct': {class: count}, '5shot': {...}, ...}: how many labelled samples of each class each budget keeps."""
