@@ -155,7 +155,8 @@ def test_l2_picked_at_the_strong_edge_is_extended_upwards_while_the_holdout_rise
 
     arrays = read_embedded_glosses()
     labels = torch.as_tensor(arrays["train_label"])
-    keep = (labels < 6).nonzero().squeeze(1)[torch.randperm(1041, generator=torch.Generator().manual_seed(0))][:1000]
+    six_classes = (labels < 6).nonzero().squeeze(1)
+    keep = six_classes[torch.randperm(len(six_classes), generator=torch.Generator().manual_seed(0))][:1000]
     x = bag_of_ngrams(byte_tokenizer().encode_batch([str(arrays["train_text"][i]) for i in keep]), 1024)
     train, test = (x[:800], labels[keep][:800]), (x[800:], labels[keep][800:])
     fixed = LinearProbe(l2_grid=[0.0, 1e-3], holdout_fraction=0.25, extend_grid=0).evaluate_features(*train, *test, num_classes=6)

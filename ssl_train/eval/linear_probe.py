@@ -112,9 +112,9 @@ class LinearProbe:
             raise ValueError("eval.l2_grid must hold at least one value")
         if not 0 < holdout_fraction < 1:
             raise ValueError(f"eval.holdout_fraction must be in (0, 1), got {holdout_fraction}")
-        self.l2_grid, self.holdout_fraction = [float(v) for v in l2_grid], holdout_fraction
         if extend_grid < 0:
             raise ValueError(f"eval.extend_grid must be >= 0 (0: the grid as given), got {extend_grid}")
+        self.l2_grid, self.holdout_fraction = [float(v) for v in l2_grid], holdout_fraction
         self.max_iter, self.seed, self.search_max_iter = max_iter, seed, min(search_max_iter, max_iter)
         self.extend_grid = extend_grid
 
@@ -126,17 +126,22 @@ class LinearProbe:
         n_hold = max(1, int(len(train_x) * self.holdout_fraction))
         hold, fit = order[:n_hold], order[n_hold:]
         problem = LogisticRegressionProblem(train_x[fit], train_y[fit], num_classes)
-        scores, models, previous = {}, {}, None
-        for l2 in sorted(self.l2_grid, reverse=True):  # strongest regularisation first; each fit warm-starts the next
-            previous = models[l2] = problem.fit(l2, self.search_max_iter, init=previous)
+        scores, models = {}, {}
+
+        def search_fit(l2: float, init: nn.Linear | None) -> None:
+            """A search fit at `l2` warm-started from `init`, scored on the hold-out."""
+            models[l2] = problem.fit(l2, self.search_max_iter, init=init)
             with torch.no_grad():
-                scores[l2] = topk_accuracy(previous(train_x[hold]), train_y[hold], 1)
+                scores[l2] = topk_accuracy(models[l2](train_x[hold]), train_y[hold], 1)
+
+        previous = None
+        for l2 in sorted(self.l2_grid, reverse=True):  # strongest regularisation first; each fit warm-starts the next
+            search_fit(l2, previous)
+            previous = models[l2]
         best_l2 = max(self.l2_grid, key=lambda v: (scores[v], v))  # ties: the stronger regularisation
         for _ in range(self.extend_grid if best_l2 == max(self.l2_grid) > 0 else 0):  # the pick sits at the strong edge
             stronger = best_l2 * 10
-            models[stronger] = problem.fit(stronger, self.search_max_iter, init=models[best_l2])
-            with torch.no_grad():
-                scores[stronger] = topk_accuracy(models[stronger](train_x[hold]), train_y[hold], 1)
+            search_fit(stronger, models[best_l2])
             if scores[stronger] <= scores[best_l2]:
                 break
             best_l2 = stronger
