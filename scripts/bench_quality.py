@@ -8,7 +8,8 @@ e.g. `cpc:seq_fashion_mnist`, `dgi:wordnet_graph`); the full-data budget `fmnist
 Budgets: `quick` is `python -m ssl_train method=<method>` (the defaults: embedded 10k/2k data, about 3 minutes on
 2 CPU cores), `fmnist30` adds `experiment=fmnist30` (full Fashion-MNIST 60k/10k, about 30 minutes on 2 CPU cores).
 Each run is `python -m ssl_train method=<method> [experiment=...] hydra.run.dir=<out>/<budget>/<method>`; a
-finished run directory is reused, so an interrupted benchmark resumes where it stopped. Prints (and writes
+finished run directory is reused, so an interrupted benchmark resumes where it stopped (one finished with other
+overrides stops the benchmark with a message: pass another --out). Prints (and writes
 <out>/quality_table.md) one row per run: linear and kNN top-1 of the trained encoder, of the raw pixels and of the
 random-init encoder, the margin over the stronger baseline, wall time and images/s; draws <out>/quality_curves.png
 (online kNN top-1 on the evaluation split against training seconds, one line per method, one panel per budget;
@@ -42,15 +43,33 @@ def row_overrides(row: str, budget: str) -> list[str]:
     return [f"method={method}", *([f"data={data}"] if data else []), *BUDGETS[budget]]
 
 
+QUIET = "trainer.enable_progress_bar=false"
+
+
+def recorded_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides a finished run was started with (Hydra's `.hydra/overrides.yaml`), or None where it has none."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    return [o for o in yaml.safe_load(path.read_text()) or [] if o != QUIET]
+
+
 def run_one(row: str, budget: str, out: Path, extra: list[str]) -> dict:
+    """Run one row into <out>/<budget>/<row>, or read it there when finished with the same overrides (a rerun resumes)."""
     run_dir = out / budget / row.replace(":", "_")
+    overrides = [*row_overrides(row, budget), *extra]
     if not (run_dir / "metrics.json").is_file():
-        command = [sys.executable, "-m", "ssl_train", *row_overrides(row, budget), f"hydra.run.dir={run_dir}",
-                   "trainer.enable_progress_bar=false", *extra]
+        command = [sys.executable, "-m", "ssl_train", *row_overrides(row, budget), f"hydra.run.dir={run_dir}", QUIET, *extra]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    recorded = recorded_overrides(run_dir)
+    if recorded is not None and recorded != overrides:
+        sys.exit(f"bench_quality: {run_dir} holds a run of {' '.join(recorded)!r}, not {' '.join(overrides)!r}; "
+                 "pass another --out (the finished run is kept)")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {**metrics, "budget": budget, "run_dir": str(run_dir), "row": row}
+    return {**metrics, "budget": budget, "run_dir": str(run_dir), "row": row, "overrides": overrides}
 
 
 def margin(m: dict) -> float:
@@ -66,7 +85,7 @@ def table(rows: list[dict]) -> str:
     ]
     for m in rows:
         lines.append(
-            f"| {PAPERS.get(m['method'], m['method'])} | {m['budget']} | `{' '.join(row_overrides(m['row'], m['budget']))}` "
+            f"| {PAPERS.get(m['method'], m['method'])} | {m['budget']} | `{' '.join(m['overrides'])}` "
             f"| {m['linear_top1']:.4f} | {m['knn_k20_top1']:.4f} "
             f"| {m['raw_input_linear_top1']:.4f} / {m['raw_input_knn_k20_top1']:.4f} "
             f"| {m['random_init_linear_top1']:.4f} / {m['random_init_knn_k20_top1']:.4f} "

@@ -46,6 +46,22 @@ def test_quality_table_ranks_against_the_stronger_baseline(tmp_path: Path) -> No
     assert bench.row_overrides("cpc:spoken_digits", "quick") == ["method=cpc", "data=spoken_digits"]
 
 
+def test_quality_rows_show_their_overrides_and_refuse_a_run_made_with_others(tmp_path: Path) -> None:
+    bench = load_script("bench_quality")
+    run_dir = tmp_path / "fmnist30" / "simclr"
+    (run_dir / ".hydra").mkdir(parents=True)
+    metrics = {"method": "simclr", "linear_top1": 0.9, "knn_k20_top1": 0.89, "raw_input_linear_top1": 0.85, "raw_input_knn_k20_top1": 0.86,
+               "random_init_linear_top1": 0.86, "random_init_knn_k20_top1": 0.82, "wall_time_s": 1600.0, "train_images_per_s": 1100.0}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- method=simclr\n- experiment=fmnist30\n- trainer.enable_progress_bar=false\n- augment=byol_asymmetric\n")
+    row = bench.run_one("simclr", "fmnist30", tmp_path, ["augment=byol_asymmetric"])
+    assert "`method=simclr experiment=fmnist30 augment=byol_asymmetric`" in bench.table([row])
+    with pytest.raises(SystemExit, match="holds a run of 'method=simclr experiment=fmnist30 augment=byol_asymmetric'"):
+        bench.run_one("simclr", "fmnist30", tmp_path, [])  # the default recipe's figures are not read from another recipe's run
+    assert (run_dir / "metrics.json").is_file()
+
+
 @pytest.mark.slow
 def test_gpu_recipes_dry_run_on_cpu() -> None:
     """scripts/bench_recipes.py builds and steps the ViT-S/16 GPU recipes on a synthetic image folder (tiny, on the CPU)."""
