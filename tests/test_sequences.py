@@ -146,7 +146,7 @@ def test_sequence_arrays_read_npz_and_folders_and_say_what_is_wrong(tmp_path: Pa
 @pytest.mark.parametrize(("overrides", "message"), [
     (["method=cpc"], "method=cpc takes sequence/waveform data, but data=default holds images; data options for sequence/waveform data: "
                       "seq_fashion_mnist, sequence_arrays"),
-    (["data=seq_fashion_mnist", "backbone=recurrent"], "augment=simclr takes image data, but data=seq_fashion_mnist holds sequences; "
+    (["data=seq_fashion_mnist", "backbone=recurrent"], "augment=byol_asymmetric takes image data, but data=seq_fashion_mnist holds sequences; "
                                                       "augment options for sequence data: audio, sequence"),
     (["data=seq_fashion_mnist"], "backbone=small_resnet takes image data, but data=seq_fashion_mnist holds sequences; "
                                  "backbone options for sequence data: recurrent"),

@@ -213,7 +213,7 @@ def test_simcse_loss_is_the_reference_cross_entropy_over_cosine_similarities() -
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["data=wordnet_glosses"], "augment=simclr takes image data, but data=wordnet_glosses holds texts; augment options for text data: "
+    (["data=wordnet_glosses"], "augment=byol_asymmetric takes image data, but data=wordnet_glosses holds texts; augment options for text data: "
                                "text_crop, text_eda, text_identity"),
     (["method=simcse", "backbone=small_resnet"], "backbone=small_resnet takes image data, but data=wordnet_glosses holds texts; "
                                                  "backbone options for text data: char_cnn, hf_text, ngram_bag, transformer_small"),
