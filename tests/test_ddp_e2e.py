@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 REPO = Path(__file__).resolve().parents[1]
 COMMON = [
     "data.source.train_limit=128", "data.source.test_limit=64", "data.batch_size=64", "data.num_workers=0",
-    "data.shuffle=false",
+    "data.shuffle=false", "augment=simclr",  # SimCLR's own views: its default blur draws a random sigma per image
     "backbone.widths=[8,16]", "backbone.norm=group", "head.batch_norm=false", 
     "augment.recipe.crop_scale=[1.0,1.0]", "augment.recipe.flip_prob=0", "augment.recipe.jitter_prob=0",
     "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "probe=false", "baseline=false",
