@@ -14,15 +14,15 @@ class MLP(nn.Sequential):
     """Linear layers with BatchNorm + ReLU between them; exposes `out_dim`.
 
     `num_layers=2` with BN is SimCLR's/BYOL's projector; `last_batch_norm=True` (no affine) is
-    MoCo v3's/Barlow Twins' choice; `last_activation='tanh'` with one layer is SimCSE's pooler MLP. `in_dim` is
-    completed at run time from the encoder.
+    MoCo v3's/Barlow Twins' choice; `last_activation='tanh'` with one layer and `out_dim=None` (the encoder's width)
+    is SimCSE's pooler MLP, Linear(d, d) + tanh. `in_dim` is completed at run time from the encoder.
     """
 
     def __init__(
         self,
         in_dim: int,
         hidden_dim: int = 512,
-        out_dim: int = 128,
+        out_dim: int | None = 128,
         num_layers: int = 2,
         batch_norm: bool = True,
         last_batch_norm: bool = False,
@@ -30,6 +30,7 @@ class MLP(nn.Sequential):
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"MLP: num_layers must be >= 1, got {num_layers}")
+        out_dim = in_dim if out_dim is None else out_dim
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):

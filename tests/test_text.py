@@ -212,6 +212,17 @@ def test_simcse_loss_is_the_reference_cross_entropy_over_cosine_similarities() -
     assert torch.allclose(InfoNCELoss(temperature=temp)(z1, z2), reference, atol=1e-5)
 
 
+def test_simcse_head_is_the_reference_pooler_mlp_at_the_encoder_width(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["method=simcse", "backbone=ngram_bag"], tmp_path)
+    head = instantiate(cfg.head)(in_dim=48)
+    # princeton-nlp/SimCSE MLPLayer: dense = Linear(hidden_size, hidden_size); activation = Tanh
+    assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.Tanh] and head[0].weight.shape == (48, 48) and head.out_dim == 48
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["data=wordnet_glosses"], "augment=byol_asymmetric takes image data, but data=wordnet_glosses holds texts; augment options for text data: "
                                "text_crop, text_eda, text_identity"),
