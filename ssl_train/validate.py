@@ -86,6 +86,10 @@ RULES: dict[str, Number] = {
     "every_n_steps": POSITIVE_INT,
 }
 
+# where a key's rule differs by place: a head's out_dim may be null (the encoder's width: SimCSE's Linear(d, d));
+# a loss's or predictor's may not
+RULES_AT: dict[str, Number] = {"head.out_dim": Number(integer=True, low=1, nullable=True)}
+
 
 def leaves(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, value) of every leaf; `_target_` blocks included, Hydra's own node skipped."""
@@ -106,7 +110,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
     for key, value in leaves(tree):
         name = key.rsplit(".", 1)[-1]
-        rule = RULES.get(name)
+        rule = RULES_AT.get(key, RULES.get(name))
         if rule is not None and (problem := rule.problem(value)) is not None:
             raise UserError(f"{key}={value!r}: must be {problem}")
         special = SPECIAL.get(name)

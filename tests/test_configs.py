@@ -69,7 +69,8 @@ GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "graph_arrays"), ("data"
                  ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
 TEXT_OPTIONS = {("data", "wordnet_glosses"), ("data", "text_files"), ("augment", "text_eda"), ("augment", "text_identity"), ("augment", "text_crop"),
                 ("backbone", "transformer_small"), ("backbone", "char_cnn"), ("backbone", "hf_text"), ("backbone", "ngram_bag"),
-                ("method", "simcse"), ("head", "simcse_mlp"), ("experiment", "simclr_ngram_wordnet")}
+                ("method", "simcse"), ("head", "simcse_mlp"), ("experiment", "simclr_ngram_wordnet"),
+                ("experiment", "simcse_ngram_wordnet")}
 TEXT_CONTEXT = ["method=simcse", "data.source.train_limit=64", "data.source.test_limit=16"]
 PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data", "caption_table"), ("augment", "clip"), ("method", "clip"),
                 ("loss", "clip"), ("head", "clip_projection")}

@@ -66,3 +66,9 @@ def test_absurd_but_typed_values_that_would_train_silently_wrong_are_refused_or_
     assert "optim.warmup_epochs=50 is longer than trainer.max_epochs=12: the learning rate never leaves warm-up" in caplog.text
     with pytest.raises(UserError, match=r"loss.temperature=1000000000000.0: must be a finite number in \(0, 100\]"):
         validate(compose_config(["loss.temperature=1e12"], tmp_path))
+
+
+def test_a_null_head_width_means_the_encoders_but_a_null_predictor_width_is_refused(tmp_path: Path) -> None:
+    validate(compose_config(["method=simcse"], tmp_path))  # simcse_mlp: out_dim null, Linear(d, d) as in the reference
+    with pytest.raises(UserError, match=r"method.predictor.out_dim=None: must be a value \(not null\)"):
+        validate(compose_config(["method=byol", "head.out_dim=null"], tmp_path))  # the predictor follows ${head.out_dim}
