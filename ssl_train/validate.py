@@ -108,14 +108,15 @@ def validate(cfg: DictConfig) -> None:
         tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
     except Exception as error:  # noqa: BLE001 - an interpolation that cannot resolve is itself bad input
         raise UserError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
+    written = dict(leaves(OmegaConf.to_container(cfg, resolve=False))) if isinstance(cfg, (DictConfig, ListConfig)) else {}
     for key, value in leaves(tree):
         name = key.rsplit(".", 1)[-1]
-        rule = RULES_AT.get(key, RULES.get(name))
-        if rule is not None and (problem := rule.problem(value)) is not None:
-            raise UserError(f"{key}={value!r}: must be {problem}")
-        special = SPECIAL.get(name)
-        if special is not None and (problem := special(value)) is not None:
-            raise UserError(f"{key}={value!r}: must be {problem}")
+        rule, special = RULES_AT.get(key, RULES.get(name)), SPECIAL.get(name)
+        problem = (rule.problem(value) if rule is not None else None) or (special(value) if special is not None else None)
+        if problem is not None:
+            source = written.get(key)  # an interpolation names the setting the value came from, e.g. ${head.out_dim}
+            origin = f" (from {source})" if isinstance(source, str) and source.startswith("${") else ""
+            raise UserError(f"{key}={value!r}{origin}: must be {problem}")
     warmup, epochs = OmegaConf.select(cfg, "optim.warmup_epochs"), OmegaConf.select(cfg, "trainer.max_epochs")
     if isinstance(warmup, (int, float)) and isinstance(epochs, int) and warmup > epochs:
         log.warning("optim.warmup_epochs=%s is longer than trainer.max_epochs=%s: the learning rate never leaves warm-up", warmup, epochs)

@@ -28,7 +28,7 @@ def test_every_method_default_config_is_valid(tmp_path: Path, method: str) -> No
     ("trainer.max_epochs=1e12", r"trainer.max_epochs=1000000000000.0: must be an integer >= 1"),
     ("trainer.accumulate_grad_batches=abc", r"trainer.accumulate_grad_batches='abc': must be an integer >= 1"),
     ("loss.temperature=0", r"loss.temperature=0: must be a finite number in \(0, 100\]"),
-    ("seed=-1", r"seed=-1: must be an integer in \[0, 4.29497e\+09\]"),
+    ("seed=-1", r"seed=-1 \(from \$\{seed\}\): must be an integer in \[0, 4.29497e\+09\]"),  # read first where a probe interpolates it
     ("augment.recipe.crop_scale=[0.9,0.2]", r"augment.recipe.crop_scale=\[0.9, 0.2\]: must be a pair \[low, high\] with 0 < low <= high <= 1"),
     ("backbone.widths=[]", r"backbone.widths=\[\]: must be a non-empty list of integers >= 1"),
     ("eval.knn.k=[20,0]", r"eval.knn.k=\[20, 0\]: must be an integer >= 1 or a list of them"),
@@ -70,5 +70,5 @@ def test_absurd_but_typed_values_that_would_train_silently_wrong_are_refused_or_
 
 def test_a_null_head_width_means_the_encoders_but_a_null_predictor_width_is_refused(tmp_path: Path) -> None:
     validate(compose_config(["method=simcse"], tmp_path))  # simcse_mlp: out_dim null, Linear(d, d) as in the reference
-    with pytest.raises(UserError, match=r"method.predictor.out_dim=None: must be a value \(not null\)"):
+    with pytest.raises(UserError, match=r"method.predictor.out_dim=None \(from \$\{head.out_dim\}\): must be a value \(not null\)"):
         validate(compose_config(["method=byol", "head.out_dim=null"], tmp_path))  # the predictor follows ${head.out_dim}
