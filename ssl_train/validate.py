@@ -108,12 +108,12 @@ def validate(cfg: DictConfig) -> None:
         tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
     except Exception as error:  # noqa: BLE001 - an interpolation that cannot resolve is itself bad input
         raise UserError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
-    written = dict(leaves(OmegaConf.to_container(cfg, resolve=False))) if isinstance(cfg, (DictConfig, ListConfig)) else {}
     for key, value in leaves(tree):
         name = key.rsplit(".", 1)[-1]
         rule, special = RULES_AT.get(key, RULES.get(name)), SPECIAL.get(name)
         problem = (rule.problem(value) if rule is not None else None) or (special(value) if special is not None else None)
         if problem is not None:
+            written = dict(leaves(OmegaConf.to_container(cfg, resolve=False))) if isinstance(cfg, (DictConfig, ListConfig)) else {}
             source = written.get(key)  # an interpolation names the setting the value came from, e.g. ${head.out_dim}
             origin = f" (from {source})" if isinstance(source, str) and source.startswith("${") else ""
             raise UserError(f"{key}={value!r}{origin}: must be {problem}")
