@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,11 @@ from ssl_train.tracking.report import write_summary_html
 SUMMARY_COLUMNS = (
     "method", "backbone", "data", "linear_top1", "knn_k20_top1", "random_init_linear_top1", "epochs", "steps", "wall_time_s", "train_images_per_s",
 )
+
+
+def markdown_cell(value: Any) -> str:
+    """A value as one Markdown table cell: HTML escaped (<, >, &), pipes backslash-escaped, line breaks as spaces."""
+    return re.sub(r"[\r\n]+", " ", html.escape(str(value), quote=False)).replace("|", "\\|")
 
 
 def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -40,9 +47,9 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         writer.writeheader()
         writer.writerows(rows)
     columns = ["job", "overrides"] + [c for c in SUMMARY_COLUMNS if any(c in row for row in rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(markdown_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) and c.endswith("top1") else str(row.get(c, "")) for c in columns]
+        cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) and c.endswith("top1") else markdown_cell(row.get(c, "")) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
     write_summary_html(sweep_dir, rows, columns)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import ssl_train
 from ssl_train.errors import UserError
 from ssl_train.eval.checkpoint import load_encoder as load_checkpoint_encoder
 from ssl_train.run import run
 from ssl_train.toolkit import export_backbone
+from ssl_train.toolkit.export import model_card
 from tests.conftest import compose_config
 
 QUIET = ["probe=false", "baseline=false"]
@@ -78,6 +80,22 @@ def test_model_card_shows_the_probe_beside_the_baselines(small_checkpoint: Path,
     assert f"| random-init encoder, same linear probe | {metrics['random_init_linear_top1']:.4f} |" in readme
     assert card["encoder"]["_target_"] == "ssl_train.backbones.SmallResNet" and card["encoder"]["in_channels"] == 1
     assert export_backbone(small_checkpoint, tmp_path / "export")["export_dir"].endswith("export-1")  # never overwritten
+
+
+def test_model_card_front_matter_and_body_resist_hostile_names() -> None:
+    method = "simclr]\nlicense: mit\nevil: [x <script>alert(1)</script> `<img src=x onerror=alert(1)>` [a](javascript:alert(1))"
+    config = {"method": method, "data": "Data<script>", "modality": "image", "encoder": {"_target_": "ssl_train.backbones.SmallResNet"}, "out_dim": 8,
+              "input": {"channels": 1, "image_size": 28, "mean": [0.5], "std": [0.25]}, "checkpoint": "/runs/`<script>`/last.ckpt", "commit": "<b>c</b>"}
+    card = model_card(config, None, {"ssl_train": "import ssl_train"})
+    assert card.startswith("---\nlibrary_name: ssl_train\n")
+    front, body = card.removeprefix("---\n").split("\n---\n", 1)
+    meta = yaml.safe_load(front)
+    assert set(meta) == {"library_name", "tags", "pipeline_tag"} and meta["library_name"] == "ssl_train"  # no license:, no evil:
+    assert meta["pipeline_tag"] == "image-feature-extraction" and len(meta["tags"]) == 3 and meta["tags"][1].startswith("simclr] license: mit")
+    assert "<script>" not in body and "<img" not in body and "<b>" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    heading = next(line for line in body.splitlines() if line.startswith("# "))
+    assert "](javascript:" not in heading and "\\[a\\]\\(javascript" in heading  # no Markdown link in the heading (in a code span it is text)
+    assert "`/runs/'&lt;script&gt;'/last.ckpt`" in body  # a backtick cannot end the code span early
 
 
 def test_torch_format_and_torchscript(small_checkpoint: Path, tmp_path: Path) -> None:

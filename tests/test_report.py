@@ -20,7 +20,7 @@ from ssl_train.module import SSLModule
 from ssl_train.run import run
 from ssl_train.sweep import write_summary
 from ssl_train.tracking.history import read_history, series
-from ssl_train.tracking.report import line_chart, render_summary
+from ssl_train.tracking.report import line_chart, render_report, render_summary, write_summary_html
 from ssl_train.tracking.training_pictures import batch_view_grid
 from tests.conftest import compose_config
 
@@ -116,6 +116,48 @@ def test_sweep_summary_html_is_sortable_and_links_reports(tmp_path: Path) -> Non
     assert page.count('<th class="sortable">') == 4 and "addEventListener('click'" in page
     assert '<td data-value="0.75">0.7500</td>' in page
     assert render_summary([], ["job"], "t").count("<tr>") == 1  # header only
+
+
+HOSTILE_JOBS = ("javascript:alert(1)", '"><script>alert(1)', "a|b")  # a folder name cannot hold '/', so no '</script>'; the metrics do
+
+
+def test_sweep_summary_escapes_hostile_job_folders(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for job in HOSTILE_JOBS:
+        (sweep / job).mkdir(parents=True)
+        (sweep / job / "metrics.json").write_text(json.dumps({"method": "</script><img src=x onerror=alert(1)>", "linear_top1": 0.5}))
+        (sweep / job / "report.html").write_text("<html></html>")
+    (sweep / "a|b" / ".hydra").mkdir()
+    (sweep / "a|b" / ".hydra" / "overrides.yaml").write_text('- "data.name=x\\n| injected | row |"\n')  # a line break and pipes in a cell
+    write_summary(sweep)
+    page = (sweep / "summary.html").read_text()
+    hrefs = re.findall(r'href="([^"]*)"', page)
+    assert sorted(hrefs) == ["%22%3E%3Cscript%3Ealert%281%29/report.html", "a%7Cb/report.html", "javascript%3Aalert%281%29/report.html"]
+    assert not any(":" in h or h.startswith(("/", ".")) for h in hrefs)  # no scheme, nothing outside the sweep
+    assert page.count("<script>") == page.count("</script>") == 1 and "&lt;script&gt;alert(1)" in page  # only the page's own sort script
+    assert "<img" not in page and 'data-value="&quot;&gt;&lt;script&gt;' in page  # a quote cannot leave the attribute
+    table = (sweep / "summary.md").read_text().splitlines()
+    assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1 and len(table) == 2 + len(HOSTILE_JOBS)  # same column count everywhere
+    text = "".join(table)
+    assert "<script>" not in text and "</script>" not in text and "<img" not in text and any(line.startswith("| a\\|b | ") for line in table)
+
+
+def test_summary_links_only_direct_child_folders(tmp_path: Path) -> None:
+    outside = tmp_path / "x"
+    outside.mkdir()
+    (outside / "report.html").write_text("<html></html>")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "link").symlink_to(outside)  # a job folder that resolves outside the sweep
+    rows = [{"job": job} for job in ("../x", "..", "link", "/etc", "javascript:alert(1)")]
+    page = (write_summary_html(tmp_path / "sweep", rows, ["job"])).read_text()
+    assert "href=" not in page
+    assert 'href="' not in render_summary([{"job": "..", "report": True}, {"job": "a/b", "report": True}], ["job"], "t")
+
+
+def test_report_escapes_metrics_config_and_title() -> None:
+    attack = '"><script>alert(1)</script>'
+    page = render_report({attack: attack, "method": attack, "linear_top1": 0.5}, f"name: {attack}", [], None, f"run {attack}")
+    assert "<script>" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5
 
 
 @pytest.mark.slow

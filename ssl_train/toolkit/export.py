@@ -6,12 +6,15 @@ to use it) and what `ssl_train.load_encoder(DIR)` and `backbone.weights=DIR` rea
 
 from __future__ import annotations
 
+import html
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from ssl_train import backbones
@@ -49,14 +52,44 @@ def how_to_load(encoder: torch.nn.Module, spec: dict[str, Any], weights_file: st
     return {"ssl_train": with_ssl_train}
 
 
+MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]{}()#+!|~])")
+
+
+def _md_text(value: Any) -> str:
+    """A config value as Markdown text: one line, HTML-escaped, Markdown syntax (links, emphasis, code, tables) backslash-escaped."""
+    return html.escape(MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(value).splitlines())), quote=False)
+
+
+def _md_code(value: Any) -> str:
+    """A config value as an inline code span: one line, backticks (which would end the span) replaced, HTML-escaped."""
+    return "`" + html.escape(" ".join(str(value).replace("`", "'").splitlines()), quote=False) + "`"
+
+
+def _md_number(value: Any) -> str:
+    """A number or a list of numbers as written, anything else as escaped Markdown text."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    plain = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers)
+    return str(list(value) if isinstance(value, tuple) else value) if plain else _md_text(value)
+
+
+def _code_block(code: str, language: str = "python") -> list[str]:
+    """A fenced code block whose fence is longer than any backtick run inside, so the code cannot close it."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", code)), default=0))
+    return [fence + language, code, fence]
+
+
 def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: dict[str, str]) -> str:
     """README.md with Hugging Face front matter: what was trained on what, the probe figures beside both baselines, how to load."""
-    method, data = config["method"] or "?", config["data"] or "?"
-    lines = ["---", "library_name: ssl_train", f"tags: [self-supervised-learning, {method}, {config['modality']}-feature-extraction]",
-             f"pipeline_tag: {'image-feature' if config['modality'] == 'image' else 'feature'}-extraction", "---", "",
-             f"# {method} encoder ({config['encoder']['_target_'].rsplit('.', 1)[1]}, {config['out_dim']}-d features)", "",
-             f"Self-supervised with ssl_train: method `{method}` on data `{data}`"
-             + (f", {probe.get('epochs')} epochs ({probe.get('steps')} steps, global batch {probe.get('global_batch_size')})" if probe else "") + ".", ""]
+    method, data, modality = config["method"] or "?", config["data"] or "?", config["modality"]
+    one_line = lambda value: " ".join(str(value).splitlines())  # a tag is one line; safe_dump quotes the rest
+    front_matter = {"library_name": "ssl_train", "tags": ["self-supervised-learning", one_line(method), f"{one_line(modality)}-feature-extraction"],
+                    "pipeline_tag": f"{'image-feature' if modality == 'image' else 'feature'}-extraction"}  # a dict dumped: a name cannot add keys
+    encoder = str(config["encoder"]["_target_"]).rsplit(".", 1)[-1]
+    lines = ["---", yaml.safe_dump(front_matter, sort_keys=False, default_flow_style=False).rstrip("\n"), "---", "",
+             f"# {_md_text(method)} encoder ({_md_text(encoder)}, {_md_number(config['out_dim'])}-d features)", "",
+             f"Self-supervised with ssl_train: method {_md_code(method)} on data {_md_code(data)}"
+             + (f", {_md_number(probe.get('epochs'))} epochs ({_md_number(probe.get('steps'))} steps, global batch "
+                f"{_md_number(probe.get('global_batch_size'))})" if probe else "") + ".", ""]
     if probe:
         rows = [(label, probe.get(key)) for label, key in (
             ("linear probe top-1", "linear_top1"), ("kNN (k=20) top-1", "knn_k20_top1"),
@@ -64,14 +97,15 @@ def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: d
         lines += ["| evaluation (frozen features, test split) | top-1 |", "|---|---|"]
         lines += [f"| {label} | {value:.4f} |" for label, value in rows if value is not None]
         lines.append("")
-    lines += ["## Input", "", f"Modality `{config['modality']}`" + (
-        f", {config['input']['channels']} channel(s), {config['input']['image_size']} px, normalised with mean {config['input']['mean']} and std "
-        f"{config['input']['std']} (x / 255, then (x - mean) / std)" if config["input"].get("image_size") else "") + ".", "",
-        "## How to load", "", "```python", snippets["ssl_train"], "```", ""]
+    image = config["input"]
+    lines += ["## Input", "", f"Modality {_md_code(modality)}" + (
+        f", {_md_number(image['channels'])} channel(s), {_md_number(image['image_size'])} px, normalised with mean {_md_number(image['mean'])} "
+        f"and std {_md_number(image['std'])} (x / 255, then (x - mean) / std)" if image.get("image_size") else "") + ".", "",
+        "## How to load", "", *_code_block(snippets["ssl_train"]), ""]
     if "standalone" in snippets:
-        lines += ["Without ssl_train (torch + safetensors + torchvision):", "", "```python", snippets["standalone"], "```", ""]
+        lines += ["Without ssl_train (torch + safetensors + torchvision):", "", *_code_block(snippets["standalone"]), ""]
     lines += ["Continue pretraining from it: `python -m ssl_train backbone.weights=DIR ...` (same `backbone` option and settings).", "",
-              "## Provenance", "", f"- checkpoint: `{config['checkpoint']}`", f"- ssl_train commit: `{config['commit']}`",
+              "## Provenance", "", f"- checkpoint: {_md_code(config['checkpoint'])}", f"- ssl_train commit: {_md_code(config['commit'])}",
               "- the full training config is in config.json (`training_config`)", "",
               "Publishing is optional: `huggingface-cli upload USER/NAME DIR` uploads this folder as a model repository.", ""]
     return "\n".join(lines)

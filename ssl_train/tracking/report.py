@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ssl_train.tracking.history import FILE as HISTORY_FILE
 from ssl_train.tracking.history import read_history, series
@@ -39,13 +40,18 @@ img.pixels{image-rendering:pixelated;border:1px solid #ddd}pre{background:#f7f7f
 .muted{color:#777}"""
 
 
+def _esc(value: Any) -> str:
+    """Any value as HTML text, safe in element content and in a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
 def _fmt(value: Any) -> str:
-    """Scores with 4 decimals, larger figures (times, images/s) with 1, whole numbers as such."""
+    """Scores with 4 decimals, larger figures (times, images/s) with 1, whole numbers as such; anything else HTML-escaped."""
     if isinstance(value, float):
         if value.is_integer() and abs(value) >= 1:
             return f"{value:.0f}"
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
-    return html.escape(str(value))
+    return _esc(value)
 
 
 def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, float]]]], width: int = 500, height: int = 260) -> str:
@@ -60,8 +66,8 @@ def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, floa
     left, right, top, bottom = 56, 12, 28, 34
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)
     sy = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">',
-             f'<text x="{left}" y="16" font-size="13" font-weight="600">{html.escape(title)}</text>',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{left}" y="16" font-size="13" font-weight="600">{_esc(title)}</text>',
              f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
              f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" font-size="10" text-anchor="end">{y1:.4g}</text>',
@@ -75,15 +81,15 @@ def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, floa
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{coords}"/>')
         if len(points) < 12:
             parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in points]
-        parts.append(f'<text x="{width - right - 4}" y="{top + 12 + 13 * i}" font-size="11" text-anchor="end" fill="{colour}">{html.escape(label)}</text>')
+        parts.append(f'<text x="{width - right - 4}" y="{top + 12 + 13 * i}" font-size="11" text-anchor="end" fill="{colour}">{_esc(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
 def _png(path: Path, caption: str, width: int) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img class="pixels" src="data:image/png;base64,{data}" width="{width}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (f'<figure><img class="pixels" src="data:image/png;base64,{data}" width="{width}" alt="{_esc(caption)}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 
 def _epoch_of(path: Path) -> int:
@@ -92,7 +98,7 @@ def _epoch_of(path: Path) -> int:
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{html.escape(label)}</th><td>{_fmt(value)}</td></tr>" for label, value in rows) + "</table>"
+    return "<table>" + "".join(f"<tr><th>{_esc(label)}</th><td>{_fmt(value)}</td></tr>" for label, value in rows) + "</table>"
 
 
 def render_report(metrics: Mapping[str, Any], config_text: str, history: list[dict[str, Any]], pictures_dir: Path | None, title: str) -> str:
@@ -110,7 +116,7 @@ def render_report(metrics: Mapping[str, Any], config_text: str, history: list[di
             pictures += [_png(p, f"after epoch {_epoch_of(p)}", 160) for p in maps[:-1][-4:]]
         if (pictures_dir / VIEWS_FILE).is_file():
             pictures.append(_png(pictures_dir / VIEWS_FILE, "augmented views fed to the model (one row per image, one column per view)", 160))
-    body = [f"<h1>{html.escape(title)}</h1>",
+    body = [f"<h1>{_esc(title)}</h1>",
             f'<p class="muted">{_fmt(metrics.get("output_dir", ""))}: method {_fmt(metrics.get("method", "?"))}, backbone '
             f'{_fmt(metrics.get("backbone", "?"))}, data {_fmt(metrics.get("data", "?"))}, {_fmt(metrics.get("epochs", "?"))} epochs</p>',
             "<h2>Results</h2>", _table(headline) if headline else '<p class="muted">no probe in this run</p>',
@@ -118,8 +124,8 @@ def render_report(metrics: Mapping[str, Any], config_text: str, history: list[di
             "<h2>Pictures</h2>", '<div class="grid">' + "".join(pictures) + "</div>" if pictures else '<p class="muted">no pictures</p>',
             "<h2>Throughput</h2>", _table([(label, metrics[key]) for label, key in THROUGHPUT if key in metrics]),
             "<h2>All metrics (metrics.json)</h2>", _table(sorted(metrics.items())),
-            "<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>"]
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            "<h2>Config</h2>", f"<pre>{_esc(config_text)}</pre>"]
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
 
 
@@ -148,27 +154,46 @@ p=parseFloat(x),q=parseFloat(y),c=(!isNaN(p)&&!isNaN(q))?p-q:x.localeCompare(y);
 rows.forEach(function(r){body.appendChild(r);});});});"""
 
 
+def _is_folder_name(name: str) -> bool:
+    """A single path component (no separator, not '.' or '..'): a direct child of the folder the page sits in."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def report_href(job: str) -> str | None:
+    """The relative link to <job>/report.html, built from the job's folder name alone (URL-quoted, so never a scheme); None if not a folder name."""
+    return f"{quote(job, safe='')}/{REPORT_FILE}" if _is_folder_name(job) else None
+
+
 def render_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str) -> str:
-    """A sortable table (click a header; inline script, no network) with one row per job, linking each job's report."""
-    head = "".join(f'<th class="sortable">{html.escape(c)}</th>' for c in columns)
+    """A sortable table (click a header; inline script, no network), one row per job; a row whose 'report' is true links <job>/report.html."""
+    head = "".join(f'<th class="sortable">{_esc(c)}</th>' for c in columns)
     body = []
     for row in rows:
         cells = []
         for column in columns:
             value = row.get(column, "")
-            if column == "job" and row.get("report"):
-                cells.append(f'<td data-value="{html.escape(str(value))}"><a href="{html.escape(str(row["report"]))}">{_fmt(value)}</a></td>')
+            href = report_href(str(value)) if column == "job" and row.get("report") else None
+            if href is not None:
+                cells.append(f'<td data-value="{_esc(value)}"><a href="{_esc(href)}">{_fmt(value)}</a></td>')
             else:
-                cells.append(f'<td data-value="{html.escape(str(value))}">{_fmt(value)}</td>')
+                cells.append(f'<td data-value="{_esc(value)}">{_fmt(value)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>'
-            f"<body><h1>{html.escape(title)}</h1><p class=\"muted\">{len(rows)} job(s); click a column header to sort</p>"
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{STYLE}</style></head>'
+            f"<body><h1>{_esc(title)}</h1><p class=\"muted\">{len(rows)} job(s); click a column header to sort</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table><script>{SORT_SCRIPT}</script></body></html>\n")
 
 
+def _has_report(sweep_dir: Path, job: str) -> bool:
+    """Whether <sweep_dir>/<job> is a direct child folder of sweep_dir (also once links are resolved) holding report.html."""
+    if not _is_folder_name(job):
+        return False
+    folder = sweep_dir / job
+    return folder.parent == sweep_dir and folder.resolve().parent == sweep_dir.resolve() and (folder / REPORT_FILE).is_file()
+
+
 def write_summary_html(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    """<sweep_dir>/summary.html; each job's name links to its report.html when it has one."""
-    linked = [{**row, "report": f"{row['job']}/{REPORT_FILE}" if (sweep_dir / str(row["job"]) / REPORT_FILE).is_file() else None} for row in rows]
+    """<sweep_dir>/summary.html; each job's name links to its report.html when the job is a folder directly under sweep_dir holding one."""
+    linked = [{**row, "report": _has_report(sweep_dir, str(row["job"]))} for row in rows]
     path = sweep_dir / SUMMARY_FILE
     _write_atomically(path, render_summary(linked, columns, f"ssl_train sweep {sweep_dir.name}"))
     return path
