@@ -3,8 +3,8 @@ folder of images with same-named .txt captions, or a CSV / JSONL table of image 
 
 A sample is ((image uint8 (C, H, W), captions: a tuple of str), label). Training views take one caption at random
 (as CLIP training on COCO-style data does), evaluation reads the first; the tokenizer is made from the train
-captions (`Splits.tokenizer`). Unreadable images are skipped and counted like any image folder's; caption rows that
-do not decode or lack a column are skipped and counted like any text file's.
+captions (`Splits.tokenizer`). Unreadable images (and images over `max_pixels`) are skipped and counted like any image
+folder's; caption rows that do not decode or lack a column are skipped and counted like any text file's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ssl_train.data.datasets import FASHION_MNIST_CLASSES, ImageArrayDataset, Splits, channel_stats, embedded_arrays
-from ssl_train.data.folders import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset
+from ssl_train.data.folders import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, check_max_pixels
+from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS
 from ssl_train.data.text import SkipCount, read_embedded_glosses, read_records
 from ssl_train.data.tokenizers import byte_tokenizer
 from ssl_train.errors import DataNotFoundError, UserError
@@ -109,7 +110,7 @@ class CaptionedFashionMNIST:
 
 
 def _split_pairs(paths: list[Path], captions: list[tuple[str, ...]], labels: list[int], test_fraction: float, channels: int,
-                 limits: tuple[int | None, int | None] = (None, None)) -> tuple[PairDataset, PairDataset]:
+                 limits: tuple[int | None, int | None] = (None, None), max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[PairDataset, PairDataset]:
     """(train, test) pairs, `test_fraction` held out by a fixed seed, each split cut to its limit (tests, smoke runs)."""
     order = np.random.default_rng(0).permutation(len(paths))
     n_test = max(1, int(len(paths) * test_fraction))
@@ -118,7 +119,8 @@ def _split_pairs(paths: list[Path], captions: list[tuple[str, ...]], labels: lis
     train_order, test_order = order[n_test:][: limits[0]], order[:n_test][: limits[1]]
 
     def part(index: np.ndarray) -> PairDataset:
-        return PairDataset(ImageFileDataset([paths[i] for i in index], [labels[i] for i in index], channels), [captions[i] for i in index])
+        images = ImageFileDataset([paths[i] for i in index], [labels[i] for i in index], channels, max_pixels)
+        return PairDataset(images, [captions[i] for i in index])
 
     return part(train_order), part(test_order)
 
@@ -132,10 +134,11 @@ class CaptionFolder:
     modalities = ("image_text",)
 
     def __init__(self, root: str, image_size: int = 224, channels: int = 3, test_fraction: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, tokenizer: Any = None, train_limit: int | None = None, test_limit: int | None = None) -> None:
+                 std: Sequence[float] = IMAGENET_STD, tokenizer: Any = None, train_limit: int | None = None, test_limit: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if not 0 < test_fraction < 1:
             raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
-        self.limits = (train_limit, test_limit)
+        self.limits, self.max_pixels = (train_limit, test_limit), check_max_pixels(max_pixels)
         self.root, self.image_size, self.channels, self.test_fraction = Path(root).expanduser(), image_size, channels, test_fraction
         self.mean, self.std, self.tokenizer = tuple(mean), tuple(std), tokenizer
 
@@ -166,7 +169,7 @@ class CaptionFolder:
             raise DataNotFoundError(f"data.source.root: no image with a caption file beside it under {self.root} ({skips.total()} skipped)")
         class_names = sorted(set(folders))
         labels = [class_names.index(f) for f in folders]
-        train, test = _split_pairs(paths, captions, labels, self.test_fraction, self.channels, self.limits)
+        train, test = _split_pairs(paths, captions, labels, self.test_fraction, self.channels, self.limits, self.max_pixels)
         return pair_splits(train, test, self.mean, self.std, self.channels, self.image_size, class_names, self.tokenizer, fixed_size=False)
 
 
@@ -178,10 +181,11 @@ class CaptionTable:
 
     def __init__(self, path: str, image_column: str = "image", caption_column: str = "caption", label_column: str | None = None,
                  image_size: int = 224, channels: int = 3, test_fraction: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, tokenizer: Any = None, train_limit: int | None = None, test_limit: int | None = None) -> None:
+                 std: Sequence[float] = IMAGENET_STD, tokenizer: Any = None, train_limit: int | None = None, test_limit: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if not 0 < test_fraction < 1:
             raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
-        self.limits = (train_limit, test_limit)
+        self.limits, self.max_pixels = (train_limit, test_limit), check_max_pixels(max_pixels)
         self.path, self.columns = Path(path).expanduser(), (image_column, caption_column, label_column)
         self.image_size, self.channels, self.test_fraction, self.tokenizer = image_size, channels, test_fraction, tokenizer
         self.mean, self.std = tuple(mean), tuple(std)
@@ -205,5 +209,5 @@ class CaptionTable:
         paths = list(by_image)
         captions = [tuple(by_image[p][0]) for p in paths]
         labels = [class_names.index(by_image[p][1]) for p in paths]
-        train, test = _split_pairs(paths, captions, labels, self.test_fraction, self.channels, self.limits)
+        train, test = _split_pairs(paths, captions, labels, self.test_fraction, self.channels, self.limits, self.max_pixels)
         return pair_splits(train, test, self.mean, self.std, self.channels, self.image_size, class_names, self.tokenizer, fixed_size=False)

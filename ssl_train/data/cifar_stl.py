@@ -1,8 +1,11 @@
-"""CIFAR-10/100 (python pickle batches) and STL-10 (binary) from local files; never downloaded."""
+"""CIFAR-10/100 (python pickle batches) and STL-10 (binary) from local files; never downloaded.
+
+CIFAR batches are read with a restricted unpickler (ssl_train.data.safe_pickle): a batch that names anything besides
+numpy array reconstruction is refused in one line, so a crafted file cannot run code.
+"""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from ssl_train.data.datasets import ImageArrayDataset, Splits, limited, make_splits
+from ssl_train.data.safe_pickle import read_data_pickle
 from ssl_train.errors import DataNotFoundError, UserError
 
 CIFAR_LAYOUT = {
@@ -35,15 +39,20 @@ class CIFARSource:
         self.train_limit, self.test_limit = train_limit, test_limit
 
     def _read(self, folder: Path, names: list[str], label_key: bytes, hint: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images (N, 3, 32, 32) uint8, labels (N,) int64) of the batches `names`, unpickled as data only."""
         images, labels = [], []
         for name in names:
-            with open(_require(folder / name, hint), "rb") as handle:
-                try:
-                    batch = pickle.load(handle, encoding="bytes")
-                except Exception as error:  # noqa: BLE001 - any unpickling failure means a damaged file
-                    raise UserError(f"{folder / name}: not a CIFAR python batch ({type(error).__name__}: {error})") from error
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+            path = _require(folder / name, hint)
+            batch = read_data_pickle(path, "CIFAR python batch", "real CIFAR batches hold only lists, bytes and numpy arrays")
+            if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+                raise UserError(f"{path}: not a CIFAR python batch (expected a dict with keys b'data' and {label_key!r})")
+            try:
+                images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(batch[label_key], dtype=np.int64).reshape(-1))
+            except (TypeError, ValueError, OverflowError) as error:
+                raise UserError(f"{path}: not a CIFAR python batch: data must be N x 3072 uint8 and labels N integers ({error})") from None
+            if len(images[-1]) != len(labels[-1]) or (labels[-1] < 0).any() or (labels[-1] >= self.num_classes).any():
+                raise UserError(f"{path}: {len(images[-1])} images and {len(labels[-1])} labels; labels must be 0..{self.num_classes - 1}")
         return np.concatenate(images), np.concatenate(labels)
 
     def load(self) -> Splits:

@@ -1,7 +1,9 @@
 """Image files on disk: class sub-folders (ImageNet-style) and flat unlabeled folders or file lists.
 
-Images are decoded per sample by torchvision.io; an unreadable or corrupt file is skipped with a warning
-(another image is served in its place) and counted, never a crash mid-epoch.
+Images are decoded per sample by torchvision.io after ssl_train.data.image_guard has checked the file's structure
+(a malformed PNG can crash the native decoder) and its header's pixel count (`max_pixels`, decompression bombs);
+an unreadable, corrupt or refused file is skipped with a warning naming the reason (another image is served in its
+place) and counted, never a crash mid-epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
 from ssl_train.data.datasets import Splits, limited
+from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS, check_image
 from ssl_train.errors import DataNotFoundError, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -30,10 +33,10 @@ class ImageFileDataset(Dataset):
     so skips inside DataLoader workers are visible to the trainer as `skipped`.
     """
 
-    def __init__(self, paths: list[Path], labels: list[int], channels: int = 3) -> None:
+    def __init__(self, paths: list[Path], labels: list[int], channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if not paths:
             raise UserError("an image folder split holds no images")
-        self.paths, self.labels = paths, labels
+        self.paths, self.labels, self.max_pixels = paths, labels, max_pixels
         self.mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
         self._bad = multiprocessing.get_context("fork").Array("b", len(paths), lock=False)
 
@@ -46,7 +49,10 @@ class ImageFileDataset(Dataset):
         return len(self.paths)
 
     def decode(self, index: int) -> torch.Tensor:
-        return decode_image(str(self.paths[index]), mode=self.mode)
+        """The image file `index` as uint8 (C, H, W); ValueError (ImageRefused) when its bytes fail the structural checks."""
+        data = self.paths[index].read_bytes()  # read once: the bytes checked are the bytes decoded
+        check_image(data, self.max_pixels)
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=self.mode)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for attempt in range(min(len(self.paths), 50)):
@@ -89,6 +95,9 @@ def class_folder_split(folder: Path, classes: list[str] | None, hint: str) -> tu
         files = list_images(folder / name)
         paths += files
         labels += [label] * len(files)
+    if not paths:
+        raise DataNotFoundError(f"data.source.root: {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class sub-folders "
+                                f"{', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}. {hint}")
     return paths, labels, classes
 
 
@@ -100,28 +109,38 @@ def _limited_files(paths: list[Path], labels: list[int], limit: int | None, seed
     return [paths[i] for i in keep], [labels[i] for i in keep]
 
 
+def check_max_pixels(max_pixels: int) -> int:
+    """`data.source.max_pixels` when it is a positive integer; else one UserError."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise UserError(f"data.source.max_pixels must be a positive integer (pixels per image), got {max_pixels!r}")
+    return max_pixels
+
+
 class ImageFolderSource:
     """<root>/<train_dir>/<class>/*.jpg and <root>/<test_dir>/<class>/*.jpg (ImageNet-100, custom data).
 
     Views crop to `image_size`; the probe resizes to image_size / 0.875 and centre-crops. Normalisation uses
-    `mean`/`std` (ImageNet statistics by default).
+    `mean`/`std` (ImageNet statistics by default). Images whose header claims more than `max_pixels` are skipped.
     """
 
     def __init__(self, root: str, train_dir: str = "train", test_dir: str = "val", image_size: int = 224, channels: int = 3,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 train_limit: int | None = None, test_limit: int | None = None) -> None:
+                 train_limit: int | None = None, test_limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.max_pixels = check_max_pixels(max_pixels)
         self.root, self.train_dir, self.test_dir = Path(root).expanduser(), train_dir, test_dir
         self.image_size, self.channels, self.mean, self.std = image_size, channels, tuple(mean), tuple(std)
         self.train_limit, self.test_limit = train_limit, test_limit
 
     def load(self) -> Splits:
+        """Train and test splits of the class folders (limits applied); an empty folder is one DataNotFoundError naming it."""
         hint = f"Expected {self.root}/{self.train_dir}/<class>/<image> and {self.root}/{self.test_dir}/<class>/<image>."
         train_paths, train_labels, classes = class_folder_split(self.root / self.train_dir, None, hint)
         test_paths, test_labels, _ = class_folder_split(self.root / self.test_dir, classes, hint)
         train_paths, train_labels = _limited_files(train_paths, train_labels, self.train_limit, seed=0)
         test_paths, test_labels = _limited_files(test_paths, test_labels, self.test_limit, seed=1)
         return Splits(
-            ImageFileDataset(train_paths, train_labels, self.channels), ImageFileDataset(test_paths, test_labels, self.channels),
+            ImageFileDataset(train_paths, train_labels, self.channels, self.max_pixels),
+            ImageFileDataset(test_paths, test_labels, self.channels, self.max_pixels),
             len(classes), self.mean, self.std, self.channels, self.image_size, fixed_size=False,
         )
 
@@ -130,7 +149,9 @@ class UnlabeledFolderSource:
     """Pretrain on unlabeled images (a flat/recursive folder, or a text file listing one path per line);
     the probe uses the labelled `probe` source (e.g. an ImageFolderSource), which also sets size and statistics."""
 
-    def __init__(self, root: str, probe: Any, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, root: str, probe: Any, train_limit: int | None = None, test_limit: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.max_pixels = check_max_pixels(max_pixels)
         if test_limit is not None:
             raise UserError("data.source.test_limit: the probe's splits come from data.source.probe; set data.source.probe.test_limit")
         self.root, self.probe, self.train_limit = Path(root).expanduser(), probe, train_limit
@@ -152,5 +173,5 @@ class UnlabeledFolderSource:
             raise UserError("data.source.probe: unlabeled pretraining needs a labelled source for the probe (e.g. an image folder)")
         splits = self.probe.load()
         paths = _limited_files(paths, [-1] * len(paths), self.train_limit, seed=0)[0]
-        splits.pretrain = ImageFileDataset(paths, [-1] * len(paths), splits.channels)
+        splits.pretrain = ImageFileDataset(paths, [-1] * len(paths), splits.channels, self.max_pixels)
         return splits

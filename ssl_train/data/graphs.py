@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_train.data.array_files import check_finite, check_labels, read_npz
 from ssl_train.data.datasets import EMBEDDED_FILE, Splits
 from ssl_train.errors import DataNotFoundError, UserError
 
@@ -208,7 +208,8 @@ class WordNetNouns:
 
 class GraphArrays:
     """Your own graph in one `.npz`: `x` (N, F) node features, `edge_index` (2, E) int node pairs, `y` (N,) integer
-    labels, optional `train_mask` (N,) bool (default: a fixed-seed `train_fraction` of the nodes)."""
+    labels, optional `train_mask` (N,) bool (default: a fixed-seed `train_fraction` of the nodes). Read as data by
+    ssl_train.data.array_files: numeric dtypes only, headers checked, NaN/inf features and absurd labels refused."""
 
     modalities = ("graph",)
 
@@ -218,23 +219,18 @@ class GraphArrays:
         self.path, self.train_fraction, self.train_limit, self.test_limit = Path(path).expanduser(), train_fraction, train_limit, test_limit
 
     def load(self) -> Splits:
+        """Splits of the user's graph, every array checked (dtype, shape, NaN/inf, labels) before use."""
         where = f"data.source.path={self.path}"
         if not self.path.is_file():
             raise DataNotFoundError(f"{where}: no such file; give a .npz with x (N, F), edge_index (2, E), y (N,) [, train_mask (N,)]")
-        try:
-            with np.load(self.path, allow_pickle=False) as arrays:
-                missing = [k for k in ("x", "edge_index", "y") if k not in arrays.files]
-                if missing:
-                    raise UserError(f"{where}: the graph lacks {', '.join(missing)} (it holds {', '.join(arrays.files) or 'nothing'}); "
-                                    "node labels y are needed for the probe")
-                x, edge_index, y = arrays["x"], arrays["edge_index"], arrays["y"]
-                mask = arrays["train_mask"] if "train_mask" in arrays.files else None
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
-            raise UserError(f"{where}: not a readable .npz file ({error})") from None
+        arrays = read_npz(self.path, ("x", "edge_index", "y"), where, optional=("train_mask",), lacks_hint="; node labels y are needed for the probe")
+        x, edge_index, y, mask = arrays["x"], arrays["edge_index"], arrays["y"], arrays.get("train_mask")
         if x.ndim != 2 or edge_index.ndim != 2 or edge_index.shape[0] != 2 or not np.issubdtype(edge_index.dtype, np.integer):
             raise UserError(f"{where}: x must be (N, F) and edge_index (2, E) integers, got {x.shape} and {edge_index.shape} {edge_index.dtype}")
-        if not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
-            raise UserError(f"{where}: y must hold integer class labels >= 0, got dtype {y.dtype}")
+        check_labels(y, where, "y")
+        check_finite(x, where, "x")
+        if mask is not None and mask.shape != (len(x),):
+            raise UserError(f"{where}: array train_mask must be ({len(x)},) flags, one per node, got shape {mask.shape}")
         train_mask = torch.from_numpy(mask.astype(bool)) if mask is not None else random_train_mask(len(x), self.train_fraction)
         return graph_splits(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index.astype(np.int64)), torch.from_numpy(y.astype(np.int64)),
                             train_mask, where, self.train_limit, self.test_limit)

@@ -1,18 +1,19 @@
 """Sequence and waveform sources read from local files: sequential Fashion-MNIST (embedded) and user arrays (.npz / .npy).
 
 A sequence sample is a float32 tensor (T, F): T time steps of F features; a waveform is (T,) samples. Per-feature
-mean and std come from the train split; the views and the evaluation transform standardise with them.
+mean and std come from the train split; the views and the evaluation transform standardise with them. User arrays
+are read as data by ssl_train.data.array_files (numeric dtypes only, headers checked, NaN/inf and absurd labels refused).
 """
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_train.data.array_files import check_finite, check_labels, read_npy, read_npz
 from ssl_train.data.datasets import Splits, embedded_arrays, limited
 from ssl_train.errors import DataNotFoundError, UserError
 
@@ -44,10 +45,10 @@ def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
             raise UserError(f"{where}: the {name} split is empty (shape {x.shape}): every sequence needs at least one time step")
         if len(x) != len(y):
             raise UserError(f"{where}: {name} has {len(x)} samples but {len(y)} labels")
-        if not np.issubdtype(np.asarray(y).dtype, np.integer) or (np.asarray(y) < 0).any():
-            raise UserError(f"{where}: {name} labels must be integers >= 0 (class indices), got dtype {np.asarray(y).dtype}")
-        if not np.isfinite(x).all():
-            raise UserError(f"{where}: the {name} samples hold NaN or inf values")
+        if x.dtype.kind not in "biuf":
+            raise UserError(f"{where}: array {name}_x has dtype {x.dtype}; allowed: bool, int, uint or float samples")
+        check_labels(np.asarray(y), where, f"{name}_y")
+        check_finite(x, where, f"{name}_x")
     if train_x.shape[1:] != test_x.shape[1:]:
         raise UserError(f"{where}: train samples are {train_x.shape[1:]} but test samples {test_x.shape[1:]}; both splits need one shape")
     train, test = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32)), torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.float32))
@@ -89,30 +90,25 @@ class SequenceArrays:
         self.path, self.train_limit, self.test_limit = Path(path).expanduser(), train_limit, test_limit
 
     def _read(self) -> dict[str, np.ndarray]:
+        """The four arrays of the .npz or the folder of .npy files, headers checked before reading."""
         where = f"data.source.path={self.path}"
         if self.path.is_dir():
             missing = [k for k in self.KEYS if not (self.path / f"{k}.npy").is_file()]
             if missing:
                 raise DataNotFoundError(f"{where}: expected {', '.join(f'{k}.npy' for k in missing)} in the folder")
-            loaders = {k: lambda k=k: np.load(self.path / f"{k}.npy", allow_pickle=False) for k in self.KEYS}
-        elif self.path.is_file():
-            try:
-                archive = np.load(self.path, allow_pickle=False)
-            except (OSError, ValueError, zipfile.BadZipFile) as error:
-                raise UserError(f"{where}: not a readable .npz file ({error})") from None
-            missing = [k for k in self.KEYS if k not in archive.files]
-            if missing:
-                raise UserError(f"{where}: the archive lacks {', '.join(missing)} (it holds {', '.join(archive.files) or 'nothing'})")
-            loaders = {k: lambda k=k: archive[k] for k in self.KEYS}
-        else:
-            raise DataNotFoundError(f"{where}: no such file or folder; give a .npz with {', '.join(self.KEYS)} or a folder of those .npy files")
-        try:
-            return {k: load() for k, load in loaders.items()}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-            raise UserError(f"{where}: cannot read the arrays ({error}); a truncated file?") from None
+            return {k: read_npy(self.path / f"{k}.npy", where, k) for k in self.KEYS}
+        if self.path.is_file():
+            return read_npz(self.path, self.KEYS, where)
+        raise DataNotFoundError(f"{where}: no such file or folder; give a .npz with {', '.join(self.KEYS)} or a folder of those .npy files")
 
     def load(self) -> Splits:
+        """Train and test splits of the arrays (limits applied), every array checked before use."""
         arrays = self._read()
+        for split in ("train", "test"):
+            x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+            check_labels(y, f"data.source.path={self.path}", f"{split}_y")
+            if x.ndim == 0 or len(x) != len(y):
+                raise UserError(f"data.source.path={self.path}: {split}_x holds {len(x) if x.ndim else 'no'} samples but {split}_y {len(y)} labels")
         train = limited(arrays["train_x"], arrays["train_y"], self.train_limit, seed=0)
         test = limited(arrays["test_x"], arrays["test_y"], self.test_limit, seed=1)
         return sequence_splits(*train, *test, f"data.source.path={self.path}")

@@ -5,7 +5,9 @@ A text sample is a str; the view pipeline (ssl_train.data.text_views) and the ev
 turn it into a fixed-length int64 tensor of token ids. The tokenizer is made from the train split's texts when the
 splits load (`Splits.tokenizer`); `Splits.channels` is its vocabulary size and `Splits.image_size` its length.
 Unreadable rows (a line that does not decode as UTF-8, invalid JSON, a missing column, an empty text) are skipped,
-counted, and reported in one line.
+counted, and reported in one line. A CSV field over csv.field_size_limit() is NOT skipped but refused in one line naming
+the file and row: it almost always means an unclosed quote that swallowed the rows after it, which skipping would
+silently drop.
 """
 
 from __future__ import annotations
@@ -103,6 +105,28 @@ def _read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="surrogateescape")  # a row holding undecodable bytes is skipped, not the file
 
 
+def _csv_rows(raw: str, path: Path, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Every row of a CSV text whose header names `columns`; a field over the csv module's limit (or any CSV syntax
+    error) is one UserError naming the file, the row and the line it starts on."""
+    reader, rows, header, start = csv.DictReader(io.StringIO(raw)), [], None, 1
+    try:
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise UserError(f"{path}: no column {', '.join(map(repr, missing))}; the header has {', '.join(header) or 'nothing'}")
+        start = reader.reader.line_num + 1
+        for row in reader:
+            rows.append(row)
+            start = reader.reader.line_num + 1
+    except csv.Error as error:
+        where = f"{path}: {'the header row' if header is None else f'row {len(rows) + 1}'} (starting at line {start})"
+        if "field limit" in str(error):
+            raise UserError(f"{where}: a field longer than {csv.field_size_limit()} characters; an unclosed quote makes the rest of the file "
+                            "one field: check the file's quoting") from None
+        raise UserError(f"{where}: not valid CSV ({error})") from None
+    return rows
+
+
 def read_records(path: Path, columns: Sequence[str]) -> tuple[list[dict[str, str]], SkipCount]:
     """The rows of a .csv (header row) or .jsonl file as {column: value} for `columns`; rows that do not decode as UTF-8,
     are not valid JSON, lack a column or hold an empty value are skipped and counted."""
@@ -111,11 +135,7 @@ def read_records(path: Path, columns: Sequence[str]) -> tuple[list[dict[str, str
         raise UserError(f"{path}: unknown table format {suffix!r}; allowed: .csv, .jsonl")
     raw, rows = _read_text(path), []
     if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(raw))
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path}: no column {', '.join(map(repr, missing))}; the header has {', '.join(reader.fieldnames or []) or 'nothing'}")
-        candidates: list[Any] = list(reader)
+        candidates: list[Any] = _csv_rows(raw, path, columns)
     else:
         candidates = []
         for line in raw.splitlines():
