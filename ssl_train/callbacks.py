@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 
 from ssl_train.data.sampling import ResumableSampler
 from ssl_train.errors import UserError
+from ssl_train.run_dir import replace_atomically
 
 
 class ThroughputMeter(pl.Callback):
@@ -192,8 +195,9 @@ class Preemption(pl.Callback):
         name = signal.Signals(received).name
         if trainer.is_global_zero:
             run_dir = self.checkpoint_path.parent.parent
-            (run_dir / self.MARKER).write_text(json.dumps({"signal": name, "step": trainer.global_step, "checkpoint": str(self.checkpoint_path)}))
-            with open(run_dir / "preemptions.jsonl", "a") as log:
+            replace_atomically(run_dir / self.MARKER, json.dumps({"signal": name, "step": trainer.global_step, "checkpoint": str(self.checkpoint_path)}))
+            journal = os.open(run_dir / "preemptions.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a symlink
+            with os.fdopen(journal, "a") as log:
                 log.write(json.dumps({"signal": name, "step": trainer.global_step, "time": time.time()}) + "\n")
             self._requeue(received)  # the handlers are put back by on_exception once Preempted below reaches Lightning
         raise Preempted(
@@ -208,6 +212,25 @@ class Preemption(pl.Callback):
         elif signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
             job = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
             subprocess.call(["scontrol", "requeue", job or os.environ["SLURM_JOB_ID"]])
+
+    @contextlib.contextmanager
+    def stopping_evaluation(self) -> Iterator[None]:
+        """Around the evaluation after training: one of the signals stops it at once (nothing to save) with one line and exit
+        code 75, after the handler it displaces (a requeue); finished training is marked done, so the rerun only evaluates."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, frame: Any) -> None:
+            self._requeue(signum)
+            raise Preempted(f"{signal.Signals(signum).name} received during the evaluation, before metrics.json was written; rerun the same "
+                            "command in the same run directory to evaluate again (a training that finished is not repeated)")
+
+        self._previous = {signum: signal.signal(signum, stop) for signum in self.signals}
+        try:
+            yield
+        finally:
+            self._restore_handlers()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,9 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_train.errors import UserError
+from ssl_train.run_dir import fresh_dir as fresh_dir  # re-exported: its home is run_dir, the never-overwrite policy
 
 TRUST_HINT = "trust_checkpoint=true (toolkit: --trust-checkpoint)"
-
-
-def fresh_dir(path: Path) -> Path:
-    """`path`, or path-1, path-2, ... if it exists, made empty: an export or adapter never overwrites an earlier one."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
 
 
 def read_checkpoint(path: str | os.PathLike, trust: bool = False, key: str = "ckpt_path") -> dict[str, Any]:
@@ -69,6 +61,20 @@ def first_line(error: BaseException) -> str:
     return lines[0]
 
 
+def write_failure(error: OSError | RuntimeError, folder: Path) -> str:
+    """Why a write failed, in a few words: torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ...",
+    "PytorchStreamWriter failed writing file ..."), so a disk with (almost) no space left is named as such."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 16 * 2**20:
+        return f"No space left on device: {free} bytes free; torch: {first_line(error)}"
+    return first_line(error)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """TorchCheckpointIO whose save is atomic on POSIX (a reader sees the old file or the new one, never half of one)
     and whose load is `read_checkpoint` (weights only unless `trust`).
@@ -81,25 +87,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def __init__(self, trust: bool = False) -> None:
         super().__init__()
         self.trust = trust
+        self.steps_saved: dict[str, int | None] = {}  # resolved path -> global_step of the last checkpoint written there
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         target = Path(path)
         staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(staging, "wb") as handle:
+            staging.unlink(missing_ok=True)  # a stale one (a killed process had our pid); O_NOFOLLOW: a symlink is never followed
+            with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as handle:
                 torch.save(checkpoint, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(staging, target)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:  # a full disk: OSError from the file, or RuntimeError from torch's zip writer
             kept = f"the previous {target.name} is intact" if target.is_file() else f"no {target.name} was written before"
             raise UserError(
-                f"writing checkpoint {target} failed ({error.strerror or first_line(error)}): {kept}. Free space or point "
+                f"writing checkpoint {target} failed ({write_failure(error, target.parent)}): {kept}. Free space or point "
                 "paths.output_dir at a writable disk, then resume with ckpt_path=<that checkpoint>"
             ) from None
         finally:
             staging.unlink(missing_ok=True)
+        self.steps_saved[str(target.resolve())] = checkpoint.get("global_step")
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return read_checkpoint(path, trust=self.trust)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import logging
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.build import build, build_evaluators, group_choice
@@ -26,6 +22,16 @@ from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key,
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES
+from ssl_train.run_dir import (
+    TRAINING_DONE,
+    claim_output_dir,
+    exclusive_run_dir,
+    finished_training,
+    mark_training_done,
+    save_hydra_files,
+    save_resolved_config,
+    write_new,
+)
 from ssl_train.tracking.report import write_report
 from ssl_train.tracking.trackers import RESUMABLE, abandon_trackers, command_line, git_commit, log_run_end, log_run_start, stored_tracker_runs
 from ssl_train.validate import validate
@@ -52,48 +58,23 @@ def probe_device(trainer: pl.Trainer) -> torch.device:
     return torch.device("cuda") if trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else torch.device("cpu")
 
 
-def claim_output_dir(output_dir: Path) -> Path:
-    """Create the run directory; refuse one that already holds a finished run (never overwrite results)."""
-    metrics_path = output_dir / "metrics.json"
-    if metrics_path.exists():
-        raise UserError(f"paths.output_dir: {output_dir} already holds a finished run ({metrics_path.name}); refusing to overwrite it")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"paths.output_dir: cannot create {output_dir} ({error.strerror or error}); point it at a writable directory") from None
-    return metrics_path
-
-
-@contextlib.contextmanager
-def exclusive_run_dir(output_dir: Path) -> Iterator[None]:
-    """Hold an advisory lock on <output_dir>/.lock while the run lives: a second run given the same directory refuses
-    at once and touches nothing. The lock dies with the process (kill -9 included), so a requeued job can take over."""
-    if rank_zero_only.rank != 0:  # DDP ranks > 0 share rank 0's directory
-        yield
-        return
-    handle = open(output_dir / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise UserError(f"paths.output_dir: {output_dir} is in use by another run (pid {holder}); give this run its own directory") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
 def preempted_checkpoint(output_dir: Path) -> str | None:
     """last.ckpt of a run in this very directory that stopped on a preemption signal (a requeued job resumes it)."""
     marker, last = output_dir / Preemption.MARKER, output_dir / "checkpoints" / "last.ckpt"
     return str(last) if marker.is_file() and last.is_file() else None
+
+
+def load_trained_weights(module: pl.LightningModule, record: dict[str, Any], trust: bool) -> None:
+    """The weights of the checkpoint whose training finished (finished_training) into `module`, in place of fit."""
+    checkpoint = read_checkpoint(record["checkpoint"], trust=trust)
+    if checkpoint.get("global_step") != record.get("step"):
+        raise UserError(f"{record['checkpoint']} holds step {checkpoint.get('global_step')}, not the final step {record.get('step')} training "
+                        f"ended at: remove {TRAINING_DONE} in its run directory to train again there")
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise UserError(f"{record['checkpoint']}: its weights do not fit this run's model ({state_dict_mismatch(error)}): "
+                        "rerun with the config it was trained with") from None
 
 
 def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path, output_dir: Path) -> str | None:
@@ -163,27 +144,30 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     metrics_path = claim_output_dir(output_dir)
     with exclusive_run_dir(output_dir):
+        save_hydra_files(cfg, output_dir)  # Hydra's .hydra/*.yaml, only now that the directory is ours (hydra.output_subdir: null)
         return _run(cfg, output_dir, metrics_path)
 
 
 def _run(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> dict[str, Any]:
     started = time.time()
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    config_path = save_resolved_config(cfg, output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = checkpoint_to_resume(cfg, output_dir)
+    done = finished_training(output_dir) if cfg.pretrain else None
+    ckpt_path = done["checkpoint"] if done else checkpoint_to_resume(cfg, output_dir)
     built = build(cfg, tracker_runs_to_continue(cfg, ckpt_path))
     try:
-        return _train_and_evaluate(cfg, built, ckpt_path, output_dir, metrics_path, started)
+        return _train_and_evaluate(cfg, built, ckpt_path, done, output_dir, metrics_path, config_path, started)
     except BaseException as error:
         abandon_trackers(built.trainer.loggers, getattr(error, "exit_code", 1))
         raise
 
 
-def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, output_dir: Path, metrics_path: Path, started: float) -> dict[str, Any]:
+def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, done: dict[str, Any] | None, output_dir: Path, metrics_path: Path,
+                        config_path: Path, started: float) -> dict[str, Any]:
     trainer, datamodule = built.trainer, built.datamodule
     if trainer.is_global_zero:
         log_run_start(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), git_commit(), command_line(hydra_overrides()),
-                      [output_dir / "config_resolved.yaml"], resumed_from=ckpt_path)
+                      [config_path], resumed_from=ckpt_path)
     metrics: dict[str, Any] = {
         "method": cfg.method.get("name", group_choice("method")),
         "backbone": component_name("backbone", cfg.backbone), "data": component_name("data", cfg.data),
@@ -225,26 +209,35 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, outp
     if pair_evaluators and cfg.baseline and trainer.is_global_zero:  # the untrained towers: what zero-shot and retrieval start from
         metrics.update({f"random_init_{k}": v for k, v in evaluate_pairs(copy.deepcopy(built.method)).items()})
     set_rng_states(training_rng)
-    if cfg.pretrain:
+    if done:  # trained to the end by an earlier run in this directory, stopped during its evaluation: evaluate its weights
+        load_trained_weights(built.module, done, bool(cfg.get("trust_checkpoint", False)))
+        metrics.update(done.get("metrics", {}))
+    elif cfg.pretrain:
         fit_started = time.time()
         fit(trainer, built.module, datamodule, ckpt_path, output_dir)
-        (output_dir / Preemption.MARKER).unlink(missing_ok=True)
-        metrics.update({"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)})
+        training = {"steps": trainer.global_step, "fit_time_s": round(time.time() - fit_started, 2)}
         for logged, key in LOGGED_DURING_TRAINING.items():  # last values logged during training
             if logged in trainer.callback_metrics:
-                metrics[key] = round(float(trainer.callback_metrics[logged]), 6)
-    if trainer.is_global_zero:
-        metrics.update(evaluate_pairs(built.method))
-    if evaluators and trainer.is_global_zero:
-        metrics.update(evaluate(features_of(built.backbone), evaluators))
-        if metrics.get("repr_collapsed"):
-            log.warning("the trained encoder looks collapsed (repr_embedding_std %.2e): check the method's settings", metrics["repr_embedding_std"])
+                training[key] = round(float(trainer.callback_metrics[logged]), 6)
+        metrics.update(training)
+        if trainer.is_global_zero:
+            mark_training_done(trainer, output_dir, training)
+        (output_dir / Preemption.MARKER).unlink(missing_ok=True)
+    preemption = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
+    with preemption.stopping_evaluation() if preemption and trainer.is_global_zero else contextlib.nullcontext():
+        if trainer.is_global_zero:
+            metrics.update(evaluate_pairs(built.method))
+        if evaluators and trainer.is_global_zero:
+            metrics.update(evaluate(features_of(built.backbone), evaluators))
+            if metrics.get("repr_collapsed"):
+                log.warning("the trained encoder looks collapsed (repr_embedding_std %.2e): check the method's settings", metrics["repr_embedding_std"])
     metrics["skipped_images"] = datamodule.skipped_images()
     metrics["wall_time_s"] = round(time.time() - started, 2)
     if trainer.is_global_zero:
-        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        metrics_path = write_new(metrics_path, json.dumps(metrics, indent=2) + "\n")  # never through a symlink put there meanwhile
+        (output_dir / TRAINING_DONE).unlink(missing_ok=True)
         report_path = write_report(output_dir)
-        log_run_end(trainer.loggers, metrics, trainer.global_step, [metrics_path, report_path])
+        log_run_end(trainer.loggers, metrics, metrics.get("steps", trainer.global_step), [metrics_path, report_path])
         raw_name = RAW_INPUT_NAMES[splits.modality]
         summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics, raw_name) if "linear_top1" in metrics else "no probe"
         if "knn_k20_top1" in metrics:

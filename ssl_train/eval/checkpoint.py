@@ -20,7 +20,7 @@ from ssl_train.eval.metrics import alignment, augmented_view_features, lidar, po
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES, modalities_of
-from ssl_train.run import claim_output_dir
+from ssl_train.run_dir import claim_output_dir, save_hydra_files, write_new
 from ssl_train.trust import check_stored_config, targets_in
 from ssl_train.validate import validate
 
@@ -115,19 +115,11 @@ def evaluate_checkpoint_towers(ckpt_path: Path, train_cfg: DictConfig, datamodul
                               datamodule.eval_batch_size)
 
 
-def beside(ckpt_path: Path, name: str = "metrics", suffix: str = ".json") -> Path:
-    """<ckpt dir>/metrics.json, or metrics-1.json, metrics-2.json, ... when taken: earlier results are never overwritten."""
-    candidate, n = ckpt_path.parent / f"{name}{suffix}", 0
-    while candidate.exists():
-        n += 1
-        candidate = ckpt_path.parent / f"{name}-{n}{suffix}"
-    return candidate
-
-
 def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the checkpoint on its own training data, or on `data=...` when given; write metrics.json beside it."""
     validate(cfg)
     metrics_path = claim_output_dir(Path(cfg.paths.output_dir))
+    save_hydra_files(cfg, metrics_path.parent)
     ckpt_path = Path(cfg.ckpt_path).expanduser()
     own_targets = [*targets_in(cfg), *cfg.get("trusted_targets", [])]  # what the user's own eval config builds is trusted
     encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"), cfg.get("trust_checkpoint", False), own_targets)
@@ -154,10 +146,9 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         evaluators, lambda model, chosen: evaluate_encoder(model, *datamodule.probe_datasets(), splits.num_classes, chosen, device, datamodule.eval_batch_size),
     )
     metrics.update(prefixed_scores("raw_input", raw))
-    text = json.dumps(metrics, indent=2) + "\n"
-    metrics_path.write_text(text)
-    next_to_ckpt = beside(ckpt_path)
-    next_to_ckpt.write_text(text)
+    text = json.dumps(metrics, indent=2) + "\n"  # metrics-1.json, ... when taken; never written through a symlink, a dangling one included
+    metrics_path = write_new(metrics_path, text)
+    next_to_ckpt = write_new(ckpt_path.parent / "metrics.json", text)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1") or k.endswith("_r1"))
     print(f"[ssl_train] {with_baselines(scores, metrics, RAW_INPUT_NAMES[splits.modality])} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
     return metrics
