@@ -11,6 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from tests.optional import record_skipped_for_needs, require, require_what_config_needs
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 TINY_DATA = [
@@ -38,17 +40,26 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
         cfg = compose(config_name, overrides=shrink + list(overrides) + paths)
         if tiny and config_name == "train" and cfg.backbone.get("_target_", "").endswith("SmallResNet"):  # the one the method or user chose
             cfg = compose(config_name, overrides=shrink + TINY_MODEL + list(overrides) + paths)
-        return cfg
+    require_what_config_needs(cfg)  # a config that needs a Debian package or an extra this machine lacks: skipped, naming it
+    return cfg
 
 
 GRAPH_METHODS = ("dgi", "grace")
 
 
-def skip_without_graph_extra(*options: str) -> None:
-    """Skip a test of a graph option (method=dgi, data=wordnet_graph, ...) when torch_geometric is not installed."""
-    graph_words = ("graph", "gcn", "dgi", "grace", "identity")
-    if any(word in option for option in options for word in graph_words):
-        pytest.importorskip("torch_geometric")
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.needs("wordnet-base", ...)`: skip, naming what is missing and how to install it (tests/optional.py)."""
+    for marker in item.iter_markers("needs"):
+        require(*marker.args)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With SSL_TRAIN_NEEDS_LOG=FILE, list the tests skipped for something optional (CI reruns them once it is installed)."""
+    record_skipped_for_needs(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    record_skipped_for_needs(report)  # a module skipped at its top (require(...) before its imports)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:

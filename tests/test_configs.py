@@ -10,7 +10,8 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError
 
 from ssl_train.build import build, build_evaluators
-from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_hf_model, make_image_folder, make_stl10, skip_without_graph_extra
+from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_hf_model, make_image_folder, make_stl10
+from tests.optional import require
 
 GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug"]
 NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist"), ("experiment", "fmnist30")}
@@ -34,8 +35,6 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
 
         return [f"data.source.path={make_graph_arrays(tmp_path / 'graph.npz')}", "data.batch_size=8"]
     if option == "wordnet_graph":
-        if not Path("/usr/share/wordnet/data.noun").is_file():
-            pytest.skip("needs Debian's wordnet-base")
         return ["data.source.node_limit=400", "data.batch_size=8"]
     if option == "sequence_arrays":
         return [f"data.source.path={make_sequence_arrays(tmp_path / 'seq.npz')}", *no_limits]
@@ -107,9 +106,6 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), all_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, idx_root: Path) -> None:
-    skip_without_graph_extra(option)
-    if (group, option) == ("experiment", "simclr_ngram_wordnet") and not Path("/usr/share/wordnet/data.noun").is_file():
-        pytest.skip("needs Debian's wordnet-base (its glosses are the unlabeled pretraining texts)")
     contexts = ((SEQUENCE_OPTIONS, SEQUENCE_CONTEXT), (GRAPH_OPTIONS, GRAPH_CONTEXT), (TEXT_OPTIONS, TEXT_CONTEXT), (PAIR_OPTIONS, PAIR_CONTEXT),
                 (VIT_GPU_OPTIONS, VIT_GPU_CONTEXT))
     context = next((c for options, c in contexts if (group, option) in options), [])
@@ -117,7 +113,7 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     if (group, option) in NEEDS_IDX_ROOT:
         overrides.append(f"data.source.root={idx_root}")
     if (group, option) == ("backbone", "hf_text"):  # a local Hugging Face model folder and its tokenizer
-        pytest.importorskip("transformers")
+        require("transformers")
         overrides += ["tokenizer=hf", f"tokenizer.path={make_hf_model(tmp_path / 'hf')}"]
     if group == "data":
         overrides += data_fixture(option, tmp_path)

@@ -47,7 +47,7 @@ def test_embedded_limit_is_a_fixed_subset() -> None:
     assert len(set(a.train.labels.tolist())) >= 8
 
 
-@pytest.mark.skipif(not Path(DEBIAN_FASHION_MNIST_ROOT).is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.needs("dataset-fashion-mnist")
 def test_debian_fashion_mnist_loads() -> None:
     splits = IdxSource(DEBIAN_FASHION_MNIST_ROOT, train_limit=100, test_limit=100).load()
     assert splits.train.images.shape == (100, 1, 28, 28)

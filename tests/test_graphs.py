@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("torch_geometric")
+from tests.optional import require
+
+require("torch_geometric")
 
 from torch_geometric.datasets import KarateClub  # noqa: E402
 from torch_geometric.nn import DeepGraphInfomax  # noqa: E402
@@ -124,7 +126,7 @@ def test_wordnet_parser_reads_hypernyms_labels_and_glosses(tmp_path: Path) -> No
         WordNetNouns(str(tmp_path / "none")).load()
 
 
-@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").is_file(), reason="needs Debian's wordnet-base")
+@pytest.mark.needs("wordnet-base")
 def test_real_wordnet_has_82k_noun_synsets_in_26_lexicographer_files() -> None:
     offsets, lexfiles, _, edges = parse_wordnet_nouns(Path("/usr/share/wordnet/data.noun"))
     assert len(offsets) == 82115 and set(lexfiles) == set(range(3, 29)) and len(edges) > 80000

@@ -10,8 +10,10 @@ import torch
 from ssl_train.data.tokenizers import PAD, HFTokenizer, hf_tokenizer
 from ssl_train.errors import DataNotFoundError, UserError
 from tests.conftest import compose_config, make_hf_model
+from tests.optional import require
 
-transformers = pytest.importorskip("transformers")
+require("transformers")
+import transformers  # noqa: E402
 
 
 @pytest.fixture(scope="module")

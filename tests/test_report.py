@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ from ssl_train.tracking.history import read_history, series
 from ssl_train.tracking.report import line_chart, render_report, render_summary, write_summary_html
 from ssl_train.tracking.training_pictures import batch_view_grid
 from tests.conftest import compose_config
+from tests.optional import browser
 
 THREE_EPOCHS = ["baseline=false", "eval=[linear,knn]", "trainer.max_epochs=3", "callbacks.online_eval.every_n_epochs=1",
                 "callbacks.pictures.every_n_epochs=2", "callbacks.history.every_n_steps=1"]
@@ -161,12 +161,10 @@ def test_report_escapes_metrics_config_and_title() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.needs("chromium")
 def test_report_renders_in_a_headless_browser(finished_run: Path, tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no headless browser (Debian: apt-get install chromium)")
     shot = tmp_path / "report.png"
-    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400",
+    done = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400",
                            f"--screenshot={shot}", (finished_run / "report.html").resolve().as_uri()], capture_output=True, text=True, timeout=180)
     assert shot.is_file(), done.stderr[-2000:]
     image = decode_png(read_file(str(shot)))

@@ -9,7 +9,7 @@ import pytest
 
 from ssl_train.errors import UserError
 from ssl_train.run import run
-from tests.conftest import CONFIG_DIR, compose_config, skip_without_graph_extra
+from tests.conftest import CONFIG_DIR, compose_config
 
 METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
 
@@ -24,7 +24,6 @@ OTHER_MODALITY = {"cpc": ("seq_fashion_mnist", "RecurrentEncoder", "SequentialFa
 
 @pytest.mark.parametrize("method", METHODS)
 def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None:
-    skip_without_graph_extra(method)
     data, encoder, source = OTHER_MODALITY.get(method, ("default", "SmallResNet", "EmbeddedFashionMNIST"))
     cfg = compose_config([f"method={method}", f"data={data}"], tmp_path / "run")
     metrics = run(cfg)

@@ -18,6 +18,7 @@ from ssl_train.errors import DataNotFoundError, UserError
 from ssl_train.eval.baselines import RawInput, bag_of_ngrams
 from ssl_train.losses import InfoNCELoss
 from ssl_train.text_encoders import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
+from tests.optional import require
 
 CORPUS = ["the cat sat on the mat", "a dog chased the cat", "the bird sang in the tree", "dogs and cats are animals"] * 5
 
@@ -35,7 +36,7 @@ def test_byte_tokenizer_frames_utf8_bytes_and_round_trips() -> None:
 
 
 def test_bpe_learns_merges_keeps_special_ids_and_survives_save_and_pickle(tmp_path: Path) -> None:
-    pytest.importorskip("tokenizers")
+    require("tokenizers")
     tokenizer = bpe_tokenizer(CORPUS, vocab_size=320, max_length=16, min_frequency=1)
     ids = tokenizer("the cat sat")
     assert ids[0] == BOS and EOS in ids.tolist() and ids.tolist().index(EOS) < len("the cat sat") + 1  # merges: fewer tokens than bytes

@@ -9,12 +9,11 @@ import pytest
 
 from ssl_train.run import run
 from ssl_train.toolkit.__main__ import main as toolkit
-from tests.conftest import compose_config, skip_without_graph_extra
+from tests.conftest import compose_config
 
 
 @pytest.mark.parametrize(("method", "data"), [("cpc", "seq_fashion_mnist"), ("cpc", "spoken_digits"), ("grace", "fmnist_knn_graph")])
 def test_embed_search_and_map_work_on_checkpoints_beyond_images(method: str, data: str, tmp_path: Path) -> None:
-    skip_without_graph_extra(method)
     extra = ["data.source.train_limit=200", "data.source.test_limit=50"] if data == "fmnist_knn_graph" else []
     run(compose_config([f"method={method}", f"data={data}", "probe=false", "baseline=false", *extra], tmp_path / "run"))
     ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")

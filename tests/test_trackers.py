@@ -16,6 +16,7 @@ from ssl_train.module import SSLModule
 from ssl_train.run import run
 from ssl_train.tracking.trackers import TRACKER_RUNS_KEY, build_loggers, command_line, wandb_can_go_online
 from tests.conftest import compose_config
+from tests.optional import require
 
 QUIET = ["probe=false", "baseline=false"]
 TWO_EPOCHS = [*QUIET, "trainer.max_epochs=2", "trainer.limit_train_batches=3"]
@@ -64,8 +65,7 @@ def test_command_line_is_the_hydra_overrides() -> None:
 
 
 def test_killed_then_resumed_run_is_one_run_in_each_tracker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb")
-    pytest.importorskip("mlflow")
+    require("wandb", "mlflow")
     monkeypatch.setenv("WANDB_MODE", "offline")
     trackers = ["logger=[tensorboard,wandb,mlflow,csv]", f"paths.runs_dir={tmp_path / 'runs'}"]
     original = SSLModule.training_step
@@ -105,7 +105,7 @@ def test_killed_then_resumed_run_is_one_run_in_each_tracker(tmp_path: Path, monk
 
 
 def test_resume_from_a_checkpoint_into_a_new_directory_continues_the_tracker_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("mlflow")
+    require("mlflow")
     trackers = ["logger=[mlflow]", f"paths.runs_dir={tmp_path / 'runs'}"]
     run(compose_config([*QUIET, *trackers], tmp_path / "first"))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"

@@ -15,8 +15,11 @@ from ssl_train.losses import MaskedPixelLoss
 from ssl_train.methods.masked import MAEMethod, patchify, random_masking, sincos_2d, unpatchify
 from ssl_train.run import run
 from tests.conftest import compose_config
+from tests.optional import require
 
-timm = pytest.importorskip("timm")
+require("timm")
+import timm  # noqa: E402
+
 from ssl_train.timm_backbones import TimmEncoder  # noqa: E402
 
 QUIET = ["probe=false", "baseline=false"]

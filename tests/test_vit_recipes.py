@@ -13,13 +13,17 @@ from torch import nn
 
 from ssl_train.optim import OptimRecipe, cosine_between
 from tests.conftest import compose_config
+from tests.optional import require
 
-timm = pytest.importorskip("timm")
+require("timm")
+
 from tests.test_vit import _separable, tiny_vit  # noqa: E402
 
 
 def test_lora_trains_adapters_only_and_saves_a_loadable_adapter(tmp_path: Path) -> None:
-    peft = pytest.importorskip("peft")
+    require("peft")
+    import peft
+
     from ssl_train.eval.lora import LoRAFineTune, lora_targets
 
     g = torch.Generator().manual_seed(0)
@@ -50,7 +54,7 @@ def test_lora_trains_adapters_only_and_saves_a_loadable_adapter(tmp_path: Path) 
 
 
 def test_lora_on_a_cnn_and_a_wrong_target(tmp_path: Path) -> None:
-    pytest.importorskip("peft")
+    require("peft")
     from ssl_train.backbones import SmallResNet
     from ssl_train.errors import UserError
     from ssl_train.eval.lora import LoRAFineTune, lora_targets
@@ -331,7 +335,7 @@ def test_simmim_ijepa_runs_from_the_configs_and_lora_evaluates_a_checkpoint(tmp_
     cnn = run(compose_config([*quiet, "method=simmim", "backbone=resnet18"], tmp_path / "simmim_cnn"))
     ijepa = run(compose_config([*quiet, "method=ijepa", "backbone.model_kwargs.depth=2"], tmp_path / "ijepa"))
     assert simmim["steps"] == cnn["steps"] == ijepa["steps"] == 2 and simmim["method"] == "simmim" and ijepa["method"] == "ijepa"
-    pytest.importorskip("peft")
+    require("peft")
     cfg = compose_config([f"ckpt_path={tmp_path / 'ijepa' / 'checkpoints' / 'last.ckpt'}", "eval=lora", "eval.lora.epochs=1",
                           "eval.lora.max_train_samples=64"], tmp_path / "lora", config_name="probe")  # the run's own 128 / 64 images
     metrics = probe_checkpoint(cfg)
