@@ -30,10 +30,12 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False, key: str = "ck
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error) or "Unsupported class" in str(error):  # a real pickle that names code to import
+        named = re.search(r"(?i)unsupported (?:global|class)\W+([\w.]+)", str(error))  # a real pickle that names code to import
+        if named or re.search(r"(?i)global|blocked|unsupported operand|reduce|build", str(error)):
+            what = f" ({named.group(1)})" if named else ""
             raise UserError(
-                f"{key}: {path} holds objects that only the full unpickler can load, and unpickling can run code from the file: "
-                f"refused. ssl_train's own checkpoints never need it; if you trust where this file came from, add {TRUST_HINT}"
+                f"{key}: {path} names code{what} that it needs to load, and unpickling it would run that code: refused. "
+                f"ssl_train's own checkpoints are plain tensors and containers; if you trust where this file came from, add {TRUST_HINT}"
             ) from None
         raise UserError(f"{key}: {path} is truncated or corrupted, not a readable torch checkpoint (its pickle data is malformed)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:

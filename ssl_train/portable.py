@@ -20,7 +20,7 @@ from torch import nn
 
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
-from ssl_train.trust import is_allowed
+from ssl_train.trust import check_stored_config
 
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, MODELING_FILE = "model.safetensors", "config.json", "README.md", "modeling.py"
 BACKBONE_PREFIX = "method.backbone."
@@ -46,18 +46,27 @@ def encoder_spec(encoder: nn.Module, backbone_cfg: dict[str, Any], in_channels: 
     return {"_target_": f"{type(encoder).__module__}.{type(encoder).__qualname__}", **spec}
 
 
-def build_from_spec(spec: dict[str, Any], source: str) -> nn.Module:
-    """Instantiate an encoder spec (config.json's `encoder`); only classes of the allowlisted packages are built."""
+def build_from_spec(spec: Any, source: str) -> nn.Module:
+    """Instantiate an encoder spec (config.json's `encoder`): a registered component with plain arguments (ssl_train.trust)."""
+    if not isinstance(spec, dict):
+        raise UserError(f"{source}/{CONFIG_FILE}: its encoder is a {type(spec).__name__}, not a mapping: not an ssl_train export")
+    check_stored_config({"backbone": spec}, f"{source}/{CONFIG_FILE}")
     spec = dict(spec)
     target = str(spec.pop("_target_", ""))
-    if not is_allowed(target):
-        raise UserError(f"{source}: config.json names encoder {target!r}, outside the allowlist of ssl_train.trust: refused")
+    if not target:
+        raise UserError(f"{source}/{CONFIG_FILE}: its encoder names no _target_: not an ssl_train export")
+    special = [k for k in spec if k.startswith("_")]
+    if special:
+        raise UserError(f"{source}/{CONFIG_FILE}: its encoder sets {special[0]} (only constructor arguments): refused")
     module_name, _, class_name = target.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
         raise UserError(f"{source}: config.json names encoder {target!r}, which this installation cannot import") from None
-    return cls(**spec)
+    try:
+        return cls(**spec)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{source}/{CONFIG_FILE}: its encoder arguments do not build {class_name} ({error})") from None
 
 
 def load_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
@@ -78,7 +87,12 @@ def load_encoder(path: str | Path) -> nn.Module:
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise UserError(f"load_encoder: {folder} is not an ssl_train export (needs {CONFIG_FILE} and {WEIGHTS_FILE}; "
                         "make one with python -m ssl_train.toolkit export --ckpt CKPT)")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"load_encoder: {config_path} is not valid JSON ({error})") from None
+    if not isinstance(config, dict) or "encoder" not in config:
+        raise UserError(f"load_encoder: {config_path} has no 'encoder' entry: not an ssl_train export")
     encoder = build_from_spec(config["encoder"], str(folder))
     _load_into(encoder, load_safetensors(folder / WEIGHTS_FILE, "load_encoder"), str(folder), portable=True)
     return encoder.eval()

@@ -144,9 +144,9 @@ class HFTextEncoder(nn.Module):
         transformers.utils.logging.disable_progress_bar()  # a bar per load (the encoder is built for the baseline too) is noise
         try:
             if pretrained:
-                model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+                model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
             else:
-                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True))
+                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False))
         except (OSError, ValueError) as error:
             hint = " (backbone.pretrained=false builds its config.json at random init)" if pretrained else ""
             raise UserError(f"backbone.path={path}: cannot load a transformers model from it{hint}: {str(error).splitlines()[0]}") from None

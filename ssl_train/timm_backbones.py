@@ -15,6 +15,8 @@ from torch import nn
 from ssl_train.errors import UserError
 
 VIT_ONLY_KWARGS = ("img_size", "patch_size", "dynamic_img_size")
+# timm.create_model arguments that read or fetch weights (a pickle, the hub): refused in model_kwargs
+LOADING_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "pretrained_strict")
 
 
 def _timm() -> Any:
@@ -91,6 +93,10 @@ class TimmEncoder(nn.Module):
             close = close_timm_names(name)
             raise UserError(f"backbone.name={name!r} is not a timm model" + (f"; close matches: {', '.join(close)}" if close else "")
                             + " (python -c 'import timm; print(timm.list_models(\"*vit*\"))' lists them)")
+        loading = sorted(set(model_kwargs or {}) & set(LOADING_KWARGS))
+        if loading:
+            raise UserError(f"backbone.model_kwargs.{loading[0]}: timm arguments that load or fetch weights are not taken "
+                            "(nothing is downloaded, and files are read as data only): start from weights with backbone.weights=PATH")
         kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_channels, "drop_path_rate": drop_path_rate,
                                   **(model_kwargs or {})}
         if global_pool is not None:

@@ -1,18 +1,47 @@
-"""What a config read from a checkpoint may instantiate: `_target_`s in an allowlist, never arbitrary callables."""
+"""Nothing stored is code: a config read from a checkpoint or an export folder is data, checked before anything is built.
+
+A stored config may name components only by the exact `_target_`s of the project's own configs (the registry below,
+never a prefix), with arguments of plain types (str, int, float, bool, None, lists and dicts of those). Configs are
+stored resolved, so an interpolation or resolver (`${...}`) left in one is refused rather than resolved: resolving
+it could read the environment (`${oc.env:SECRET}`) or build objects (`${oc.create:...}`).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ssl_train.errors import UserError
 
-# Packages whose classes ssl_train configs build. Entry points inside them that load or compile code are refused.
-ALLOWED_PACKAGES = ("ssl_train.", "torch.", "torchvision.", "lightning.", "timm.")
-REFUSED_INSIDE = ("torch.hub", "torch.load", "torch.jit", "torch.package", "torch.utils.cpp_extension", "torch.ops", "torch.save",
-                  "timm.models.load_checkpoint", "lightning.pytorch.cli")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+PLAIN_TYPES = (str, int, float, bool, type(None))
+CONVERT_MODES = ("none", "partial", "object", "all")
+# targets a stored config may name besides those of configs/: classes the project builds from code, named in exports' config.json
+BUILT_IN_CODE = ("ssl_train.backbones.SmallResNet", "ssl_train.backbones.TorchvisionResNet", "ssl_train.timm_backbones.TimmEncoder")
+
+
+@functools.cache
+def registered_targets() -> dict[str, frozenset[str]]:
+    """The `_target_`s the project's own configs name, per top-level key (backbone, data, head, ...): what a stored
+    config may build there. A group file counts for its group; a `@package _global_` file (method, experiment) for
+    each top-level key it sets."""
+    found: dict[str, set[str]] = {"backbone": set(BUILT_IN_CODE)}
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        text = path.read_text()
+        tree = yaml.safe_load(text) or {}
+        relative = path.relative_to(CONFIG_DIR).parts
+        if relative[0] == "hydra" or not isinstance(tree, dict):
+            continue
+        packaged = "@package _global_" in text.split("\n", 1)[0] or len(relative) == 1
+        by_key = tree.items() if packaged else [(relative[0], tree)]
+        for key, subtree in by_key:
+            found.setdefault(str(key), set()).update(t for t in targets_in(subtree) if "${" not in t)
+    return {key: frozenset(targets) for key, targets in found.items()}
 
 
 def targets_in(node: Any) -> Iterator[str]:
@@ -30,19 +59,68 @@ def targets_in(node: Any) -> Iterator[str]:
             yield from targets_in(value)
 
 
-def is_allowed(target: str, also_allowed: Iterable[str] = ()) -> bool:
-    """In ALLOWED_PACKAGES and not a code-loading entry point, or exactly one of `also_allowed` (the user's own config's targets)."""
-    if target in set(also_allowed):
-        return True
-    return target.startswith(ALLOWED_PACKAGES) and not target.startswith(REFUSED_INSIDE)
+def is_allowed(target: str, key: str, also_allowed: Iterable[str] = ()) -> bool:
+    """Exactly a target the project's configs register under `key`'s top-level key, or exactly one of `also_allowed`
+    (the user's own config's targets): never a prefix."""
+    return target in registered_targets().get(key.split(".", 1)[0].split("[", 1)[0], frozenset()) or target in set(also_allowed)
+
+
+TRUST_HINT = "if you trust where it came from: trusted_targets=[NAME] or trust_checkpoint=true (toolkit: --trust-checkpoint)"
+
+
+def _refuse(source: str, key: str, why: str, hint: str = "") -> UserError:
+    return UserError(f"{source}: stored config key {key or '<top>'}: {why}: refused (nothing stored is code)" + (f"; {hint}" if hint else ""))
+
+
+def _check(node: Any, key: str, source: str, also_allowed: frozenset[str], in_args: bool) -> None:
+    """Walk one node of a stored config, refusing the first thing that is not plain data or a registered component."""
+    if isinstance(node, str):
+        if "${" in node:
+            raise _refuse(source, key, f"{node[:80]!r} is an interpolation or resolver, and stored configs are resolved when written")
+        return
+    if isinstance(node, PLAIN_TYPES):
+        return
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            _check(value, f"{key}[{i}]", source, also_allowed, in_args)
+        return
+    if not isinstance(node, dict):
+        raise _refuse(source, key, f"a {type(node).__name__} is not plain data (str, number, bool, null, list, dict)")
+    for name, value in node.items():
+        where = f"{key}.{name}" if key else str(name)
+        if not isinstance(name, str):
+            raise _refuse(source, where, f"a key of type {type(name).__name__} (keys are strings)")
+        if name.startswith("_") and name.endswith("_") and in_args:
+            raise _refuse(source, where, "a component inside _args_ (positional arguments must be plain values)")
+        if name == "_target_":
+            if not isinstance(value, str) or not is_allowed(value, where, also_allowed):
+                raise _refuse(source, where, f"{value!r} is not a component that ssl_train's configs build under {where.split('.', 1)[0].split('[', 1)[0]}",
+                              TRUST_HINT.replace("NAME", str(value)))
+        elif name in ("_partial_", "_recursive_"):
+            if not isinstance(value, bool):
+                raise _refuse(source, where, f"{value!r} is not true or false")
+        elif name == "_convert_":
+            if value not in CONVERT_MODES:
+                raise _refuse(source, where, f"{value!r} is not one of {', '.join(CONVERT_MODES)}")
+        elif name == "_args_":
+            if not isinstance(value, list):
+                raise _refuse(source, where, f"a {type(value).__name__}, not a list of plain values")
+            _check(value, where, source, also_allowed, in_args=True)
+        elif name.startswith("_") and name.endswith("_") and len(name) > 2:
+            raise _refuse(source, where, "not one of the keys _target_, _partial_, _recursive_, _convert_, _args_")
+        else:
+            _check(value, where, source, also_allowed, in_args)
 
 
 def check_stored_config(stored: Any, source: str, also_allowed: Iterable[str] = ()) -> None:
-    """Stop with one line naming the first `_target_` of a checkpoint's config that is not allowed (before anything is built)."""
-    allowed = list(also_allowed)
-    for target in targets_in(stored):
-        if not is_allowed(target, allowed):
-            raise UserError(
-                f"{source}: its stored config names _target_ {target!r}, which is outside the allowlist ({', '.join(p.rstrip('.') for p in ALLOWED_PACKAGES)}"
-                f" and your own config): refused. If you trust this checkpoint, add trusted_targets=[{target}] or trust_checkpoint=true"
-            )
+    """Stop with one line naming the key of the first thing in a stored config that is not data or a registered
+    component (before anything is built or resolved). `also_allowed`: exact targets of the user's own config."""
+    if not isinstance(stored, dict):
+        raise _refuse(source, "", f"a {type(stored).__name__}, not a mapping")
+    _check(stored, "", source, frozenset(also_allowed), in_args=False)
+
+
+def stored_config(stored: Any, source: str, also_allowed: Iterable[str] = ()) -> DictConfig:
+    """The checked stored config as a DictConfig (it holds no interpolation, so reading it never resolves anything)."""
+    check_stored_config(stored, source, also_allowed)
+    return OmegaConf.create(stored)

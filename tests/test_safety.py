@@ -39,7 +39,7 @@ def test_crafted_checkpoint_does_not_run_code(tmp_path: Path) -> None:
     marker, crafted = tmp_path / "marker", tmp_path / "crafted.ckpt"
     torch.save({"state_dict": {}, "payload": WritesMarkerWhenUnpickled(marker)}, crafted)
     for load in (lambda: read_checkpoint(crafted), lambda: load_encoder(crafted)):
-        with pytest.raises(UserError, match=r"unpickling can run code from the file: refused.*trust_checkpoint=true"):
+        with pytest.raises(UserError, match=r"names code \(builtins.open\) that it needs to load, and unpickling it would run that code: refused.*trust_checkpoint=true"):
             load()
     assert not marker.exists()
     with pytest.raises(UserError, match="refused"):  # resuming from it: Lightning reads through our checkpoint IO
@@ -55,16 +55,19 @@ def test_own_checkpoints_load_weights_only(trained_checkpoint: Path) -> None:
     assert "rng" in checkpoint["callbacks"]["ResumeState"]
 
 
-def test_stored_config_targets_outside_the_allowlist_are_refused(trained_checkpoint: Path, tmp_path: Path) -> None:
+def test_stored_config_targets_outside_the_registry_are_refused(trained_checkpoint: Path, tmp_path: Path) -> None:
     checkpoint = torch.load(trained_checkpoint, weights_only=True)
     checkpoint[ConfigInCheckpoint.KEY]["head"]["_target_"] = "os.system"
     tampered = tmp_path / "tampered.ckpt"
     torch.save(checkpoint, tampered)
-    with pytest.raises(UserError, match=r"names _target_ 'os.system', which is outside the allowlist"):
+    with pytest.raises(UserError, match=r"stored config key head._target_: 'os.system' is not a component that ssl_train's configs build under head"):
         load_encoder(tampered, features="projector")
-    assert is_allowed("torch.nn.Linear") and is_allowed("ssl_train.backbones.SmallResNet") and is_allowed("timm.create_model")
-    assert not any(is_allowed(t) for t in ("torch.hub.load", "torch.load", "torch.jit.load", "builtins.eval", "subprocess.run"))
-    assert is_allowed("mylab.nets.Net", also_allowed=["mylab.nets.Net"]) and not is_allowed("mylab.nets.Other", also_allowed=["mylab.nets.Net"])
+    assert is_allowed("ssl_train.heads.MLP", "head") and is_allowed("ssl_train.backbones.SmallResNet", "backbone")
+    assert not is_allowed("ssl_train.heads.MLP", "backbone.widths")  # exact names where the configs build them, not anywhere
+    assert not any(is_allowed(t, "backbone") for t in ("torch.nn.Linear", "torch.hub.load", "torch.utils.collect_env.run", "timm.create_model",
+                                                       "torch.os.system", "ssl_train.callbacks.subprocess.call", "builtins.eval"))
+    assert is_allowed("mylab.nets.Net", "backbone", also_allowed=["mylab.nets.Net"])
+    assert not is_allowed("mylab.nets.Other", "backbone", also_allowed=["mylab.nets.Net"])
     assert sorted(targets_in({"a": {"_target_": "x.A", "b": [{"_target_": "y.B"}]}})) == ["x.A", "y.B"]
 
 

@@ -157,7 +157,7 @@ def load_hf_tokenizer(path: str | Path | None, key: str = "tokenizer.path") -> A
     """A `transformers.AutoTokenizer` read from a local folder only (local_files_only: never the hub)."""
     folder = local_hf_folder(path, key)
     try:
-        return import_transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return import_transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UserError(f"{key}={path}: not a Hugging Face tokenizer folder ({str(error).splitlines()[0]})") from None
 
