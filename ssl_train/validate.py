@@ -45,6 +45,12 @@ class Number:
 
 
 TEMPERATURE = Number(low=0, high=100, open_low=True)  # softmax temperatures live in 0.01-1; above 100 every logit is ~0
+# Upper ends for values whose absurd magnitudes (1e12, 2.5e38: an exponent gone wrong) would otherwise start a run that
+# diverges, never warms up, or is all one loss term. Each bound is far above every recipe here:
+LEARNING_RATE = Number(low=0, high=100, open_low=True)  # base LRs in configs/ are 5e-5-1.25 (before batch scaling)
+WEIGHT_DECAY = Number(low=0, high=10)  # recipes use 1e-6-0.4 (DINO's weight_decay_end)
+WARMUP_EPOCHS = Number(low=0, high=1000)  # 10-40 in the reference ViT recipes (800-1600 epochs); a longer warm-up is a typo
+LOSS_WEIGHT = Number(low=0, high=1000)  # VICReg's 25 is the largest loss weight a recipe uses
 POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE, FRACTION = (
     Number(integer=True, low=1), Number(integer=True, low=0), Number(low=0, open_low=True), Number(low=0), Number(low=0, high=1))
 # key name (the last part of the dotted path) -> rule; the same name means the same thing in every config group
@@ -53,14 +59,14 @@ RULES: dict[str, Number] = {
     "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT, "base_batch_size": POSITIVE_INT, "num_workers": COUNT,
     "max_epochs": POSITIVE_INT, "accumulate_grad_batches": POSITIVE_INT, "log_every_n_steps": COUNT,
     "check_val_every_n_epoch": Number(integer=True, low=1, nullable=True), "every_n_epochs": POSITIVE_INT,
-    "lr": POSITIVE, "online_probe_lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-    "weight_decay_end": Number(low=0, nullable=True), "warmup_epochs": NON_NEGATIVE, "min_lr_ratio": FRACTION,
+    "lr": LEARNING_RATE, "online_probe_lr": LEARNING_RATE, "weight_decay": WEIGHT_DECAY,
+    "weight_decay_end": Number(low=0, high=10, nullable=True), "warmup_epochs": WARMUP_EPOCHS, "min_lr_ratio": FRACTION,
     "momentum": FRACTION, "momentum_base": FRACTION, "momentum_final": FRACTION, "center_momentum": FRACTION, "trust_coefficient": POSITIVE,
     "temperature": TEMPERATURE, "teacher_temp": TEMPERATURE, "student_temp": TEMPERATURE, "warmup_teacher_temp": TEMPERATURE,
     "margin": NON_NEGATIVE,
     "warmup_teacher_temp_steps": COUNT, "queue_size": COUNT, "support_set_size": POSITIVE_INT, "num_prototypes": POSITIVE_INT,
     "sinkhorn_iterations": POSITIVE_INT, "epsilon": POSITIVE, "freeze_prototypes_steps": COUNT,
-    "sim_weight": NON_NEGATIVE, "var_weight": NON_NEGATIVE, "cov_weight": NON_NEGATIVE, "lambda_offdiag": NON_NEGATIVE,
+    "sim_weight": LOSS_WEIGHT, "var_weight": LOSS_WEIGHT, "cov_weight": LOSS_WEIGHT, "lambda_offdiag": LOSS_WEIGHT,
     "out_dim": POSITIVE_INT, "hidden_dim": POSITIVE_INT, "bottleneck_dim": POSITIVE_INT, "num_layers": POSITIVE_INT,
     "pool_size": POSITIVE_INT, "blocks_per_stage": POSITIVE_INT, "last_width": POSITIVE_INT,
     "num_global": POSITIVE_INT, "num_local": COUNT, "local_size": POSITIVE_INT, "image_size": Number(integer=True, low=1, nullable=True),
@@ -76,7 +82,7 @@ RULES: dict[str, Number] = {
     "swap_fraction": NON_NEGATIVE,
     "mask_ratio": Number(low=0, high=1, open_low=True, open_high=True), "mask_patch_size": POSITIVE_INT,
     "num_targets": POSITIVE_INT, "min_keep": COUNT, "predictor_dim": POSITIVE_INT, "predictor_depth": POSITIVE_INT,
-    "predictor_heads": POSITIVE_INT, "koleo_weight": NON_NEGATIVE, "ibot_weight": NON_NEGATIVE,
+    "predictor_heads": POSITIVE_INT, "koleo_weight": LOSS_WEIGHT, "ibot_weight": LOSS_WEIGHT,
     "ibot_teacher_temp": TEMPERATURE, "ibot_masked_share": Number(low=0, high=1, open_low=True), "decoder_dim": POSITIVE_INT, "decoder_depth": POSITIVE_INT,
     "decoder_heads": POSITIVE_INT, "patch_size": Number(integer=True, low=1, nullable=True), "drop_path_rate": Number(low=0, high=1, open_high=True),
     "layer_decay": Number(low=0, high=1, open_low=True), "rank": POSITIVE_INT, "alpha": POSITIVE,

@@ -20,8 +20,8 @@ def test_every_method_default_config_is_valid(tmp_path: Path, method: str) -> No
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("optim.optimizer.lr=-1", r"optim.optimizer.lr=-1: must be a finite number > 0"),
-    ("optim.optimizer.lr=nan", r"optim.optimizer.lr=nan: must be a finite number > 0"),
+    ("optim.optimizer.lr=-1", r"optim.optimizer.lr=-1: must be a finite number in \(0, 100\]"),
+    ("optim.optimizer.lr=nan", r"optim.optimizer.lr=nan: must be a finite number in \(0, 100\]"),
     ("optim.optimizer.weight_decay=null", r"optim.optimizer.weight_decay=None: must be a value \(not null\)"),
     ("data.batch_size=0", r"data.batch_size=0: must be an integer >= 1"),
     ("data.num_workers=0.5", r"data.num_workers=0.5: must be an integer >= 0"),
@@ -72,3 +72,26 @@ def test_a_null_head_width_means_the_encoders_but_a_null_predictor_width_is_refu
     validate(compose_config(["method=simcse"], tmp_path))  # simcse_mlp: out_dim null, Linear(d, d) as in the reference
     with pytest.raises(UserError, match=r"method.predictor.out_dim=None \(from \$\{head.out_dim\}\): must be a value \(not null\)"):
         validate(compose_config(["method=byol", "head.out_dim=null"], tmp_path))  # the predictor follows ${head.out_dim}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optim.warmup_epochs=2.5e38"], r"optim.warmup_epochs=2.5e\+38: must be a finite number in \[0, 1000\]"),
+    (["optim.warmup_epochs=1e12"], r"optim.warmup_epochs=1000000000000.0: must be a finite number in \[0, 1000\]"),
+    (["optim.optimizer.lr=1e12"], r"optim.optimizer.lr=1000000000000.0: must be a finite number in \(0, 100\]"),
+    (["optim.online_probe_lr=2.5e38"], r"optim.online_probe_lr=2.5e\+38: must be a finite number in \(0, 100\]"),
+    (["optim.optimizer.weight_decay=2.5e38"], r"optim.optimizer.weight_decay=2.5e\+38: must be a finite number in \[0, 10\]"),
+    (["optim.weight_decay_end=1e12"], r"optim.weight_decay_end=1000000000000.0: must be a finite number in \[0, 10\]"),
+    (["method=barlow_twins", "loss.lambda_offdiag=1e12"], r"loss.lambda_offdiag=1000000000000.0: must be a finite number in \[0, 1000\]"),
+    (["method=vicreg", "loss.sim_weight=2.5e38"], r"loss.sim_weight=2.5e\+38: must be a finite number in \[0, 1000\]"),
+])
+def test_absurd_magnitudes_are_refused_with_the_allowed_range_before_the_run_directory_exists(tmp_path: Path, overrides: list[str], message: str) -> None:
+    """Exponents gone wrong trained before (1e12 warm-up epochs: the LR never rose) or diverged steps later, naming another key."""
+    with pytest.raises(UserError, match=message) as caught:
+        run(compose_config(overrides, tmp_path / "run"))
+    assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()
+
+
+def test_the_ends_of_the_magnitude_ranges_are_accepted(tmp_path: Path) -> None:
+    validate(compose_config(["optim.optimizer.lr=100", "optim.optimizer.weight_decay=10", "optim.weight_decay_end=10", "optim.warmup_epochs=1000",
+                             "trainer.max_epochs=1000"], tmp_path))
+    validate(compose_config(["method=vicreg", "loss.sim_weight=1000", "loss.var_weight=0", "loss.cov_weight=1000"], tmp_path))
