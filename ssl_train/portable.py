@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,14 @@ def build_from_spec(spec: Any, source: str) -> nn.Module:
     except (ImportError, AttributeError):
         raise UserError(f"{source}: config.json names encoder {target!r}, which this installation cannot import") from None
     try:
-        return cls(**spec)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{source}/{CONFIG_FILE}: its encoder arguments do not build {class_name} ({error})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a constructor's warning about odd arguments: the line below, or the encoder, says it all
+            return cls(**spec)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of a constructor on arguments from a file is that file's fault
+        raise UserError(f"{source}/{CONFIG_FILE}: its encoder arguments do not build {class_name} ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
 
 
 def load_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
@@ -89,8 +95,8 @@ def load_encoder(path: str | Path) -> nn.Module:
                         "make one with python -m ssl_train.toolkit export --ckpt CKPT)")
     try:
         config = json.loads(config_path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"load_encoder: {config_path} is not valid JSON ({error})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise UserError(f"load_encoder: {config_path} is not valid JSON or nests too deeply ({type(error).__name__})") from None
     if not isinstance(config, dict) or "encoder" not in config:
         raise UserError(f"load_encoder: {config_path} has no 'encoder' entry: not an ssl_train export")
     encoder = build_from_spec(config["encoder"], str(folder))

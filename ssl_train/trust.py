@@ -21,6 +21,7 @@ from ssl_train.errors import UserError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PLAIN_TYPES = (str, int, float, bool, type(None))
 CONVERT_MODES = ("none", "partial", "object", "all")
+MAX_DEPTH = 32  # the project's configs nest 5 levels; deeper is a crafted file (and Python's recursion limit)
 # targets a stored config may name besides those of configs/: classes the project builds from code, named in exports' config.json
 BUILT_IN_CODE = ("ssl_train.backbones.SmallResNet", "ssl_train.backbones.TorchvisionResNet", "ssl_train.timm_backbones.TimmEncoder")
 
@@ -72,8 +73,10 @@ def _refuse(source: str, key: str, why: str, hint: str = "") -> UserError:
     return UserError(f"{source}: stored config key {key or '<top>'}: {why}: refused (nothing stored is code)" + (f"; {hint}" if hint else ""))
 
 
-def _check(node: Any, key: str, source: str, also_allowed: frozenset[str], in_args: bool) -> None:
+def _check(node: Any, key: str, source: str, also_allowed: frozenset[str], in_args: bool, depth: int = 0) -> None:
     """Walk one node of a stored config, refusing the first thing that is not plain data or a registered component."""
+    if depth > MAX_DEPTH:
+        raise _refuse(source, key[:200], f"nests deeper than {MAX_DEPTH} levels")
     if isinstance(node, str):
         if "${" in node:
             raise _refuse(source, key, f"{node[:80]!r} is an interpolation or resolver, and stored configs are resolved when written")
@@ -82,7 +85,7 @@ def _check(node: Any, key: str, source: str, also_allowed: frozenset[str], in_ar
         return
     if isinstance(node, list):
         for i, value in enumerate(node):
-            _check(value, f"{key}[{i}]", source, also_allowed, in_args)
+            _check(value, f"{key}[{i}]", source, also_allowed, in_args, depth + 1)
         return
     if not isinstance(node, dict):
         raise _refuse(source, key, f"a {type(node).__name__} is not plain data (str, number, bool, null, list, dict)")
@@ -105,11 +108,11 @@ def _check(node: Any, key: str, source: str, also_allowed: frozenset[str], in_ar
         elif name == "_args_":
             if not isinstance(value, list):
                 raise _refuse(source, where, f"a {type(value).__name__}, not a list of plain values")
-            _check(value, where, source, also_allowed, in_args=True)
+            _check(value, where, source, also_allowed, True, depth + 1)
         elif name.startswith("_") and name.endswith("_") and len(name) > 2:
             raise _refuse(source, where, "not one of the keys _target_, _partial_, _recursive_, _convert_, _args_")
         else:
-            _check(value, where, source, also_allowed, in_args)
+            _check(value, where, source, also_allowed, in_args, depth + 1)
 
 
 def check_stored_config(stored: Any, source: str, also_allowed: Iterable[str] = ()) -> None:

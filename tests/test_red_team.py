@@ -6,6 +6,7 @@ environment secret in any output, and, where the entry refuses, exactly one line
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -46,6 +47,7 @@ def stored_payloads(marker: Path, victim: Path) -> dict[str, Callable[[dict[str,
         "environment_read": lambda c: c["method"].update(name=f"${{oc.env:{SECRET_NAME}}}"),
         "special_key": lambda c: c["backbone"].update(_recursive_="yes", __class__="os.system"),
         "non_plain_value": lambda c: c["backbone"].update(widths=torch.tensor([8, 16])),
+        "deep_nesting": lambda c: c.update(tags=functools.reduce(lambda inner, _: [inner], range(100), [])),
     }
 
 
@@ -143,14 +145,18 @@ def export_folder(trained: Path, where: Path) -> Path:
     {"_target_": "ssl_train.backbones.SmallResNet", "in_channels": 1, "_partial_": True, "widths": [8, 16]},
     {"_target_": "ssl_train.backbones.SmallResNet", "in_channels": f"${{oc.env:{SECRET_NAME}}}"},
     "ssl_train.backbones.SmallResNet",
-], ids=["shell_runner", "alias", "nested_target", "special_key", "resolver", "not_a_mapping"])
+    {"_target_": "ssl_train.backbones.SmallResNet", "in_channels": 1, "widths": [8, 1_000_000]},
+    {"_target_": "ssl_train.timm_backbones.TimmEncoder", "name": 5},
+    "DEEP",
+], ids=["shell_runner", "alias", "nested_target", "special_key", "resolver", "not_a_mapping", "absurd_arguments", "wrong_type", "deep_nesting"])
 def test_export_folder_payloads_are_refused_by_load_encoder(encoder: Any, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_NAME, SECRET)
     monkeypatch.chdir(tmp_path)  # where `touch MARKER` would land
     folder = export_folder(trained, tmp_path / "export")
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "encoder": encoder}))
+    text = json.dumps({**config, "encoder": encoder})
+    (folder / "config.json").write_text(text.replace('"DEEP"', "[" * 100_000 + "]" * 100_000))  # deeper than Python's recursion limit
     before = snapshot(tmp_path)
     line = one_refusal(capsys, lambda: load_export(folder))
     assert str(folder) in line
@@ -192,3 +198,25 @@ def test_decoder_crash_payload_is_skipped_not_fatal(trained: Path, tmp_path: Pat
     embedded = subprocess.run([sys.executable, "-m", "ssl_train.toolkit", "embed", "--ckpt", str(trained), "--images", str(root / "train"),
                                "--out", str(tmp_path / "embed")], capture_output=True, text=True, timeout=300)
     assert embedded.returncode == 0, embedded.stderr[-2000:]
+
+
+@pytest.mark.parametrize("runs", [{"mlflow": {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"}},
+                                  {"mlflow": f"${{oc.env:{SECRET_NAME}}}"}, {"mlflow": "x" * 500}, ["wandb"], {"other": "abc"}])
+def test_tracker_run_ids_in_a_checkpoint_are_plain_ids_or_refused(runs: Any, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming with logger=mlflow or wandb passes the stored run id to the logger's constructor: a mapping there would be
+    instantiated, an interpolation resolved (both did, before the ids were checked)."""
+    from ssl_train.run import tracker_runs_to_continue
+    from ssl_train.tracking.trackers import TRACKER_RUNS_KEY
+
+    monkeypatch.setenv(SECRET_NAME, SECRET)
+    monkeypatch.chdir(tmp_path)
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint[TRACKER_RUNS_KEY] = runs
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, crafted)
+    before = snapshot(tmp_path)
+    cfg = compose_config([*QUIET, "logger=mlflow", f"ckpt_path={crafted}"], tmp_path / "resume")
+    line = one_refusal(capsys, lambda: tracker_runs_to_continue(cfg, str(crafted)))
+    assert "is not a mapping of tracker (mlflow, wandb) to a plain run id" in line
+    assert_unharmed(before, tmp_path, tmp_path / "MARKER", line)

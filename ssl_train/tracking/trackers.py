@@ -11,6 +11,7 @@ import csv
 import logging
 import netrc
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -154,9 +155,19 @@ def tracker_run_ids(loggers: Iterable[Logger]) -> dict[str, str]:
     return ids
 
 
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
 def stored_tracker_runs(checkpoint: Mapping[str, Any] | None) -> dict[str, str]:
-    """The tracker run ids a checkpoint was saved with (empty for checkpoints from before trackers were recorded)."""
-    return dict((checkpoint or {}).get(TRACKER_RUNS_KEY) or {})
+    """The tracker run ids a checkpoint was saved with (empty for checkpoints from before trackers were recorded).
+    They are data from the file: each must be a plain id of a known tracker (a mapping there would be instantiated)."""
+    runs = (checkpoint or {}).get(TRACKER_RUNS_KEY) or {}
+    trackers = sorted({tracker for tracker, _ in RESUMABLE.values()})
+    plain = isinstance(runs, dict) and all(k in trackers and isinstance(v, str) and RUN_ID.fullmatch(v) for k, v in runs.items())
+    if not plain:
+        raise UserError(f"ckpt_path: the checkpoint's {TRACKER_RUNS_KEY} is not a mapping of tracker ({', '.join(trackers)}) to a plain run id "
+                        "(letters, digits, - and _): refused (nothing stored is code)")
+    return dict(runs)
 
 
 class TrackerRunsInCheckpoint(pl.Callback):
