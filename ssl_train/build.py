@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -183,6 +183,8 @@ def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
     logger = loggers or False
     if logger is False:  # nothing to log learning rates to (Lightning would stop with a MisconfigurationException)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # a progress bar callback with the bar off is another MisconfigurationException
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     checkpoint_io = AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))
     trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[checkpoint_io])
     if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":

@@ -10,13 +10,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ssl_train.data.sampling import ResumableSampler
 from ssl_train.errors import UserError
@@ -165,8 +166,11 @@ class Preemption(pl.Callback):
         self.received = signum  # acted on at the end of the current batch: never a checkpoint of a half-done step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx + 1 < trainer.num_training_batches:  # after an epoch's last batch come its validation and checkpoints:
-            self._stop_if_signalled(trainer, pl_module)    # a signal then is acted on once they are written (below)
+        # Under DDP the ranks agree through an all-reduce, which blocks the host on the GPU: only at logging steps (a
+        # signal waits at most log_every_n_steps batches). One process reads its own flag after every batch (no sync)
+        agreeing = trainer.world_size > 1 and trainer.global_step % max(1, trainer.log_every_n_steps) != 0
+        if batch_idx + 1 < trainer.num_training_batches and not agreeing:  # after an epoch's last batch come its validation and
+            self._stop_if_signalled(trainer, pl_module)    # checkpoints: a signal then is acted on once they are written (below)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning calls the ModelCheckpoints' epoch-end hooks after this one: ask it to stop once they (and the epoch's
@@ -239,3 +243,21 @@ class Preemption(pl.Callback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar showing the step metrics `shown`, read from callback_metrics only when the bar refreshes
+    (every `refresh_rate` steps). Lightning turns every `prog_bar=True` value into a Python number after every batch,
+    which makes the host wait for the GPU at each step; values logged without prog_bar stay on the device until here."""
+
+    def __init__(self, refresh_rate: int = 10, shown: Sequence[str] = ("train/loss", "probe/online_top1")) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.shown = tuple(shown)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+        items = super().get_metrics(trainer, pl_module)
+        for key in self.shown:
+            value = trainer.callback_metrics.get(key)
+            if value is not None:
+                items[key] = f"{float(value):.3g}"
+        return items

@@ -39,6 +39,8 @@ class SSLModule(pl.LightningModule):
         self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
         self.global_batch_size = global_batch_size
         self._step_before_batch = 0
+        self._first_bad: torch.Tensor | None = None  # see _watch_finite
+        self._first_bad_step: torch.Tensor | None = None
         self.batched_views = batched_views  # makes training views from raw uint8 batches on the device (batched augmentation)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -68,25 +70,37 @@ class SSLModule(pl.LightningModule):
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for v in views]  # images only (not caption tokens)
         out = self.method(views, labels)
-        if not torch.isfinite(out["loss"]):
-            raise FloatingPointError(f"train/loss is {out['loss'].item()} at step {self.global_step}")
+        self._watch_finite(out["loss"])
         batch_size = labels.shape[0]
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size, sync_dist=False)
+        self.log("train/loss", out["loss"], batch_size=batch_size, sync_dist=False)  # shown by callbacks.StepProgressBar, not prog_bar
         logits = self.online_probe(out["features"].detach().float())
-        labelled = labels >= 0  # unlabeled pretraining data carries label -1
-        if not bool(labelled.all()):  # the common, fully labelled batch skips the masked copies
-            logits, labels = logits[labelled], labels[labelled]
-        if labels.numel() == 0:
-            probe_loss = logits.sum() * 0
-        else:
-            probe_loss = F.cross_entropy(logits, labels)
-            with torch.no_grad():
-                top1 = (logits.argmax(1) == labels).float().mean()
-            self.log("probe/online_loss", probe_loss, batch_size=labels.numel())
-            self.log("probe/online_top1", top1, prog_bar=True, batch_size=labels.numel())
+        # unlabeled pretraining data carries label -1: those rows weigh 0 (weights, not a boolean mask: shapes stay fixed, no sync)
+        weight = (labels >= 0).float()
+        labelled = weight.sum().clamp_min(1.0)
+        probe_loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * weight).sum() / labelled
+        with torch.no_grad():
+            top1 = ((logits.argmax(1) == labels).float() * weight).sum() / labelled
+        self.log("probe/online_loss", probe_loss, batch_size=batch_size)
+        self.log("probe/online_top1", top1, batch_size=batch_size)
         for key, value in out.get("logs", {}).items():
             self.log(f"train/{key}", value, batch_size=batch_size)
         return out["loss"] + probe_loss
+
+    def _watch_finite(self, loss: torch.Tensor) -> None:
+        """Remember on the device the first step whose loss is not finite; `check_finite` reads it (one sync) only at
+        logging steps and before every checkpoint, so no checkpoint holds diverged weights and no step blocks on it."""
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_bad is None or self._first_bad_step is None:
+            self._first_bad = torch.zeros(2, device=loss.device)  # (flag, loss value) of the first non-finite step
+            self._first_bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+        fresh = bad & (self._first_bad[0] == 0)
+        self._first_bad_step = torch.where(fresh, self.global_step, self._first_bad_step)
+        self._first_bad = torch.where(fresh, torch.stack([torch.ones_like(loss.detach().float()), loss.detach().float()]), self._first_bad)
+
+    def check_finite(self) -> None:
+        """Stop with FloatingPointError naming the first non-finite step and loss (run.fit keeps the last good checkpoint)."""
+        if self._first_bad is not None and bool(self._first_bad[0] > 0):
+            raise FloatingPointError(f"train/loss is {self._first_bad[1].item()} at step {int(self._first_bad_step)}")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_before_batch = self.global_step
@@ -96,6 +110,14 @@ class SSLModule(pl.LightningModule):
         # never again for a step restored from a checkpoint
         if self._has_optimizer_step_hook and self.global_step > self._step_before_batch:
             self.method.on_optimizer_step(self.global_step, int(self.trainer.estimated_stepping_batches))
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_finite()  # never a checkpoint of diverged weights
+
+    def on_train_end(self) -> None:
+        self.check_finite()
 
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
