@@ -170,7 +170,8 @@ def main() -> list[Result]:
             print(f"through the CLI ({args.cli} + {args.cli_data} broken data):")
             cli_sample(drill, cases, args.cli, args.cli_data, rng)
         os.chdir(ROOT)
-    print_table(drill, time.time() - started, sys.argv[1:])
+    typed = [a for i, a in enumerate(sys.argv[1:]) if a not in ("--layers", "--json-fd") and sys.argv[i] not in ("--layers", "--json-fd")]
+    print_table(drill, time.time() - started, typed)  # the command as typed (not the rerun's --layers / --json-fd)
     if args.json or args.json_fd is not None:
         with open(args.json_fd if args.json_fd is not None else args.json, "w") as out:  # the fd: opened outside the namespace's overlays
             out.write(json.dumps([asdict(r) for r in drill.results], indent=1) + "\n")
