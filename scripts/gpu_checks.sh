@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The CUDA checks in one pass, each with its own time limit (seconds), each log in ${OUT:-gpu_checks_out}/:
+# The CUDA checks in ONE call of at most 8 minutes (the limits below add up to 470 s), each log in ${OUT:-gpu_checks_out}/:
 #   1. quickstart_gpu: the quick start on a GPU (trainer=gpu: bf16-mixed, compile=auto -> torch.compile on, views made
 #      on the device), linear probe beside both baselines
-#   2. vit_recipes: the ViT-S/16 GPU recipes end to end (experiment=dino_vit_small, mocov3_vit_small) on a synthetic
+#   2. sync_debug: 20 steady-state steps of that run under torch.cuda.set_sync_debug_mode("error") (scripts/sync_debug.py)
+#   3. throughput: bf16-mixed, ResNet-18 / ResNet-50, channels_last (auto), compile off: framework step over a plain loop
+#      and the Python ms/step column (scripts/bench_throughput.py); 4. throughput_compiled: ResNet-50 with compile on
+#   5. folder: a folder of mixed-size JPEGs, per-sample views vs the hybrid path vs the model-only ceiling (scripts/bench_folder.py)
+#   6. vit_recipes: the ViT-S/16 GPU recipes end to end (experiment=dino_vit_small, mocov3_vit_small) on a synthetic
 #      folder of 224 px JPEGs: images/s and peak memory (scripts/bench_recipes.py)
-#   3. throughput: fp32 vs bf16-mixed, ResNet-18 / ResNet-50, framework step vs a plain loop (scripts/bench_throughput.py)
-#   4. ddp_one_gpu: trainer=ddp (NCCL, SyncBatchNorm) on one GPU: the DDP code path, not a multi-GPU equivalence
+#   7. ddp_one_gpu: trainer=ddp (NCCL, SyncBatchNorm) on one GPU: the DDP code path, not a multi-GPU equivalence
 # Run from the repository root on a CUDA machine with ssl_train and its vit extra installed: bash scripts/gpu_checks.sh
 set -u
 out=${OUT:-gpu_checks_out}
@@ -24,8 +27,11 @@ check() {  # check NAME LIMIT COMMAND...: runs it under `timeout`, keeps the log
     grep -v -i -e warning -e "^ *warnings.warn" "$out/$name.log" | tail -n "${TAIL_LINES:-14}"
 }
 
-check quickstart_gpu "${QUICK_LIMIT:-140}" python -m ssl_train trainer=gpu paths.output_dir=/tmp/gpu_checks/quick
+check quickstart_gpu "${QUICK_LIMIT:-100}" python -m ssl_train trainer=gpu paths.output_dir=/tmp/gpu_checks/quick
 cp /tmp/gpu_checks/quick/metrics.json "$out/quickstart_metrics.json" 2>/dev/null
-check vit_recipes "${VIT_LIMIT:-160}" python scripts/bench_recipes.py
-check throughput "${THROUGHPUT_LIMIT:-110}" python scripts/bench_throughput.py --preset gpu --rows 1 3 7 --rounds 1 --skip-probe --skip-peers --override compile=false
-check ddp_one_gpu "${DDP_LIMIT:-60}" python -m ssl_train trainer=ddp trainer.devices=1 trainer.max_epochs=1 trainer.limit_train_batches=20 probe=false baseline=false paths.output_dir=/tmp/gpu_checks/ddp
+check sync_debug "${SYNC_LIMIT:-35}" python scripts/sync_debug.py --steps 20 compile=false
+check throughput "${THROUGHPUT_LIMIT:-70}" python scripts/bench_throughput.py --preset gpu --rows 1 3 --rounds 1 --skip-probe --skip-peers --override compile=false
+check throughput_compiled "${COMPILED_LIMIT:-80}" python scripts/bench_throughput.py --preset gpu --rows 3 --rounds 1 --skip-probe --skip-peers --override compile=true
+check folder "${FOLDER_LIMIT:-50}" python scripts/bench_folder.py --images 3000 --rows per-sample:8 hybrid:8 --override trainer=gpu data.batch_size=256
+check vit_recipes "${VIT_LIMIT:-100}" python scripts/bench_recipes.py
+check ddp_one_gpu "${DDP_LIMIT:-35}" python -m ssl_train trainer=ddp trainer.devices=1 trainer.max_epochs=1 trainer.limit_train_batches=20 probe=false baseline=false paths.output_dir=/tmp/gpu_checks/ddp

@@ -70,7 +70,7 @@ def main() -> int:
             print("".join(traceback.format_list(frames)))
             return 1
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (dry run: no sync-debug mode without CUDA)"
-    print(f"PASS: {window.checked} steady-state steps under set_sync_debug_mode('error') on {where}, {' '.join(args.overrides) or 'trainer=gpu'}")
+    print(f"PASS: {window.checked} steady-state steps under set_sync_debug_mode('error') on {where}, {' '.join(device + args.overrides) or 'the default run'}")
     return 0
 
 
