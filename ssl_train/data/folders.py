@@ -3,7 +3,7 @@
 Images are decoded per sample by torchvision.io after ssl_train.data.image_guard has checked the file's structure
 (a malformed PNG can crash the native decoder) and its header's pixel count (`max_pixels`, decompression bombs);
 an unreadable, corrupt or refused file is skipped with a warning naming the reason (another image is served in its
-place) and counted, never a crash mid-epoch.
+place) and counted, never a crash mid-epoch. An animated GIF is served as its first frame.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
 from ssl_train.data.datasets import Splits, limited
-from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS, check_image
+from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS, check_image, first_gif_frame
 from ssl_train.errors import DataNotFoundError, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -52,7 +52,12 @@ class ImageFileDataset(Dataset):
         """The image file `index` as uint8 (C, H, W); ValueError (ImageRefused) when its bytes fail the structural checks."""
         data = self.paths[index].read_bytes()  # read once: the bytes checked are the bytes decoded
         check_image(data, self.max_pixels)
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=self.mode)
+        if data[:6] in (b"GIF87a", b"GIF89a"):  # an animated GIF is its first frame (as PIL-based loaders serve it), never (frames, C, H, W)
+            data = first_gif_frame(data)
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=self.mode)
+        if image.ndim != 3:
+            raise ValueError(f"decoded to shape {tuple(image.shape)}, not one (C, H, W) image")
+        return image
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for attempt in range(min(len(self.paths), 50)):

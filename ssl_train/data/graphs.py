@@ -151,20 +151,30 @@ def hashed_bag_of_words(texts: list[str], dim: int) -> torch.Tensor:
 
 
 def parse_wordnet_nouns(path: Path) -> tuple[list[int], list[int], list[str], list[tuple[int, int]]]:
-    """(offsets, lexicographer-file numbers, glosses, hypernym edges as offset pairs) of WordNet's data.noun."""
+    """(offsets, lexicographer-file numbers, glosses, hypernym edges as offset pairs) of WordNet's data.noun; a line
+    that is not a synset line is one UserError naming the file and the line (a graph missing nodes would be silently wrong)."""
     offsets, lexfiles, glosses, edges = [], [], [], []
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.startswith(" "):  # the licence header lines start with two spaces
+        for number, line in enumerate(handle, 1):
+            if line.startswith(" ") or not line.strip():  # the licence header lines start with two spaces
                 continue
             head, _, gloss = line.partition(" | ")
             fields = head.split()
-            offset, lexfile, words = int(fields[0]), int(fields[1]), int(fields[3], 16)
-            pointers_at = 4 + 2 * words
-            for p in range(int(fields[pointers_at])):
-                symbol, target, pos = fields[pointers_at + 1 + 4 * p: pointers_at + 4 + 4 * p]
-                if symbol in ("@", "@i") and pos == "n":  # hypernym / instance hypernym, to another noun synset
-                    edges.append((offset, int(target)))
+            try:
+                offset, lexfile, words = int(fields[0]), int(fields[1]), int(fields[3], 16)
+                pointers_at = 4 + 2 * words
+                pointers = int(fields[pointers_at])
+                if not 3 <= lexfile < 3 + WORDNET_NOUN_FILES:
+                    raise ValueError(f"lexicographer file {lexfile} is not a noun file (03..28)")
+                if words < 1 or not 0 <= pointers <= (len(fields) - pointers_at - 1) // 4:
+                    raise ValueError(f"{words} words and {pointers} pointers do not fit its {len(fields)} fields")
+                for p in range(pointers):
+                    symbol, target, pos = fields[pointers_at + 1 + 4 * p: pointers_at + 4 + 4 * p]
+                    if symbol in ("@", "@i") and pos == "n":  # hypernym / instance hypernym, to another noun synset
+                        edges.append((offset, int(target)))
+            except (ValueError, IndexError) as error:
+                raise UserError(f"{path}: line {number} is not a WordNet data.noun synset line "
+                                f"('offset lex_filenum n w_cnt word lex_id ... p_cnt pointers ... | gloss'): {str(error)[:200]}") from None
             offsets.append(offset)
             lexfiles.append(lexfile)
             glosses.append(" ".join(fields[4: pointers_at: 2]).replace("_", " ") + " " + gloss)
@@ -190,10 +200,9 @@ class WordNetNouns:
         path = self.root / "data.noun"
         if not path.is_file():
             raise DataNotFoundError(f"data.source.root: {path} not found; apt-get install wordnet-base puts WordNet 3.0 in {WORDNET_ROOT}")
-        try:
-            offsets, lexfiles, glosses, edges = parse_wordnet_nouns(path)
-        except (ValueError, IndexError) as error:
-            raise UserError(f"{path}: not a WordNet data.noun file ({error})") from None
+        offsets, lexfiles, glosses, edges = parse_wordnet_nouns(path)
+        if not offsets:
+            raise UserError(f"{path}: holds no WordNet synset line; expected WordNet 3.0's data.noun")
         keep = len(offsets) if self.node_limit is None else min(self.node_limit, len(offsets))
         index = {offset: i for i, offset in enumerate(offsets[:keep])}
         pairs = [(index[a], index[b]) for a, b in edges if a in index and b in index]

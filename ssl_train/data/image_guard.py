@@ -4,8 +4,10 @@ libpng errors raised while rows are read (a short or corrupt IDAT stream, a bad 
 down inside torchvision's decoder (SIGSEGV), so a PNG is verified end to end first: signature, chunk lengths and CRCs,
 a sane IHDR, and IDAT data that inflates to exactly the bytes its width, height, bit depth, colour type and interlace
 need, every row with a valid filter byte. JPEG, GIF and WebP get their markers and header sizes checked (their
-decoders report errors as exceptions). Every format's pixel count is read from its header and refused above
-`max_pixels` (decompression bombs). A refusal is an ImageRefused whose message is the reason.
+decoders report errors as exceptions); a GIF's block sequence is walked without decoding, frames counted. Every
+format's pixel count is read from its header and refused above `max_pixels` (decompression bombs); a GIF's counts
+frames x screen pixels (the decoder returns every frame at the screen's size). A refusal is an ImageRefused whose
+message is the reason.
 """
 
 from __future__ import annotations
@@ -169,15 +171,69 @@ def check_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, 
     return size
 
 
-def check_gif(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) of a GIF's logical screen, within `max_pixels`, the file ending with its trailer; else ImageRefused."""
-    if len(data) < 14:
+def gif_frames(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """(screen width, screen height, [(end offset, width, height) of each frame]) of a GIF whose block sequence is sound:
+    the header and logical screen, then extension blocks (0x21), images (0x2C: descriptor, colour table, LZW minimum
+    code size, data sub-blocks) and the trailer (0x3B), walked without decoding; else ImageRefused."""
+    if len(data) < 13:
         raise ImageRefused("GIF is shorter than its header")
-    width, height = struct.unpack("<HH", data[6:10])
-    check_size("GIF", width, height, max_pixels)
-    if b"\x3b" not in data[13:]:
-        raise ImageRefused("GIF has no trailer byte (truncated?)")
+    width, height, packed = struct.unpack("<HHB", data[6:11])
+    pos, colours, frames = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0), bool(packed & 0x80), []
+    while True:
+        if pos >= len(data):
+            raise ImageRefused(f"GIF ends at byte {pos} without its trailer (truncated?)")
+        block = data[pos]
+        if block == 0x3B:
+            break
+        if block == 0x21:
+            pos += 2  # introducer and label
+        elif block == 0x2C:
+            if pos + 10 > len(data):
+                raise ImageRefused(f"GIF image descriptor at byte {pos} is truncated")
+            frame_width, frame_height, frame_packed = struct.unpack("<HHB", data[pos + 5: pos + 10])
+            if frame_width == 0 or frame_height == 0:
+                raise ImageRefused(f"GIF frame {len(frames) + 1} at byte {pos} is {frame_width}x{frame_height} pixels")
+            if not (colours or frame_packed & 0x80):
+                raise ImageRefused(f"GIF frame {len(frames) + 1} has no colour table (neither global nor local)")
+            pos += 10 + (3 << ((frame_packed & 7) + 1) if frame_packed & 0x80 else 0)
+            if pos >= len(data) or not 2 <= data[pos] <= 8:
+                code_size = "missing" if pos >= len(data) else data[pos]
+                raise ImageRefused(f"GIF frame {len(frames) + 1}'s LZW minimum code size is {code_size} (allowed: 2..8)")
+            pos += 1
+        else:
+            raise ImageRefused(f"GIF has block 0x{block:02X} at byte {pos}; allowed: 0x21 (extension), 0x2C (image), 0x3B (trailer)")
+        while pos < len(data) and data[pos]:  # data sub-blocks: a length byte, that many bytes; a zero length ends them
+            pos += 1 + data[pos]
+        if pos >= len(data):
+            raise ImageRefused(f"GIF {'image' if block == 0x2C else 'extension'} block's data runs past the end of the file (truncated?)")
+        pos += 1
+        if block == 0x2C:
+            frames.append((pos, frame_width, frame_height))
+    if not frames:
+        raise ImageRefused("GIF holds no image")
+    return width, height, frames
+
+
+def check_gif(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of a GIF's logical screen, its block sequence sound (gif_frames) and its decoded size within
+    `max_pixels`: the decoder returns every frame at the screen's size, so frames x screen pixels count, and it holds
+    every frame's pixels while decoding, so their sum counts too; else ImageRefused."""
+    if len(data) >= 10:
+        check_size("GIF", *struct.unpack("<HH", data[6:10]), max_pixels)
+    width, height, frames = gif_frames(data)
+    if len(frames) * width * height > max_pixels:
+        raise ImageRefused(f"GIF holds {len(frames)} frames of a {width}x{height} screen = {len(frames) * width * height} pixels decoded, "
+                           f"over max_pixels={max_pixels} (a decompression bomb?)")
+    frame_pixels = sum(w * h for _, w, h in frames)
+    if frame_pixels > max_pixels:
+        raise ImageRefused(f"GIF's {len(frames)} frame(s) hold {frame_pixels} pixels in all, over max_pixels={max_pixels} (a decompression bomb?)")
     return width, height
+
+
+def first_gif_frame(data: bytes) -> bytes:
+    """A GIF's bytes cut after its first image and closed with a trailer: decoders return that frame as one (C, H, W)
+    image, as PIL-based loaders do, and never hold the other frames."""
+    return data[: gif_frames(data)[2][0][0]] + b"\x3b"
 
 
 def check_webp(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:

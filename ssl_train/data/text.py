@@ -4,8 +4,9 @@ text / CSV / JSONL files.
 A text sample is a str; the view pipeline (ssl_train.data.text_views) and the evaluation transform (the tokenizer)
 turn it into a fixed-length int64 tensor of token ids. The tokenizer is made from the train split's texts when the
 splits load (`Splits.tokenizer`); `Splits.channels` is its vocabulary size and `Splits.image_size` its length.
-Unreadable rows (a line that does not decode as UTF-8, invalid JSON, a missing column, an empty text) are skipped,
-counted, and reported in one line. A CSV field over csv.field_size_limit() is NOT skipped but refused in one line naming
+Unreadable rows (a line that does not decode as UTF-8, invalid JSON or JSON nested past the recursion limit, a missing
+column, an empty text) are skipped, counted, and reported in one line; so are WordNet data-file lines that are not
+synset lines (a file with none is refused in one line). A CSV field over csv.field_size_limit() is NOT skipped but refused in one line naming
 the file and row: it almost always means an unclosed quote that swallowed the rows after it, which skipping would
 silently drop.
 """
@@ -144,20 +145,24 @@ def read_records(path: Path, columns: Sequence[str]) -> tuple[list[dict[str, str
                 continue
             try:
                 candidates.append(json.loads(line))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter's recursion limit
                 skips.reasons["not UTF-8" if SURROGATES.search(line) else "not valid JSON"] += 1
     for row in candidates:
         if not isinstance(row, dict):
             skips.reasons["not a JSON object"] += 1
             continue
-        values = {c: row.get(c) for c in columns}
-        missing = [c for c, v in values.items() if v is None or str(v).strip() == ""]
+        try:
+            values = {c: None if row.get(c) is None else str(row.get(c)).strip() for c in columns}
+        except RecursionError:  # a value nested just under json's limit can still be too deep to turn into text
+            skips.reasons["nested too deep"] += 1
+            continue
+        missing = [c for c, v in values.items() if not v]
         if missing:
             skips.reasons[f"no {missing[0]!r}"] += 1
-        elif any(SURROGATES.search(str(v)) for v in values.values()):
+        elif any(SURROGATES.search(v) for v in values.values()):
             skips.reasons["not UTF-8"] += 1
         else:
-            rows.append({c: str(v).strip() for c, v in values.items()})
+            rows.append(values)
     skips.report()
     return rows, skips
 
@@ -233,23 +238,49 @@ def wordnet_lemma(word: str) -> str:
     return re.sub(r"\([a-z]+\)$", "", word).replace("_", " ")
 
 
+def parse_wordnet_line(line: str) -> tuple[str, int, list[str]] | str:
+    """(gloss, lexicographer-file number, lemmas) of one synset line of a WordNet data file
+    ('offset lex_filenum ss_type w_cnt word lex_id ... | gloss'), or why it is not one."""
+    head, bar, gloss = line.partition(" | ")
+    fields = head.split()
+    if len(fields) < 4 or not bar:
+        return "not 'offset lex_filenum ss_type w_cnt word lex_id ... | gloss'"
+    if not gloss.strip():
+        return "an empty gloss"
+    lexfile, words = fields[1], fields[3]
+    if not (len(lexfile) <= 3 and lexfile.isascii() and lexfile.isdigit() and int(lexfile) < len(LEXNAMES)):
+        return f"lexicographer file {lexfile[:20]!r} is not a number 0..{len(LEXNAMES) - 1}"
+    if not (words.isascii() and all(c in "0123456789abcdefABCDEF" for c in words)) or not 0 < int(words, 16) <= (len(fields) - 4) // 2:
+        return f"word count {words[:20]!r} is not a hexadecimal count of the words on the line"
+    return gloss.strip(), int(lexfile), [wordnet_lemma(w) for w in fields[4: 4 + 2 * int(words, 16): 2]]
+
+
 def parse_wordnet_glosses(root: Path, key: str = "data.source.root") -> tuple[list[str], list[int], list[list[str]]]:
-    """(glosses, lexicographer-file numbers, lemmas per synset) of every synset in WordNet's data.{noun,verb,adj,adv}."""
+    """(glosses, lexicographer-file numbers, lemmas per synset) of every synset in WordNet's data.{noun,verb,adj,adv}.
+    A line that is not a synset line is skipped, counted and reported in one line naming the file and the first such
+    line; a file none of whose lines is a synset line is one UserError naming it."""
     glosses, lexfiles, lemmas = [], [], []
     for part in WORDNET_PARTS:
         path = root / f"data.{part}"
         if not path.is_file():
             raise DataNotFoundError(f"{key}: {path} not found; apt-get install wordnet-base puts WordNet 3.0 in {WORDNET_ROOT}")
+        read, bad, first_bad = 0, 0, ""
         with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith(" "):  # licence header
+            for number, line in enumerate(handle, 1):
+                if line.startswith(" ") or not line.strip():  # licence header
                     continue
-                head, _, gloss = line.partition(" | ")
-                fields = head.split()
-                words = int(fields[3], 16)
-                glosses.append(gloss.strip())
-                lexfiles.append(int(fields[1]))
-                lemmas.append([wordnet_lemma(w) for w in fields[4: 4 + 2 * words: 2]])
+                synset = parse_wordnet_line(line)
+                if isinstance(synset, str):
+                    bad, first_bad = bad + 1, first_bad or f"line {number}: {synset}"
+                    continue
+                read += 1
+                glosses.append(synset[0])
+                lexfiles.append(synset[1])
+                lemmas.append(synset[2])
+        if bad and not read:
+            raise UserError(f"{key}: {path} holds no WordNet synset line ({first_bad}); expected WordNet 3.0's data.{part}")
+        if bad:
+            log.warning("%s: skipped %d line(s) that are not WordNet synset lines (first: %s)", path, bad, first_bad)
     return glosses, lexfiles, lemmas
 
 
