@@ -76,3 +76,12 @@ def test_cli_embed_image_folder(checkpoint: Path, tmp_path: Path) -> None:
     result = toolkit(["embed", "--ckpt", str(checkpoint), "--images", str(folder / "train"), "--out", str(tmp_path / "e")])
     assert result["splits"]["images"] == [3, 64]
     assert len((tmp_path / "e" / "images_ids.txt").read_text().split()) == 3
+
+
+def test_embedding_map_of_a_single_sample_is_a_point_not_an_error() -> None:
+    """A test split of one sample (a text file whose other rows were skipped): pca_lowrank would refuse q=2."""
+    from ssl_train.toolkit.pictures import embedding_map
+
+    coords, method = embedding_map(torch.randn(1, 8), "pca")
+    assert method == "pca" and coords.tolist() == [[0.0, 0.0]]
+    assert embedding_map(torch.randn(5, 8), "pca")[0].shape == (5, 2)

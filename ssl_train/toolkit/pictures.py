@@ -32,6 +32,8 @@ def embedding_map(features: torch.Tensor, method: str = "auto", seed: int = 0) -
 
         return torch.from_numpy(TSNE(2, random_state=seed, init="pca").fit_transform(x)).float(), "tsne"
     centred = features.float() - features.float().mean(0)
+    if min(centred.shape) < 2:  # one sample (or one feature): no plane to project on; the points sit at the origin
+        return torch.zeros(len(centred), 2), "pca"
     _, _, v = torch.pca_lowrank(centred, q=2, center=False)
     return centred @ v[:, :2], "pca"
 
