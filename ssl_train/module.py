@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,8 +40,8 @@ class SSLModule(pl.LightningModule):
         self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
         self.global_batch_size = global_batch_size
         self._step_before_batch = 0
-        self._first_bad: torch.Tensor | None = None  # see _watch_finite
-        self._first_bad_step: torch.Tensor | None = None
+        self._recent_losses: torch.Tensor | None = None  # see _watch_finite
+        self._recent_steps: list[int] = []
         self.batched_views = batched_views  # makes training views from raw uint8 batches on the device (batched augmentation)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -94,20 +95,22 @@ class SSLModule(pl.LightningModule):
         return bool(getattr(connector, "should_update_logs", True)) or bool(self.trainer.fast_dev_run)
 
     def _watch_finite(self, loss: torch.Tensor) -> None:
-        """Remember on the device the first step whose loss is not finite; `check_finite` reads it (one sync) only at
-        logging steps and before every checkpoint, so no checkpoint holds diverged weights and no step blocks on it."""
-        bad = ~torch.isfinite(loss.detach())
-        if self._first_bad is None or self._first_bad_step is None:
-            self._first_bad = torch.zeros(2, device=loss.device)  # (flag, loss value) of the first non-finite step
-            self._first_bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
-        fresh = bad & (self._first_bad[0] == 0)
-        self._first_bad_step = torch.where(fresh, self.global_step, self._first_bad_step)
-        self._first_bad = torch.where(fresh, torch.stack([torch.ones_like(loss.detach().float()), loss.detach().float()]), self._first_bad)
+        """Keep the loss of each step since the last check on the device (one copy, no sync); `check_finite` reads them
+        only at logging steps and before every checkpoint, so no checkpoint holds diverged weights and no step blocks."""
+        if self._recent_losses is None or self._recent_losses.device != loss.device:
+            self._recent_losses = torch.zeros(max(1, self.trainer.log_every_n_steps), device=loss.device)
+            self._recent_steps = [-1] * len(self._recent_losses)  # the step each slot holds (host side: no sync)
+        slot = self.global_step % len(self._recent_losses)
+        self._recent_losses[slot] = loss.detach()
+        self._recent_steps[slot] = self.global_step
 
     def check_finite(self) -> None:
         """Stop with FloatingPointError naming the first non-finite step and loss (run.fit keeps the last good checkpoint)."""
-        if self._first_bad is not None and bool(self._first_bad[0] > 0):
-            raise FloatingPointError(f"train/loss is {self._first_bad[1].item()} at step {int(self._first_bad_step)}")
+        if self._recent_losses is None or bool(torch.isfinite(self._recent_losses).all()):
+            return
+        values = self._recent_losses.tolist()
+        step, value = min((s, v) for s, v in zip(self._recent_steps, values, strict=True) if s >= 0 and not math.isfinite(v))
+        raise FloatingPointError(f"train/loss is {value} at step {step}")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_before_batch = self.global_step
