@@ -120,7 +120,8 @@ class SSLModule(pl.LightningModule):
         # never again for a step restored from a checkpoint
         if self._has_optimizer_step_hook and self.global_step > self._step_before_batch:
             self.method.on_optimizer_step(self.global_step, int(self.trainer.estimated_stepping_batches))
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        # at logging steps, and at an epoch's last batch: before the epoch-end callbacks (online evaluation) see the weights
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0 or batch_idx + 1 == self.trainer.num_training_batches:
             self.check_finite()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
