@@ -119,10 +119,10 @@ class BatchedView(nn.Module):
         if r.grayscale_prob > 0 and x.shape[1] == 3:
             grey = torch.rand(n, device=device) < r.grayscale_prob
             x = torch.where(grey[:, None, None, None], _grayscale(x).expand_as(x), x)
-        if r.blur_prob > 0:
+        if r.blur_prob > 0:  # the whole batch blurred, then kept where drawn: no data-dependent shapes, no host-device sync
             blur = torch.rand(n, device=device) < r.blur_prob
-            if blur.any():
-                x[blur] = _gaussian_blur(x[blur], _uniform(int(blur.sum()), 0.1, 2.0, device), self.blur_kernel)
+            blurred = _gaussian_blur(x, _uniform(n, 0.1, 2.0, device), self.blur_kernel)
+            x = torch.where(blur[:, None, None, None], blurred, x)
         if r.solarize_prob > 0:
             solarize = (torch.rand(n, device=device) < r.solarize_prob)[:, None, None, None]
             x = torch.where(solarize & (x >= 128 / 255), 1.0 - x, x)
@@ -135,11 +135,17 @@ class BatchedView(nn.Module):
         factors = [_uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device), _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
                    _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device), _uniform(n, -0.1 * s, 0.1 * s, device)]
         order = torch.rand(n, 4, device=device).argsort(dim=1)  # a random permutation of the 4 ops per sample
+        identity = (1.0, 1.0, 1.0, 0.0)  # the factor at which each op leaves an image as it is
         for slot in range(4):
             for op_index, op in enumerate(JITTER_OPS):
+                if op is _hue and x.shape[1] != 3:
+                    continue
                 rows = applied & (order[:, slot] == op_index)
-                if rows.any():
-                    x[rows] = op(x[rows], factors[op_index][rows])
+                # every sample goes through the op, at its own factor where drawn for this slot and at the identity factor
+                # elsewhere (the blends are then exact no-ops); the hue round trip is not, so it is kept only where drawn.
+                # Whole-batch ops keep shapes fixed: no boolean-mask indexing, no host-device sync (a GPU keeps queuing)
+                factor = torch.where(rows, factors[op_index], identity[op_index])
+                x = torch.where(rows[:, None, None, None], op(x, factor), x) if op is _hue else op(x, factor)
         return x
 
 
