@@ -39,7 +39,7 @@ def test_crafted_checkpoint_does_not_run_code(tmp_path: Path) -> None:
     marker, crafted = tmp_path / "marker", tmp_path / "crafted.ckpt"
     torch.save({"state_dict": {}, "payload": WritesMarkerWhenUnpickled(marker)}, crafted)
     for load in (lambda: read_checkpoint(crafted), lambda: load_encoder(crafted)):
-        with pytest.raises(UserError, match=r"names code \(io.open\) that it needs to load.*refused.*trust_checkpoint=true"):
+        with pytest.raises(UserError, match=r"names code \(_?io.open\) that it needs to load.*refused.*trust_checkpoint=true"):
             load()
     assert not marker.exists()
     with pytest.raises(UserError, match="refused"):  # resuming from it: Lightning reads through our checkpoint IO
