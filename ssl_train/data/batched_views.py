@@ -3,7 +3,9 @@
 The loader only decodes and stacks images; this module (run by SSLModule after the batch reaches the device)
 crops, flips, jitters, greys, blurs, solarises and normalises every sample with its own random parameters,
 following torchvision's per-sample semantics (tests compare the two distributions). One setting shared by
-the whole batch would not be valid SSL augmentation, so nothing here is drawn per batch.
+the whole batch would not be valid SSL augmentation, so nothing here is drawn per batch. For image files of any size
+(the hybrid path) the loader has cropped, resized and flipped each view already (ssl_train.data.loader_crops) and
+BatchedMultiView takes one uint8 batch per view, skipping those steps.
 """
 
 from __future__ import annotations
@@ -105,15 +107,14 @@ class BatchedView(nn.Module):
         self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
         self.blur_kernel = max(3, (size // 10) | 1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, cropped: bool = False) -> torch.Tensor:
+        """`cropped`: the images are this view's crops already (the hybrid path: cropped, resized and flipped in the loader)."""
         r, n, device = self.recipe, images.shape[0], images.device
         x = images.float().div_(255)
-        crops = sample_crop_boxes(n, x.shape[-2], x.shape[-1], r.crop_scale, device)
-        boxes = torch.stack([torch.arange(n, device=device, dtype=x.dtype), crops[:, 1], crops[:, 0], crops[:, 1] + crops[:, 3], crops[:, 0] + crops[:, 2]], 1)
-        x = roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        if r.flip_prob > 0:
-            flip = torch.rand(n, device=device) < r.flip_prob
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if cropped and tuple(x.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"BatchedView: crops of {tuple(x.shape[-2:])} px given for a view of {self.size} px")
+        if not cropped:
+            x = self._crop_and_flip(x)
         if r.jitter_prob > 0 and r.jitter_strength > 0:
             x = self._jitter(x)
         if r.grayscale_prob > 0 and x.shape[1] == 3:
@@ -127,6 +128,17 @@ class BatchedView(nn.Module):
             solarize = (torch.rand(n, device=device) < r.solarize_prob)[:, None, None, None]
             x = torch.where(solarize & (x >= 128 / 255), 1.0 - x, x)
         return (x - self.mean) / self.std
+
+    def _crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
+        """RandomResizedCrop (roi_align from per-sample boxes) to this view's size, then the horizontal flip."""
+        r, n, device = self.recipe, x.shape[0], x.device
+        crops = sample_crop_boxes(n, x.shape[-2], x.shape[-1], r.crop_scale, device)
+        boxes = torch.stack([torch.arange(n, device=device, dtype=x.dtype), crops[:, 1], crops[:, 0], crops[:, 1] + crops[:, 3], crops[:, 0] + crops[:, 2]], 1)
+        x = roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        if r.flip_prob > 0:
+            flip = torch.rand(n, device=device) < r.flip_prob
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
 
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:
         """ColorJitter with probability jitter_prob, each sample with its own factors and its own random op order."""
@@ -159,5 +171,11 @@ class BatchedMultiView(nn.Module):
         self.views.extend(BatchedView(local_recipe, local_size, mean, std) for _ in range(num_local))
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [view(images) for view in self.views]
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One uint8 batch (B, C, H, W): every view crops it here. A list of one uint8 batch per view (the hybrid path: crops,
+        resizing and flips made by the loader, ssl_train.data.loader_crops): every view makes the rest of its own."""
+        if isinstance(images, torch.Tensor):
+            return [view(images) for view in self.views]
+        if len(images) != len(self.views):
+            raise ValueError(f"BatchedMultiView: {len(images)} cropped batches given for {len(self.views)} views")
+        return [view(crops, cropped=True) for view, crops in zip(self.views, images, strict=True)]

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
@@ -16,6 +17,12 @@ from ssl_train.data.sampling import MPerClassSampler, ResumableSampler, loader_g
 from ssl_train.data.sequence_views import StandardizeSequence
 from ssl_train.data.views import BatchableCompose, eval_transform
 from ssl_train.errors import UserError
+
+VIEW_PATHS = {
+    "batched": "the loader stacks uint8 images, the device crops, flips, jitters, blurs and normalises per sample",
+    "hybrid": "the loader decodes, crops, resizes and flips on uint8, the device jitters, blurs and normalises per sample",
+    "per-sample": "the loader makes every view",
+}
 
 
 def collate_of(dataset: Dataset) -> Callable | None:
@@ -151,13 +158,19 @@ class SSLDataModule(pl.LightningDataModule):
         return self._views
 
     def train_dataloader(self) -> DataLoader:
+        """Batches of training samples: uint8 images (batched views: the device makes them), one uint8 crop per view (the
+        hybrid path for files of any size: the device makes the rest) or finished views (per-sample); the path is logged."""
         s, views = self.splits, self.views()
-        if getattr(views, "on_device", False):
-            # Batched augmentation: the loader only decodes and stacks uint8 images; SSLModule makes the views on the device.
-            canvas = round(s.image_size / 0.875)
-            transform: Callable = BatchableCompose([v2.Identity()] if s.fixed_size else [v2.Resize(canvas, antialias=True), v2.CenterCrop(canvas)])
-            return self._loader(TransformedDataset(s.pretrain_set, transform), self.per_device_batch_size, train=True)
-        return self._loader(TransformedDataset(s.pretrain_set, views), self.per_device_batch_size, train=True)
+        transform: Callable = views
+        if getattr(views, "on_device", False) and s.fixed_size:  # batched: the loader only stacks uint8 images
+            transform = BatchableCompose([v2.Identity()])
+        elif getattr(views, "on_device", False):  # hybrid: each view's crop, resize and flip in the workers, on uint8
+            if not callable(getattr(views, "loader_crops", None)):
+                raise UserError(f"augment.on_device: {type(views).__name__} cannot run on the device for samples of different sizes; set it to false")
+            transform = views.loader_crops()
+        path = getattr(views, "path", "batched" if getattr(views, "on_device", False) else "per-sample")
+        rank_zero_info(f"[ssl_train] training views: {path} ({VIEW_PATHS.get(path, path)})")
+        return self._loader(TransformedDataset(s.pretrain_set, transform), self.per_device_batch_size, train=True)
 
     def _eval_transform(self) -> Callable:
         s = self.splits

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
@@ -87,10 +87,12 @@ class MultiViewTransform:
     `recipe` sets the shared knobs, `per_view` (one mapping per global view) overrides them for one view
     only (BYOL's asymmetric blur/solarization), `local` overrides them for the local crops (multi-crop,
     Caron et al. 2020). `size`, `mean`, `std` are completed from the dataset at run time.
-    With `on_device=True` the loader only decodes and stacks images and `batched()` applies the same
-    recipes to whole batches on the training device (ssl_train.data.batched_views). `on_device="auto"` (the
-    default) means True for datasets whose images all share one size (`fixed_size`, given by the datamodule):
-    those stack as they are, so both paths see the same images; variable-size folders stay per-sample.
+    With `on_device` true (`"auto"`, the default, is true) the recipes run batched, one draw per sample, on the training
+    device (ssl_train.data.batched_views): images that all share one size (`fixed_size`, given by the datamodule: the
+    arrays) are only stacked by the loader and cropped on the device too (`path` "batched"); files of any size (folders)
+    are decoded, crop-resized and flipped per sample on uint8 by the loader workers (`loader_crops()`, ssl_train.data.
+    loader_crops), and the device does the rest per view (`path` "hybrid"). `on_device=False`: everything per sample
+    in the loader (`path` "per-sample").
     """
 
     modalities = ("image",)
@@ -117,7 +119,12 @@ class MultiViewTransform:
         self.transforms += [self.local_recipe.build(local_size, mean, std)] * num_local
         self.num_global, self.num_local = num_global, num_local
         self.size, self.local_size, self.mean, self.std = size, local_size, tuple(mean), tuple(std)
-        self.on_device = fixed_size if on_device == "auto" else bool(on_device)
+        self.on_device, self.fixed_size = on_device == "auto" or bool(on_device), fixed_size
+
+    @property
+    def path(self) -> str:
+        """Where the views are made: "batched" (all on the device), "hybrid" (crops in the loader) or "per-sample"."""
+        return ("batched" if self.fixed_size else "hybrid") if self.on_device else "per-sample"
 
     def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
         return [transform(image) for transform in self.transforms]
@@ -127,6 +134,13 @@ class MultiViewTransform:
         from ssl_train.data.batched_views import BatchedMultiView  # imported here: it needs torchvision.ops only then
 
         return BatchedMultiView(self.global_recipes, self.local_recipe, self.num_local, self.size, self.local_size, self.mean, self.std)
+
+    def loader_crops(self) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+        """The hybrid path's loader half: one uint8 image of any size -> each view's crop (resized, flipped) as uint8."""
+        from ssl_train.data.loader_crops import LoaderCrops  # imported here: only the hybrid path needs it
+
+        recipes = [*self.global_recipes] + [self.local_recipe] * self.num_local
+        return LoaderCrops(recipes, [self.size] * self.num_global + [self.local_size] * self.num_local)
 
 
 class BatchableCompose(v2.Compose):
