@@ -69,10 +69,11 @@ def test_views_reject_unknown_knob() -> None:
 
 
 def test_on_device_auto_follows_fixed_size_and_rejects_bad_values() -> None:
-    """augment.on_device=auto batches only datasets whose images share one size; explicit values win."""
+    """augment.on_device=auto batches every image dataset: arrays of one size fully, files of any size on the hybrid path
+    (crops in the loader); explicit values win."""
     make = lambda **kw: MultiViewTransform(28, (0.5,), (0.25,), **kw)  # noqa: E731
     assert make(fixed_size=True).on_device is True
-    assert make(fixed_size=False).on_device is False
+    assert make(fixed_size=True).path == "batched" and make(fixed_size=False).on_device is True and make(fixed_size=False).path == "hybrid"
     assert make(on_device=False, fixed_size=True).on_device is False
     assert make(on_device=True, fixed_size=False).on_device is True
     with pytest.raises(ValueError, match="augment.on_device must be true, false or auto"):

@@ -103,3 +103,19 @@ def test_map_at_r_equals_the_naive_computation() -> None:
     assert map_at_r(queries, query_labels, gallery, gallery_labels, chunk=7) == pytest.approx(expected, abs=1e-6)
     perfect = LabelRetrieval(ks=(1, 5)).evaluate_features(centres[gallery_labels], gallery_labels, centres[query_labels], query_labels, 4)
     assert perfect == {"map_at_r": pytest.approx(1.0), "recall_at_1": 1.0, "recall_at_5": 1.0}
+
+
+def test_positive_pairs_and_lidar_views_of_images_of_mixed_sizes() -> None:
+    """An image folder's files differ in size: with views made on the device (the hybrid path) they cannot be stacked,
+    so the pairs and LiDAR views go through the per-sample pipeline instead of stopping the online evaluation."""
+    from ssl_train.backbones import SmallResNet
+    from ssl_train.data.views import MultiViewTransform
+    from ssl_train.eval.metrics import augmented_view_features, positive_pair_features
+
+    views = MultiViewTransform(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), fixed_size=False)
+    assert views.on_device and views.path == "hybrid"
+    images = [torch.randint(0, 256, (3, 20 + 4 * i, 24), dtype=torch.uint8) for i in range(4)]
+    encoder = SmallResNet(in_channels=3, widths=(4, 8))
+    z_a, z_b = positive_pair_features(encoder, views, images)
+    assert z_a.shape == z_b.shape == (4, encoder.out_dim) and not torch.equal(z_a, z_b)
+    assert augmented_view_features(encoder, views, images, 3).shape == (4, 3, encoder.out_dim)

@@ -83,6 +83,12 @@ def draw_views(make: Any, count: int, same_shape: bool = True) -> list[Any]:
     return views[:count]
 
 
+def _one_batch(views: Any, images: list[torch.Tensor]) -> bool:
+    """Whether the views can be made on one stacked batch: views made on the device, images of one size (an image
+    folder's files differ in size: those go through the per-sample pipeline)."""
+    return bool(getattr(views, "on_device", False)) and len({tuple(image.shape) for image in images}) == 1
+
+
 @torch.no_grad()
 def positive_pair_features(
     encoder: torch.nn.Module, views: Any, images: list[torch.Tensor], device: str | torch.device = "cpu"
@@ -90,7 +96,7 @@ def positive_pair_features(
     """Features (encoder in eval mode) of the first two views that the run's own view pipeline makes of each image: positive pairs."""
     was_training = encoder.training
     encoder.eval().to(device)
-    if getattr(views, "on_device", False):
+    if _one_batch(views, images):
         batched, batch = views.batched().to(device), torch.stack(images).to(device)
         first, second = two_views(lambda: batched(batch))
     else:
@@ -108,7 +114,7 @@ def augmented_view_features(encoder: torch.nn.Module, views: Any, images: list[t
     LiDAR's surrogate classes."""
     was_training = encoder.training
     encoder.eval().to(device)
-    if getattr(views, "on_device", False):
+    if _one_batch(views, images):
         batched, batch = views.batched().to(device), torch.stack(images).to(device)
         made = draw_views(lambda: batched(batch), count)  # each: (n, C, H, W)
         features = torch.stack([encoder(v).float().cpu() for v in made], dim=1)
