@@ -63,7 +63,12 @@ def targets_in(node: Any) -> Iterator[str]:
 def is_allowed(target: str, key: str, also_allowed: Iterable[str] = ()) -> bool:
     """Exactly a target the project's configs register under `key`'s top-level key, or exactly one of `also_allowed`
     (the user's own config's targets): never a prefix."""
-    return target in registered_targets().get(key.split(".", 1)[0].split("[", 1)[0], frozenset()) or target in set(also_allowed)
+    return target in registered_targets().get(top_key(key), frozenset()) or target in set(also_allowed)
+
+
+def top_key(key: str) -> str:
+    """The top-level key of a dotted path ('backbone' of 'backbone.widths[0]._target_')."""
+    return key.split(".", 1)[0].split("[", 1)[0]
 
 
 TRUST_HINT = "if you trust where it came from: trusted_targets=[NAME] or trust_checkpoint=true (toolkit: --trust-checkpoint)"
@@ -97,7 +102,7 @@ def _check(node: Any, key: str, source: str, also_allowed: frozenset[str], in_ar
             raise _refuse(source, where, "a component inside _args_ (positional arguments must be plain values)")
         if name == "_target_":
             if not isinstance(value, str) or not is_allowed(value, where, also_allowed):
-                raise _refuse(source, where, f"{value!r} is not a component that ssl_train's configs build under {where.split('.', 1)[0].split('[', 1)[0]}",
+                raise _refuse(source, where, f"{value!r} is not a component that ssl_train's configs build under {top_key(where)}",
                               TRUST_HINT.replace("NAME", str(value)))
         elif name in ("_partial_", "_recursive_"):
             if not isinstance(value, bool):
