@@ -83,7 +83,7 @@ def text_rows(rounds: int) -> list[str]:
     from ssl_train.data.text import WordNetGlosses
     from ssl_train.data.text_views import TextViews
     from ssl_train.data.tokenizers import bpe_tokenizer, byte_tokenizer
-    from ssl_train.text_encoders import CharCNNEncoder, TransformerTextEncoder
+    from ssl_train.encoders.text import CharCNNEncoder, TransformerTextEncoder
 
     texts = [WordNetGlosses().load().train[i][0] for i in range(256)]
     byte = byte_tokenizer(max_length=128)

@@ -216,7 +216,7 @@ def probe_seconds(n: int = 50_000, dim: int = 512) -> tuple[float, str]:
     Real conv features (SmallResNet with a 2x2 pooling grid, 512 dims) of Fashion-MNIST when it is installed,
     else of the embedded subset repeated with flips: correlated, badly scaled features, as a trained encoder gives.
     """
-    from ssl_train.backbones import SmallResNet
+    from ssl_train.encoders.resnet import SmallResNet
     from ssl_train.data.datasets import DEBIAN_FASHION_MNIST_ROOT, EmbeddedFashionMNIST, IdxSource
     from ssl_train.eval.linear_probe import LinearProbe
 
@@ -247,7 +247,7 @@ def lightly_ratio(steps: int, warmup: int, batch: int = 256) -> tuple[float, flo
         return None
     from torchvision.transforms.v2 import functional as TF
 
-    from ssl_train.backbones import SmallResNet
+    from ssl_train.encoders.resnet import SmallResNet
 
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_row("simclr", "small_resnet", "32-true", "batched", 1, batch, steps, out)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
-from ssl_train.trust import check_stored_config
+from ssl_train.trust import check_stored_config, current_target
 
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, MODELING_FILE = "model.safetensors", "config.json", "README.md", "modeling.py"
 BACKBONE_PREFIX = "method.backbone."
@@ -53,7 +53,7 @@ def build_from_spec(spec: Any, source: str) -> nn.Module:
         raise UserError(f"{source}/{CONFIG_FILE}: its encoder is a {type(spec).__name__}, not a mapping: not an ssl_train export")
     check_stored_config({"backbone": spec}, f"{source}/{CONFIG_FILE}")
     spec = dict(spec)
-    target = str(spec.pop("_target_", ""))
+    target = current_target(str(spec.pop("_target_", "")))  # an export written before the encoders moved names the old module
     if not target:
         raise UserError(f"{source}/{CONFIG_FILE}: its encoder names no _target_: not an ssl_train export")
     special = [k for k in spec if k.startswith("_")]

@@ -23,7 +23,20 @@ PLAIN_TYPES = (str, int, float, bool, type(None))
 CONVERT_MODES = ("none", "partial", "object", "all")
 MAX_DEPTH = 32  # the project's configs nest 5 levels; deeper is a crafted file (and Python's recursion limit)
 # targets a stored config may name besides those of configs/: classes the project builds from code, named in exports' config.json
-BUILT_IN_CODE = ("ssl_train.backbones.SmallResNet", "ssl_train.backbones.TorchvisionResNet", "ssl_train.timm_backbones.TimmEncoder")
+BUILT_IN_CODE = ("ssl_train.encoders.resnet.SmallResNet", "ssl_train.encoders.resnet.TorchvisionResNet", "ssl_train.encoders.timm_encoder.TimmEncoder")
+# components that moved (the encoders package): checkpoints and exports written before store the old names, which are read
+# as the new ones; exact names only, never a prefix
+MOVED_TARGETS = {
+    "ssl_train.backbones.SmallResNet": "ssl_train.encoders.resnet.SmallResNet",
+    "ssl_train.backbones.TorchvisionResNet": "ssl_train.encoders.resnet.TorchvisionResNet",
+    "ssl_train.timm_backbones.TimmEncoder": "ssl_train.encoders.timm_encoder.TimmEncoder",
+    "ssl_train.sequence_encoders.RecurrentEncoder": "ssl_train.encoders.sequence.RecurrentEncoder",
+    "ssl_train.graph_encoders.GCNEncoder": "ssl_train.encoders.graph.GCNEncoder",
+    "ssl_train.text_encoders.TransformerTextEncoder": "ssl_train.encoders.text.TransformerTextEncoder",
+    "ssl_train.text_encoders.CharCNNEncoder": "ssl_train.encoders.text.CharCNNEncoder",
+    "ssl_train.text_encoders.HFTextEncoder": "ssl_train.encoders.text.HFTextEncoder",
+    "ssl_train.text_encoders.NGramBagEncoder": "ssl_train.encoders.text.NGramBagEncoder",
+}
 
 
 @functools.cache
@@ -61,9 +74,23 @@ def targets_in(node: Any) -> Iterator[str]:
 
 
 def is_allowed(target: str, key: str, also_allowed: Iterable[str] = ()) -> bool:
-    """Exactly a target the project's configs register under `key`'s top-level key, or exactly one of `also_allowed`
-    (the user's own config's targets): never a prefix."""
-    return target in registered_targets().get(top_key(key), frozenset()) or target in set(also_allowed)
+    """Exactly a target the project's configs register under `key`'s top-level key (or its old name, MOVED_TARGETS), or
+    exactly one of `also_allowed` (the user's own config's targets): never a prefix."""
+    return current_target(target) in registered_targets().get(top_key(key), frozenset()) or target in set(also_allowed)
+
+
+def current_target(target: str) -> str:
+    """The name a component has today: `target` itself, or its new name when it is exactly an old one (MOVED_TARGETS)."""
+    return MOVED_TARGETS.get(target, target)
+
+
+def with_current_targets(node: Any) -> Any:
+    """A plain config (dicts and lists) with every `_target_` that is exactly an old name replaced by its new one."""
+    if isinstance(node, dict):
+        return {k: (current_target(v) if k == "_target_" and isinstance(v, str) else with_current_targets(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [with_current_targets(v) for v in node]
+    return node
 
 
 def top_key(key: str) -> str:
@@ -129,6 +156,7 @@ def check_stored_config(stored: Any, source: str, also_allowed: Iterable[str] = 
 
 
 def stored_config(stored: Any, source: str, also_allowed: Iterable[str] = ()) -> DictConfig:
-    """The checked stored config as a DictConfig (it holds no interpolation, so reading it never resolves anything)."""
+    """The checked stored config as a DictConfig (it holds no interpolation, so reading it never resolves anything), old
+    component names replaced by their new ones."""
     check_stored_config(stored, source, also_allowed)
-    return OmegaConf.create(stored)
+    return OmegaConf.create(with_current_targets(stored))

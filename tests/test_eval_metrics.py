@@ -108,7 +108,7 @@ def test_map_at_r_equals_the_naive_computation() -> None:
 def test_positive_pairs_and_lidar_views_of_images_of_mixed_sizes() -> None:
     """An image folder's files differ in size: with views made on the device (the hybrid path) they cannot be stacked,
     so the pairs and LiDAR views go through the per-sample pipeline instead of stopping the online evaluation."""
-    from ssl_train.backbones import SmallResNet
+    from ssl_train.encoders.resnet import SmallResNet
     from ssl_train.data.views import MultiViewTransform
     from ssl_train.eval.metrics import augmented_view_features, positive_pair_features
 

@@ -78,13 +78,13 @@ def test_model_card_shows_the_probe_beside_the_baselines(small_checkpoint: Path,
     assert f"| linear probe top-1 | {metrics['linear_top1']:.4f} |" in readme
     assert f"| raw input, same linear probe | {metrics['raw_input_linear_top1']:.4f} |" in readme
     assert f"| random-init encoder, same linear probe | {metrics['random_init_linear_top1']:.4f} |" in readme
-    assert card["encoder"]["_target_"] == "ssl_train.backbones.SmallResNet" and card["encoder"]["in_channels"] == 1
+    assert card["encoder"]["_target_"] == "ssl_train.encoders.resnet.SmallResNet" and card["encoder"]["in_channels"] == 1
     assert export_backbone(small_checkpoint, tmp_path / "export")["export_dir"].endswith("export-1")  # never overwritten
 
 
 def test_model_card_front_matter_and_body_resist_hostile_names() -> None:
     method = "simclr]\nlicense: mit\nevil: [x <script>alert(1)</script> `<img src=x onerror=alert(1)>` [a](javascript:alert(1))"
-    config = {"method": method, "data": "Data<script>", "modality": "image", "encoder": {"_target_": "ssl_train.backbones.SmallResNet"}, "out_dim": 8,
+    config = {"method": method, "data": "Data<script>", "modality": "image", "encoder": {"_target_": "ssl_train.encoders.resnet.SmallResNet"}, "out_dim": 8,
               "input": {"channels": 1, "image_size": 28, "mean": [0.5], "std": [0.25]}, "checkpoint": "/runs/`<script>`/last.ckpt", "commit": "<b>c</b>"}
     card = model_card(config, None, {"ssl_train": "import ssl_train"})
     assert card.startswith("---\nlibrary_name: ssl_train\n")

@@ -28,7 +28,7 @@ from ssl_train.data.graphs import (  # noqa: E402
 )
 from ssl_train.errors import DataNotFoundError, UserError  # noqa: E402
 from ssl_train.eval.baselines import RawInput  # noqa: E402
-from ssl_train.graph_encoders import GCNEncoder  # noqa: E402
+from ssl_train.encoders.graph import GCNEncoder  # noqa: E402
 from ssl_train.heads import IdentityHead  # noqa: E402
 from ssl_train.losses import DeepGraphInfomaxLoss  # noqa: E402
 from ssl_train.methods import DeepGraphInfomaxMethod  # noqa: E402

@@ -37,7 +37,7 @@ def test_hf_tokenizer_shifts_the_models_ids_by_three_and_pads_with_zero(hf_dir: 
 
 
 def test_hf_encoder_equals_the_transformers_model_it_loads(hf_dir: Path) -> None:
-    from ssl_train.text_encoders import HFTextEncoder
+    from ssl_train.encoders.text import HFTextEncoder
 
     tokenizer = HFTokenizer(hf_dir, max_length=16)
     texts = ["the animal is a person", "move"]
@@ -59,7 +59,7 @@ def test_hf_encoder_equals_the_transformers_model_it_loads(hf_dir: Path) -> None
 
 
 def test_hf_encoder_refuses_another_tokenizers_ids_and_missing_folders(hf_dir: Path, tmp_path: Path) -> None:
-    from ssl_train.text_encoders import HFTextEncoder
+    from ssl_train.encoders.text import HFTextEncoder
 
     own_ids = r"this model reads the ids of its own tokenizer \(\d+ tokens \+ 3 specials = \d+ ids\)"
     with pytest.raises(UserError, match=own_ids + r", but the data's tokenizer has 259 ids: set tokenizer=hf"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_train.backbones import SmallResNet, TorchvisionResNet
+from ssl_train.encoders.resnet import SmallResNet, TorchvisionResNet
 from ssl_train.heads import MutualInformationNet
 from ssl_train.losses import DeepInfoMaxLoss
 from ssl_train.methods import DeepInfoMaxMethod

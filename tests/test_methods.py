@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ssl_train.backbones import SmallResNet
+from ssl_train.encoders.resnet import SmallResNet
 from ssl_train.heads import MLP
 from ssl_train.losses import NegativeCosineSimilarity, NTXentLoss
 from ssl_train.methods import SiameseMethod, TargetNetworkMethod
@@ -108,7 +108,7 @@ def test_small_resnet_pooling_grid_sets_out_dim_and_keeps_layout() -> None:
 
 
 def test_resnet_small_image_stem_auto_follows_the_image_size() -> None:
-    from ssl_train.backbones import TorchvisionResNet
+    from ssl_train.encoders.resnet import TorchvisionResNet
 
     small = TorchvisionResNet("resnet18", in_channels=3, small_image_stem="auto", image_size=32)
     assert small.model.conv1.kernel_size == (3, 3) and small.model.conv1.stride == (1, 1) and isinstance(small.model.maxpool, torch.nn.Identity)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_train.backbones import SmallResNet
+from ssl_train.encoders.resnet import SmallResNet
 from ssl_train.build import build
 from ssl_train.errors import UserError
 from ssl_train.heads import MLP, DINOHead

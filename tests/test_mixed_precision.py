@@ -67,7 +67,7 @@ def test_loss_under_bf16_autocast_equals_float32(name: str) -> None:
 
 
 def test_dino_head_and_swav_scores_are_float32_under_autocast() -> None:
-    from ssl_train.backbones import SmallResNet
+    from ssl_train.encoders.resnet import SmallResNet
     from ssl_train.heads import MLP
     from ssl_train.methods.multicrop import SwAVMethod
 

@@ -141,12 +141,12 @@ def export_folder(trained: Path, where: Path) -> Path:
 @pytest.mark.parametrize("encoder", [
     {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"},
     {"_target_": "torch.os.system", "command": "touch MARKER"},
-    {"_target_": "ssl_train.backbones.SmallResNet", "in_channels": 1, "widths": {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"}},
-    {"_target_": "ssl_train.backbones.SmallResNet", "in_channels": 1, "_partial_": True, "widths": [8, 16]},
-    {"_target_": "ssl_train.backbones.SmallResNet", "in_channels": f"${{oc.env:{SECRET_NAME}}}"},
-    "ssl_train.backbones.SmallResNet",
-    {"_target_": "ssl_train.backbones.SmallResNet", "in_channels": 1, "widths": [8, 1_000_000]},
-    {"_target_": "ssl_train.timm_backbones.TimmEncoder", "name": 5},
+    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "widths": {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"}},
+    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "_partial_": True, "widths": [8, 16]},
+    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": f"${{oc.env:{SECRET_NAME}}}"},
+    "ssl_train.encoders.resnet.SmallResNet",
+    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "widths": [8, 1_000_000]},
+    {"_target_": "ssl_train.encoders.timm_encoder.TimmEncoder", "name": 5},
     "DEEP",
 ], ids=["shell_runner", "alias", "nested_target", "special_key", "resolver", "not_a_mapping", "absurd_arguments", "wrong_type", "deep_nesting"])
 def test_export_folder_payloads_are_refused_by_load_encoder(encoder: Any, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -62,7 +62,7 @@ def test_stored_config_targets_outside_the_registry_are_refused(trained_checkpoi
     torch.save(checkpoint, tampered)
     with pytest.raises(UserError, match=r"stored config key head._target_: 'os.system' is not a component that ssl_train's configs build under head"):
         load_encoder(tampered, features="projector")
-    assert is_allowed("ssl_train.heads.MLP", "head") and is_allowed("ssl_train.backbones.SmallResNet", "backbone")
+    assert is_allowed("ssl_train.heads.MLP", "head") and is_allowed("ssl_train.encoders.resnet.SmallResNet", "backbone")
     assert not is_allowed("ssl_train.heads.MLP", "backbone.widths")  # exact names where the configs build them, not anywhere
     assert not any(is_allowed(t, "backbone") for t in ("torch.nn.Linear", "torch.hub.load", "torch.utils.collect_env.run", "timm.create_model",
                                                        "torch.os.system", "ssl_train.callbacks.subprocess.call", "builtins.eval"))

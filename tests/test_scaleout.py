@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_train.backbones import SmallResNet
+from ssl_train.encoders.resnet import SmallResNet
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.errors import UserError
 from ssl_train.losses import NTXentLoss

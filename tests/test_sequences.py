@@ -16,7 +16,7 @@ from ssl_train.errors import UserError
 from ssl_train.heads import StepPredictions
 from ssl_train.losses import CPCLoss
 from ssl_train.methods import CPCMethod
-from ssl_train.sequence_encoders import RecurrentEncoder, mel_filterbank
+from ssl_train.encoders.sequence import RecurrentEncoder, mel_filterbank
 from tests.conftest import compose_config
 from tests.test_configs import make_sequence_arrays
 

@@ -17,7 +17,7 @@ from ssl_train.data.tokenizers import BOS, EOS, PAD, BPETokenizer, ByteTokenizer
 from ssl_train.errors import DataNotFoundError, UserError
 from ssl_train.eval.baselines import RawInput, bag_of_ngrams
 from ssl_train.losses import InfoNCELoss
-from ssl_train.text_encoders import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
+from ssl_train.encoders.text import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
 from tests.optional import require
 
 CORPUS = ["the cat sat on the mat", "a dog chased the cat", "the bird sang in the tree", "dogs and cats are animals"] * 5

@@ -20,7 +20,7 @@ from tests.optional import require
 require("timm")
 import timm  # noqa: E402
 
-from ssl_train.timm_backbones import TimmEncoder  # noqa: E402
+from ssl_train.encoders.timm_encoder import TimmEncoder  # noqa: E402
 
 QUIET = ["probe=false", "baseline=false"]
 

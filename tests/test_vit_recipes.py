@@ -55,7 +55,7 @@ def test_lora_trains_adapters_only_and_saves_a_loadable_adapter(tmp_path: Path) 
 
 def test_lora_on_a_cnn_and_a_wrong_target(tmp_path: Path) -> None:
     require("peft")
-    from ssl_train.backbones import SmallResNet
+    from ssl_train.encoders.resnet import SmallResNet
     from ssl_train.errors import UserError
     from ssl_train.eval.lora import LoRAFineTune, lora_targets
 
@@ -100,7 +100,7 @@ def test_simmim_mask_counts_blocks_and_the_loss_is_the_reference_l1() -> None:
 
 
 def test_simmim_vit_replaces_masked_embeddings_and_a_cnn_learns_to_fill_blocks() -> None:
-    from ssl_train.backbones import SmallResNet
+    from ssl_train.encoders.resnet import SmallResNet
     from ssl_train.losses import MaskedPixelLoss
     from ssl_train.methods import SimMIMMethod
 

@@ -3,7 +3,7 @@
 The 1-D counterparts of the image recipe: a random window resampled to the full length (RandomResizedCrop in time;
 for audio also a speed/pitch change), a speed factor, gain, additive noise, a circular time shift and time masking
 (SpecAugment, Park et al. 2019, on the time axis). Frequency masking belongs to a log-mel front-end
-(ssl_train.sequence_encoders.LogMelFrontend), where there are frequencies to mask.
+(ssl_train.encoders.sequence.LogMelFrontend), where there are frequencies to mask.
 """
 
 from __future__ import annotations

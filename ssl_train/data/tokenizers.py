@@ -165,7 +165,7 @@ def load_hf_tokenizer(path: str | Path | None, key: str = "tokenizer.path") -> A
 class HFTokenizer:
     """A Hugging Face tokenizer from a local folder, with the model's own framing ([CLS] ... [SEP] for BERT, <s> ... </s>
     for RoBERTa) and truncation at `max_length`; its ids are shifted by 3 (HF_ID_OFFSET) so that 0 is padding as in
-    every ssl_train tokenizer, and ssl_train.text_encoders.HFTextEncoder shifts them back. Picklable (DataLoader workers)."""
+    every ssl_train tokenizer, and ssl_train.encoders.text.HFTextEncoder shifts them back. Picklable (DataLoader workers)."""
 
     def __init__(self, path: str | Path | None, max_length: int = 128) -> None:
         _check_length(max_length)

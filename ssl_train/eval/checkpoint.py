@@ -21,7 +21,7 @@ from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
 from ssl_train.modality import RAW_INPUT_NAMES, modalities_of
 from ssl_train.run_dir import claim_output_dir, save_hydra_files, write_new
-from ssl_train.trust import stored_config, targets_in
+from ssl_train.trust import stored_config, targets_in, with_current_targets
 from ssl_train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def load_encoder(
     if ConfigInCheckpoint.KEY not in checkpoint:
         raise UserError(f"ckpt_path: {path} is not an ssl_train checkpoint (it has no '{ConfigInCheckpoint.KEY}')")
     stored = checkpoint[ConfigInCheckpoint.KEY]
-    train_cfg = OmegaConf.create(stored) if trust else stored_config(stored, f"ckpt_path {path}", also_allowed)
+    train_cfg = OmegaConf.create(with_current_targets(stored)) if trust else stored_config(stored, f"ckpt_path {path}", also_allowed)
     backbone_state = _sub_state(checkpoint["state_dict"], "method.backbone.")
     encoder = build_encoder(train_cfg, *input_of(train_cfg, backbone_state), initial_weights=False, image_size=_image_size_of(train_cfg))
     _load_weights(encoder, backbone_state, path, "backbone")

@@ -17,8 +17,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from ssl_train import backbones
-from ssl_train.backbones import TorchvisionResNet
+from ssl_train.encoders import resnet
+from ssl_train.encoders.resnet import TorchvisionResNet
 from ssl_train.build import build_datamodule
 from ssl_train.checkpoint_io import fresh_dir
 from ssl_train.errors import UserError
@@ -44,7 +44,7 @@ def how_to_load(encoder: torch.nn.Module, spec: dict[str, Any], weights_file: st
             lines.append("model.maxpool = torch.nn.Identity()")
         lines += ["model.fc = torch.nn.Identity()  # the features, not ImageNet logits", f"model.load_state_dict({read})", "model.eval()"]
         return {"ssl_train": with_ssl_train, "standalone": "\n".join(lines)}
-    if isinstance(encoder, backbones.SmallResNet):
+    if isinstance(encoder, resnet.SmallResNet):
         kwargs = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "_target_")
         standalone = "\n".join(["import safetensors.torch", "from modeling import SmallResNet  # modeling.py in this folder: torch + torchvision only",
                                 f"model = SmallResNet({kwargs})", f"model.load_state_dict({read})", "model.eval()"])
@@ -148,8 +148,8 @@ def export_backbone(
     }
     snippets = how_to_load(encoder, spec, weights_file)
     config["how_to_load"] = snippets
-    if isinstance(encoder, backbones.SmallResNet):
-        (out / MODELING_FILE).write_text(inspect.getsource(backbones))  # torch + torchvision only: the class travels with its weights
+    if isinstance(encoder, resnet.SmallResNet):
+        (out / MODELING_FILE).write_text(inspect.getsource(resnet))  # torch + torchvision only: the class travels with its weights
     if modality == "image":
         example = torch.zeros(1, in_channels, splits.image_size, splits.image_size)
         if torchscript:

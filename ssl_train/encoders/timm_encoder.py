@@ -1,6 +1,6 @@
 """Any timm model as an encoder (random init, nothing downloaded): ViTs at CPU sizes (patch 4 on 28-32 px), ConvNeXt, ...
 
-Kept apart from backbones.py, which must stay torch + torchvision only (it travels as modeling.py with exports).
+Kept apart from resnet.py, which must stay torch + torchvision only (it travels as modeling.py with exports).
 """
 
 from __future__ import annotations
