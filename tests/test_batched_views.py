@@ -11,7 +11,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from ssl_train.data.batched_views import BatchedView, _brightness, _contrast, _hue, _saturation, sample_crop_boxes
 from ssl_train.data.loader_crops import TRIES, LoaderCrops, crop_box, resized_crop_uint8
-from ssl_train.data.views import MultiViewTransform, ViewRecipe
+from ssl_train.data.recipes import ViewRecipe
+from ssl_train.data.views import MultiViewTransform
 
 N = 6000
 

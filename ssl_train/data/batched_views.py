@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
-from ssl_train.data.views import ViewRecipe
+from ssl_train.data.recipes import ViewRecipe
 
 RATIO = (3 / 4, 4 / 3)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ssl_train.data.views import ViewRecipe, with_overrides
+from ssl_train.data.recipes import ViewRecipe, with_overrides
 
 # open_clip's training transform: RandomResizedCrop(scale=(0.9, 1.0)), no colour or flip augmentation
 CLIP_IMAGE_RECIPE = ViewRecipe(crop_scale=(0.9, 1.0), flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0)
@@ -18,7 +18,7 @@ CLIP_IMAGE_RECIPE = ViewRecipe(crop_scale=(0.9, 1.0), flip_prob=0.0, jitter_prob
 class ImageCaptionViews:
     """`augment=clip`: (image uint8 (C, H, W), captions) -> [image view (float, normalised), caption tokens (L,)].
 
-    `recipe` overrides the image view's knobs (ssl_train.data.views.ViewRecipe; default: open_clip's crop scale
+    `recipe` overrides the image view's knobs (ssl_train.data.recipes.ViewRecipe; default: open_clip's crop scale
     (0.9, 1) and nothing else); `size`, `mean`, `std`, `tokenizer` are completed from the data at run time.
     """
 

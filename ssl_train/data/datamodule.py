@@ -12,9 +12,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from ssl_train import dist
-from ssl_train.data.datasets import ImageArrayDataset, Splits, carve_validation
+from ssl_train.data.datasets import Splits, carve_validation
 from ssl_train.data.sampling import MPerClassSampler, ResumableSampler, loader_generator
 from ssl_train.data.sequence_views import StandardizeSequence
+from ssl_train.data.transformed import ImageOfPair, PairForEvaluation, TransformedDataset
 from ssl_train.data.views import BatchableCompose, eval_transform
 from ssl_train.errors import UserError
 
@@ -45,38 +46,6 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     if inner is None:
         raise UserError(f"data.m_per_class: {type(dataset).__name__} does not expose its labels")
     return labels_of(inner)
-
-
-class ImageOfPair:
-    """(image, captions) -> transform(image): the evaluation transform of image-caption pairs for the image probes."""
-
-    def __init__(self, transform: Callable[[torch.Tensor], Any]) -> None:
-        self.transform = transform
-
-    def __call__(self, pair: tuple[torch.Tensor, Any]) -> Any:
-        return self.transform(pair[0])
-
-
-class TransformedDataset(Dataset):
-    """Apply `transform` to the image of each (image, label) pair of `base`."""
-
-    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], Any]) -> None:
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.base[index]
-        return self.transform(image), label
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[Any, int]]:
-        """A loader's batch: one indexing op and one transform call when the base reads batches and the transform
-        acts on them (the evaluation transform of in-memory images), else item by item; the same samples either way."""
-        if not (isinstance(self.base, ImageArrayDataset) and isinstance(self.transform, BatchableCompose)):
-            return [self[index] for index in indices]
-        images, labels = self.base.batch(indices)
-        return list(zip(self.transform(images).unbind(0), labels.tolist(), strict=True))
 
 
 class SSLDataModule(pl.LightningDataModule):
@@ -196,12 +165,10 @@ class SSLDataModule(pl.LightningDataModule):
     def test_pairs(self, tokenizer: Any = None) -> Dataset:
         """The test split of image-caption data as ((image, first caption's token ids), label), for zero-shot and
         retrieval; captions tokenised by `tokenizer` (a checkpoint's training tokenizer), or this data's own."""
-        from ssl_train.eval.zero_shot import pairs_for_evaluation  # imported here: evaluation code the training loaders never need
-
         s = self.splits
         if s.modality != "image_text":
             raise UserError(f"zero-shot and retrieval evaluation need image-caption data (e.g. data=fmnist_captions); this data holds {s.modality} samples")
-        return pairs_for_evaluation(s.test, self.image_eval_transform(), tokenizer or s.tokenizer)
+        return TransformedDataset(s.test, PairForEvaluation(self.image_eval_transform(), tokenizer or s.tokenizer))
 
     def probe_datasets(self) -> tuple[Dataset, Dataset]:
         """(train, test) with the deterministic evaluation transform, for the offline probe."""

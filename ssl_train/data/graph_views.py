@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ssl_train.data.graphs import NodeBatch
-from ssl_train.data.views import ViewList, recipes_per_view
+from ssl_train.data.recipes import ViewList, recipes_per_view
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ssl_train.data.views import ViewRecipe
+from ssl_train.data.recipes import ViewRecipe
 
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
 TRIES = 10

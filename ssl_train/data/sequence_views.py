@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_train.data.views import ViewList, recipes_per_view
+from ssl_train.data.recipes import ViewList, recipes_per_view
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from ssl_train.data.recipes import recipes_per_view
 from ssl_train.data.text import load_synonyms
-from ssl_train.data.views import recipes_per_view
 
 # the reference's stop-word list (eda_nlp/code/eda.py), never replaced by synonyms
 STOP_WORDS = frozenset(

@@ -13,8 +13,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_train.data.captions import first_caption
-from ssl_train.data.datamodule import TransformedDataset
 from ssl_train.errors import UserError
 from ssl_train.protocols import TwoTowerEvaluator
 
@@ -68,17 +66,6 @@ class RetrievalEvaluator:
         return out
 
 
-class PairForEvaluation:
-    """(image, captions) -> (the image's evaluation transform, the first caption's token ids)."""
-
-    def __init__(self, image_transform: Callable[[torch.Tensor], torch.Tensor], tokenizer: Callable[[str], torch.Tensor]) -> None:
-        self.image_transform, self.tokenizer = image_transform, tokenizer
-
-    def __call__(self, pair: tuple[torch.Tensor, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        image, captions = pair
-        return self.image_transform(image), self.tokenizer(first_caption(captions))
-
-
 def two_tower_evaluators(evaluators: dict[str, Any]) -> dict[str, Any]:
     return {name: e for name, e in evaluators.items() if isinstance(e, TwoTowerEvaluator)}
 
@@ -108,6 +95,3 @@ def evaluate_two_tower(model: nn.Module, test_pairs: Dataset, tokenizer: Any, cl
     model.train(was_training)
     return results
 
-
-def pairs_for_evaluation(test_set: Dataset, image_transform: Callable, tokenizer: Any) -> Dataset:
-    return TransformedDataset(test_set, PairForEvaluation(image_transform, tokenizer))
