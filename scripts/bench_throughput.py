@@ -216,8 +216,8 @@ def probe_seconds(n: int = 50_000, dim: int = 512) -> tuple[float, str]:
     Real conv features (SmallResNet with a 2x2 pooling grid, 512 dims) of Fashion-MNIST when it is installed,
     else of the embedded subset repeated with flips: correlated, badly scaled features, as a trained encoder gives.
     """
-    from ssl_train.encoders.resnet import SmallResNet
     from ssl_train.data.datasets import DEBIAN_FASHION_MNIST_ROOT, EmbeddedFashionMNIST, IdxSource
+    from ssl_train.encoders.resnet import SmallResNet
     from ssl_train.eval.linear_probe import LinearProbe
 
     root = Path(DEBIAN_FASHION_MNIST_ROOT)
@@ -263,7 +263,8 @@ def lightly_ratio(steps: int, warmup: int, batch: int = 256) -> tuple[float, flo
         """The same train images as PIL, each turned into lightly's pair of SimCLR views."""
 
         def __init__(self) -> None:
-            self.transform = SimCLRTransform(input_size=splits.image_size, gaussian_blur=0.0, normalize={"mean": list(splits.mean), "std": list(splits.std)})
+            normalize = {"mean": list(splits.mean), "std": list(splits.std)}
+            self.transform = SimCLRTransform(input_size=splits.input_spec.size, gaussian_blur=0.0, normalize=normalize)
 
         def __len__(self) -> int:
             return len(splits.train)
@@ -277,7 +278,7 @@ def lightly_ratio(steps: int, warmup: int, batch: int = 256) -> tuple[float, flo
 
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = SmallResNet(in_channels=splits.channels)
+            self.backbone = SmallResNet(in_channels=splits.input_spec.channels)
             self.projection_head = SimCLRProjectionHead(self.backbone.out_dim, 512, 128)
             self.criterion = NTXentLoss(temperature=0.2)
 

@@ -21,7 +21,8 @@ from ssl_train.callbacks import ConfigInCheckpoint, ResumeState
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
-from ssl_train.modality import check_fits, modalities_of
+from ssl_train.modalities import modality
+from ssl_train.modalities.check import check_fits, modalities_of
 from ssl_train.module import SSLModule
 from ssl_train.portable import RUN_KEYS, load_initial_weights
 from ssl_train.tracking.trackers import TrackerRunsInCheckpoint, build_loggers
@@ -98,7 +99,7 @@ def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", in
 
 
 def check_components_fit(cfg: DictConfig, modality: str) -> None:
-    """One line when the data's modality does not fit the views, the encoder or the method (ssl_train.modality)."""
+    """One line when the data's modality does not fit the views, the encoder or the method (ssl_train.modalities.check)."""
     check_fits(modality, group_choice("data"), {group: (group_choice(group), cfg[group]) for group in ("method", "backbone", "augment")})
 
 
@@ -139,7 +140,8 @@ def use_compile(setting: bool | str, on_cuda: bool) -> bool:
 def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> Any:
     """Encoder (for the data's input), head, loss -> the method, random init; image-text methods also get a text tower
     (`text_encoder` group) for the data's tokenizer."""
-    backbone = build_encoder(cfg, splits.channels, splits.modality, initial_weights, splits.image_size)
+    kind, spec = modality(splits.modality), splits.input_spec
+    backbone = build_encoder(cfg, kind.in_channels(spec), splits.modality, initial_weights, kind.size(spec))
     projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
     loss = instantiate("loss", cfg.loss)
     method_class = hydra.utils.get_class(cfg.method._target_)
@@ -149,7 +151,7 @@ def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> 
     extra: dict[str, Any] = {}
     accepted = inspect.signature(method_class).parameters
     if "image_size" in accepted:  # masked modelling: the patch grid of the data's images
-        extra.update(image_size=splits.image_size, channels=splits.channels)
+        extra.update(image_size=kind.size(spec), channels=kind.in_channels(spec))
     if "text_encoder" in accepted:
         if cfg.get("text_encoder") is None:
             raise UserError(f"method={group_choice('method')} needs a text tower: text_encoder=transformer_small, char_cnn or hf_text")

@@ -21,7 +21,7 @@ from ssl_train.errors import UserError
 from ssl_train.eval.baselines import ResultCache, prefixed_scores, protocol_key, raw_input_baseline, weights_fingerprint, with_baselines
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
-from ssl_train.modality import RAW_INPUT_NAMES
+from ssl_train.modalities import modality
 from ssl_train.run_dir import (
     TRAINING_DONE,
     claim_output_dir,
@@ -196,7 +196,7 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, done
     if evaluators and cfg.baseline and trainer.is_global_zero:
         cache = ResultCache(cfg.paths.get("cache_dir"))
         data_cfg, eval_cfg = OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True)
-        raw = raw_input_baseline(cache, data_cfg, eval_cfg, evaluators, evaluate)
+        raw = raw_input_baseline(cache, data_cfg, eval_cfg, evaluators, evaluate, splits.modality)
         metrics.update(prefixed_scores("raw_input", raw))
         # The very same initial weights the method starts from: the fair "random-init encoder" baseline.
         initial = features_of(copy.deepcopy(built.backbone))
@@ -238,7 +238,7 @@ def _train_and_evaluate(cfg: DictConfig, built: Any, ckpt_path: str | None, done
         (output_dir / TRAINING_DONE).unlink(missing_ok=True)
         report_path = write_report(output_dir)
         log_run_end(trainer.loggers, metrics, metrics.get("steps", trainer.global_step), [metrics_path, report_path])
-        raw_name = RAW_INPUT_NAMES[splits.modality]
+        raw_name = modality(splits.modality).raw_input_name
         summary = with_baselines(f"linear probe top-1 {metrics['linear_top1']:.4f}", metrics, raw_name) if "linear_top1" in metrics else "no probe"
         if "knn_k20_top1" in metrics:
             summary += f", kNN top-1 {metrics['knn_k20_top1']:.4f}"

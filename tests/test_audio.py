@@ -32,7 +32,7 @@ def make_audio_folder(root: Path, per_class: int = 3, corrupt: int = 1, rate: in
 def test_spoken_digits_are_one_second_of_8khz_speech_with_unseen_test_voices() -> None:
     splits = SpokenDigits(train_limit=40, test_limit=20).load()
     x, label = splits.train[0]
-    assert splits.modality == "waveform" and x.shape == (8000,) and splits.channels == 1 and splits.num_classes == 10
+    assert splits.modality == "waveform" and x.shape == (8000,) and splits.input_spec.features == 1 and splits.num_classes == 10
     assert float(x.abs().max()) <= 1.0 and float(x.abs().max()) > 0.05  # speech, not silence
     assert 0 <= label < 10 and len(splits.test) == 20
 

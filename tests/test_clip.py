@@ -48,7 +48,7 @@ def test_clip_temperature_is_learnt_and_clipped_at_100() -> None:
 
 def test_embedded_pairs_carry_synthetic_captions_naming_the_class() -> None:
     splits = CaptionedFashionMNIST(captions_per_image=3, train_limit=200, test_limit=50).load()
-    assert splits.modality == "image_text" and splits.class_names == FASHION_MNIST_CLASSES and splits.channels == 1
+    assert splits.modality == "image_text" and splits.class_names == FASHION_MNIST_CLASSES and splits.input_spec.channels == 1
     for i in range(50):
         (image, captions), label = splits.train[i]
         assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and len(captions) == 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_train.data.datasets import DEBIAN_FASHION_MNIST_ROOT, EmbeddedFashionMNIST, IdxSource, read_idx
+from ssl_train.data.datasets import DEBIAN_FASHION_MNIST_ROOT, EmbeddedFashionMNIST, IdxSource, InputSpec, read_idx
 from ssl_train.data.views import MultiViewTransform
 from ssl_train.errors import UserError
 from tests.conftest import make_idx_dataset
@@ -20,7 +20,7 @@ def test_idx_source_reads_fixture(tmp_path: Path, compress: bool) -> None:
     splits = IdxSource(str(root)).load()
     assert splits.train.images.shape == (40, 1, 28, 28) and splits.train.images.dtype == torch.uint8
     assert torch.bincount(splits.test.labels).tolist() == [2] * 10
-    assert splits.num_classes == 10 and splits.channels == 1 and splits.image_size == 28
+    assert splits.num_classes == 10 and splits.input_spec == InputSpec(channels=1, size=28)
 
 
 def test_idx_reader_rejects_corrupt_file(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from ssl_train.build import build
 from ssl_train.data.cifar_stl import CIFARSource, STL10Source
+from ssl_train.data.datasets import InputSpec
 from ssl_train.data.folders import ImageFolderSource, UnlabeledFolderSource
 from ssl_train.errors import DataNotFoundError, UserError
 from ssl_train.run import run
@@ -20,7 +21,7 @@ from tests.conftest import compose_config, make_cifar, make_image_folder, make_s
 def test_cifar_loads(tmp_path: Path, num_classes: int) -> None:
     splits = CIFARSource(str(make_cifar(tmp_path, num_classes)), num_classes).load()
     assert splits.train.images.shape == (40, 3, 32, 32) and splits.test.images.shape == (20, 3, 32, 32)
-    assert splits.channels == 3 and splits.image_size == 32 and splits.num_classes == 10
+    assert splits.input_spec == InputSpec(channels=3, size=32) and splits.num_classes == 10
     assert torch.bincount(splits.train.labels).tolist() == [4] * 10
 
 

@@ -26,9 +26,9 @@ from ssl_train.data.graphs import (  # noqa: E402
     knn_edges,
     parse_wordnet_nouns,
 )
+from ssl_train.encoders.graph import GCNEncoder  # noqa: E402
 from ssl_train.errors import DataNotFoundError, UserError  # noqa: E402
 from ssl_train.eval.baselines import RawInput  # noqa: E402
-from ssl_train.encoders.graph import GCNEncoder  # noqa: E402
 from ssl_train.heads import IdentityHead  # noqa: E402
 from ssl_train.losses import DeepGraphInfomaxLoss  # noqa: E402
 from ssl_train.methods import DeepGraphInfomaxMethod  # noqa: E402
@@ -57,7 +57,7 @@ def test_dgi_method_reads_out_batch_nodes_and_trains_the_gcn() -> None:
     torch.manual_seed(0)
     x, edge_index, y = karate()
     splits = graph_splits(x, edge_index, y, torch.arange(34) < 20, "karate")
-    encoder = GCNEncoder(splits.channels, hidden_dim=16)
+    encoder = GCNEncoder(splits.input_spec.features, hidden_dim=16)
     method = DeepGraphInfomaxMethod(encoder, IdentityHead(16), DeepGraphInfomaxLoss(16))
     batch, labels = splits.pretrain.collate([splits.pretrain[i] for i in (3, 7, 30)])
     out = method([batch], labels)
@@ -71,7 +71,7 @@ def test_dgi_method_reads_out_batch_nodes_and_trains_the_gcn() -> None:
 def test_gcn_eval_readout_reuses_one_full_pass_and_forgets_it_when_training_resumes() -> None:
     x, edge_index, y = karate()
     splits = graph_splits(x, edge_index, y, torch.arange(34) < 20, "karate")
-    encoder = GCNEncoder(splits.channels, hidden_dim=8).eval()
+    encoder = GCNEncoder(splits.input_spec.features, hidden_dim=8).eval()
     graph = splits.train.graph
     with torch.no_grad():
         first = encoder(NodeBatch(graph, torch.tensor([0, 1])))
@@ -82,7 +82,7 @@ def test_gcn_eval_readout_reuses_one_full_pass_and_forgets_it_when_training_resu
         encoder.train().eval()
         fresh = encoder(NodeBatch(graph, torch.tensor([0, 1])))
     assert torch.equal(first, cached) and not torch.allclose(first, fresh)
-    assert torch.equal(RawInput()(NodeBatch(graph, torch.tensor([2]))), graph.x[[2]])  # raw baseline: node features
+    assert torch.equal(RawInput("graph")(NodeBatch(graph, torch.tensor([2]))), graph.x[[2]])  # raw baseline: node features
 
 
 def test_graph_views_drop_edges_and_mask_columns_at_their_rates() -> None:

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from ssl_train.build import build
+from ssl_train.data.datasets import InputSpec
 from ssl_train.data.sequence_views import BatchedSequenceView, SequenceViewRecipe, SequenceViews, StandardizeSequence
 from ssl_train.data.sequences import SequenceArrays, SequentialFashionMNIST
+from ssl_train.encoders.sequence import RecurrentEncoder, mel_filterbank
 from ssl_train.errors import UserError
 from ssl_train.heads import StepPredictions
 from ssl_train.losses import CPCLoss
 from ssl_train.methods import CPCMethod
-from ssl_train.encoders.sequence import RecurrentEncoder, mel_filterbank
 from tests.conftest import compose_config
 from tests.test_configs import make_sequence_arrays
 
@@ -116,14 +117,14 @@ def test_sequence_views_draw_per_sample_and_standardise() -> None:
 def test_sequential_fashion_mnist_reads_rows_as_time_steps() -> None:
     splits = SequentialFashionMNIST(train_limit=50, test_limit=20).load()
     x, _ = splits.train[0]
-    assert splits.modality == "sequence" and x.shape == (28, 28) and splits.channels == 28 and splits.image_size == 28
+    assert splits.modality == "sequence" and x.shape == (28, 28) and splits.input_spec == InputSpec(length=28, features=28)
     assert 0 <= float(x.min()) and float(x.max()) <= 1 and splits.num_classes == 10
 
 
 def test_sequence_arrays_read_npz_and_folders_and_say_what_is_wrong(tmp_path: Path) -> None:
     path = make_sequence_arrays(tmp_path / "s.npz")
     splits = SequenceArrays(str(path)).load()
-    assert splits.modality == "sequence" and len(splits.train) == 24 and splits.channels == 3
+    assert splits.modality == "sequence" and len(splits.train) == 24 and splits.input_spec.features == 3
     folder = tmp_path / "folder"
     folder.mkdir()
     with np.load(path) as arrays:

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from ssl_train.data.text import LEXNAMES, TextFiles, WordNetGlosses, read_rows, synonym_table
 from ssl_train.data.text_views import STOP_WORDS, TextEdits, TextViewRecipe, TextViews
 from ssl_train.data.tokenizers import BOS, EOS, PAD, BPETokenizer, ByteTokenizer, bpe_tokenizer
-from ssl_train.errors import DataNotFoundError, UserError
-from ssl_train.eval.baselines import RawInput, bag_of_ngrams
-from ssl_train.losses import InfoNCELoss
 from ssl_train.encoders.text import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
+from ssl_train.errors import DataNotFoundError, UserError
+from ssl_train.eval.baselines import RawInput
+from ssl_train.losses import InfoNCELoss
+from ssl_train.modalities.text import bag_of_ngrams
 from tests.optional import require
 
 CORPUS = ["the cat sat on the mat", "a dog chased the cat", "the bird sang in the tree", "dogs and cats are animals"] * 5
@@ -61,7 +62,7 @@ def test_text_files_skip_and_count_bad_rows_and_map_labels(tmp_path: Path, caplo
     assert splits.modality == "text" and splits.class_names == ("animal", "vehicle") and splits.num_classes == 2
     assert [splits.test[i] for i in range(len(splits.test))] == [("a blue bus", 1)]  # 'plant' is not a train label: skipped
     assert splits.train.skipped == 3 and splits.test.skipped == 4  # not JSON, empty line, no 'text', unseen label
-    assert splits.channels == ByteTokenizer.vocab_size and torch.equal(splits.tokenizer("a"), ByteTokenizer()("a"))
+    assert splits.input_spec.vocab_size == ByteTokenizer.vocab_size and torch.equal(splits.tokenizer("a"), ByteTokenizer()("a"))
     assert "skipped 3 row(s)" in caplog.text
     tsv = tmp_path / "lines.txt"
     tsv.write_text("pos\tgreat film\nneg\tdull plot\nno tab here\npos\tloved it\nneg\tboring\n")
@@ -200,7 +201,7 @@ def test_bag_of_ngrams_counts_what_a_loop_counts() -> None:
         expected = sum(len(ids) - n + 1 for n in (1, 2, 3) if len(ids) >= n)
         assert features[row].expm1().sum().round() == expected  # every n-gram of the non-padding tokens, none across padding
         assert features[row].expm1().max().round() == max(Counter(zip(ids, ids[1:], strict=False)).values() or [1])  # (5, 6) twice
-    assert torch.equal(RawInput()(tokens), bag_of_ngrams(tokens))  # the raw-input baseline of texts
+    assert torch.equal(RawInput("text")(tokens), bag_of_ngrams(tokens))  # the raw-input baseline of texts
 
 
 def test_simcse_loss_is_the_reference_cross_entropy_over_cosine_similarities() -> None:

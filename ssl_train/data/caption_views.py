@@ -24,7 +24,6 @@ class ImageCaptionViews:
 
     modalities = ("image_text",)
     on_device = False
-    pairs_per_sample = False  # its two views are an image and a caption: no positive image pair for the alignment metric
 
     def __init__(self, tokenizer: Callable[[str], torch.Tensor], size: int, mean: Sequence[float], std: Sequence[float], recipe: Mapping | None = None,
                  fixed_size: bool = True) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_train.data.datasets import FASHION_MNIST_CLASSES, ImageArrayDataset, Splits, channel_stats, embedded_arrays
+from ssl_train.data.datasets import FASHION_MNIST_CLASSES, ImageArrayDataset, InputSpec, Splits, channel_stats, embedded_arrays
 from ssl_train.data.folders import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, check_max_pixels
 from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS
 from ssl_train.data.text import SkipCount, read_embedded_glosses, read_records
@@ -69,7 +69,8 @@ def pair_splits(train: PairDataset, test: PairDataset, mean: Sequence[float], st
                 class_names: Sequence[str], tokenizer: Any, fixed_size: bool) -> Splits:
     """Splits of image-caption pairs (modality 'image_text'), the tokenizer made from the train captions."""
     tokenizer = (tokenizer or byte_tokenizer)(corpus=[c for captions in train.captions for c in captions])
-    return Splits(train, test, len(class_names), tuple(mean), tuple(std), channels, image_size, fixed_size=fixed_size, modality="image_text",
+    spec = InputSpec(channels=channels, size=image_size, length=tokenizer.max_length, vocab_size=tokenizer.vocab_size)
+    return Splits(train, test, len(class_names), tuple(mean), tuple(std), spec, fixed_size=fixed_size, modality="image_text",
                   tokenizer=tokenizer, class_names=tuple(class_names))
 
 

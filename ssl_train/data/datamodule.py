@@ -14,10 +14,11 @@ from torchvision.transforms import v2
 from ssl_train import dist
 from ssl_train.data.datasets import Splits, carve_validation
 from ssl_train.data.sampling import MPerClassSampler, ResumableSampler, loader_generator
-from ssl_train.data.sequence_views import StandardizeSequence
-from ssl_train.data.transformed import ImageOfPair, PairForEvaluation, TransformedDataset
-from ssl_train.data.views import BatchableCompose, eval_transform
+from ssl_train.data.transformed import PairForEvaluation, TransformedDataset
+from ssl_train.data.views import BatchableCompose
 from ssl_train.errors import UserError
+from ssl_train.modalities import Modality, modality
+from ssl_train.modalities.image import image_eval_transform
 
 VIEW_PATHS = {
     "batched": "the loader stacks uint8 images, the device crops, flips, jitters, blurs and normalises per sample",
@@ -87,11 +88,17 @@ class SSLDataModule(pl.LightningDataModule):
         """The loaded splits (loaded once, on first use; a global batch larger than the train split fails here)."""
         if self._splits is None:
             splits = self.source.load()
+            modality(splits.modality, "data.source").check_spec(splits.input_spec, "data.source")  # an unknown kind is refused here
             splits = carve_validation(splits, self.validation_fraction) if self.validation_fraction else splits
             if self.per_device_batch_size > len(splits.pretrain_set):
                 raise UserError(f"data.batch_size={self.batch_size} is larger than the train split ({len(splits.pretrain_set)} images)")
             self._splits = splits
         return self._splits
+
+    @property
+    def kind(self) -> Modality:
+        """The data's kind (ssl_train.modalities): what differs between images, sequences, texts, ..."""
+        return modality(self.splits.modality)
 
     @property
     def per_device_batch_size(self) -> int:
@@ -123,7 +130,7 @@ class SSLDataModule(pl.LightningDataModule):
         if self._views is None:
             s = self.splits
             extra = {"tokenizer": s.tokenizer} if s.tokenizer is not None else {}  # text views tokenise what they edit
-            self._views = self.views_factory(size=s.image_size, mean=s.mean, std=s.std, fixed_size=s.fixed_size, **extra)
+            self._views = self.views_factory(size=self.kind.size(s.input_spec), mean=s.mean, std=s.std, fixed_size=s.fixed_size, **extra)
         return self._views
 
     def train_dataloader(self) -> DataLoader:
@@ -142,22 +149,13 @@ class SSLDataModule(pl.LightningDataModule):
         return self._loader(TransformedDataset(s.pretrain_set, transform), self.per_device_batch_size, train=True)
 
     def _eval_transform(self) -> Callable:
-        s = self.splits
-        if s.modality == "graph":  # a node index: the encoder reads the graph
-            return lambda node: node
-        if s.modality == "text":  # a str: its token ids
-            return s.tokenizer
-        if s.modality == "image_text":  # the probes read the image of a pair (the image tower's features)
-            return ImageOfPair(self.image_eval_transform())
-        if s.modality != "image":  # sequences and waveforms: standardised per feature
-            return StandardizeSequence(s.mean, s.std)
-        return self.image_eval_transform()
+        """The deterministic transform of a test sample into the encoder's input, as the data's kind makes it."""
+        return self.kind.eval_transform(self.splits)
 
     def image_eval_transform(self) -> Callable:
         """The deterministic transform of an image (of an image source or of a pair): resize + centre-crop for files of
         any size, then scale and normalise with the data's statistics."""
-        s = self.splits
-        return eval_transform(s.mean, s.std, None if s.fixed_size else s.image_size)
+        return image_eval_transform(self.splits)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(TransformedDataset(self.splits.test, self._eval_transform()), self.eval_batch_size, train=False)
@@ -166,7 +164,7 @@ class SSLDataModule(pl.LightningDataModule):
         """The test split of image-caption data as ((image, first caption's token ids), label), for zero-shot and
         retrieval; captions tokenised by `tokenizer` (a checkpoint's training tokenizer), or this data's own."""
         s = self.splits
-        if s.modality != "image_text":
+        if not self.kind.captioned:
             raise UserError(f"zero-shot and retrieval evaluation need image-caption data (e.g. data=fmnist_captions); this data holds {s.modality} samples")
         return TransformedDataset(s.test, PairForEvaluation(self.image_eval_transform(), tokenizer or s.tokenizer))
 

@@ -45,16 +45,31 @@ class ImageArrayDataset(Dataset):
         return self.images[index], self.labels[index]
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What one sample of a source is, in the fields its kind needs (the others stay None; ssl_train.modalities reads them).
+
+    image: `channels`, `size` (side in px; the crop size for files of any size); sequence: `length` (steps), `features`
+    (per step); waveform: `length` (samples), `features` 1; graph: `nodes`, `features` (per node); text: `length`
+    (tokens), `vocab_size`; image-caption pair: the image's `channels` and `size`, the captions' `length` and `vocab_size`.
+    """
+
+    channels: int | None = None
+    size: int | None = None
+    length: int | None = None
+    features: int | None = None
+    nodes: int | None = None
+    vocab_size: int | None = None
+
+
 @dataclass
 class Splits:
     """The loaded splits of a source plus what the pipeline needs to know about them.
 
-    `train`/`test` are labelled (the probe's splits); `pretrain` holds the pretraining images (default: train;
-    label -1 where unknown). `fixed_size` is False for decoded files of any size (views crop them to
-    `image_size`; evaluation resizes and centre-crops). `modality` says what a sample is (ssl_train.modality):
-    an image (C, H, W), a sequence (T, F: `image_size` is then the length T and `channels` the F features per
-    step), a waveform (T samples, `channels` 1), a text (a str: `channels` is the tokenizer's vocabulary size and
-    `image_size` its token length) or an image-caption pair ((image, caption): `tokenizer` encodes the captions).
+    `train`/`test` are labelled (the probe's splits); `pretrain` holds the pretraining samples (default: train;
+    label -1 where unknown). `fixed_size` is False for decoded files of any size (views crop them to `input_spec.size`;
+    evaluation resizes and centre-crops). `modality` names what a sample is (ssl_train.modalities: image, sequence,
+    waveform, graph, text, image_text) and `input_spec` its shape in that kind's own terms.
     """
 
     train: Dataset
@@ -62,8 +77,7 @@ class Splits:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    channels: int
-    image_size: int
+    input_spec: InputSpec
     pretrain: Dataset | None = None
     fixed_size: bool = True
     modality: str = "image"
@@ -110,7 +124,7 @@ def make_splits(
     return Splits(
         ImageArrayDataset(train_x, torch.from_numpy(train_labels.astype(np.int64))),
         ImageArrayDataset(test_x, torch.from_numpy(test_labels.astype(np.int64))),
-        num_classes, mean, std, channels=train_x.shape[1], image_size=train_x.shape[-1], pretrain=pretrain,
+        num_classes, mean, std, InputSpec(channels=train_x.shape[1], size=train_x.shape[-1]), pretrain=pretrain,
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
-from ssl_train.data.datasets import Splits, limited
+from ssl_train.data.datasets import InputSpec, Splits, limited
 from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS, check_image, first_gif_frame
 from ssl_train.errors import DataNotFoundError, UserError
 
@@ -146,7 +146,7 @@ class ImageFolderSource:
         return Splits(
             ImageFileDataset(train_paths, train_labels, self.channels, self.max_pixels),
             ImageFileDataset(test_paths, test_labels, self.channels, self.max_pixels),
-            len(classes), self.mean, self.std, self.channels, self.image_size, fixed_size=False,
+            len(classes), self.mean, self.std, InputSpec(channels=self.channels, size=self.image_size), fixed_size=False,
         )
 
 
@@ -178,5 +178,5 @@ class UnlabeledFolderSource:
             raise UserError("data.source.probe: unlabeled pretraining needs a labelled source for the probe (e.g. an image folder)")
         splits = self.probe.load()
         paths = _limited_files(paths, [-1] * len(paths), self.train_limit, seed=0)[0]
-        splits.pretrain = ImageFileDataset(paths, [-1] * len(paths), splits.channels, self.max_pixels)
+        splits.pretrain = ImageFileDataset(paths, [-1] * len(paths), splits.input_spec.channels, self.max_pixels)  # type: ignore[arg-type]
         return splits

@@ -49,7 +49,6 @@ class GraphViews:
 
     modalities = ("graph",)
     on_device = True
-    pairs_per_sample = False  # views are of the whole graph: no per-sample positive pairs for the alignment metric
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], num_global: int = 2, recipe: Mapping | None = None,
                  per_view: Sequence[Mapping] | None = None, fixed_size: bool = True) -> None:

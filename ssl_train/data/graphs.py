@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssl_train.data.array_files import check_finite, check_labels, read_npz
-from ssl_train.data.datasets import EMBEDDED_FILE, Splits
+from ssl_train.data.datasets import EMBEDDED_FILE, InputSpec, Splits
 from ssl_train.errors import DataNotFoundError, UserError
 
 WORDNET_ROOT = "/usr/share/wordnet"
@@ -98,7 +98,7 @@ def graph_splits(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor
     pretrain = NodeDataset(graph, all_nodes, torch.where(train_mask, labels, torch.full_like(labels, -1)))
     return Splits(
         NodeDataset(graph, train_nodes, labels[train_nodes]), NodeDataset(graph, test_nodes, labels[test_nodes]),
-        int(labels.max()) + 1, mean=(0.0,), std=(1.0,), channels=x.shape[1], image_size=len(x), pretrain=pretrain, modality="graph",
+        int(labels.max()) + 1, mean=(0.0,), std=(1.0,), input_spec=InputSpec(nodes=len(x), features=x.shape[1]), pretrain=pretrain, modality="graph",
     )
 
 

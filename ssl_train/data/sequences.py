@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssl_train.data.array_files import check_finite, check_labels, read_npy, read_npz
-from ssl_train.data.datasets import Splits, embedded_arrays, limited
+from ssl_train.data.datasets import InputSpec, Splits, embedded_arrays, limited
 from ssl_train.errors import DataNotFoundError, UserError
 
 
@@ -58,7 +58,7 @@ def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     return Splits(
         SequenceArrayDataset(train, torch.from_numpy(train_y.astype(np.int64)), skipped[0]),
         SequenceArrayDataset(test, torch.from_numpy(test_y.astype(np.int64)), skipped[1]),
-        num_classes, tuple(mean.tolist()), tuple(std.tolist()), channels=steps.shape[-1], image_size=train.shape[1],
+        num_classes, tuple(mean.tolist()), tuple(std.tolist()), InputSpec(length=train.shape[1], features=steps.shape[-1]),
         modality="sequence" if train.ndim == 3 else "waveform",
     )
 

@@ -3,7 +3,7 @@ text / CSV / JSONL files.
 
 A text sample is a str; the view pipeline (ssl_train.data.text_views) and the evaluation transform (the tokenizer)
 turn it into a fixed-length int64 tensor of token ids. The tokenizer is made from the train split's texts when the
-splits load (`Splits.tokenizer`); `Splits.channels` is its vocabulary size and `Splits.image_size` its length.
+splits load (`Splits.tokenizer`); `Splits.input_spec` holds its vocabulary size and token length.
 Unreadable rows (a line that does not decode as UTF-8, invalid JSON or JSON nested past the recursion limit, a missing
 column, an empty text) are skipped, counted, and reported in one line; so are WordNet data-file lines that are not
 synset lines (a file with none is refused in one line). A CSV field over csv.field_size_limit() is NOT skipped but refused in one line naming
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_train.data.datasets import Splits
+from ssl_train.data.datasets import InputSpec, Splits
 from ssl_train.data.tokenizers import byte_tokenizer
 from ssl_train.errors import DataNotFoundError, UserError
 
@@ -70,7 +70,8 @@ def text_splits(train: TextDataset, test: TextDataset, tokenizer: TokenizerFacto
         if len(part) == 0:
             raise UserError(f"{where}: the {name} split holds no readable text")
     tokenizer = (tokenizer or byte_tokenizer)(corpus=(pretrain or train).texts)
-    return Splits(train, test, num_classes=len(class_names), mean=(), std=(), channels=tokenizer.vocab_size, image_size=tokenizer.max_length,
+    spec = InputSpec(length=tokenizer.max_length, vocab_size=tokenizer.vocab_size)
+    return Splits(train, test, num_classes=len(class_names), mean=(), std=(), input_spec=spec,
                   pretrain=pretrain, modality="text", tokenizer=tokenizer, class_names=tuple(class_names))
 
 

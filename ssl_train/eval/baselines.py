@@ -20,44 +20,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_train.data.tokenizers import hashed_ngrams
+from ssl_train.modalities import modality
 
 log = logging.getLogger(__name__)
 
 RAW_INPUT_EVALUATORS = ("linear", "knn", "image_retrieval")  # the representation metrics and the SGD probe say nothing about raw pixels
 
 
-def bag_of_ngrams(tokens: torch.Tensor, dim: int = 4096, orders: tuple[int, ...] = (1, 2, 3)) -> torch.Tensor:
-    """(N, L) token ids (0 = padding) -> (N, dim) log(1 + counts) of their 1-, 2- and 3-grams hashed into `dim` buckets:
-    the classic bag-of-n-grams text baseline (with byte tokens: character n-grams), no vocabulary needed."""
-    buckets, valid = hashed_ngrams(tokens, dim, orders)
-    counts = torch.zeros(tokens.shape[0], dim, device=tokens.device).scatter_add_(1, buckets, valid.float())
-    return counts.log1p()
-
-
 class RawInput(nn.Module):
-    """The identity encoder: (N, ...) inputs flattened to (N, D) float features (the probe standardises them); for a
-    batch of graph nodes, their feature vectors; for token ids (N, L) of texts, their hashed bag of n-grams.
+    """The identity encoder: a batch of evaluation inputs as (N, D) float features, as the data's kind makes them
+    (ssl_train.modalities: pixels, average-pooled to at most `max_dim` values for 96-224 px images so the probe stays
+    tractable; the flattened sequence; the batch nodes' own features; a hashed bag of token n-grams of texts)."""
 
-    Images with more than `max_dim` values (96 px STL-10, 224 px folders) are first average-pooled to the largest
-    square grid that fits (e.g. 3 x 36 x 36 for 4096), so the raw-input probe stays tractable: a linear probe on
-    150k raw values would cost more than the run and say no more.
-    """
-
-    def __init__(self, max_dim: int = 4096) -> None:
+    def __init__(self, kind: str = "image", max_dim: int = 4096) -> None:
         super().__init__()
-        self.max_dim = max_dim
+        self.kind, self.max_dim = modality(kind), max_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if callable(getattr(x, "raw_features", None)):  # graph nodes: their own feature vectors
-            x = x.raw_features()
-        if x.dtype == torch.long and x.ndim == 2:  # token ids of texts
-            return bag_of_ngrams(x)
-        x = x.float()
-        if x.ndim == 4 and x[0].numel() > self.max_dim:
-            side = max(1, int((self.max_dim / x.shape[1]) ** 0.5))
-            x = nn.functional.adaptive_avg_pool2d(x, side)
-        return x.flatten(1)
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.kind.raw_features(x, self.max_dim)
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -122,13 +102,13 @@ def prefixed_scores(prefix: str, result: dict[str, float]) -> dict[str, float]:
 
 def raw_input_baseline(
     cache: ResultCache, data: dict[str, Any], evaluation: dict[str, Any], evaluators: dict[str, Any],
-    evaluate: Callable[[nn.Module, dict[str, Any]], dict[str, float]],
+    evaluate: Callable[[nn.Module, dict[str, Any]], dict[str, float]], kind: str,
 ) -> dict[str, float]:
-    """The raw-input probe (linear, kNN) of this data and protocol, from the cache or computed once by `evaluate`."""
+    """The raw-input probe (linear, kNN) of this data (of modality `kind`) and protocol, from the cache or computed once by `evaluate`."""
     chosen = raw_input_evaluators(evaluators)
     if not chosen:
         return {}
-    return cache.get_or_compute("raw_input", protocol_key(data, evaluation), lambda: evaluate(RawInput(), chosen))
+    return cache.get_or_compute("raw_input", protocol_key(data, evaluation), lambda: evaluate(RawInput(kind), chosen))
 
 
 def with_baselines(summary: str, metrics: dict[str, Any], input_name: str = "raw pixels") -> str:

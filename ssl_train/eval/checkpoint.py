@@ -19,7 +19,8 @@ from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_bas
 from ssl_train.eval.metrics import alignment, augmented_view_features, lidar, positive_pair_features
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
-from ssl_train.modality import RAW_INPUT_NAMES, modalities_of
+from ssl_train.modalities import modality
+from ssl_train.modalities.check import modalities_of
 from ssl_train.run_dir import claim_output_dir, save_hydra_files, write_new
 from ssl_train.trust import stored_config, targets_in, with_current_targets
 from ssl_train.validate import validate
@@ -55,7 +56,8 @@ def load_encoder(
 def _image_size_of(train_cfg: DictConfig) -> int | None:
     """The training data's image size, for a backbone built for one (a ViT's patch grid); None for the others."""
     if needs_image_size(train_cfg.backbone):
-        return int(build_datamodule(train_cfg.data).splits.image_size)
+        splits = build_datamodule(train_cfg.data).splits
+        return modality(splits.modality).size(splits.input_spec)
     return None
 
 
@@ -85,7 +87,7 @@ def input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int
             raise UserError("ckpt_path: the checkpoint holds no convolutional backbone weights (method.backbone.*)")
         return int(first_conv.shape[1]), "image"
     splits = build_datamodule(train_cfg.data).splits
-    return splits.channels, splits.modality
+    return modality(splits.modality).in_channels(splits.input_spec), splits.modality
 
 
 def load_method(ckpt_path: Path, train_cfg: DictConfig, train_splits: Any, trust: bool = False) -> torch.nn.Module:
@@ -133,21 +135,23 @@ def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                                               on_training_data=cfg.get("data") is None)
     result = pair_metrics | evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device, datamodule.eval_batch_size)
     metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
-    if "repr" in evaluators and getattr(datamodule.views(), "pairs_per_sample", True):  # alignment: the run's own views of test samples
+    if "repr" in evaluators and modality(splits.modality).views_pair_samples:  # alignment: the run's own views of test samples
         test = splits.test
         pairs = positive_pair_features(encoder, datamodule.views(), [test[i][0] for i in range(min(len(test), 512))], device)
         metrics["repr_alignment"] = alignment(*pairs)
-        if splits.modality == "image":  # LiDAR: 8 views of each of 256 test images as surrogate classes, as during training
+        if modality(splits.modality).lidar:  # LiDAR: 8 views of each of 256 test images as surrogate classes, as during training
             images = [test[i][0] for i in range(min(len(test), 256))]
             metrics["repr_lidar"] = lidar(augmented_view_features(encoder, datamodule.views(), images, 8, device))
     raw = raw_input_baseline(
         ResultCache(cfg.paths.get("cache_dir")), OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True),
         evaluators, lambda model, chosen: evaluate_encoder(model, *datamodule.probe_datasets(), splits.num_classes, chosen, device, datamodule.eval_batch_size),
+        splits.modality,
     )
     metrics.update(prefixed_scores("raw_input", raw))
     text = json.dumps(metrics, indent=2) + "\n"  # metrics-1.json, ... when taken; never written through a symlink, a dangling one included
     metrics_path = write_new(metrics_path, text)
     next_to_ckpt = write_new(ckpt_path.parent / "metrics.json", text)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1") or k.endswith("_r1"))
-    print(f"[ssl_train] {with_baselines(scores, metrics, RAW_INPUT_NAMES[splits.modality])} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
+    raw_name = modality(splits.modality).raw_input_name
+    print(f"[ssl_train] {with_baselines(scores, metrics, raw_name)} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
     return metrics

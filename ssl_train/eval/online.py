@@ -10,6 +10,7 @@ from torch.utils.data import Subset
 from ssl_train.eval.knn import KNNClassifier
 from ssl_train.eval.linear_probe import extract_features
 from ssl_train.eval.metrics import alignment, augmented_view_features, lidar, positive_pair_features, representation_metrics
+from ssl_train.modalities import modality
 
 
 class OnlineEvaluation(pl.Callback):
@@ -48,11 +49,11 @@ class OnlineEvaluation(pl.Callback):
         scores = self.knn.evaluate_features(train_x, train_y, test_x, test_y, datamodule.splits.num_classes)
         metrics = {"knn_top1": scores[f"k{self.k}_top1"], **representation_metrics(test_x, None)}
         views = datamodule.views()
-        if getattr(views, "pairs_per_sample", True):  # graph views perturb the whole graph: no per-sample pairs
+        if modality(datamodule.splits.modality).views_pair_samples:  # graph views perturb the whole graph: no per-sample pairs
             base = datamodule.splits.test
             z_a, z_b = positive_pair_features(encoder, views, [base[i][0] for i in range(min(len(base), self.pairs))], device)
             metrics["alignment"] = alignment(z_a, z_b)
-            if self.lidar_samples and datamodule.splits.modality == "image":
+            if self.lidar_samples and modality(datamodule.splits.modality).lidar:
                 images = [base[i][0] for i in range(min(len(base), self.lidar_samples))]
                 metrics["lidar"] = lidar(augmented_view_features(encoder, views, images, self.lidar_views, device))
         for key, value in metrics.items():

@@ -54,7 +54,7 @@ def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, t
         if not paths:
             raise UserError(f"--images: no image files under {args.images}")
         s = datamodule.splits
-        dataset = TransformedDataset(ImageFileDataset(paths, [-1] * len(paths), s.channels), eval_transform(s.mean, s.std, s.image_size))
+        dataset = TransformedDataset(ImageFileDataset(paths, [-1] * len(paths), s.input_spec.channels), eval_transform(s.mean, s.std, s.input_spec.size))
         return {"images": extract_features(encoder, dataset, 256, device)}, train_cfg, [str(p) for p in paths]
     train, test = datamodule.probe_datasets()
     if args.limit:
@@ -122,7 +122,8 @@ def cmd_views(args: argparse.Namespace) -> dict:
     s, views = datamodule.splits, datamodule.views()
     images = [s.pretrain_set[i][0] for i in range(min(args.count, len(s.pretrain_set)))]
     if not s.fixed_size:
-        images = [eval_transform((0.0,) * s.channels, (1 / 255,) * s.channels, round(s.image_size / 0.875))(im).round().to(torch.uint8) for im in images]
+        channels, size = s.input_spec.channels, s.input_spec.size
+        images = [eval_transform((0.0,) * channels, (1 / 255,) * channels, round(size / 0.875))(im).round().to(torch.uint8) for im in images]
     out = _out(args, "views")
     write_png(view_grid(views, images, s.mean, s.std), str(out / "views.png"))
     return {"out": str(out / "views.png"), "images": len(images), "views_per_image": len(views(images[0]))}

@@ -17,13 +17,14 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from ssl_train.encoders import resnet
-from ssl_train.encoders.resnet import TorchvisionResNet
 from ssl_train.build import build_datamodule
 from ssl_train.checkpoint_io import fresh_dir
+from ssl_train.encoders import resnet
+from ssl_train.encoders.resnet import TorchvisionResNet
 from ssl_train.errors import UserError
 from ssl_train.eval.checkpoint import input_of, load_encoder
-from ssl_train.modality import modalities_of
+from ssl_train.modalities import modality as kind_named
+from ssl_train.modalities.check import modalities_of
 from ssl_train.portable import CARD_FILE, CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE, encoder_spec, portable_module
 from ssl_train.tracking.trackers import git_commit
 
@@ -83,7 +84,7 @@ def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: d
     method, data, modality = config["method"] or "?", config["data"] or "?", config["modality"]
     one_line = lambda value: " ".join(str(value).splitlines())  # a tag is one line; safe_dump quotes the rest
     front_matter = {"library_name": "ssl_train", "tags": ["self-supervised-learning", one_line(method), f"{one_line(modality)}-feature-extraction"],
-                    "pipeline_tag": f"{'image-feature' if modality == 'image' else 'feature'}-extraction"}  # a dict dumped: a name cannot add keys
+                    "pipeline_tag": kind_named(str(modality), "config.json modality").pipeline_tag}  # a dict dumped: a name cannot add keys
     encoder = str(config["encoder"]["_target_"]).rsplit(".", 1)[-1]
     lines = ["---", yaml.safe_dump(front_matter, sort_keys=False, default_flow_style=False).rstrip("\n"), "---", "",
              f"# {_md_text(method)} encoder ({_md_text(encoder)}, {_md_number(config['out_dim'])}-d features)", "",
@@ -126,9 +127,9 @@ def export_backbone(
     state = {k: v.contiguous() for k, v in portable_module(encoder).state_dict().items()}
     in_channels, modality = input_of(cfg, encoder.state_dict())
     serves = modalities_of(cfg.backbone) or ()
-    splits = build_datamodule(cfg.data).splits
+    splits, kind = build_datamodule(cfg.data).splits, kind_named(modality)
     spec = encoder_spec(encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None,
-                        splits.image_size if modality == "image" else None)
+                        kind.size(splits.input_spec))  # kept only by an encoder that takes image_size (a ViT)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
@@ -139,10 +140,9 @@ def export_backbone(
         torch.save(state, out / weights_file)
     run_metrics = ckpt_path.parent.parent / "metrics.json"
     probe = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
-    image_input = {"channels": splits.channels, "image_size": splits.image_size, "mean": list(splits.mean), "std": list(splits.std)}
-    image_input = image_input if modality == "image" else {}
     config = {
-        "library": "ssl_train", "encoder": spec, "weights": weights_file, "modality": modality, "out_dim": int(encoder.out_dim), "input": image_input,
+        "library": "ssl_train", "encoder": spec, "weights": weights_file, "modality": modality, "out_dim": int(encoder.out_dim),
+        "input": kind.export_input(splits),
         "method": cfg.method.get("name"), "data": cfg.data.source.get("_target_", "?").rsplit(".", 1)[-1], "checkpoint": str(ckpt_path.resolve()),
         "commit": git_commit(), "probe": probe, "training_config": OmegaConf.to_container(cfg, resolve=False),
     }
@@ -150,8 +150,8 @@ def export_backbone(
     config["how_to_load"] = snippets
     if isinstance(encoder, resnet.SmallResNet):
         (out / MODELING_FILE).write_text(inspect.getsource(resnet))  # torch + torchvision only: the class travels with its weights
-    if modality == "image":
-        example = torch.zeros(1, in_channels, splits.image_size, splits.image_size)
+    example = kind.example_input(splits.input_spec, in_channels)
+    if example is not None:  # a traceable input (images)
         if torchscript:
             torch.jit.trace(encoder, example).save(str(out / "backbone.torchscript.pt"))
             config["torchscript"] = "backbone.torchscript.pt"

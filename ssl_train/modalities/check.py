@@ -1,4 +1,4 @@
-"""What a sample is (image, sequence, waveform, graph node, text, image-caption pair) and the one build-time check that data, views, encoder and method fit.
+"""The one build-time check that data, views, encoder and method fit the data's kind (ssl_train.modalities).
 
 Data sources put their modality on `Splits.modality`; view pipelines, encoders and methods say which modalities
 they take in a class attribute `modalities` (a tuple; a method without one is modality-free: a siamese loss works
@@ -15,15 +15,9 @@ import yaml
 from hydra.utils import get_class
 
 from ssl_train.errors import UserError
+from ssl_train.modalities import modality as kind_named
 
-MODALITIES = ("image", "sequence", "waveform", "graph", "text", "image_text")
-RAW_INPUT_NAMES = {
-    "image": "raw pixels", "sequence": "raw sequence", "waveform": "raw waveform", "graph": "raw node features",
-    "text": "bag of token n-grams", "image_text": "raw pixels",
-}
-HOLDS = {"text": "texts", "image_text": "image-caption pairs"}  # how the one-line error names the samples (default: <modality>s)
-COMPONENT_INPUT = {("image_text", "backbone"): "image"}  # what a component reads of a sample: the image tower reads the image of a pair
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def modalities_of(target: Any) -> tuple[str, ...] | None:
@@ -71,11 +65,10 @@ def check_fits(modality: str, data_choice: str, components: dict[str, tuple[str,
     `components` maps a group ('method', 'backbone', 'augment': checked in that order) to (its chosen option, its
     config node or class).
     """
-    if modality not in MODALITIES:
-        raise UserError(f"data={data_choice}: unknown modality {modality!r}; allowed: {', '.join(MODALITIES)}")
+    kind = kind_named(modality, f"data={data_choice}")
     for group, (choice, target) in components.items():
         declared = modalities_of(target)
-        needed = COMPONENT_INPUT.get((modality, group), modality)
+        needed = kind.reads(group)
         if declared is not None and needed not in declared:
             if group == "method":  # the method is what the user asked for: say which data it takes
                 fits = tuple(dict.fromkeys(o for m in declared for o in options_for("data", m)))
@@ -83,4 +76,4 @@ def check_fits(modality: str, data_choice: str, components: dict[str, tuple[str,
             else:
                 fits = options_for(group, needed)
                 hint = f"; {group} options for {needed} data: {', '.join(fits)}" if fits else f"; no {group} option takes {needed} data"
-            raise UserError(f"{group}={choice} takes {'/'.join(declared)} data, but data={data_choice} holds {HOLDS.get(modality, modality + 's')}{hint}")
+            raise UserError(f"{group}={choice} takes {'/'.join(declared)} data, but data={data_choice} holds {kind.holds}{hint}")
