@@ -14,7 +14,8 @@ import argparse
 import torch
 from bench_modalities import built_from, timed  # the same timing and config building as the other modality benchmarks
 
-from ssl_train.methods.masked import patchify, random_masking
+from ssl_train.methods.masks import random_masking
+from ssl_train.methods.patches import patchify
 
 
 def training_step_time(built, batch: int, steps: int, rounds: int) -> float:  # noqa: ANN001

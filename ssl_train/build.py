@@ -6,7 +6,7 @@ Any failure is reported as one line naming the group and choice, e.g. "backbone=
 from __future__ import annotations
 
 import copy
-import inspect
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from ssl_train.modalities import modality
 from ssl_train.modalities.check import check_fits, modalities_of
 from ssl_train.module import SSLModule
 from ssl_train.portable import RUN_KEYS, load_initial_weights
+from ssl_train.protocols import StepPredictor, prefers_channels_last, takes
 from ssl_train.tracking.trackers import TrackerRunsInCheckpoint, build_loggers
 from ssl_train.validate import validate
 
@@ -73,8 +74,8 @@ class Built:
 
 
 def needs_image_size(backbone_cfg: DictConfig) -> bool:
-    """Whether the backbone class declares `needs_image_size` (a ViT is built for the data's patch grid)."""
-    return bool(getattr(hydra.utils.get_class(backbone_cfg._target_), "needs_image_size", False))
+    """Whether the backbone class takes `image_size` (a ViT is built for the data's patch grid)."""
+    return takes(hydra.utils.get_class(backbone_cfg._target_), "image_size")
 
 
 def build_encoder(cfg: DictConfig, in_channels: int, modality: str = "image", initial_weights: bool = True, image_size: int | None = None) -> Any:
@@ -122,7 +123,7 @@ def build_evaluators(eval_cfg: DictConfig) -> dict[str, Any]:
 def use_channels_last(setting: bool | str, backbone: Any) -> bool:
     """`channels_last`: true/false as given; `auto` follows the backbone's `prefers_channels_last` (conv nets: measured faster)."""
     if setting == "auto":
-        return bool(getattr(backbone, "prefers_channels_last", False))
+        return prefers_channels_last(backbone)
     if isinstance(setting, bool):
         return setting
     raise UserError(f"channels_last must be true, false or auto, got {setting!r}")
@@ -145,14 +146,13 @@ def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> 
     projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
     loss = instantiate("loss", cfg.loss)
     method_class = hydra.utils.get_class(cfg.method._target_)
-    if getattr(projector, "predicts_steps", False) and not getattr(method_class, "uses_step_predictions", False):
+    if isinstance(projector, StepPredictor) and typing.get_type_hints(method_class.__init__).get("projector") is not StepPredictor:
         raise UserError(f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
                         "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)")
-    extra: dict[str, Any] = {}
-    accepted = inspect.signature(method_class).parameters
-    if "image_size" in accepted:  # masked modelling: the patch grid of the data's images
+    extra: dict[str, Any] = {"name": group_choice("method")} if takes(method_class, "name") and group_choice("method") != "?" else {}
+    if takes(method_class, "image_size"):  # masked modelling: the patch grid of the data's images
         extra.update(image_size=kind.size(spec), channels=kind.in_channels(spec))
-    if "text_encoder" in accepted:
+    if takes(method_class, "text_encoder"):
         if cfg.get("text_encoder") is None:
             raise UserError(f"method={group_choice('method')} needs a text tower: text_encoder=transformer_small, char_cnn or hf_text")
         extra["text_encoder"] = instantiate("text_encoder", instantiate("text_encoder", cfg.text_encoder), in_channels=splits.tokenizer.vocab_size)

@@ -82,7 +82,6 @@ class StepPredictions(nn.Module):
     """CPC's predictions (van den Oord et al. 2018): one linear map W_k per step ahead k = 1..steps, from the context c_t
     to the latent z_{t+k}; (..., in_dim) -> (..., steps, out_dim). The K maps are one Linear of K x out_dim outputs."""
 
-    predicts_steps = True  # not a vector head: only a method with `uses_step_predictions` (CPC) can use it
 
     def __init__(self, in_dim: int, out_dim: int = 128, steps: int = 4) -> None:
         super().__init__()

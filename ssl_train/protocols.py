@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,6 +39,89 @@ class EditsGradients(Protocol):
     """A method that edits gradients between backward and the optimizer step (frozen prototypes or last layer)."""
 
     def on_after_backward(self, step: int, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class PatchTokenEncoder(Protocol):
+    """An encoder of image patches (a ViT): `tokens(images, keep=, masked=, mask_token=)` -> (N, prefix + L, D), `pool`,
+    `num_patches(image_size)`; `patch_size` is None when the same class wraps a CNN (TimmEncoder)."""
+
+    patch_size: int | None
+
+    def tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None, masked: torch.Tensor | None = None,
+               mask_token: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def num_patches(self, image_size: int) -> int: ...
+
+
+def is_vit(backbone: object) -> bool:
+    """Whether `backbone` encodes patch tokens (PatchTokenEncoder with a patch size)."""
+    return isinstance(backbone, PatchTokenEncoder) and backbone.patch_size is not None
+
+
+@runtime_checkable
+class FeatureMapEncoder(Protocol):
+    """A CNN that exposes its stages: `stages(x)` -> feature maps (widths `stage_widths`), `pool(last map)` -> vector."""
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def pool(self, feature_map: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class GraphEncoder(Protocol):
+    """A graph encoder: node embeddings of a whole graph, `embed(x, edge_index)` -> (nodes, D)."""
+
+    def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class StepEncoder(Protocol):
+    """A sequence encoder for predictive coding: per-step latents, causal context, pooled vector."""
+
+    def encode_steps(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def context(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def pool(self, c: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class StepPredictor(Protocol):
+    """A head that predicts `steps` future latents (N, T, steps, D) instead of one vector: for CPC only."""
+
+    steps: int
+
+    def __call__(self, context: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PrefersChannelsLast(Protocol):
+    """An encoder that says whether NHWC memory is faster for it (conv nets)."""
+
+    prefers_channels_last: bool
+
+
+def prefers_channels_last(backbone: object) -> bool:
+    return isinstance(backbone, PrefersChannelsLast) and bool(backbone.prefers_channels_last)
+
+
+@runtime_checkable
+class CountsSkippedImages(Protocol):
+    """A datamodule that counts the images its guarded decoders skipped."""
+
+    def skipped_images(self) -> int: ...
+
+
+def takes(component: Any, argument: str) -> bool:
+    """Whether a class's constructor or a callable takes `argument` by name (a loss's forward `labels`, a method's
+    `image_size`): the signature is the declaration."""
+    try:
+        return argument in inspect.signature(component).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @runtime_checkable

@@ -38,7 +38,7 @@ def test_simclr_gradients_reach_encoder() -> None:
 def test_byol_target_gets_no_gradients_online_does() -> None:
     method = _byol()
     method(_views())["loss"].backward()
-    targets = list(method.target_backbone.parameters()) + list(method.target_projector.parameters())
+    targets = list(method.target["backbone"].parameters()) + list(method.target["projector"].parameters())
     assert all(p.grad is None and not p.requires_grad for p in targets)
     assert all(p.grad is not None for p in method.predictor.parameters())
     assert all(p.grad is not None for p in method.backbone.parameters())
@@ -49,12 +49,12 @@ def test_byol_target_moves_by_ema_rule() -> None:
     with torch.no_grad():
         for p in method.backbone.parameters():
             p.add_(1.0)  # pretend an optimizer step moved the online network
-    before = copy.deepcopy(method.target_backbone.state_dict())
+    before = copy.deepcopy(method.target["backbone"].state_dict())
     online = copy.deepcopy(method.backbone.state_dict())
     method.on_optimizer_step(step=25, max_steps=100)
     tau = 1 - (1 - 0.9) * (math.cos(math.pi * 25 / 100) + 1) / 2
     assert method.momentum == pytest.approx(tau)
-    for key, value in method.target_backbone.state_dict().items():
+    for key, value in method.target["backbone"].state_dict().items():
         if value.dtype.is_floating_point:
             torch.testing.assert_close(value, tau * before[key] + (1 - tau) * online[key])
 
@@ -67,7 +67,7 @@ def test_cosine_momentum_schedule_endpoints() -> None:
 
 def test_simsiam_mode_has_no_target_network() -> None:
     method = _byol(momentum_base=0.0, momentum_final=0.0, use_target_network=False)
-    assert method.target_backbone is None
+    assert method.target is None
     method(_views())["loss"].backward()
     assert all(p.grad is not None for p in method.backbone.parameters())
 

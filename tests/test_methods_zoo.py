@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from ssl_train.encoders.resnet import SmallResNet
 from ssl_train.build import build
+from ssl_train.encoders.resnet import SmallResNet
 from ssl_train.errors import UserError
 from ssl_train.heads import MLP, DINOHead
 from ssl_train.losses import DINOLoss, InfoNCELoss, SupConLoss, SwAVLoss
@@ -38,14 +39,14 @@ def test_feature_queue_is_fifo_and_tracks_fill() -> None:
 
 def test_mocov2_queue_receives_normalised_keys_and_supplies_negatives() -> None:
     backbone = _backbone()
-    method = TargetNetworkMethod(backbone, MLP(16, 32, 8), InfoNCELoss(0.2), predictor=None, queue_size=32)
+    method = TargetNetworkMethod(backbone, MLP(16, 32, 8), InfoNCELoss(0.2), predictor=None, queue=partial(FeatureQueue, 32, random_init=True))
     before = method.queue.features.clone()
     out = method(_views())
     out["loss"].backward()
     changed = (method.queue.features != before).any(1)
     assert int(changed.sum()) == 16  # two global views x 8 keys
     torch.testing.assert_close(method.queue.features[changed].norm(dim=1), torch.ones(16))
-    assert all(p.grad is None for p in method.target_backbone.parameters())
+    assert all(p.grad is None for p in method.target["backbone"].parameters())
 
 
 def test_nnclr_uses_support_set_neighbours() -> None:
@@ -63,17 +64,17 @@ def test_dino_teacher_gets_no_grad_moves_by_ema_and_sees_global_views_only() -> 
     backbone = _backbone()
     method = DINOMethod(backbone, DINOHead(16, 32, 8, 20), DINOLoss(out_dim=20), momentum_base=0.9)
     seen = []
-    method.teacher_backbone.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    method.teacher["backbone"].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     out = method(_views(sizes=(16, 16, 8, 8)))
     out["loss"].backward()
     assert seen == [(16, 1, 16, 16)]
-    assert all(p.grad is None for p in method.teacher_backbone.parameters())
+    assert all(p.grad is None for p in method.teacher["backbone"].parameters())
     assert all(p.grad is not None for p in method.backbone.parameters())
-    before = copy.deepcopy(method.teacher_projector.state_dict())
+    before = copy.deepcopy(method.teacher["projector"].state_dict())
     online = copy.deepcopy(method.projector.state_dict())
     method.on_optimizer_step(0, 100)
     key = "last_layer.weight"
-    torch.testing.assert_close(method.teacher_projector.state_dict()[key], 0.9 * before[key] + 0.1 * online[key])
+    torch.testing.assert_close(method.teacher["projector"].state_dict()[key], 0.9 * before[key] + 0.1 * online[key])
     assert method.loss.center.abs().sum() > 0
 
 
@@ -170,16 +171,17 @@ def test_every_method_with_every_head_steps_or_says_why(method: str, head: str, 
 
 
 def test_mocov2_shuffled_bn_encodes_keys_in_random_sub_batches_and_returns_them_in_order() -> None:
-    method = TargetNetworkMethod(_backbone(), MLP(16, 32, 8, batch_norm=False), InfoNCELoss(0.2), queue_size=16, shuffle_bn_splits=4)
+    queue = partial(FeatureQueue, 16, random_init=True)
+    method = TargetNetworkMethod(_backbone(), MLP(16, 32, 8, batch_norm=False), InfoNCELoss(0.2), queue=queue, shuffle_bn_splits=4)
     seen = []
-    method.target_backbone.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    method.target["backbone"].register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
     x = torch.randn(16, 1, 16, 16)
     keys = method._target(x)
     assert seen == [4, 4, 4, 4]  # BatchNorm statistics of 4 random sub-batches, never of the queries' whole batch
     method.eval()  # running statistics: no batch dependence left, so the order must be exactly the input's
-    torch.testing.assert_close(method._target(x), method.target_projector(method.target_backbone(x)))
+    torch.testing.assert_close(method._target(x), method.target["projector"](method.target["backbone"](x)))
     method.train()
-    chunked = torch.cat([method.target_projector(method.target_backbone(c)) for c in x.chunk(4)])
+    chunked = torch.cat([method.target["projector"](method.target["backbone"](c)) for c in x.chunk(4)])
     assert not torch.allclose(keys, chunked)  # shuffled before splitting (the sub-batches are not the first/last 4)
     with pytest.raises(ValueError, match="shuffle_bn_splits"):
         TargetNetworkMethod(_backbone(), MLP(16, 32, 8), InfoNCELoss(0.2), use_target_network=False, shuffle_bn_splits=2)

@@ -52,12 +52,12 @@ def test_run_killed_mid_epoch_resumes_state_and_finishes_with_same_step_count(tm
     seen = {}
 
     def record_restored_state(self) -> None:  # noqa: ANN001
-        seen.update({k: v.detach().clone() for k, v in self.state_dict().items() if "queue" in k or "target_backbone" in k})
+        seen.update({k: v.detach().clone() for k, v in self.state_dict().items() if "queue" in k or "target.backbone" in k})
 
     monkeypatch.setattr(SSLModule, "on_train_start", record_restored_state, raising=False)
     resumed = run(compose_config([*overrides, f"ckpt_path={tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}"], tmp_path / "resumed"))
     assert resumed["steps"] == uninterrupted["steps"] == 6
-    assert any("queue" in k for k in seen) and any("target_backbone" in k for k in seen)
+    assert any("queue" in k for k in seen) and any("target.backbone" in k for k in seen)
     for key, value in seen.items():
         torch.testing.assert_close(value, checkpoint["state_dict"][key], msg=key)
 

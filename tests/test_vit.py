@@ -12,7 +12,9 @@ from ssl_train.errors import UserError
 from ssl_train.eval.finetune import FineTune, layer_decay_groups, layer_of
 from ssl_train.eval.low_shot import LowShotProbe, balanced_subset
 from ssl_train.losses import MaskedPixelLoss
-from ssl_train.methods.masked import MAEMethod, patchify, random_masking, sincos_2d, unpatchify
+from ssl_train.methods.mae import MAEMethod
+from ssl_train.methods.masks import random_masking
+from ssl_train.methods.patches import patchify, sincos_2d, unpatchify
 from ssl_train.run import run
 from tests.conftest import compose_config
 from tests.optional import require

@@ -86,7 +86,8 @@ def test_class_token_attention_equals_timm_unfused_attention() -> None:
 
 def test_simmim_mask_counts_blocks_and_the_loss_is_the_reference_l1() -> None:
     from ssl_train.losses import MaskedPixelLoss
-    from ssl_train.methods.masked import block_mask, patchify
+    from ssl_train.methods.masks import block_mask
+    from ssl_train.methods.patches import patchify
 
     mask = block_mask(3, 7, 0.6, 2)
     assert mask.shape == (3, 14, 14) and torch.equal(mask[:, ::2, ::2].sum((1, 2)), torch.full((3,), float(math.ceil(49 * 0.6))))
@@ -137,7 +138,7 @@ def test_simmim_vit_replaces_masked_embeddings_and_a_cnn_learns_to_fill_blocks()
 
 
 def test_ijepa_masks_are_blocks_and_the_context_never_sees_a_target() -> None:
-    from ssl_train.methods.masked import multiblock_masks
+    from ssl_train.methods.masks import multiblock_masks
 
     g = torch.Generator().manual_seed(0)
     context, targets = multiblock_masks(8, 7, num_targets=4, generator=g)
@@ -185,12 +186,12 @@ def test_ijepa_predicts_targets_from_context_and_moves_its_target_encoder() -> N
     out["loss"].backward()
     assert out["features"].shape == (4, 192) and out["logs"]["context_patches"] + out["logs"]["target_patches"] <= 49  # disjoint
     assert vit.model.blocks[0].attn.qkv.weight.grad is not None and method.predictor.mask_token.grad.abs().sum() > 0
-    assert all(p.grad is None for p in method.target_encoder.parameters())
-    before = method.target_encoder.model.blocks[0].attn.qkv.weight.clone()
+    assert all(p.grad is None for p in method.target["encoder"].parameters())
+    before = method.target["encoder"].model.blocks[0].attn.qkv.weight.clone()
     with torch.no_grad():
         vit.model.blocks[0].attn.qkv.weight.add_(1.0)
     method.on_optimizer_step(0, 10)  # momentum 0.5 at step 0: halfway to the online weights
-    torch.testing.assert_close(method.target_encoder.model.blocks[0].attn.qkv.weight, 0.5 * before + 0.5 * vit.model.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(method.target["encoder"].model.blocks[0].attn.qkv.weight, 0.5 * before + 0.5 * vit.model.blocks[0].attn.qkv.weight)
 
 
 def test_dino_koleo_term_adds_the_weighted_regulariser() -> None:
@@ -203,8 +204,8 @@ def test_dino_koleo_term_adds_the_weighted_regulariser() -> None:
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
     plain = DINOMethod(vit, DINOHead(in_dim=192, out_dim=64, hidden_dim=32, bottleneck_dim=16), DINOLoss(out_dim=64))
     with_koleo = DINOMethod(vit, plain.projector, DINOLoss(out_dim=64), koleo_weight=0.1)
-    with_koleo.teacher_backbone.load_state_dict(plain.teacher_backbone.state_dict())
-    with_koleo.teacher_projector.load_state_dict(plain.teacher_projector.state_dict())
+    with_koleo.teacher["backbone"].load_state_dict(plain.teacher["backbone"].state_dict())
+    with_koleo.teacher["projector"].load_state_dict(plain.teacher["projector"].state_dict())
     vit.eval()  # no drop-path randomness between the two passes
     base, regularised = plain(views), with_koleo(views)
     koleo = sum(KoLeoLoss()(vit(v)) for v in views)
@@ -236,7 +237,7 @@ def test_ibot_patch_loss_equals_a_per_image_loop_over_masked_patches() -> None:
 
 
 def test_beit_block_masks_never_exceed_the_ratio_and_leave_ratio_zero_images_whole() -> None:
-    from ssl_train.methods.masked import beit_block_masks
+    from ssl_train.methods.masks import beit_block_masks
 
     ratios = torch.tensor([0.0, 0.3, 0.5, 0.45] * 16)
     masks = beit_block_masks(ratios, 14, generator=torch.Generator().manual_seed(0))
@@ -252,16 +253,16 @@ def test_beit_block_masks_never_exceed_the_ratio_and_leave_ratio_zero_images_who
     assert torch.equal(masks, again)
 
 
-def test_dino_ibot_term_adds_the_masked_patch_distillation_and_trains_the_mask_token() -> None:
+def test_ibot_adds_the_masked_patch_distillation_to_dino_and_trains_the_mask_token() -> None:
     from ssl_train.heads import DINOHead
     from ssl_train.losses import DINOLoss, IBOTPatchLoss
-    from ssl_train.methods import DINOMethod
-    from ssl_train.methods.masked import beit_block_masks
+    from ssl_train.methods import DINOMethod, IBOTMethod
+    from ssl_train.methods.masks import beit_block_masks
 
     torch.manual_seed(0)
     vit = tiny_vit().eval()  # no drop-path randomness between passes
     head = DINOHead(in_dim=192, out_dim=64, hidden_dim=32, bottleneck_dim=16)
-    method = DINOMethod(vit, head, DINOLoss(out_dim=64), ibot_weight=0.5, ibot_masked_share=1.0, ibot_mask_ratio=[0.3, 0.3])
+    method = IBOTMethod(vit, head, DINOLoss(out_dim=64), patch_weight=0.5, masked_share=1.0, mask_ratio_range=[0.3, 0.3])
     with torch.no_grad():
         method.mask_token.normal_()
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.randn(4, 1, 12, 12)]
@@ -274,17 +275,17 @@ def test_dino_ibot_term_adds_the_masked_patch_distillation_and_trains_the_mask_t
     images = torch.cat(views[:2])
     tokens = vit.tokens(images, masked=masks, mask_token=method.mask_token)
     student = [head(h) for h in vit.pool(tokens).chunk(2)] + [head(vit(views[2]))]
-    teacher = [method.teacher_projector(method.teacher_backbone(v)) for v in views[:2]]
-    teacher_patches = method.teacher_projector(method.teacher_backbone.tokens(images)[:, 1:]).chunk(2)
+    teacher = [method.teacher["projector"](method.teacher["backbone"](v)) for v in views[:2]]
+    teacher_patches = method.teacher["projector"](method.teacher["backbone"].tokens(images)[:, 1:]).chunk(2)
     cls = DINOLoss(out_dim=64)(student, teacher)
     patches = IBOTPatchLoss(out_dim=64, teacher_temp=0.07)(head(tokens[:, 1:]).chunk(2), teacher_patches, masks.chunk(2))
     torch.testing.assert_close(out["loss"], cls + 0.5 * patches)
     assert 0.2 < out["logs"]["masked_fraction"] <= 0.3 and out["logs"]["ibot_patch"] > 0
     out["loss"].backward()
     assert method.mask_token.grad.abs().sum() > 0
-    assert DINOMethod(vit, head, DINOLoss(out_dim=64)).mask_token is None  # off by default: no extra parameter
-    with pytest.raises(ValueError, match="ibot_weight > 0 masks patch tokens and needs a ViT"):
-        DINOMethod(nn.Sequential(nn.Flatten(), nn.Linear(784, 192)), head, DINOLoss(out_dim=64), ibot_weight=1.0)
+    assert not hasattr(DINOMethod(vit, head, DINOLoss(out_dim=64)), "mask_token")  # plain DINO: no extra parameter
+    with pytest.raises(ValueError, match="masks patch tokens and needs a ViT"):
+        IBOTMethod(nn.Sequential(nn.Flatten(), nn.Linear(784, 192)), head, DINOLoss(out_dim=64))
 
 
 def test_weight_decay_follows_a_cosine_on_decayed_weights_only() -> None:

@@ -1,14 +1,8 @@
-"""Methods: small nn.Modules whose forward(views, labels) returns {"loss", "features", "logs"}."""
+"""Methods: small nn.Modules whose forward(views, labels) returns {"loss", "features", "logs"}; every `*Method` class of the
+package's modules is exported here, found, not listed."""
 
-from ssl_train.methods.infomax import DeepGraphInfomaxMethod, DeepInfoMaxMethod
-from ssl_train.methods.masked import IJEPAMethod, MAEMethod, SimMIMMethod
-from ssl_train.methods.multicrop import DINOMethod, SwAVMethod
-from ssl_train.methods.predictive_coding import CPCMethod
-from ssl_train.methods.siamese import NNCLRMethod, SiameseMethod
-from ssl_train.methods.target_network import TargetNetworkMethod
-from ssl_train.methods.two_tower import CLIPMethod
+from ssl_train.discovery import classes_in
 
-__all__ = [
-    "SiameseMethod", "NNCLRMethod", "TargetNetworkMethod", "DINOMethod", "SwAVMethod", "CPCMethod", "DeepInfoMaxMethod", "DeepGraphInfomaxMethod",
-    "CLIPMethod", "MAEMethod", "SimMIMMethod", "IJEPAMethod",
-]
+_found = classes_in(__name__, __path__, lambda name, cls: name.endswith("Method"))
+globals().update(_found)
+__all__ = sorted(_found)

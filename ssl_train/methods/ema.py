@@ -1,8 +1,11 @@
-"""EMA target networks (BYOL, MoCo, DINO): the momentum schedule and the update, in one place."""
+"""The EMA target network (BYOL, MoCo, DINO, iBOT, I-JEPA): stop-gradient copies of online modules, the momentum schedule
+and the update, in one component."""
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -12,6 +15,14 @@ def cosine_momentum(step: int, max_steps: int, base: float, final: float = 1.0) 
     """BYOL's EMA coefficient: tau = final - (final - base) * (cos(pi * step / max_steps) + 1) / 2."""
     progress = min(1.0, step / max(1, max_steps))
     return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def linear_momentum(step: int, max_steps: int, base: float, final: float = 1.0) -> float:
+    """I-JEPA's EMA coefficient: base + (final - base) * step / max_steps."""
+    return base + (final - base) * min(1.0, step / max(1, max_steps))
+
+
+SCHEDULES = {"cosine": cosine_momentum, "linear": linear_momentum}
 
 
 @torch.no_grad()
@@ -24,3 +35,34 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
             t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
         else:
             t.copy_(o)
+
+
+class EMATarget(nn.ModuleDict):
+    """Frozen copies of the online modules given by name (`EMATarget(backbone=b, projector=p)` -> `target["backbone"]`),
+    moved towards them after each optimizer step with momentum from `base` to `final` (`schedule`: cosine or linear)."""
+
+    def __init__(self, base: float = 0.99, final: float = 1.0, schedule: Literal["cosine", "linear"] = "cosine", **online: nn.Module) -> None:
+        if not 0.0 <= base <= final <= 1.0:
+            raise ValueError(f"method.momentum_base/final must satisfy 0 <= base <= final <= 1, got {base}, {final}")
+        super().__init__({name: copy.deepcopy(module).requires_grad_(False) for name, module in online.items()})
+        self.base, self.final, self.schedule, self.momentum = base, final, SCHEDULES[schedule], base
+
+    @torch.no_grad()
+    def follow(self, step: int, max_steps: int, **online: nn.Module) -> None:
+        """After optimizer step `step`: the momentum of the schedule at that step, then every copy moved towards its online module."""
+        self.momentum = self.schedule(step, max_steps, self.base, self.final)
+        for name, module in online.items():
+            ema_update(self[name], module, self.momentum)
+
+
+def renamed_keys(renames: dict[str, str]):  # noqa: ANN201 - a state_dict pre-hook
+    """A load_state_dict pre-hook reading checkpoints written before EMATarget (`target_backbone.` -> `target.backbone.`)."""
+
+    def hook(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            for old, new in renames.items():
+                if key[len(prefix):].startswith(old):
+                    state_dict[prefix + new + key[len(prefix) + len(old):]] = state_dict.pop(key)
+                    break
+
+    return hook

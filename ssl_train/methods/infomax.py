@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from ssl_train.heads import MutualInformationNet
+from ssl_train.losses.dgi import DeepGraphInfomaxLoss
+from ssl_train.protocols import FeatureMapEncoder, GraphEncoder
 
 
 class DeepInfoMaxMethod(nn.Module):
@@ -26,7 +28,7 @@ class DeepInfoMaxMethod(nn.Module):
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, local_stage: int = -2, name: str = "dim") -> None:
         super().__init__()
-        if not (callable(getattr(backbone, "stages", None)) and callable(getattr(backbone, "pool", None))):
+        if not isinstance(backbone, FeatureMapEncoder):
             raise ValueError(f"method={name} needs a backbone that exposes its feature maps (stages/pool), got {type(backbone).__name__}")
         widths = list(backbone.stage_widths)
         if not -len(widths) <= local_stage < len(widths):
@@ -56,10 +58,10 @@ class DeepGraphInfomaxMethod(nn.Module):
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, name: str = "dgi") -> None:
         super().__init__()
-        if not callable(getattr(backbone, "embed", None)):
+        if not isinstance(backbone, GraphEncoder):
             raise ValueError(f"method={name} needs a graph encoder with embed(x, edge_index) (backbone=gcn), got {type(backbone).__name__}")
-        dim = getattr(loss, "weight", torch.empty(0, 0)).shape[0]
-        if getattr(projector, "out_dim", dim) != dim:
+        dim = loss.weight.shape[0] if isinstance(loss, DeepGraphInfomaxLoss) else projector.out_dim
+        if projector.out_dim != dim:
             raise ValueError(f"method={name}: the head gives {projector.out_dim}-d embeddings but loss.dim is {dim}; DGI uses head=identity")
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ssl_train.protocols import StepEncoder, StepPredictor
+
 
 class CPCMethod(nn.Module):
     """Contrastive Predictive Coding (van den Oord, Li & Vinyals 2018): z = g_enc(x) per time step, c = g_ar(z) (a GRU),
@@ -18,14 +20,12 @@ class CPCMethod(nn.Module):
     """
 
     modalities = ("sequence", "waveform")
-    uses_step_predictions = True
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, name: str = "cpc") -> None:
+    def __init__(self, backbone: nn.Module, projector: StepPredictor, loss: nn.Module, name: str = "cpc") -> None:
         super().__init__()
-        for needed in ("encode_steps", "context", "pool"):
-            if not callable(getattr(backbone, needed, None)):
-                raise ValueError(f"method={name} needs a backbone with encode_steps/context/pool (backbone=recurrent), got {type(backbone).__name__}")
-        if not getattr(projector, "predicts_steps", False):
+        if not isinstance(backbone, StepEncoder):
+            raise ValueError(f"method={name} needs a backbone with encode_steps/context/pool (backbone=recurrent), got {type(backbone).__name__}")
+        if not isinstance(projector, StepPredictor):
             raise ValueError(f"method={name} needs head=cpc_predictions (K linear predictions of future latents), got {type(projector).__name__}")
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from ssl_train.methods.common import encode_views, pairs_over_views
 from ssl_train.methods.queue import FeatureQueue
+from ssl_train.protocols import takes
 
 
 class SiameseMethod(nn.Module):
@@ -22,6 +23,7 @@ class SiameseMethod(nn.Module):
         super().__init__()
         self.backbone, self.projector, self.loss = backbone, projector, loss
         self.num_global_views, self.name = num_global_views, name
+        self.loss_takes_labels = takes(loss.forward, "labels")  # SupCon, and the margin / triplet losses with uses_labels
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         if len(views) < 2:
@@ -29,8 +31,7 @@ class SiameseMethod(nn.Module):
         features = encode_views(self.backbone, views)
         projections = [self.projector(h) for h in features]
         pairs = pairs_over_views(min(self.num_global_views, len(views)), len(views), symmetric=False)
-        uses_labels = getattr(self.loss, "uses_labels", False)
-        extra = [labels] if uses_labels else []
+        extra = [labels] if self.loss_takes_labels else []
         total = sum(self.loss(projections[i], projections[j], *extra) for i, j in pairs)
         return {"loss": total / len(pairs), "features": features[0].detach(), "logs": {}}
 

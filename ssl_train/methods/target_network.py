@@ -3,14 +3,13 @@ target network, an EMA of itself or itself (BYOL, SimSiam, MoCo v2, MoCo v3)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ssl_train.methods.common import encode_views, pairs_over_views
-from ssl_train.methods.ema import cosine_momentum, ema_update
+from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.queue import FeatureQueue
 
 
@@ -20,9 +19,9 @@ class TargetNetworkMethod(nn.Module):
     BYOL (Grill et al., NeurIPS 2020): the target is an EMA of the online backbone + projector, with momentum
     following a cosine schedule from `momentum_base` to `momentum_final` over training. With
     `use_target_network=False` the target is the online network itself under stop-gradient (SimSiam,
-    Chen & He 2021). Without a predictor and with `queue_size > 0` and InfoNCE this is MoCo v2 (He et al.
-    2020; Chen et al. 2020): the queue of past target projections supplies the negatives, and `shuffle_bn_splits`
-    gives the key encoder shuffled BN. With a predictor,
+    Chen & He 2021). Without a predictor and with a `queue` (a FeatureQueue factory, `_partial_` in the config) and
+    InfoNCE this is MoCo v2 (He et al. 2020; Chen et al. 2020): the queue of past target projections supplies the
+    negatives, and `shuffle_bn_splits` gives the key encoder shuffled BN. With a predictor,
     InfoNCE and in-batch negatives it is MoCo v3 (Chen, Xie & He, ICCV 2021). The loss is symmetrised over
     view pairs: loss(prediction of view j, target of global view i) for all j != i.
     """
@@ -37,31 +36,26 @@ class TargetNetworkMethod(nn.Module):
         momentum_final: float = 1.0,
         use_target_network: bool = True,
         num_global_views: int = 2,
-        queue_size: int = 0,
+        queue: Callable[..., FeatureQueue] | None = None,
         shuffle_bn_splits: int = 0,
         name: str = "distill",
     ) -> None:
         super().__init__()
-        if not 0.0 <= momentum_base <= momentum_final <= 1.0:
-            raise ValueError(f"method.momentum_base/final must satisfy 0 <= base <= final <= 1, got {momentum_base}, {momentum_final}")
         if shuffle_bn_splits < 0 or (shuffle_bn_splits and not use_target_network):
             raise ValueError(f"method.shuffle_bn_splits must be >= 0 and needs a target network, got {shuffle_bn_splits}")
         self.shuffle_bn_splits = shuffle_bn_splits
         self.backbone, self.projector, self.loss = backbone, projector, loss
         self.predictor = predictor(in_dim=projector.out_dim) if predictor is not None else nn.Identity()
-        self.queue = FeatureQueue(queue_size, projector.out_dim, random_init=True) if queue_size > 0 else None
-        self.momentum_base, self.momentum_final, self.momentum = momentum_base, momentum_final, momentum_base
+        self.queue = queue(dim=projector.out_dim) if queue is not None else None
         self.num_global_views, self.name = num_global_views, name
-        self.target_backbone: nn.Module | None = None
-        self.target_projector: nn.Module | None = None
-        if use_target_network:
-            self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-            self.target_projector = copy.deepcopy(projector).requires_grad_(False)
+        self.target = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector) if use_target_network else None
+        self._register_load_state_dict_pre_hook(renamed_keys({"target_backbone.": "target.backbone.", "target_projector.": "target.projector."}),
+                                                with_module=True)
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         """Target projections; with `shuffle_bn_splits` (training), computed on random sub-batches and put back in order:
         MoCo's shuffled BN on one device (each sub-batch's BatchNorm statistics differ from the queries' full batch)."""
-        encode = lambda images: self.target_projector(self.target_backbone(images))  # type: ignore[misc] # noqa: E731
+        encode = lambda images: self.target["projector"](self.target["backbone"](images))  # type: ignore[index] # noqa: E731
         splits = self.shuffle_bn_splits
         if not splits or not self.training or len(x) < 2 * splits:
             return encode(x)
@@ -76,7 +70,7 @@ class TargetNetworkMethod(nn.Module):
         features = encode_views(self.backbone, views)
         projections = [self.projector(h) for h in features]
         predictions = [self.predictor(z) for z in projections]
-        if self.target_backbone is None:  # SimSiam: the online projections themselves, detached (one forward, BN updated once)
+        if self.target is None:  # SimSiam: the online projections themselves, detached (one forward, BN updated once)
             targets = [z.detach() for z in projections[:num_global]]
         else:
             with torch.no_grad():
@@ -89,11 +83,13 @@ class TargetNetworkMethod(nn.Module):
                 self.queue.push(nn.functional.normalize(target.float(), dim=1))
         return {"loss": total / len(pairs), "features": features[0].detach(), "logs": {"momentum": self.momentum}}
 
+    @property
+    def momentum(self) -> float:
+        """The target's EMA momentum now (0 without a target network)."""
+        return self.target.momentum if self.target is not None else 0.0
+
     @torch.no_grad()
     def on_optimizer_step(self, step: int, max_steps: int) -> None:
         """After optimizer step `step`: move the target towards the online network (EMA; momentum is a pure function of the step)."""
-        if self.target_backbone is None or self.target_projector is None:
-            return
-        self.momentum = cosine_momentum(step, max_steps, self.momentum_base, self.momentum_final)
-        ema_update(self.target_backbone, self.backbone, self.momentum)
-        ema_update(self.target_projector, self.projector, self.momentum)
+        if self.target is not None:
+            self.target.follow(step, max_steps, backbone=self.backbone, projector=self.projector)

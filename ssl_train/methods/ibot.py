@@ -1,0 +1,86 @@
+"""iBOT: DINO's class-token self-distillation plus masked-patch self-distillation (Zhou et al., ICLR 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import torch
+from torch import nn
+
+from ssl_train.constraints import Count, Fraction, LossWeight, Number, PositiveInt, Temperature
+from ssl_train.losses.ibot import IBOTPatchLoss
+from ssl_train.methods.common import encode_views
+from ssl_train.methods.ema import EMATarget
+from ssl_train.methods.masks import beit_block_masks
+from ssl_train.methods.multicrop import KoLeoTerm, check_dino_parts, freeze_last_layer
+from ssl_train.protocols import is_vit
+
+
+class IBOTMethod(nn.Module):
+    """iBOT (Zhou et al., ICLR 2022; bytedance/ibot): DINO (an EMA teacher, DINOLoss on the class token, the same head)
+    plus a patch term. Each global view of each image is masked block-wise (BEiT's masks; with probability `masked_share`
+    at a ratio ~ U(mask_ratio_range), else not at all: the reference's `--pred_ratio 0 0.3 --pred_ratio_var 0 0.2`), the
+    student encodes them with a learned mask token in place of the masked patch embeddings, and the shared head's output
+    for each masked patch matches the teacher's for the same patch unmasked (IBOTPatchLoss, teacher temperature
+    `patch_teacher_temp`, warming up from the loss's warmup_teacher_temp over the same steps), weighted `patch_weight`
+    (lambda2 = 1 there). The class-token term reads the student's masked global views, as in the reference. ViTs only.
+    """
+
+    modalities = ("image",)
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, momentum_base: Fraction = 0.996,
+                 momentum_final: Fraction = 1.0, num_global_views: PositiveInt = 2, freeze_last_layer_epochs: Count = 1,
+                 koleo_weight: LossWeight = 0.0, patch_weight: LossWeight = 1.0, patch_teacher_temp: Temperature = 0.07,
+                 mask_ratio_range: Sequence[float] = (0.1, 0.5), masked_share: Annotated[float, Number(low=0, high=1, open_low=True)] = 0.5,
+                 name: str = "ibot") -> None:
+        super().__init__()
+        check_dino_parts(projector, loss)
+        if not is_vit(backbone):
+            raise ValueError(f"method={name} masks patch tokens and needs a ViT backbone (backbone=vit_tiny), got {type(backbone).__name__}")
+        low, high = float(mask_ratio_range[0]), float(mask_ratio_range[-1])
+        if not 0 <= low <= high < 1 or not 0 < masked_share <= 1:
+            raise ValueError(f"iBOT: method.mask_ratio_range must be [low, high] with 0 <= low <= high < 1 and method.masked_share in (0, 1], "
+                             f"got {list(mask_ratio_range)} and {masked_share}")
+        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+        self.teacher = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector)
+        self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
+        self.koleo = KoLeoTerm(koleo_weight)
+        self.patch_weight, self.masked_share, self.mask_ratio = patch_weight, masked_share, (low, high)
+        self.mask_token = nn.Parameter(torch.zeros(backbone.out_dim))  # the reference's masked_embed, zeros at init
+        self.patch_loss = IBOTPatchLoss(projector.out_dim, loss.student_temp, patch_teacher_temp, loss.warmup_teacher_temp,
+                                        loss.warmup_teacher_temp_steps, loss.center_momentum)
+
+    def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
+        num_global = min(self.num_global_views, len(views))
+        images = torch.cat(list(views[:num_global]))
+        grid = images.shape[-1] // self.backbone.patch_size
+        low, high = self.mask_ratio
+        ratios = torch.where(torch.rand(len(images)) < self.masked_share, low + torch.rand(len(images)) * (high - low), 0.0)
+        masks = beit_block_masks(ratios, grid).flatten(1).to(images.device)  # (G x N, L)
+        prefix = self.backbone.model.num_prefix_tokens
+        tokens = self.backbone.tokens(images, masked=masks, mask_token=self.mask_token)
+        features = [*self.backbone.pool(tokens).chunk(num_global), *encode_views(self.backbone, views[num_global:])]
+        student = [self.projector(h) for h in features]
+        student_patches = self.projector(tokens[:, prefix:]).chunk(num_global)
+        with torch.no_grad():
+            teacher_tokens = self.teacher["backbone"].tokens(images)
+            teacher = self.teacher["projector"](self.teacher["backbone"].pool(teacher_tokens)).chunk(num_global)
+            teacher_patches = self.teacher["projector"](teacher_tokens[:, prefix:]).chunk(num_global)
+        patch_loss = self.patch_loss(student_patches, teacher_patches, masks.chunk(num_global))
+        logs = {"momentum": self.teacher.momentum, "teacher_temp": self.loss.current_teacher_temp,
+                "ibot_patch": float(patch_loss.detach()), "masked_fraction": float(masks.float().mean())}
+        loss = self.koleo.add_to(self.loss(student, teacher) + self.patch_weight * patch_loss, features[:num_global], logs)
+        return {"loss": loss, "features": features[0].detach(), "logs": logs}
+
+    @torch.no_grad()
+    def on_optimizer_step(self, step: int, max_steps: int) -> None:
+        """EMA teacher update and both teacher-temperature schedules, pure functions of the step."""
+        self.teacher.follow(step, max_steps, backbone=self.backbone, projector=self.projector)
+        self.loss.set_step(step)
+        self.patch_loss.set_step(step)
+
+    def on_after_backward(self, step: int, epoch: int) -> None:
+        """No gradient for the head's last layer in the first epoch(s), as DINO."""
+        if epoch < self.freeze_last_layer_epochs:
+            freeze_last_layer(self.projector)

@@ -1,0 +1,36 @@
+"""Patches of images and their fixed positions, shared by the ViT methods (MAE, SimMIM, I-JEPA)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, L, patch^2 * C) non-overlapping patches in row-major order, pixels of a patch (row, col, channel)."""
+    n, c, h, w = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patchify: image size {h}x{w} is not a multiple of the patch size {patch}")
+    x = images.reshape(n, c, h // patch, patch, w // patch, patch)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(n, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, channels: int, height: int | None = None) -> torch.Tensor:
+    """Inverse of patchify: (N, L, patch^2 * C) -> (N, C, H, W) (square unless `height` patches-rows is given)."""
+    n, length, _ = patches.shape
+    rows = height // patch if height else int(math.isqrt(length))
+    cols = length // rows
+    x = patches.reshape(n, rows, cols, patch, patch, channels)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(n, channels, rows * patch, cols * patch)
+
+
+def sincos_2d(dim: int, grid: int) -> torch.Tensor:
+    """(grid^2, dim) fixed 2-D sine-cosine position embedding (MAE's decoder): half the channels encode rows, half columns."""
+    if dim % 4:
+        raise ValueError(f"sincos_2d: dim must be a multiple of 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    parts = [torch.sin(cols.flatten()[:, None] * omega), torch.cos(cols.flatten()[:, None] * omega),
+             torch.sin(rows.flatten()[:, None] * omega), torch.cos(rows.flatten()[:, None] * omega)]
+    return torch.cat(parts, dim=1).float()
