@@ -34,7 +34,8 @@ from ssl_train.data.datamodule import TransformedDataset  # noqa: E402
 from ssl_train.errors import UserError  # noqa: E402
 from ssl_train.losses import NTXentLoss  # noqa: E402
 from ssl_train.module import SSLModule  # noqa: E402
-from ssl_train.run import exclusive_run_dir, run  # noqa: E402
+from ssl_train.run import run  # noqa: E402
+from ssl_train.run_dir import exclusive_run_dir  # noqa: E402
 
 CONFIG_DIR = ROOT / "configs"
 TINY = [

@@ -1,15 +1,34 @@
-"""`python -m ssl_train [overrides]`: pretrain and linear-probe; see configs/train.yaml."""
+"""`python -m ssl_train [overrides]`: pretrain and evaluate; see configs/train.yaml. The one place that reads Hydra's runtime state."""
 
 from __future__ import annotations
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
-from ssl_train.run import run
+from ssl_train.metrics import LINEAR_TOP1
+from ssl_train.run import Launch, run
+
+
+def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
+    """The texts of Hydra's config.yaml, hydra.yaml and overrides.yaml, for run_dir to write into <run dir>/.hydra once the
+    run owns the directory (configs/hydra/default.yaml sets output_subdir: null); none when Hydra writes them itself, or
+    when the config was composed (the compose API) rather than run by Hydra."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None or OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None, throw_on_missing=False) is None:
+        return {}
+    return {"config.yaml": OmegaConf.to_yaml(task_cfg), "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
+
+
+def launch_of(task_cfg: DictConfig) -> Launch:
+    """What run(cfg) needs from Hydra's runtime state: the chosen options, the typed overrides and Hydra's config files."""
+    hydra_cfg = HydraConfig.get()
+    choices = {str(group): str(choice) for group, choice in hydra_cfg.runtime.choices.items()}
+    return Launch(choices=choices, overrides=list(hydra_cfg.overrides.task), hydra_files=hydra_files(task_cfg))
 
 
 def refuse_local_multirun_with_ddp(cfg: DictConfig) -> None:
@@ -30,10 +49,10 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns the probe top-1 so sweepers can optimise it."""
     def task() -> dict:
         refuse_local_multirun_with_ddp(cfg)
-        return run(cfg)
+        return run(cfg, launch_of(cfg))
 
     metrics = report_user_errors(task)
-    return metrics.get("linear_top1")
+    return metrics.get(LINEAR_TOP1)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ssl_train.data.sampling import ResumableSampler
 from ssl_train.errors import UserError
-from ssl_train.run_dir import replace_atomically
+from ssl_train.metrics import PROBE_ONLINE_TOP1, TRAIN_IMAGES_PER_S, TRAIN_LOSS
+from ssl_train.run_dir import PREEMPTED, append_line, replace_atomically
 
 
 class ThroughputMeter(pl.Callback):
@@ -51,7 +52,7 @@ class ThroughputMeter(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop()
         if self.seconds > 0:
-            pl_module.log("train/images_per_s", self.images_per_second)
+            pl_module.log(TRAIN_IMAGES_PER_S, self.images_per_second)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.images += len(batch[1]) * trainer.world_size
@@ -143,7 +144,7 @@ class Preemption(pl.Callback):
     called after the checkpoint is written; otherwise, inside a SLURM job, SIGUSR1 requeues with `scontrol requeue`.
     """
 
-    MARKER = ".preempted"
+    MARKER = PREEMPTED  # run_dir.resume_point resumes a run directory holding it
 
     def __init__(self, checkpoint_path: str, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
         unknown = [name for name in signals if not hasattr(signal, str(name))]
@@ -200,9 +201,7 @@ class Preemption(pl.Callback):
         if trainer.is_global_zero:
             run_dir = self.checkpoint_path.parent.parent
             replace_atomically(run_dir / self.MARKER, json.dumps({"signal": name, "step": trainer.global_step, "checkpoint": str(self.checkpoint_path)}))
-            journal = os.open(run_dir / "preemptions.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a symlink
-            with os.fdopen(journal, "a") as log:
-                log.write(json.dumps({"signal": name, "step": trainer.global_step, "time": time.time()}) + "\n")
+            append_line(run_dir / "preemptions.jsonl", json.dumps({"signal": name, "step": trainer.global_step, "time": time.time()}))
             self._requeue(received)  # the handlers are put back by on_exception once Preempted below reaches Lightning
         raise Preempted(
             f"{name} received: stopped at step {trainer.global_step} after writing {self.checkpoint_path}; "
@@ -250,7 +249,7 @@ class StepProgressBar(TQDMProgressBar):
     (every `refresh_rate` steps). Lightning turns every `prog_bar=True` value into a Python number after every batch,
     which makes the host wait for the GPU at each step; values logged without prog_bar stay on the device until here."""
 
-    def __init__(self, refresh_rate: int = 10, shown: Sequence[str] = ("train/loss", "probe/online_top1")) -> None:
+    def __init__(self, refresh_rate: int = 10, shown: Sequence[str] = (TRAIN_LOSS, PROBE_ONLINE_TOP1)) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self.shown = tuple(shown)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from ssl_train.metrics import DATA_SKIPPED_IMAGES, PROBE_ONLINE_LOSS, PROBE_ONLINE_TOP1, TRAIN_LOSS, TRAIN_PREFIX, VAL_ONLINE_TOP1
 from ssl_train.optim import OptimRecipe
 from ssl_train.protocols import EditsGradients, UpdatesAfterOptimizerStep, is_method
 
@@ -82,8 +83,8 @@ class SSLModule(pl.LightningModule):
         if self._logging_step():  # step values reach loggers, history and the progress bar only at logging steps
             with torch.no_grad():
                 top1 = ((logits.argmax(1) == labels).float() * weight).sum() / labelled
-            step_values = {"train/loss": out["loss"], "probe/online_loss": probe_loss, "probe/online_top1": top1,
-                           **{f"train/{key}": value for key, value in out.get("logs", {}).items()}}
+            step_values = {TRAIN_LOSS: out["loss"], PROBE_ONLINE_LOSS: probe_loss, PROBE_ONLINE_TOP1: top1,
+                           **{f"{TRAIN_PREFIX}{key}": value for key, value in out.get("logs", {}).items()}}
             for key, value in step_values.items():  # shown by callbacks.StepProgressBar, not prog_bar (a sync per step)
                 self.log(key, value, batch_size=batch_size)
         return out["loss"] + probe_loss
@@ -138,7 +139,7 @@ class SSLModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "skipped_images"):
-            self.log("data/skipped_images", float(datamodule.skipped_images()))
+            self.log(DATA_SKIPPED_IMAGES, float(datamodule.skipped_images()))
 
     def on_after_backward(self) -> None:
         if self._has_after_backward_hook:
@@ -149,4 +150,4 @@ class SSLModule(pl.LightningModule):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = self.online_probe(self.method.backbone(images).float())
-        self.log("val/online_top1", (logits.argmax(1) == labels).float().mean(), prog_bar=True, batch_size=labels.shape[0], sync_dist=True)
+        self.log(VAL_ONLINE_TOP1, (logits.argmax(1) == labels).float().mean(), prog_bar=True, batch_size=labels.shape[0], sync_dist=True)

@@ -1,5 +1,7 @@
-"""The never-overwrite policy of run outputs: claim a run directory, lock it, and write files that never replace, or write
-through, anything already there (a dangling symbolic link included)."""
+"""The one never-overwrite / resume-or-refuse policy for output folders: claim a run directory (refused when it holds a
+finished run), lock it, decide where the run starts (its finished training, a checkpoint to resume, a preempted run in
+it, or nothing), and write files that never replace, or write through, anything already there (a dangling symbolic link
+included). Exports, adapters and checkpoint evaluations take fresh folders and files from here too."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ from ssl_train.errors import UserError
 log = logging.getLogger(__name__)
 TRAINING_DONE = ".training_done"  # training finished, its evaluation not (yet): a rerun in the directory only evaluates
 HYDRA_SUBDIR = ".hydra"  # where a run keeps Hydra's config.yaml, hydra.yaml and overrides.yaml (configs/hydra/default.yaml)
+PREEMPTED = ".preempted"  # written by callbacks.Preemption: the run stopped on a signal; a rerun here resumes checkpoints/last.ckpt
+METRICS_FILE, LAST_CHECKPOINT = "metrics.json", "checkpoints/last.ckpt"
 
 
 def numbered(path: Path) -> Iterator[Path]:
@@ -49,6 +54,14 @@ def write_new(path: Path, text: str) -> Path:
     raise AssertionError("unreachable")
 
 
+def write_metrics(metrics_path: Path, metrics: Mapping[str, Any]) -> Path:
+    """metrics.json (metrics-1.json, ... when one appeared meanwhile; never through a symlink), then the training-done
+    marker removed: the run is finished, and a rerun in its directory is refused. Returns the file written."""
+    written = write_new(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    (metrics_path.parent / TRAINING_DONE).unlink(missing_ok=True)
+    return written
+
+
 def keep_or_write_new(path: Path, text: str) -> Path:
     """`path` when it is a regular file that already holds `text` (a resumed run), else `write_new(path, text)`."""
     if not path.is_symlink() and path.is_file() and path.read_text() == text:
@@ -64,6 +77,13 @@ def replace_atomically(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(staging, path)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` and a newline to `path` (created when missing), never through a symbolic link (O_APPEND | O_NOFOLLOW)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "a") as handle:
+        handle.write(line + "\n")
 
 
 def fresh_dir(path: Path) -> Path:
@@ -82,7 +102,7 @@ def fresh_dir(path: Path) -> Path:
 
 def claim_output_dir(output_dir: Path) -> Path:
     """Create the run directory; refuse one that already holds a finished run (never overwrite results)."""
-    metrics_path = output_dir / "metrics.json"
+    metrics_path = output_dir / METRICS_FILE
     if os.path.lexists(metrics_path):
         what = f"{metrics_path.name}, a symbolic link" if metrics_path.is_symlink() else metrics_path.name
         raise UserError(f"paths.output_dir: {output_dir} already holds a finished run ({what}); refusing to overwrite it")
@@ -122,20 +142,25 @@ def exclusive_run_dir(output_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def save_hydra_files(task_cfg: DictConfig, output_dir: Path) -> None:
-    """Inside a Hydra app, write what Hydra's `hydra.output_subdir` would (config.yaml, hydra.yaml, overrides.yaml) into
-    <output_dir>/.hydra, after the run claimed the directory: Hydra itself writes them before the task starts, over those
-    of a finished run a rerun is then refused for (configs/hydra/default.yaml sets output_subdir: null). A file already
-    there with the same text is kept; a different one is never replaced (config-1.yaml, ...). Outside Hydra: nothing."""
-    from hydra.core.hydra_config import HydraConfig
+def save_hydra_files(output_dir: Path, files: Mapping[str, str]) -> None:
+    """Write Hydra's config.yaml, hydra.yaml and overrides.yaml (their texts, from __main__) into <output_dir>/.hydra, after
+    the run claimed the directory: Hydra itself writes them before the task starts, over those of a finished run a rerun is
+    then refused for (configs/hydra/default.yaml sets output_subdir: null). A file already there with the same text is
+    kept; a different one is never replaced (config-1.yaml, ...). Rank 0 only; no files (tests, the Python API): nothing."""
+    if rank_zero_only.rank != 0:
+        return
+    for name, text in files.items():
+        keep_or_write_new(output_dir / HYDRA_SUBDIR / name, text)
 
-    if rank_zero_only.rank != 0 or not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
-        return  # a DDP rank > 0 (Lightning re-runs the command with output_subdir=null), not an app run, or Hydra wrote them
-    if OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None, throw_on_missing=False) is None:
-        return  # composed (the compose API), not run by Hydra
-    folder = output_dir / HYDRA_SUBDIR
-    for name, node in (("config.yaml", task_cfg), ("hydra.yaml", HydraConfig.instance().cfg), ("overrides.yaml", HydraConfig.get().overrides.task)):
-        keep_or_write_new(folder / name, OmegaConf.to_yaml(node))
+
+@contextlib.contextmanager
+def claimed_run_dir(output_dir: Path, hydra_files: Mapping[str, str] | None = None) -> Iterator[Path]:
+    """The run directory claimed (a finished run in it refused), locked while the block runs and given Hydra's files; yields
+    where metrics.json goes. Training runs and checkpoint evaluations both start here."""
+    metrics_path = claim_output_dir(output_dir)
+    with exclusive_run_dir(output_dir):
+        save_hydra_files(output_dir, hydra_files or {})
+        yield metrics_path
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
@@ -165,9 +190,53 @@ def finished_training(output_dir: Path) -> dict[str, Any] | None:
 def mark_training_done(trainer: pl.Trainer, output_dir: Path, training: dict[str, Any]) -> None:
     """After fit, when last.ckpt holds the final step: record it (and what training measured), so a run stopped during
     its evaluation is evaluated, not trained again over last.ckpt and history.jsonl, when rerun in this directory."""
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = output_dir / LAST_CHECKPOINT
     if getattr(trainer.strategy.checkpoint_io, "steps_saved", {}).get(str(last.resolve())) != trainer.global_step:
         log.info("%s does not hold the final step %d: a rerun after a stop during the evaluation would train again", last, trainer.global_step)
         return
     record = {"checkpoint": str(last.relative_to(output_dir)), "step": trainer.global_step, "metrics": training}
     replace_atomically(output_dir / TRAINING_DONE, json.dumps(record))
+
+
+def preempted_checkpoint(output_dir: Path) -> str | None:
+    """last.ckpt of a run in this very directory that stopped on a preemption signal (a requeued job resumes it)."""
+    marker, last = output_dir / PREEMPTED, output_dir / LAST_CHECKPOINT
+    return str(last) if marker.is_file() and last.is_file() else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, runs_dir: Path, output_dir: Path) -> str | None:
+    """`last` means the newest checkpoints/last.ckpt of an earlier run under runs_dir; a path must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        candidates = [p for p in runs_dir.glob(f"**/{LAST_CHECKPOINT}") if output_dir not in p.parents]
+        if not candidates:
+            raise UserError(f"ckpt_path=last: no {LAST_CHECKPOINT} under {runs_dir.resolve()} (paths.runs_dir) to resume from")
+        newest = max(candidates, key=lambda p: p.stat().st_mtime)
+        log.info("ckpt_path=last resolves to %s", newest)
+        return str(newest)
+    if not Path(ckpt_path).expanduser().is_file():
+        raise UserError(f"ckpt_path: no checkpoint at {ckpt_path}")
+    return str(Path(ckpt_path).expanduser())
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run starts: `checkpoint` to resume training from (None: a fresh start), or, with `done` (finished_training's
+    record), the checkpoint whose training finished here, to evaluate without training again."""
+
+    checkpoint: str | None = None
+    done: dict[str, Any] | None = None
+
+
+def resume_point(output_dir: Path, pretrain: bool, ckpt_path: str | None, runs_dir: Path) -> ResumePoint:
+    """Finished training in this directory, else ckpt_path resolved (`last` or a file), else a preempted run's last.ckpt here."""
+    if not pretrain:
+        return ResumePoint()
+    done = finished_training(output_dir)
+    if done:
+        return ResumePoint(done["checkpoint"], done)
+    checkpoint = resolve_ckpt_path(ckpt_path, runs_dir, output_dir)
+    if checkpoint is None and (checkpoint := preempted_checkpoint(output_dir)):
+        log.info("resuming the preempted run in %s from %s", output_dir, checkpoint)
+    return ResumePoint(checkpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import re
 from pathlib import Path
@@ -12,11 +13,22 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ssl_train.metrics import (
+    BACKBONE,
+    DATA,
+    EPOCHS,
+    IMAGES_PER_S,
+    KNN_TOP1,
+    LINEAR_TOP1,
+    METHOD,
+    RANDOM_INIT_LINEAR_TOP1,
+    STEPS,
+    WALL_TIME_S,
+)
+from ssl_train.run_dir import HYDRA_SUBDIR, METRICS_FILE, replace_atomically
 from ssl_train.tracking.report import write_summary_html
 
-SUMMARY_COLUMNS = (
-    "method", "backbone", "data", "linear_top1", "knn_k20_top1", "random_init_linear_top1", "epochs", "steps", "wall_time_s", "train_images_per_s",
-)
+SUMMARY_COLUMNS = (METHOD, BACKBONE, DATA, LINEAR_TOP1, KNN_TOP1, RANDOM_INIT_LINEAR_TOP1, EPOCHS, STEPS, WALL_TIME_S, IMAGES_PER_S)
 
 
 def markdown_cell(value: Any) -> str:
@@ -27,8 +39,8 @@ def markdown_cell(value: Any) -> str:
 def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per finished job under sweep_dir: its overrides and metrics.json, in job order."""
     jobs = []
-    for metrics_path in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        overrides_path = metrics_path.parent / ".hydra" / "overrides.yaml"
+    for metrics_path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        overrides_path = metrics_path.parent / HYDRA_SUBDIR / "overrides.yaml"
         overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_path))] if overrides_path.is_file() else []
         jobs.append((metrics_path, overrides))
     shared = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
@@ -37,21 +49,23 @@ def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Write summary.csv (every key), summary.md and summary.html (the main columns; jobs link to their report.html) into sweep_dir."""
+    """Write summary.csv (every key), summary.md and summary.html (the main columns; jobs link to their report.html) into
+    sweep_dir, each replacing the last sweep's in one step (a symbolic link there is replaced, never written through)."""
     rows = collect_sweep(sweep_dir)
     if not rows:
         return rows
     keys = ["job", "overrides"] + sorted({k for row in rows for k in row} - {"job", "overrides"})
-    with open(sweep_dir / "summary.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    replace_atomically(sweep_dir / "summary.csv", table.getvalue())
     columns = ["job", "overrides"] + [c for c in SUMMARY_COLUMNS if any(c in row for row in rows)]
     lines = ["| " + " | ".join(markdown_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [f"{row[c]:.4f}" if isinstance(row.get(c), float) and c.endswith("top1") else markdown_cell(row.get(c, "")) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    replace_atomically(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     write_summary_html(sweep_dir, rows, columns)
     return rows
 

@@ -13,8 +13,9 @@ from torch.utils.data import TensorDataset
 
 from ssl_train.data.datasets import EmbeddedFashionMNIST, carve_validation
 from ssl_train.errors import UserError
-from ssl_train.eval.baselines import RawInput, ResultCache, weights_fingerprint, with_baselines
+from ssl_train.eval.baselines import RawInput, ResultCache, weights_fingerprint
 from ssl_train.eval.linear_probe import LinearProbe
+from ssl_train.eval.protocol import with_baselines
 from ssl_train.eval.suite import evaluate_encoder
 from ssl_train.run import run
 from tests.conftest import compose_config

@@ -19,7 +19,8 @@ from ssl_train.data.datamodule import TransformedDataset
 from ssl_train.errors import UserError
 from ssl_train.losses import NTXentLoss
 from ssl_train.module import SSLModule
-from ssl_train.run import exclusive_run_dir, run
+from ssl_train.run import run
+from ssl_train.run_dir import exclusive_run_dir
 from tests.conftest import TINY_DATA, TINY_MODEL, TINY_RUN, compose_config
 
 QUIET = ["probe=false", "baseline=false"]

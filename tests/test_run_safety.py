@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_train import run as run_module
 from ssl_train.callbacks import Preempted
 from ssl_train.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from ssl_train.errors import UserError
+from ssl_train.eval import protocol as protocol_module
 from ssl_train.eval.checkpoint import probe_checkpoint
 from ssl_train.run import run
 from ssl_train.run_dir import TRAINING_DONE, exclusive_run_dir, fresh_dir, keep_or_write_new, write_new
@@ -93,14 +93,14 @@ def test_a_refused_rerun_leaves_the_finished_runs_hydra_files_untouched(tmp_path
 def test_sigterm_during_the_evaluation_then_the_rerun_only_evaluates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training finished, the probe was stopped: the rerun evaluates last.ckpt's weights and never retrains over the run."""
     overrides, job = ["baseline=false", "eval=[linear]"], tmp_path / "job"
-    handler_before, original = signal.getsignal(signal.SIGTERM), run_module.evaluate_encoder
+    handler_before, original = signal.getsignal(signal.SIGTERM), protocol_module.evaluate_encoder
 
     def signalled(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - same signature as evaluate_encoder
         os.kill(os.getpid(), signal.SIGTERM)  # a real signal (a time limit), delivered during the probe
         return original(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "evaluate_encoder", signalled)
+        patch.setattr(protocol_module, "evaluate_encoder", signalled)
         with pytest.raises(Preempted, match=r"SIGTERM received during the evaluation, before metrics.json was written; rerun") as caught:
             run(compose_config(overrides, job))
     assert caught.value.exit_code == 75 and signal.getsignal(signal.SIGTERM) == handler_before
@@ -113,7 +113,7 @@ def test_sigterm_during_the_evaluation_then_the_rerun_only_evaluates(tmp_path: P
         return original(encoder, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "evaluate_encoder", recording)
+        patch.setattr(protocol_module, "evaluate_encoder", recording)
         metrics = run(compose_config(overrides, job))  # the same command, same directory: a requeued job
     assert snapshot([Path(p) for p in kept]) == kept  # neither rewritten nor touched
     assert metrics["steps"] == 2 and "linear_top1" in metrics and "fit_time_s" in metrics

@@ -110,11 +110,3 @@ def raw_input_baseline(
         return {}
     return cache.get_or_compute("raw_input", protocol_key(data, evaluation), lambda: evaluate(RawInput(kind), chosen))
 
-
-def with_baselines(summary: str, metrics: dict[str, Any], input_name: str = "raw pixels") -> str:
-    """`summary` followed by both baselines' linear top-1 when known: '... (raw pixels 0.8360, random-init encoder 0.7730)'.
-    A run that started from given weights (backbone.weights) calls its initial encoder that, not random-init."""
-    initial = "initial encoder (backbone.weights)" if metrics.get("initial_weights") else "random-init encoder"
-    parts = [f"{label} {metrics[key]:.4f}" for label, key in ((input_name, "raw_input_linear_top1"), (initial, "random_init_linear_top1"))
-             if key in metrics]
-    return f"{summary} ({', '.join(parts)})" if parts else summary

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_train.build import build_datamodule, build_encoder, build_evaluators, instantiate, needs_image_size
+from ssl_train.build import build_datamodule, build_encoder, instantiate, needs_image_size
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
-from ssl_train.eval.baselines import ResultCache, prefixed_scores, raw_input_baseline, with_baselines
-from ssl_train.eval.metrics import alignment, augmented_view_features, lidar, positive_pair_features
-from ssl_train.eval.suite import evaluate_encoder
-from ssl_train.eval.zero_shot import evaluate_two_tower, two_tower_evaluators
+from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, summary_line
+from ssl_train.metrics import CKPT_PATH, EVAL_FEATURES, METHOD
 from ssl_train.modalities import modality
 from ssl_train.modalities.check import modalities_of
-from ssl_train.run_dir import claim_output_dir, save_hydra_files, write_new
+from ssl_train.run_dir import METRICS_FILE, claimed_run_dir, write_new
 from ssl_train.trust import stored_config, targets_in, with_current_targets
 from ssl_train.validate import validate
 
@@ -100,58 +98,41 @@ def load_method(ckpt_path: Path, train_cfg: DictConfig, train_splits: Any, trust
     return method
 
 
-def evaluate_checkpoint_towers(ckpt_path: Path, train_cfg: DictConfig, datamodule: Any, evaluators: dict[str, Any], device: torch.device,
-                               trust: bool = False, on_training_data: bool = False) -> dict[str, float]:
-    """Zero-shot / retrieval of an image-text checkpoint on `datamodule`'s test pairs, captions tokenised as in training
-    (`on_training_data`: `datamodule` is the checkpoint's own training data, not loaded a second time)."""
+def checkpoint_pair_scores(ckpt_path: Path, train_cfg: DictConfig, protocol: EvaluationProtocol, trust: bool = False,
+                           on_training_data: bool = False) -> dict[str, float]:
+    """Zero-shot / retrieval of an image-text checkpoint on the protocol's test pairs, captions tokenised as in training
+    (`on_training_data`: the protocol's data is the checkpoint's own training data, not loaded a second time)."""
+    evaluators = protocol.pair_evaluators
     if not evaluators:
         return {}
-    if "image_text" not in (modalities_of(train_cfg.method) or ()):
+    if not any(modality(kind).captioned for kind in modalities_of(train_cfg.method) or ()):  # a method of captioned data (CLIP)
         raise UserError(f"eval={','.join(evaluators)}: {'/'.join(evaluators)} need an image-text checkpoint (method=clip); "
                         f"{ckpt_path} holds method={train_cfg.method.get('name')}")
-    train_splits = datamodule.splits if on_training_data else build_datamodule(train_cfg.data).splits
-    method = load_method(ckpt_path, train_cfg, train_splits, trust)
-    tokenizer = train_splits.tokenizer
-    return evaluate_two_tower(method, datamodule.test_pairs(tokenizer), tokenizer, datamodule.splits.class_names or (), evaluators, device,
-                              datamodule.eval_batch_size)
+    train_splits = protocol.datamodule.splits if on_training_data else build_datamodule(train_cfg.data).splits
+    return protocol.pair_scores(load_method(ckpt_path, train_cfg, train_splits, trust), train_splits.tokenizer)
 
 
-def probe_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+def probe_checkpoint(cfg: DictConfig, hydra_files: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint on its own training data, or on `data=...` when given; write metrics.json beside it."""
     validate(cfg)
-    metrics_path = claim_output_dir(Path(cfg.paths.output_dir))
-    save_hydra_files(cfg, metrics_path.parent)
-    ckpt_path = Path(cfg.ckpt_path).expanduser()
+    with claimed_run_dir(Path(cfg.paths.output_dir), hydra_files) as metrics_path:
+        return _probe(cfg, metrics_path)
+
+
+def _probe(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
+    """Load, evaluate with the shared protocol (trained scores, views' alignment and LiDAR, raw-input baseline), write, say."""
+    ckpt_path, trust = Path(cfg.ckpt_path).expanduser(), bool(cfg.get("trust_checkpoint", False))
     own_targets = [*targets_in(cfg), *cfg.get("trusted_targets", [])]  # what the user's own eval config builds is trusted
-    encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"), cfg.get("trust_checkpoint", False), own_targets)
+    encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"), trust, own_targets)
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
-    splits = datamodule.splits
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    evaluators = build_evaluators(cfg.eval)
-    pair_evaluators = two_tower_evaluators(evaluators)
-    evaluators = {name: e for name, e in evaluators.items() if name not in pair_evaluators}
-    pair_metrics = evaluate_checkpoint_towers(ckpt_path, train_cfg, datamodule, pair_evaluators, device, cfg.get("trust_checkpoint", False),
-                                              on_training_data=cfg.get("data") is None)
-    result = pair_metrics | evaluate_encoder(encoder, *datamodule.probe_datasets(), splits.num_classes, evaluators, device, datamodule.eval_batch_size)
-    metrics = {"ckpt_path": str(ckpt_path.resolve()), "method": train_cfg.method.get("name"), "eval_features": cfg.get("eval_features", "backbone"), **result}
-    if "repr" in evaluators and modality(splits.modality).views_pair_samples:  # alignment: the run's own views of test samples
-        test = splits.test
-        pairs = positive_pair_features(encoder, datamodule.views(), [test[i][0] for i in range(min(len(test), 512))], device)
-        metrics["repr_alignment"] = alignment(*pairs)
-        if modality(splits.modality).lidar:  # LiDAR: 8 views of each of 256 test images as surrogate classes, as during training
-            images = [test[i][0] for i in range(min(len(test), 256))]
-            metrics["repr_lidar"] = lidar(augmented_view_features(encoder, datamodule.views(), images, 8, device))
-    raw = raw_input_baseline(
-        ResultCache(cfg.paths.get("cache_dir")), OmegaConf.to_container(data_cfg, resolve=True), OmegaConf.to_container(cfg.eval, resolve=True),
-        evaluators, lambda model, chosen: evaluate_encoder(model, *datamodule.probe_datasets(), splits.num_classes, chosen, device, datamodule.eval_batch_size),
-        splits.modality,
-    )
-    metrics.update(prefixed_scores("raw_input", raw))
+    protocol = configured_protocol(cfg, datamodule, evaluation_device(), data_cfg)
+    result = checkpoint_pair_scores(ckpt_path, train_cfg, protocol, trust, on_training_data=cfg.get("data") is None) | protocol.trained(encoder)
+    metrics = {CKPT_PATH: str(ckpt_path.resolve()), METHOD: train_cfg.method.get("name"), EVAL_FEATURES: cfg.get("eval_features", "backbone"),
+               **result, **protocol.view_scores(encoder), **protocol.baselines()}
     text = json.dumps(metrics, indent=2) + "\n"  # metrics-1.json, ... when taken; never written through a symlink, a dangling one included
     metrics_path = write_new(metrics_path, text)
-    next_to_ckpt = write_new(ckpt_path.parent / "metrics.json", text)
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k.endswith("top1") or k.endswith("_r1"))
-    raw_name = modality(splits.modality).raw_input_name
-    print(f"[ssl_train] {with_baselines(scores, metrics, raw_name)} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
+    next_to_ckpt = write_new(ckpt_path.parent / METRICS_FILE, text)
+    summary = summary_line(metrics, modality(datamodule.splits.modality).raw_input_name)
+    print(f"[ssl_train] {summary} for {cfg.ckpt_path}; results in {next_to_ckpt} and {metrics_path}")
     return metrics

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ssl_train.checkpoint_io import fresh_dir
 from ssl_train.errors import UserError
 from ssl_train.eval.finetune import FineTune
+from ssl_train.run_dir import fresh_dir
 
 
 def _peft() -> Any:

@@ -9,8 +9,9 @@ from torch.utils.data import Subset
 
 from ssl_train.eval.knn import KNNClassifier
 from ssl_train.eval.linear_probe import extract_features
-from ssl_train.eval.metrics import alignment, augmented_view_features, lidar, positive_pair_features, representation_metrics
-from ssl_train.modalities import modality
+from ssl_train.eval.metrics import representation_metrics
+from ssl_train.eval.protocol import view_metrics
+from ssl_train.metrics import VAL_PREFIX
 
 
 class OnlineEvaluation(pl.Callback):
@@ -48,13 +49,7 @@ class OnlineEvaluation(pl.Callback):
         test_x, test_y = extract_features(encoder, test_set, datamodule.eval_batch_size, device)
         scores = self.knn.evaluate_features(train_x, train_y, test_x, test_y, datamodule.splits.num_classes)
         metrics = {"knn_top1": scores[f"k{self.k}_top1"], **representation_metrics(test_x, None)}
-        views = datamodule.views()
-        if modality(datamodule.splits.modality).views_pair_samples:  # graph views perturb the whole graph: no per-sample pairs
-            base = datamodule.splits.test
-            z_a, z_b = positive_pair_features(encoder, views, [base[i][0] for i in range(min(len(base), self.pairs))], device)
-            metrics["alignment"] = alignment(z_a, z_b)
-            if self.lidar_samples and modality(datamodule.splits.modality).lidar:
-                images = [base[i][0] for i in range(min(len(base), self.lidar_samples))]
-                metrics["lidar"] = lidar(augmented_view_features(encoder, views, images, self.lidar_views, device))
+        splits = datamodule.splits  # alignment and LiDAR as the checkpoint evaluation computes them (eval.protocol)
+        metrics.update(view_metrics(encoder, datamodule.views(), splits.test, device, splits.modality, self.pairs, self.lidar_samples, self.lidar_views))
         for key, value in metrics.items():
-            pl_module.log(f"val/{key}", float(value), rank_zero_only=True)
+            pl_module.log(f"{VAL_PREFIX}{key}", float(value), rank_zero_only=True)  # val/knn_top1, val/alignment, ... (ssl_train.metrics)

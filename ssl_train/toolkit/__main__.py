@@ -19,7 +19,6 @@ from torch.utils.data import Subset
 from torchvision.io import write_png
 
 from ssl_train.build import build_datamodule, instantiate
-from ssl_train.checkpoint_io import fresh_dir
 from ssl_train.cli import report_user_errors
 from ssl_train.data.datamodule import SSLDataModule, TransformedDataset
 from ssl_train.data.folders import ImageFileDataset, list_images
@@ -27,6 +26,7 @@ from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
 from ssl_train.eval.checkpoint import load_encoder
 from ssl_train.eval.linear_probe import extract_features
+from ssl_train.run_dir import fresh_dir
 from ssl_train.toolkit.anomaly import auroc, knn_anomaly_scores, mahalanobis_scores
 from ssl_train.toolkit.export import export_backbone
 from ssl_train.toolkit.pictures import attention_grid, save_map, view_grid

@@ -18,14 +18,15 @@ import yaml
 from omegaconf import OmegaConf
 
 from ssl_train.build import build_datamodule
-from ssl_train.checkpoint_io import fresh_dir
 from ssl_train.encoders import resnet
 from ssl_train.encoders.resnet import TorchvisionResNet
 from ssl_train.errors import UserError
 from ssl_train.eval.checkpoint import input_of, load_encoder
+from ssl_train.metrics import EPOCHS, GLOBAL_BATCH_SIZE, KNN_TOP1, LINEAR_TOP1, RANDOM_INIT_LINEAR_TOP1, RAW_INPUT_LINEAR_TOP1, STEPS
 from ssl_train.modalities import modality as kind_named
 from ssl_train.modalities.check import modalities_of
 from ssl_train.portable import CARD_FILE, CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE, encoder_spec, portable_module
+from ssl_train.run_dir import METRICS_FILE, fresh_dir
 from ssl_train.tracking.trackers import git_commit
 
 FORMATS = ("safetensors", "torch")
@@ -89,12 +90,12 @@ def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: d
     lines = ["---", yaml.safe_dump(front_matter, sort_keys=False, default_flow_style=False).rstrip("\n"), "---", "",
              f"# {_md_text(method)} encoder ({_md_text(encoder)}, {_md_number(config['out_dim'])}-d features)", "",
              f"Self-supervised with ssl_train: method {_md_code(method)} on data {_md_code(data)}"
-             + (f", {_md_number(probe.get('epochs'))} epochs ({_md_number(probe.get('steps'))} steps, global batch "
-                f"{_md_number(probe.get('global_batch_size'))})" if probe else "") + ".", ""]
+             + (f", {_md_number(probe.get(EPOCHS))} epochs ({_md_number(probe.get(STEPS))} steps, global batch "
+                f"{_md_number(probe.get(GLOBAL_BATCH_SIZE))})" if probe else "") + ".", ""]
     if probe:
         rows = [(label, probe.get(key)) for label, key in (
-            ("linear probe top-1", "linear_top1"), ("kNN (k=20) top-1", "knn_k20_top1"),
-            ("raw input, same linear probe", "raw_input_linear_top1"), ("random-init encoder, same linear probe", "random_init_linear_top1"))]
+            ("linear probe top-1", LINEAR_TOP1), ("kNN (k=20) top-1", KNN_TOP1),
+            ("raw input, same linear probe", RAW_INPUT_LINEAR_TOP1), ("random-init encoder, same linear probe", RANDOM_INIT_LINEAR_TOP1))]
         lines += ["| evaluation (frozen features, test split) | top-1 |", "|---|---|"]
         lines += [f"| {label} | {value:.4f} |" for label, value in rows if value is not None]
         lines.append("")
@@ -138,7 +139,7 @@ def export_backbone(
     else:
         weights_file = "backbone.pt"
         torch.save(state, out / weights_file)
-    run_metrics = ckpt_path.parent.parent / "metrics.json"
+    run_metrics = ckpt_path.parent.parent / METRICS_FILE
     probe = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
     config = {
         "library": "ssl_train", "encoder": spec, "weights": weights_file, "modality": modality, "out_dim": int(encoder.out_dim),

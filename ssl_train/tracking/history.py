@@ -9,6 +9,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ssl_train.metrics import PROBE_PREFIX, TRAIN_PREFIX, VAL_PREFIX
+from ssl_train.run_dir import append_line, replace_atomically
+
 FILE = "history.jsonl"
 
 
@@ -36,7 +39,7 @@ class MetricHistory(pl.Callback):
     directory first drops the records past the checkpoint's step; one from another run directory starts from that run's
     records up to the checkpoint's step, so the report shows the whole run."""
 
-    TRAINING_PREFIXES, EVALUATION_PREFIX = ("train/", "probe/"), "val/"
+    TRAINING_PREFIXES, EVALUATION_PREFIX = (TRAIN_PREFIX, PROBE_PREFIX), VAL_PREFIX
 
     def __init__(self, path: str, every_n_steps: int = 5) -> None:
         if every_n_steps < 1:
@@ -46,8 +49,7 @@ class MetricHistory(pl.Callback):
         self._last_step = -1
 
     def _append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))  # never through a symbolic link
 
     def _scalars(self, trainer: pl.Trainer, prefixes: tuple[str, ...]) -> dict[str, float]:
         out = {}
@@ -67,7 +69,7 @@ class MetricHistory(pl.Callback):
         else:
             earlier = read_history(self.path) if step > 0 else []  # a requeued run: what the killed segment wrote past its checkpoint goes
         kept = [r for r in earlier if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        replace_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         for record in kept:
             self._last_evaluation.update({k: v for k, v in record.items() if k.startswith(self.EVALUATION_PREFIX)})
 

@@ -6,13 +6,38 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ssl_train.metrics import (
+    BACKBONE,
+    DATA,
+    EPOCHS,
+    FIT_TIME_S,
+    GLOBAL_BATCH_SIZE,
+    IMAGE_RETRIEVAL_MAP_AT_R,
+    IMAGES_PER_S,
+    INITIAL_WEIGHTS,
+    KNN_TOP1,
+    LINEAR_TOP1,
+    METHOD,
+    OUTPUT_DIR,
+    PROBE_ONLINE_TOP1,
+    RANDOM_INIT_LINEAR_TOP1,
+    RAW_INPUT_LINEAR_TOP1,
+    STEPS,
+    TRAIN_LOSS,
+    VAL_KNN_TOP1,
+    VAL_LIDAR,
+    VAL_ONLINE_TOP1,
+    VAL_RANKME,
+    WALL_TIME_S,
+    ZERO_SHOT_TOP1,
+)
+from ssl_train.run_dir import METRICS_FILE, replace_atomically
 from ssl_train.tracking.history import FILE as HISTORY_FILE
 from ssl_train.tracking.history import read_history, series
 
@@ -20,18 +45,18 @@ REPORT_FILE, SUMMARY_FILE = "report.html", "summary.html"
 VIEWS_FILE, MAP_PATTERN = "views.png", "embedding_map-epoch{epoch:03d}.png"  # written by tracking.training_pictures
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 CURVES = (  # (title, [(label, history key)])
-    ("Training loss", [("train/loss", "train/loss")]),
-    ("Online linear probe top-1", [("train batches", "probe/online_top1"), ("test split", "val/online_top1")]),
-    ("kNN top-1 (test split)", [("k=20", "val/knn_top1")]),
-    ("Effective rank", [("RankMe", "val/rankme"), ("LiDAR", "val/lidar")]),
+    ("Training loss", [(TRAIN_LOSS, TRAIN_LOSS)]),
+    ("Online linear probe top-1", [("train batches", PROBE_ONLINE_TOP1), ("test split", VAL_ONLINE_TOP1)]),
+    ("kNN top-1 (test split)", [("k=20", VAL_KNN_TOP1)]),
+    ("Effective rank", [("RankMe", VAL_RANKME), ("LiDAR", VAL_LIDAR)]),
 )
 HEADLINE = (  # (label, metrics.json key)
-    ("linear probe top-1", "linear_top1"), ("kNN top-1 (k=20)", "knn_k20_top1"), ("raw input, same probe", "raw_input_linear_top1"),
-    ("random-init encoder, same probe", "random_init_linear_top1"), ("zero-shot top-1", "zero_shot_top1"),
-    ("retrieval mAP@R", "image_retrieval_map_at_r"),
+    ("linear probe top-1", LINEAR_TOP1), ("kNN top-1 (k=20)", KNN_TOP1), ("raw input, same probe", RAW_INPUT_LINEAR_TOP1),
+    ("random-init encoder, same probe", RANDOM_INIT_LINEAR_TOP1), ("zero-shot top-1", ZERO_SHOT_TOP1),
+    ("retrieval mAP@R", IMAGE_RETRIEVAL_MAP_AT_R),
 )
-THROUGHPUT = (("training images/s", "train_images_per_s"), ("optimizer steps", "steps"), ("global batch", "global_batch_size"),
-              ("fit time (s)", "fit_time_s"), ("wall time (s)", "wall_time_s"))
+THROUGHPUT = (("training images/s", IMAGES_PER_S), ("optimizer steps", STEPS), ("global batch", GLOBAL_BATCH_SIZE),
+              ("fit time (s)", FIT_TIME_S), ("wall time (s)", WALL_TIME_S))
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-variant-numeric:tabular-nums}th{background:#f4f4f4}
@@ -104,7 +129,7 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
 def render_report(metrics: Mapping[str, Any], config_text: str, history: list[dict[str, Any]], pictures_dir: Path | None, title: str) -> str:
     """The report page as a string (no file access beyond reading the PNGs under `pictures_dir`)."""
     headline = [(label, metrics[key]) for label, key in HEADLINE if key in metrics]
-    if metrics.get("initial_weights"):
+    if metrics.get(INITIAL_WEIGHTS):
         headline = [(label.replace("random-init", "initial (backbone.weights)"), value) for label, value in headline]
     charts = [line_chart(name, [(label, series(history, key)) for label, key in lines]) for name, lines in CURVES]
     charts = [c for c in charts if c]
@@ -117,8 +142,8 @@ def render_report(metrics: Mapping[str, Any], config_text: str, history: list[di
         if (pictures_dir / VIEWS_FILE).is_file():
             pictures.append(_png(pictures_dir / VIEWS_FILE, "augmented views fed to the model (one row per image, one column per view)", 160))
     body = [f"<h1>{_esc(title)}</h1>",
-            f'<p class="muted">{_fmt(metrics.get("output_dir", ""))}: method {_fmt(metrics.get("method", "?"))}, backbone '
-            f'{_fmt(metrics.get("backbone", "?"))}, data {_fmt(metrics.get("data", "?"))}, {_fmt(metrics.get("epochs", "?"))} epochs</p>',
+            f'<p class="muted">{_fmt(metrics.get(OUTPUT_DIR, ""))}: method {_fmt(metrics.get(METHOD, "?"))}, backbone '
+            f'{_fmt(metrics.get(BACKBONE, "?"))}, data {_fmt(metrics.get(DATA, "?"))}, {_fmt(metrics.get(EPOCHS, "?"))} epochs</p>',
             "<h2>Results</h2>", _table(headline) if headline else '<p class="muted">no probe in this run</p>',
             "<h2>Curves</h2>", '<div class="grid">' + "".join(charts) + "</div>" if charts else '<p class="muted">no history.jsonl</p>',
             "<h2>Pictures</h2>", '<div class="grid">' + "".join(pictures) + "</div>" if pictures else '<p class="muted">no pictures</p>',
@@ -129,20 +154,14 @@ def render_report(metrics: Mapping[str, Any], config_text: str, history: list[di
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(text)
-    os.replace(staging, path)
-
-
 def write_report(run_dir: Path) -> Path:
     """<run_dir>/report.html from metrics.json, history.jsonl, pictures/ and config_resolved.yaml."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
     config_path = run_dir / "config_resolved.yaml"
     config_text = config_path.read_text() if config_path.is_file() else ""
-    title = f"ssl_train run: {metrics.get('method', '?')} on {metrics.get('data', '?')}"
+    title = f"ssl_train run: {metrics.get(METHOD, '?')} on {metrics.get(DATA, '?')}"
     path = run_dir / REPORT_FILE
-    _write_atomically(path, render_report(metrics, config_text, read_history(run_dir / HISTORY_FILE), run_dir / "pictures", title))
+    replace_atomically(path, render_report(metrics, config_text, read_history(run_dir / HISTORY_FILE), run_dir / "pictures", title))
     return path
 
 
@@ -195,5 +214,5 @@ def write_summary_html(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], colum
     """<sweep_dir>/summary.html; each job's name links to its report.html when the job is a folder directly under sweep_dir holding one."""
     linked = [{**row, "report": _has_report(sweep_dir, str(row["job"]))} for row in rows]
     path = sweep_dir / SUMMARY_FILE
-    _write_atomically(path, render_summary(linked, columns, f"ssl_train sweep {sweep_dir.name}"))
+    replace_atomically(path, render_summary(linked, columns, f"ssl_train sweep {sweep_dir.name}"))
     return path
