@@ -53,7 +53,7 @@ class SSLDataModule(pl.LightningDataModule):
     """Pretraining batches of views (train split) and evaluation batches (test split) for the online probe.
 
     `batch_size` is the GLOBAL batch: each of the `world_size` processes loads batch_size / world_size.
-    `views` is the partial view pipeline (configs/augment); it is completed with this data's image size, mean and
+    `views` is the partial view pipeline (configs/augment); it is completed with this data's size (its kind's: image side, length), mean and
     std when the splits are loaded. None for evaluation-only use (the probe needs no training views).
     `m_per_class` (metric learning: SupCon, triplet, margin) makes every batch hold batch / m classes with m samples
     each (MPerClassSampler). `validation_fraction` > 0 replaces the test split by that fraction of train (held out of pretraining and of
@@ -124,7 +124,7 @@ class SSLDataModule(pl.LightningDataModule):
         )
 
     def views(self) -> Any:
-        """The view pipeline completed with this data's image size and statistics (built once)."""
+        """The view pipeline completed with this data's size (ssl_train.modalities: its kind's) and statistics (built once)."""
         if self.views_factory is None:
             raise UserError("this datamodule was built without views (evaluation only): pass views=<the augment config> to train")
         if self._views is None:
