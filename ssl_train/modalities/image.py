@@ -31,7 +31,8 @@ class ImageModality(Modality):
     """uint8 (C, H, W) images; batches (B, C, H, W)."""
 
     name, holds, raw_input_name = "image", "images", "raw pixels"
-    lidar, pipeline_tag, spec_fields = True, "image-feature-extraction", ("channels", "size")
+    lidar, pipeline_tag = True, "image-feature-extraction"
+    spec_fields: tuple[str, ...] = ("channels", "size")
 
     def in_channels(self, spec: InputSpec) -> int:
         return int(spec.channels)  # type: ignore[arg-type]
