@@ -141,3 +141,15 @@ def test_continued_pretraining_from_an_export_changes_the_weights(small_checkpoi
     after, _ = load_checkpoint_encoder(tmp_path / "run" / "checkpoints" / "last.ckpt")
     before = ssl_train.load_encoder(export_dir)
     assert not torch.equal(after.state_dict()["net.0.weight"], before.state_dict()["net.0.weight"])
+
+
+def test_a_checkpoint_written_before_the_encoders_moved_still_loads(small_checkpoint: Path, tmp_path: Path) -> None:
+    """Its stored config names ssl_train.backbones.SmallResNet (the module before ssl_train/encoders/): read as the new name."""
+    checkpoint = torch.load(small_checkpoint, weights_only=True)
+    assert checkpoint["ssl_train_config"]["backbone"]["_target_"] == "ssl_train.encoders.resnet.SmallResNet"
+    checkpoint["ssl_train_config"]["backbone"]["_target_"] = "ssl_train.backbones.SmallResNet"
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    encoder, cfg = load_checkpoint_encoder(tmp_path / "old.ckpt")
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert cfg.backbone._target_ == "ssl_train.encoders.resnet.SmallResNet"
+    torch.testing.assert_close(encoder.eval()(x), load_checkpoint_encoder(small_checkpoint)[0].eval()(x))
