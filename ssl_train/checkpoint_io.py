@@ -14,7 +14,6 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_train.errors import UserError
-from ssl_train.run_dir import fresh_dir as fresh_dir  # re-exported: its home is run_dir, the never-overwrite policy
 
 TRUST_HINT = "trust_checkpoint=true (toolkit: --trust-checkpoint)"
 

@@ -69,13 +69,14 @@ def keep_or_write_new(path: Path, text: str) -> Path:
     return write_new(path, text)
 
 
-def replace_atomically(path: Path, text: str) -> None:
-    """Replace `path` (a marker file of our own) with `text` in one step; a symlink there is replaced, never followed."""
+def replace_atomically(path: Path, content: str | bytes) -> None:
+    """Replace `path` (a file of our own: a marker, report.html, a picture) with `content` in one step; a symlink there is
+    replaced, never followed."""
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     staging.unlink(missing_ok=True)
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as handle:
+        handle.write(content)
     os.replace(staging, path)
 
 

@@ -11,10 +11,11 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
-from torchvision.io import write_png
+from torchvision.io import encode_png
 from torchvision.utils import make_grid
 
 from ssl_train.eval.linear_probe import extract_features
+from ssl_train.run_dir import replace_atomically
 from ssl_train.toolkit.pictures import embedding_map, render_scatter
 from ssl_train.tracking.report import MAP_PATTERN, VIEWS_FILE
 from ssl_train.tracking.trackers import log_image
@@ -42,6 +43,11 @@ def batch_view_grid(views: Sequence[torch.Tensor], mean: Sequence[float], std: S
     return (grid * 255).round().to(torch.uint8)
 
 
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """A uint8 (C, H, W) image as PNG file bytes, for run_dir to write without following a symbolic link."""
+    return encode_png(image.cpu()).numpy().tobytes()
+
 class TrainingPictures(pl.Callback):
     """Once, at the first training batch: `views.png`, the grid of the views the model is fed (images only). Every
     `every_n_epochs` and after the last epoch: `embedding_map-epochNNN.png`, a 2-D map (`map_method`: pca; umap when
@@ -68,7 +74,7 @@ class TrainingPictures(pl.Callback):
             return
         grid = batch_view_grid(images, splits.mean, splits.std, self.grid_samples)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_png(grid, str(self.out_dir / VIEWS_FILE))
+        replace_atomically(self.out_dir / VIEWS_FILE, png_bytes(grid))
         log_image(trainer.loggers, "pictures/views", grid, trainer.global_step)
 
     @torch.no_grad()
@@ -87,5 +93,5 @@ class TrainingPictures(pl.Callback):
             coords, _ = embedding_map(features, self.map_method)
         picture = render_scatter(coords, labels if bool((labels >= 0).any()) else None)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_png(picture, str(self.out_dir / MAP_PATTERN.format(epoch=epoch + 1)))
+        replace_atomically(self.out_dir / MAP_PATTERN.format(epoch=epoch + 1), png_bytes(picture))  # a resumed epoch's map is replaced
         log_image(trainer.loggers, "pictures/embedding_map", picture, trainer.global_step)
