@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_train.constraints import PositiveInt
 from ssl_train.losses.precision import float32_linear
 
 LAST_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -21,9 +22,9 @@ class MLP(nn.Sequential):
     def __init__(
         self,
         in_dim: int,
-        hidden_dim: int = 512,
-        out_dim: int | None = 128,
-        num_layers: int = 2,
+        hidden_dim: PositiveInt = 512,
+        out_dim: int | None = 128,  # null: the encoder's width (a head's; a predictor's follows the head's): checked by name in validate.py
+        num_layers: PositiveInt = 2,
         batch_norm: bool = True,
         last_batch_norm: bool = False,
         last_activation: str | None = None,
@@ -58,7 +59,8 @@ class DINOHead(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128, out_dim: int = 1024, num_layers: int = 3, norm_last_layer: bool = True
+        self, in_dim: int, hidden_dim: PositiveInt = 512, bottleneck_dim: PositiveInt = 128, out_dim: PositiveInt = 1024, num_layers: PositiveInt = 3,
+        norm_last_layer: bool = True
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
@@ -83,7 +85,7 @@ class StepPredictions(nn.Module):
     to the latent z_{t+k}; (..., in_dim) -> (..., steps, out_dim). The K maps are one Linear of K x out_dim outputs."""
 
 
-    def __init__(self, in_dim: int, out_dim: int = 128, steps: int = 4) -> None:
+    def __init__(self, in_dim: int, out_dim: PositiveInt = 128, steps: PositiveInt = 4) -> None:
         super().__init__()
         if steps < 1:
             raise ValueError(f"StepPredictions: steps must be >= 1, got {steps}")
@@ -98,7 +100,7 @@ class MutualInformationNet(nn.Module):
     """DIM's encoders of local and global features into a shared space (the reference's MI1x1ConvNet / MIFCNet):
     a 2-layer MLP plus a linear shortcut, applied per location for feature maps (as 1x1 convolutions)."""
 
-    def __init__(self, in_dim: int, out_dim: int = 256, per_location: bool = False) -> None:
+    def __init__(self, in_dim: int, out_dim: PositiveInt = 256, per_location: bool = False) -> None:
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         if per_location:

@@ -9,9 +9,9 @@ import pytest
 from ssl_train.errors import UserError
 from ssl_train.run import run
 from ssl_train.validate import validate
-from tests.conftest import compose_config
+from tests.conftest import CONFIG_DIR, compose_config
 
-METHODS = ["simclr", "byol", "mocov2", "mocov3", "simsiam", "vicreg", "barlow_twins", "supcon", "dino", "swav", "nnclr"]
+METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))  # every method there is, none listed by hand
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -41,10 +41,27 @@ def test_bad_numbers_stop_before_the_run_directory_exists(tmp_path: Path, overri
 
 
 def test_method_specific_keys_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"method.queue_size=-5: must be an integer >= 0"):
-        validate(compose_config(["method=mocov2", "method.queue_size=-5"], tmp_path))
+    with pytest.raises(UserError, match=r"method.queue.size=0: must be an integer >= 1"):
+        validate(compose_config(["method=mocov2", "method.queue.size=0"], tmp_path))
     with pytest.raises(UserError, match=r"method.momentum_base=1.5: must be a finite number in \[0, 1\]"):
         validate(compose_config(["method=byol", "method.momentum_base=1.5"], tmp_path))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["method=tico", "loss.beta=1.5"], r"^loss.beta=1.5: must be a finite number in \[0, 1\]$"),  # from TiCoLoss's `beta: Fraction`
+    (["method=tico", "head.out_dim=null"], r"^loss.dim=None \(from \$\{head.out_dim\}\): must be a value \(not null\)$"),
+    (["method=ijepa", "method.min_keep=-1"], r"^method.min_keep=-1: must be an integer >= 0$"),
+    (["method=swav", "method.num_prototypes=0"], r"^method.num_prototypes=0: must be an integer >= 1$"),
+])
+def test_rules_come_from_the_constructors_annotations(overrides: list[str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=message):
+        validate(compose_config(overrides, tmp_path))
+
+
+def test_a_key_the_constructor_does_not_take_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^method.momentum: unknown setting; ssl_train.methods.SiameseMethod takes backbone, loss, name, "
+                                        r"num_global_views, projector$"):
+        validate(compose_config(["+method.momentum=0.9"], tmp_path))
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.constraints import Positive, Temperature
 from ssl_train.losses.precision import float32
 
 
@@ -23,7 +24,7 @@ class CLIPLoss(nn.Module):
     Logits are float32. `learn_temperature=false` keeps exp(t) at 1 / init_temperature.
     """
 
-    def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0, learn_temperature: bool = True,
+    def __init__(self, init_temperature: Temperature = 0.07, max_logit_scale: Positive = 100.0, learn_temperature: bool = True,
                  gather_distributed: bool = True) -> None:
         super().__init__()
         if not init_temperature > 0 or not max_logit_scale >= 1 / init_temperature:

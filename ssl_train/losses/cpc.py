@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.constraints import Temperature
 from ssl_train.losses.precision import float32
 
 
@@ -20,7 +21,7 @@ class CPCLoss(nn.Module):
     when `gather_distributed`. Returns the mean over k of each step's mean loss (float32 logits under autocast).
     """
 
-    def __init__(self, temperature: float = 1.0, gather_distributed: bool = True) -> None:
+    def __init__(self, temperature: Temperature = 1.0, gather_distributed: bool = True) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"CPCLoss: temperature must be > 0, got {temperature}")

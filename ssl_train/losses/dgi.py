@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_train.constraints import PositiveInt
 from ssl_train.losses.precision import float32
 
 
@@ -20,7 +21,7 @@ class DeepGraphInfomaxLoss(nn.Module):
     the logs; here the log-sigmoid is exact).
     """
 
-    def __init__(self, dim: int = 512) -> None:
+    def __init__(self, dim: PositiveInt = 512) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(dim, dim))
         bound = 1.0 / math.sqrt(dim)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.constraints import Count, Fraction, PositiveInt, Temperature
 from ssl_train.losses.precision import float32
 
 
@@ -23,8 +24,9 @@ class DINOLoss(nn.Module):
     across ranks, updated after each forward.
     """
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04,
-                 warmup_teacher_temp_steps: int = 0, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: PositiveInt, student_temp: Temperature = 0.1, teacher_temp: Temperature = 0.04,
+                 warmup_teacher_temp: Temperature = 0.04,
+                 warmup_teacher_temp_steps: Count = 0, center_momentum: Fraction = 0.9) -> None:
         super().__init__()
         if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0 or not 0 <= center_momentum < 1:
             raise ValueError("DINOLoss: temperatures must be > 0 and 0 <= center_momentum < 1")

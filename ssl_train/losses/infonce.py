@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.constraints import NonNegative, Temperature
 from ssl_train.losses.ntxent import check_hard_negative_beta, log_negative_sum
 from ssl_train.losses.precision import float32
 
@@ -22,8 +23,8 @@ class InfoNCELoss(nn.Module):
     `hard_negative_beta > 0` weights each negative by exp(beta * its logit) (HCL, Robinson et al., ICLR 2021).
     """
 
-    def __init__(self, temperature: float = 0.2, gather_distributed: bool = False, scale_by_two_temperature: bool = False,
-                 hard_negative_beta: float = 0.0) -> None:
+    def __init__(self, temperature: Temperature = 0.2, gather_distributed: bool = False, scale_by_two_temperature: bool = False,
+                 hard_negative_beta: NonNegative = 0.0) -> None:
         super().__init__()
         check_hard_negative_beta(hard_negative_beta, "InfoNCELoss")
         self.hard_negative_beta = float(hard_negative_beta)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_train.constraints import Positive
 from ssl_train.losses.precision import float32
 
 
@@ -13,7 +14,7 @@ class LatentPredictionLoss(nn.Module):
     """Mean over every predicted token and channel of the Huber / smooth-L1 error with threshold `beta`:
     0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta. predictions, targets: (B, K, D); targets carry no gradient."""
 
-    def __init__(self, beta: float = 1.0) -> None:
+    def __init__(self, beta: Positive = 1.0) -> None:
         super().__init__()
         if beta <= 0:
             raise ValueError(f"LatentPredictionLoss: beta must be > 0, got {beta}")

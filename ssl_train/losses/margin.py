@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_train.constraints import NonNegative
 from ssl_train.losses.pairs import distances_and_masks
 from ssl_train.losses.precision import float32
 
@@ -19,7 +20,7 @@ class ContrastiveMarginLoss(nn.Module):
     L2-normalised when `normalize` (then d is in [0, 2]).
     """
 
-    def __init__(self, margin: float = 1.0, normalize: bool = True, uses_labels: bool = False) -> None:
+    def __init__(self, margin: NonNegative = 1.0, normalize: bool = True, uses_labels: bool = False) -> None:
         super().__init__()
         if margin <= 0:
             raise ValueError(f"ContrastiveMarginLoss: margin must be > 0, got {margin}")

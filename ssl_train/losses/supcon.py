@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.constraints import Temperature
 from ssl_train.losses.precision import float32
 
 
@@ -20,7 +21,7 @@ class SupConLoss(nn.Module):
 
     uses_labels = True
 
-    def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
+    def __init__(self, temperature: Temperature = 0.1, gather_distributed: bool = False) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"SupConLoss: temperature must be > 0, got {temperature}")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
+from ssl_train.constraints import Positive, PositiveInt, Temperature
 from ssl_train.losses.precision import float32
 
 
@@ -43,7 +44,7 @@ class SwAVLoss(nn.Module):
     Optional `queue_scores` (list per global view of (Q, K)) extend the batch for Sinkhorn as in the paper.
     """
 
-    def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, sinkhorn_iterations: int = 3) -> None:
+    def __init__(self, temperature: Temperature = 0.1, epsilon: Positive = 0.05, sinkhorn_iterations: PositiveInt = 3) -> None:
         super().__init__()
         if temperature <= 0 or epsilon <= 0 or sinkhorn_iterations < 1:
             raise ValueError("SwAVLoss: temperature and epsilon must be > 0, sinkhorn_iterations >= 1")

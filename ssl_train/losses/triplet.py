@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_train.constraints import NonNegative
 from ssl_train.losses.pairs import distances_and_masks
 from ssl_train.losses.precision import float32
 
@@ -22,7 +23,7 @@ class TripletLoss(nn.Module):
     `all`: every valid triplet. Embeddings are L2-normalised when `normalize`.
     """
 
-    def __init__(self, margin: float = 0.2, mining: str = "batch_hard", normalize: bool = True, uses_labels: bool = False) -> None:
+    def __init__(self, margin: NonNegative = 0.2, mining: str = "batch_hard", normalize: bool = True, uses_labels: bool = False) -> None:
         super().__init__()
         if mining not in MINING:
             raise ValueError(f"TripletLoss: mining must be one of {MINING}, got {mining!r}")

@@ -109,8 +109,8 @@ class SwAVMethod(nn.Module):
     (the paper's queue for small batches).
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_prototypes: int = 100,
-                 freeze_prototypes_steps: int = 0, num_global_views: int = 2, queue_size: int = 0, queue_start_steps: int = 0,
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_prototypes: PositiveInt = 100,
+                 freeze_prototypes_steps: Count = 0, num_global_views: PositiveInt = 2, queue_size: Count = 0, queue_start_steps: Count = 0,
                  name: str = "swav") -> None:
         super().__init__()
         if num_prototypes < 2:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_train.constraints import PositiveInt
+
 
 class FeatureQueue(nn.Module):
     """A FIFO of the most recent `size` feature vectors (MoCo's negative queue, NNCLR's support set), saved in checkpoints.
@@ -13,7 +15,7 @@ class FeatureQueue(nn.Module):
     the filled part. `push` takes this rank's batch and enqueues the batch gathered from all ranks.
     """
 
-    def __init__(self, size: int, dim: int, random_init: bool = False) -> None:
+    def __init__(self, size: PositiveInt, dim: PositiveInt, random_init: bool = False) -> None:
         super().__init__()
         if size < 1:
             raise ValueError(f"FeatureQueue: size must be >= 1, got {size}")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ssl_train.constraints import PositiveInt
 from ssl_train.methods.common import encode_views, pairs_over_views
 from ssl_train.methods.queue import FeatureQueue
 from ssl_train.protocols import takes
@@ -19,7 +20,7 @@ class SiameseMethod(nn.Module):
     view is paired with every later view. Losses that use labels (SupCon) get them as a third argument.
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_global_views: int = 2, name: str = "siamese") -> None:
+    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_global_views: PositiveInt = 2, name: str = "siamese") -> None:
         super().__init__()
         self.backbone, self.projector, self.loss = backbone, projector, loss
         self.num_global_views, self.name = num_global_views, name
@@ -45,7 +46,7 @@ class NNCLRMethod(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, predictor: Callable[..., nn.Module],
-                 support_set_size: int = 4096, name: str = "nnclr") -> None:
+                 support_set_size: PositiveInt = 4096, name: str = "nnclr") -> None:
         super().__init__()
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.predictor = predictor(in_dim=projector.out_dim)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ssl_train.constraints import Count, Fraction, PositiveInt
 from ssl_train.methods.common import encode_views, pairs_over_views
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.queue import FeatureQueue
@@ -32,12 +33,12 @@ class TargetNetworkMethod(nn.Module):
         projector: nn.Module,
         loss: nn.Module,
         predictor: Callable[..., nn.Module] | None = None,
-        momentum_base: float = 0.99,
-        momentum_final: float = 1.0,
+        momentum_base: Fraction = 0.99,
+        momentum_final: Fraction = 1.0,
         use_target_network: bool = True,
-        num_global_views: int = 2,
+        num_global_views: PositiveInt = 2,
         queue: Callable[..., FeatureQueue] | None = None,
-        shuffle_bn_splits: int = 0,
+        shuffle_bn_splits: Count = 0,
         name: str = "distill",
     ) -> None:
         super().__init__()
