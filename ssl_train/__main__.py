@@ -9,8 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
+from ssl_train.launch import Launch
 from ssl_train.metrics import LINEAR_TOP1
-from ssl_train.run import Launch, run
+from ssl_train.run import run
 
 
 def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
@@ -27,7 +28,7 @@ def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
 def launch_of(task_cfg: DictConfig) -> Launch:
     """What run(cfg) needs from Hydra's runtime state: the chosen options, the typed overrides and Hydra's config files."""
     hydra_cfg = HydraConfig.get()
-    choices = {str(group): str(choice) for group, choice in hydra_cfg.runtime.choices.items()}
+    choices = {str(group): str(choice) for group, choice in hydra_cfg.runtime.choices.items()}  # a null choice reads 'None'
     return Launch(choices=choices, overrides=list(hydra_cfg.overrides.task), hydra_files=hydra_files(task_cfg))
 
 
@@ -56,4 +57,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["plan"]:  # `python -m ssl_train plan <overrides>`, before Hydra reads argv (ssl_train/planner)
+        from ssl_train.planner.command import main as plan
+
+        sys.exit(plan(sys.argv[2:]))
     main()

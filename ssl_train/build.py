@@ -12,7 +12,6 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -21,6 +20,7 @@ from ssl_train.callbacks import ConfigInCheckpoint, ResumeState
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
+from ssl_train.launch import group_choice  # the options the command line chose, for error lines
 from ssl_train.modalities import modality
 from ssl_train.modalities.check import check_fits, modalities_of
 from ssl_train.module import SSLModule
@@ -28,14 +28,6 @@ from ssl_train.portable import RUN_KEYS, load_initial_weights
 from ssl_train.protocols import StepPredictor, prefers_channels_last, takes
 from ssl_train.tracking.trackers import TrackerRunsInCheckpoint, build_loggers
 from ssl_train.validate import validate
-
-
-def group_choice(group: str) -> str:
-    """The option chosen for a config group (e.g. 'small_resnet' for 'backbone'), or '?' outside a Hydra app."""
-    try:
-        return str(HydraConfig.get().runtime.choices.get(group, "?"))
-    except ValueError:
-        return "?"
 
 
 def _root_cause(error: BaseException) -> BaseException:

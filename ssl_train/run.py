@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from ssl_train.build import Built, build
 from ssl_train.callbacks import Preemption
 from ssl_train.checkpoint_io import read_checkpoint
 from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, summary_line
+from ssl_train.launch import Launch, chosen_options, group_choice
 from ssl_train.modalities import modality
 from ssl_train.run_dir import ResumePoint, claimed_run_dir, resume_point, save_resolved_config, write_metrics
 from ssl_train.tracking.report import write_report
@@ -27,22 +26,12 @@ from ssl_train.training import train
 from ssl_train.validate import validate
 
 
-@dataclass(frozen=True)
-class Launch:
-    """What the command line knows and the config does not, read from Hydra by ssl_train.__main__: the option chosen per
-    config group, the overrides typed, Hydra's config files for <run dir>/.hydra. Empty outside a Hydra app (tests, the API)."""
-
-    choices: Mapping[str, str] = field(default_factory=dict)
-    overrides: list[str] | None = None
-    hydra_files: Mapping[str, str] = field(default_factory=dict)
-
-
 def run(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
     """Pretrain the configured method, then evaluate its encoder beside both baselines; returns (and writes) the metrics."""
     launch = launch or Launch()
     validate(cfg)  # before anything is created on disk
     output_dir = Path(cfg.paths.output_dir)
-    with claimed_run_dir(output_dir, launch.hydra_files) as metrics_path:
+    with claimed_run_dir(output_dir, launch.hydra_files) as metrics_path, chosen_options(launch.choices):
         started = time.time()
         config_path = save_resolved_config(cfg, output_dir)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -53,7 +42,7 @@ def run(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
             if trainer.is_global_zero:
                 log_run_start(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), git_commit(), command_line(launch.overrides),
                               [config_path], resumed_from=resume.checkpoint)
-            metrics = describe(cfg, built, output_dir, launch.choices) | train_and_evaluate(cfg, built, resume, output_dir)
+            metrics = describe(cfg, built, output_dir) | train_and_evaluate(cfg, built, resume, output_dir)
             metrics |= {key.SKIPPED_IMAGES: built.datamodule.skipped_images(), key.WALL_TIME_S: round(time.time() - started, 2)}
             if trainer.is_global_zero:
                 write_results(metrics, metrics_path, trainer, built.datamodule.splits.modality)
@@ -69,20 +58,20 @@ def tracker_runs_to_continue(cfg: DictConfig, ckpt_path: str | None) -> dict[str
     return stored_tracker_runs(read_checkpoint(ckpt_path, trust=bool(cfg.get("trust_checkpoint", False)))) if ckpt_path and resumable else {}
 
 
-def component_name(group: str, node: DictConfig, choices: Mapping[str, str]) -> str:
+def component_name(group: str, node: DictConfig) -> str:
     """The option chosen for `group` (e.g. 'small_resnet'); outside a Hydra app (tests, the Python API) the class it builds."""
-    if group in choices:
-        return str(choices[group])
+    if (chosen := group_choice(group)) != "?":
+        return chosen
     target = node.get("source", node).get("_target_", "?") if isinstance(node, DictConfig) else "?"
     return str(target).rsplit(".", 1)[-1]
 
 
-def describe(cfg: DictConfig, built: Built, output_dir: Path, choices: Mapping[str, str]) -> dict[str, Any]:
+def describe(cfg: DictConfig, built: Built, output_dir: Path) -> dict[str, Any]:
     """What the run is, metrics.json's first keys: method, backbone, data, seed, batch and learning rate, where, which split."""
     batch_size = built.datamodule.batch_size
     described = {
-        key.METHOD: cfg.method.get("name", choices.get("method", "?")), key.BACKBONE: component_name("backbone", cfg.backbone, choices),
-        key.DATA: component_name("data", cfg.data, choices), key.SEED: cfg.seed, key.EPOCHS: cfg.trainer.max_epochs, key.GLOBAL_BATCH_SIZE: batch_size,
+        key.METHOD: cfg.method.get("name", group_choice("method")), key.BACKBONE: component_name("backbone", cfg.backbone),
+        key.DATA: component_name("data", cfg.data), key.SEED: cfg.seed, key.EPOCHS: cfg.trainer.max_epochs, key.GLOBAL_BATCH_SIZE: batch_size,
         key.EFFECTIVE_LR: built.module.optim.effective_lr(batch_size * cfg.trainer.accumulate_grad_batches), key.OUTPUT_DIR: str(output_dir),
         key.EVAL_SPLIT: "validation" if cfg.data.get("validation_fraction") else "test", key.MODALITY: built.datamodule.splits.modality,
     }

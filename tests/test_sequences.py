@@ -16,6 +16,7 @@ from ssl_train.data.sequences import SequenceArrays, SequentialFashionMNIST
 from ssl_train.encoders.sequence import RecurrentEncoder, mel_filterbank
 from ssl_train.errors import UserError
 from ssl_train.heads import StepPredictions
+from ssl_train.launch import chosen_options
 from ssl_train.losses import CPCLoss
 from ssl_train.methods import CPCMethod
 from tests.conftest import compose_config
@@ -162,7 +163,7 @@ def test_impossible_combinations_stop_with_one_line_naming_what_fits(overrides: 
         from hydra import compose
 
         HydraConfig.instance().set_config(compose("train", overrides=overrides, return_hydra_config=True))
-        with pytest.raises(UserError) as caught:
+        with pytest.raises(UserError) as caught, chosen_options(HydraConfig.get().runtime.choices):  # as ssl_train.__main__ hands them on
             build(cfg)
     assert message in str(caught.value) and "\n" not in str(caught.value)
 

@@ -17,6 +17,7 @@ from ssl_train.data.tokenizers import BOS, EOS, PAD, BPETokenizer, ByteTokenizer
 from ssl_train.encoders.text import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
 from ssl_train.errors import DataNotFoundError, UserError
 from ssl_train.eval.baselines import RawInput
+from ssl_train.launch import chosen_options
 from ssl_train.losses import InfoNCELoss
 from ssl_train.modalities.text import bag_of_ngrams
 from tests.optional import require
@@ -243,7 +244,7 @@ def test_text_and_pair_mismatches_stop_with_one_line_naming_what_fits(overrides:
     cfg = compose_config(overrides, tmp_path)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         HydraConfig.instance().set_config(compose("train", overrides=overrides, return_hydra_config=True))
-        with pytest.raises(UserError) as caught:
+        with pytest.raises(UserError) as caught, chosen_options(HydraConfig.get().runtime.choices):  # as ssl_train.__main__ hands them on
             build(cfg)
     assert message in str(caught.value) and "\n" not in str(caught.value)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, summary_line
+from ssl_train.launch import Launch, chosen_options
 from ssl_train.metrics import CKPT_PATH, EVAL_FEATURES, METHOD
 from ssl_train.modalities import modality
 from ssl_train.modalities.check import modalities_of
@@ -112,10 +113,11 @@ def checkpoint_pair_scores(ckpt_path: Path, train_cfg: DictConfig, protocol: Eva
     return protocol.pair_scores(load_method(ckpt_path, train_cfg, train_splits, trust), train_splits.tokenizer)
 
 
-def probe_checkpoint(cfg: DictConfig, hydra_files: Mapping[str, str] | None = None) -> dict[str, Any]:
+def probe_checkpoint(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint on its own training data, or on `data=...` when given; write metrics.json beside it."""
+    launch = launch or Launch()
     validate(cfg)
-    with claimed_run_dir(Path(cfg.paths.output_dir), hydra_files) as metrics_path:
+    with claimed_run_dir(Path(cfg.paths.output_dir), launch.hydra_files) as metrics_path, chosen_options(launch.choices):
         return _probe(cfg, metrics_path)
 
 

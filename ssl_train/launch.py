@@ -1,0 +1,39 @@
+"""What the command line chose, handed in by the entry points (ssl_train.__main__ reads it from Hydra's runtime state, the
+one place that does): the option per config group, the overrides typed, Hydra's config files for <run dir>/.hydra.
+
+Error lines name options as typed (`backbone=small_resnet: ...`): `group_choice` reads the choices of the launch being
+run, set by `chosen_options` around it (run, checkpoint evaluation); outside one (tests, the Python API) it says '?'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+_CHOICES: ContextVar[Mapping[str, str]] = ContextVar("ssl_train_choices", default={})  # noqa: B039 - never mutated
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the command line knows and the config does not; empty outside a Hydra app (tests, the Python API)."""
+
+    choices: Mapping[str, str] = field(default_factory=dict)
+    overrides: list[str] | None = None
+    hydra_files: Mapping[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def chosen_options(choices: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, `group_choice` names the options in `choices` (group -> option, e.g. backbone -> small_resnet)."""
+    token = _CHOICES.set({str(group): str(option) for group, option in choices.items()})  # a null choice reads 'None', as Hydra says it
+    try:
+        yield
+    finally:
+        _CHOICES.reset(token)
+
+
+def group_choice(group: str) -> str:
+    """The option chosen for a config group (e.g. 'small_resnet' for 'backbone'), or '?' when no launch named one."""
+    return _CHOICES.get().get(group, "?")
