@@ -25,15 +25,35 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PAPERS = {
-    "simclr": "SimCLR (Chen et al. 2020)", "byol": "BYOL (Grill et al. 2020)", "mocov2": "MoCo v2 (Chen et al. 2020)",
-    "mocov3": "MoCo v3 (Chen et al. 2021)", "simsiam": "SimSiam (Chen & He 2021)", "barlow_twins": "Barlow Twins (Zbontar et al. 2021)",
-    "vicreg": "VICReg (Bardes et al. 2022)", "supcon": "SupCon (Khosla et al. 2020), uses labels", "dino": "DINO (Caron et al. 2021)",
-    "swav": "SwAV (Caron et al. 2020)", "nnclr": "NNCLR (Dwibedi et al. 2021)", "dim": "Deep InfoMax (Hjelm et al. 2019)",
-    "cpc": "CPC (van den Oord et al. 2018)", "dgi": "Deep Graph Infomax (Velickovic et al. 2019)", "grace": "GRACE (Zhu et al. 2020)",
-}
+METHOD_DIR = REPO / "configs" / "method"
+
+
+def paper(method: str) -> str:
+    """A method's paper, from its config's header line ('# SimCLR (Chen et al., ICML 2020): ...' -> 'SimCLR (Chen et al., ICML 2020)')."""
+    header = next(line for line in (METHOD_DIR / f"{method}.yaml").read_text().splitlines() if not line.startswith("# @package"))
+    return header.lstrip("# ").split(":")[0]
+
+
+def runs_on_images(method: str) -> bool:
+    """Whether `python -m ssl_train method=<method>` trains on the default image data: the config picks no other data and
+    its method, backbone and views take images (their declared modalities; ssl_train.modalities)."""
+    import yaml
+
+    from ssl_train.modalities.check import modalities_of
+
+    tree = yaml.safe_load((METHOD_DIR / f"{method}.yaml").read_text())
+    picked = {key.split("/")[-1]: value for entry in tree.get("defaults", []) if isinstance(entry, dict) for key, value in entry.items()}
+    if "data" in picked:
+        return False
+    targets = [tree["method"]["_target_"]] + [yaml.safe_load((REPO / "configs" / group / f"{picked[group]}.yaml").read_text()).get("_target_", "")
+                                              for group in ("backbone", "augment") if group in picked]
+    return all("image" in (modalities_of(target) or ("image",)) for target in targets if target)
+
+
+METHODS = sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))  # every method config, none listed by hand
+# the methods beyond images, each on the data it runs on (these pairings are choices, not derived)
 BEYOND_IMAGES = ["cpc:seq_fashion_mnist", "cpc:spoken_digits", "dgi:fmnist_knn_graph", "grace:fmnist_knn_graph", "dgi:wordnet_graph"]
-IMAGE_METHODS = [m for m in PAPERS if m not in ("cpc", "dgi", "grace")]
+IMAGE_METHODS = [m for m in METHODS if runs_on_images(m)]
 BUDGETS = {"quick": [], "fmnist30": ["experiment=fmnist30"]}  # budget name -> overrides
 
 
@@ -85,7 +105,7 @@ def table(rows: list[dict]) -> str:
     ]
     for m in rows:
         lines.append(
-            f"| {PAPERS.get(m['method'], m['method'])} | {m['budget']} | `{' '.join(m['overrides'])}` "
+            f"| {paper(m['method'].partition(':')[0])} | {m['budget']} | `{' '.join(m['overrides'])}` "
             f"| {m['linear_top1']:.4f} | {m['knn_k20_top1']:.4f} "
             f"| {m['raw_input_linear_top1']:.4f} / {m['raw_input_knn_k20_top1']:.4f} "
             f"| {m['random_init_linear_top1']:.4f} / {m['random_init_knn_k20_top1']:.4f} "

@@ -1,21 +1,16 @@
 """Two gloo processes, each with half the batch, equal one process with the whole batch: losses, gradients, queues, centres.
 
-DDP averages parameter gradients over ranks, so the criterion is: mean over ranks of the per-rank loss equals the
-single-process loss, and each rank's gradient w.r.t. its own rows, divided by the world size, equals the
-single-process gradient of those rows.
+The harness is ssl_train.verify_dist (the same checker users run on their own losses); its docstring states the criterion:
+mean of the ranks' losses = the one-process loss, the ranks' input-row gradients / world size = the one-process ones,
+buffers (DINO's centre, a queue) identical.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from ssl_train import losses
 from ssl_train.losses import (
     BarlowTwinsLoss,
     CLIPLoss,
@@ -30,9 +25,12 @@ from ssl_train.losses import (
     VICRegLoss,
 )
 from ssl_train.methods.queue import FeatureQueue
+from ssl_train.protocols import takes
+from ssl_train.verify_dist import EQUAL, Case, Verdict, verify
+from tests.test_losses_zoo import is_pair_loss
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
-WORLD, N, D = 2, 8, 6
+N, D = 8, 6
 
 
 def _pair_inputs() -> list[torch.Tensor]:
@@ -64,76 +62,73 @@ def _patch_inputs() -> list[torch.Tensor]:
     return [torch.randn(N, 4, 5, generator=g) for _ in range(2)]
 
 
-def _ibot_call(loss: IBOTPatchLoss, student: list[torch.Tensor]) -> torch.Tensor:
+def _ibot_call(loss: IBOTPatchLoss, *student: torch.Tensor) -> torch.Tensor:
     """Teacher outputs and masks made row by row from the student's (so each rank sees its rows' own), some rows unmasked."""
-    return loss(student, [s.detach().flip(-1) * 2 for s in student], [s.detach()[..., 0] > 0.3 for s in student])
+    return loss(list(student), [s.detach().flip(-1) * 2 for s in student], [s.detach()[..., 0] > 0.3 for s in student])
 
 
-# name -> (loss factory given gather flag, inputs factory, call(loss, local inputs, local labels))
-CASES: dict[str, tuple[Callable, Callable, Callable]] = {
-    "ntxent": (lambda g: NTXentLoss(0.5, gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
-    "dcl": (lambda g: NTXentLoss(0.5, gather_distributed=g, decoupled=True), _pair_inputs, lambda f, x, y: f(*x)),
-    "infonce": (lambda g: InfoNCELoss(0.3, gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
-    "supcon": (lambda g: SupConLoss(0.3, gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x, y)),
-    "barlow_twins": (lambda g: BarlowTwinsLoss(gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
-    "vicreg": (lambda g: VICRegLoss(gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
-    "swav": (lambda g: SwAVLoss(), _swav_inputs, lambda f, x, y: f(x, num_global=2)),
-    "dino": (lambda g: DINOLoss(out_dim=5, teacher_temp=0.07), _swav_inputs, lambda f, x, y: f(x, x[:2])),
-    "ibot_patch": (lambda g: IBOTPatchLoss(out_dim=5, teacher_temp=0.07), _patch_inputs, lambda f, x, y: _ibot_call(f, x)),
-    "cpc": (lambda g: CPCLoss(gather_distributed=g), _sequence_inputs, lambda f, x, y: f(*x)),
-    "dim_infonce": (lambda g: DeepInfoMaxLoss("infonce", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),
-    "dim_jsd": (lambda g: DeepInfoMaxLoss("jsd", gather_distributed=g), _infomax_inputs, lambda f, x, y: f(*x)),
-    "clip": (lambda g: CLIPLoss(init_temperature=0.2, gather_distributed=g), _pair_inputs, lambda f, x, y: f(*x)),
-}
+def _swav_call(loss: SwAVLoss, *crops: torch.Tensor) -> torch.Tensor:
+    return loss(list(crops), num_global=2)
 
 
-def _evaluate(gather: bool, rows: slice) -> dict[str, dict]:
-    """Loss value, gradients of the given rows and loss state for every case."""
-    out: dict[str, dict] = {}
-    for name, (make_loss, make_inputs, call) in CASES.items():
-        loss_fn = make_loss(gather)
-        inputs = [x[rows].clone().requires_grad_(True) for x in make_inputs()]
-        value = call(loss_fn, inputs, _labels()[rows])
-        value.backward()
-        out[name] = {"loss": value.item(), "grads": [x.grad.clone() for x in inputs], "state": {k: v.clone() for k, v in loss_fn.state_dict().items()}}
-    queue = FeatureQueue(2 * N, D)
-    queue.push(_pair_inputs()[0][rows])
-    out["queue"] = {"features": queue.features.clone(), "filled": int(queue.filled)}
-    return out
+def _dino_call(loss: DINOLoss, *crops: torch.Tensor) -> torch.Tensor:
+    return loss(list(crops), list(crops[:2]))
 
 
-def _worker(rank: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        per_rank = N // WORLD
-        torch.save(_evaluate(True, slice(rank * per_rank, (rank + 1) * per_rank)), os.path.join(result_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _push(queue: FeatureQueue, features: torch.Tensor) -> torch.Tensor:
+    """The queue case: push this rank's rows (the queue gathers every rank's), no loss."""
+    queue.push(features)
+    return features.sum() * 0
+
+
+def _cases() -> dict[str, Case]:
+    """Every loss that gathers across ranks (gather on), and MoCo's queue; the calls are module functions (pickled to the ranks)."""
+    pairs = _pair_inputs()
+    cases = {
+        "ntxent": Case(NTXentLoss(0.5, gather_distributed=True), pairs),
+        "dcl": Case(NTXentLoss(0.5, gather_distributed=True, decoupled=True), pairs),
+        "infonce": Case(InfoNCELoss(0.3, gather_distributed=True), pairs),
+        "supcon": Case(SupConLoss(0.3, gather_distributed=True), [*pairs, _labels()]),
+        "barlow_twins": Case(BarlowTwinsLoss(gather_distributed=True), pairs),
+        "vicreg": Case(VICRegLoss(gather_distributed=True), pairs),
+        "swav": Case(SwAVLoss(), _swav_inputs(), call=_swav_call),
+        "dino": Case(DINOLoss(out_dim=5, teacher_temp=0.07), _swav_inputs(), call=_dino_call),
+        "ibot_patch": Case(IBOTPatchLoss(out_dim=5, teacher_temp=0.07), _patch_inputs(), call=_ibot_call),
+        "cpc": Case(CPCLoss(gather_distributed=True), _sequence_inputs()),
+        "dim_infonce": Case(DeepInfoMaxLoss("infonce", gather_distributed=True), _infomax_inputs()),
+        "dim_jsd": Case(DeepInfoMaxLoss("jsd", gather_distributed=True), _infomax_inputs()),
+        "clip": Case(CLIPLoss(init_temperature=0.2, gather_distributed=True), pairs),
+        "queue": Case(FeatureQueue(2 * N, D), [pairs[0]], call=_push),
+    }
+    return {**cases, **_other_pair_losses(pairs, {type(case.module).__name__ for case in cases.values()})}
+
+
+def _other_pair_losses(pairs: list[torch.Tensor], covered: set[str]) -> dict[str, Case]:
+    """Every other loss of ssl_train.losses.__all__ on two views that can gather (a new one joins without being listed)."""
+    found = {}
+    for name in sorted(set(losses.__all__) - covered):
+        loss_class = getattr(losses, name)
+        if is_pair_loss(loss_class) and takes(loss_class, "gather_distributed"):
+            widths = {key: D for key in ("dim", "out_dim") if takes(loss_class, key)}
+            found[name] = Case(loss_class(gather_distributed=True, **widths), pairs)
+    return found
+
+
+CASES = sorted(_cases())
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
-    tmp = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, start_method="spawn")
-    ranks = [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)]
-    return _evaluate(False, slice(None)), ranks
+def verdicts() -> dict[str, Verdict]:
+    return verify(_cases())
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_loss_and_gradients_match_single_process(name: str, results: tuple[dict, list[dict]]) -> None:
-    single, ranks = results
-    mean_loss = sum(r[name]["loss"] for r in ranks) / WORLD
-    assert mean_loss == pytest.approx(single[name]["loss"], abs=1e-5)
-    for i, full_grad in enumerate(single[name]["grads"]):
-        gathered = torch.cat([r[name]["grads"][i] for r in ranks]) / WORLD
-        torch.testing.assert_close(gathered, full_grad, atol=1e-6, rtol=1e-4)
-    for key, value in single[name]["state"].items():  # e.g. DINO's centre: all-reduced, identical to one process
-        for r in ranks:
-            torch.testing.assert_close(r[name]["state"][key], value)
+@pytest.mark.parametrize("name", CASES)
+def test_two_ranks_equal_one_process(name: str, verdicts: dict[str, Verdict]) -> None:
+    assert verdicts[name].verdict == EQUAL, verdicts[name].line()
 
 
-def test_queue_push_gathers_all_ranks(results: tuple[dict, list[dict]]) -> None:
-    single, ranks = results
-    for r in ranks:
-        torch.testing.assert_close(r["queue"]["features"], single["queue"]["features"])
-        assert r["queue"]["filled"] == single["queue"]["filled"] == N
+def test_queue_push_gathers_all_ranks() -> None:
+    """The queue case compares buffers, so its verdict means: every rank's queue holds the whole batch, as one process's does."""
+    queue = FeatureQueue(2 * N, D)
+    _push(queue, _pair_inputs()[0])
+    assert int(queue.filled) == N

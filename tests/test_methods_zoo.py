@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from hydra.utils import get_class
 
 from ssl_train.build import build
 from ssl_train.encoders.resnet import SmallResNet
@@ -17,6 +19,7 @@ from ssl_train.losses import DINOLoss, InfoNCELoss, SupConLoss, SwAVLoss
 from ssl_train.methods import DINOMethod, NNCLRMethod, SiameseMethod, SwAVMethod, TargetNetworkMethod
 from ssl_train.methods.queue import FeatureQueue
 from tests.conftest import CONFIG_DIR, compose_config
+from tests.test_losses_zoo import is_pair_loss
 
 
 def _backbone() -> SmallResNet:
@@ -128,7 +131,16 @@ def test_supcon_method_passes_labels() -> None:
         method(_views(), labels=None)
 
 
-@pytest.mark.parametrize("loss", ["ntxent", "dcl", "infonce", "nce", "margin", "triplet", "supcon", "barlow_twins", "vicreg", "negative_cosine"])
+def _loss_target(option: str) -> str:
+    """The `_target_` of a loss option, through its defaults (dcl extends ntxent)."""
+    tree = yaml.safe_load((CONFIG_DIR / "loss" / f"{option}.yaml").read_text())
+    return tree["_target_"] if "_target_" in tree else _loss_target(tree["defaults"][0])
+
+
+PAIR_LOSS_OPTIONS = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml") if is_pair_loss(get_class(_loss_target(p.stem))))  # none listed
+
+
+@pytest.mark.parametrize("loss", PAIR_LOSS_OPTIONS)
 def test_pair_losses_train_the_siamese_method_from_config(loss: str, tmp_path: Path) -> None:
     """`method=simclr loss=<name>`: each pair objective composes into the siamese method and its gradient reaches the encoder."""
     torch.manual_seed(0)

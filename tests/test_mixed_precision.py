@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
 import torch
 
+from ssl_train import losses
 from ssl_train.heads import DINOHead
 from ssl_train.losses import (
     BarlowTwinsLoss,
@@ -21,6 +23,8 @@ from ssl_train.losses import (
     TripletLoss,
     VICRegLoss,
 )
+from ssl_train.protocols import takes
+from tests.test_losses_zoo import is_pair_loss
 
 
 def _pair(n: int = 16, d: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +49,11 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], tuple]]] = {
     "dino": (lambda: DINOLoss(out_dim=32, student_temp=0.1, teacher_temp=0.04), lambda: ([*_pair(), _pair()[0] * 2], list(_pair()))),
     "swav": (lambda: SwAVLoss(temperature=0.1), lambda: ([torch.nn.functional.normalize(v, dim=1) for v in (*_pair(), _pair()[1] * 3)],)),
 }
+# every other loss on two views in ssl_train.losses.__all__ (a new one joins without being listed), with its defaults
+CASES.update({name: (functools.partial(getattr(losses, name), **{k: 32 for k in ("dim", "out_dim") if takes(getattr(losses, name), k)}),
+                     lambda: _pair())
+              for name in losses.__all__ if is_pair_loss(getattr(losses, name))
+              and getattr(losses, name) not in {type(make()) for make, _ in CASES.values()}})
 
 
 def _as(value: object, dtype: torch.dtype) -> object:
