@@ -36,6 +36,13 @@ MOVED_TARGETS = {
     "ssl_train.text_encoders.CharCNNEncoder": "ssl_train.encoders.text.CharCNNEncoder",
     "ssl_train.text_encoders.HFTextEncoder": "ssl_train.encoders.text.HFTextEncoder",
     "ssl_train.text_encoders.NGramBagEncoder": "ssl_train.encoders.text.NGramBagEncoder",
+    # the masked-modelling methods, each in its own module (methods/masked.py split)
+    "ssl_train.methods.MAEMethod": "ssl_train.methods.mae.MAEMethod",
+    "ssl_train.methods.SimMIMMethod": "ssl_train.methods.simmim.SimMIMMethod",
+    "ssl_train.methods.IJEPAMethod": "ssl_train.methods.ijepa.IJEPAMethod",
+    "ssl_train.methods.masked.MAEMethod": "ssl_train.methods.mae.MAEMethod",
+    "ssl_train.methods.masked.SimMIMMethod": "ssl_train.methods.simmim.SimMIMMethod",
+    "ssl_train.methods.masked.IJEPAMethod": "ssl_train.methods.ijepa.IJEPAMethod",
 }
 
 
@@ -85,7 +92,12 @@ def current_target(target: str) -> str:
 
 
 def with_current_targets(node: Any) -> Any:
-    """A plain config (dicts and lists) with every `_target_` that is exactly an old name replaced by its new one."""
+    """A plain config (dicts and lists) with every `_target_` that is exactly an old name replaced by its new one, and a
+    run config's old method settings by today's (methods/legacy.py: MoCo's queue_size, DINO's ibot_*)."""
+    if isinstance(node, dict) and isinstance(node.get("method"), dict):
+        from ssl_train.methods.legacy import current_method_settings  # local: trust stays importable without torch
+
+        node = {**node, "method": current_method_settings(node["method"])}
     if isinstance(node, dict):
         return {k: (current_target(v) if k == "_target_" and isinstance(v, str) else with_current_targets(v)) for k, v in node.items()}
     if isinstance(node, list):

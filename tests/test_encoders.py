@@ -13,10 +13,11 @@ from ssl_train.portable import build_from_spec
 from ssl_train.trust import MOVED_TARGETS, is_allowed, registered_targets, stored_config
 
 
-def test_every_moved_name_points_at_a_registered_class_of_the_encoders_package() -> None:
-    for old, new in MOVED_TARGETS.items():
-        assert new.startswith("ssl_train.encoders.") and new.rsplit(".", 1)[-1] == old.rsplit(".", 1)[-1]
-        assert new in registered_targets()["backbone"] | registered_targets().get("text_encoder", frozenset()), new
+def test_every_moved_name_points_at_a_registered_class_of_the_same_name() -> None:
+    registered = frozenset().union(*registered_targets().values())
+    for old, new in MOVED_TARGETS.items():  # encoders (ssl_train.encoders) and the masked-modelling methods (one module each)
+        assert new.startswith(("ssl_train.encoders.", "ssl_train.methods.")) and new.rsplit(".", 1)[-1] == old.rsplit(".", 1)[-1]
+        assert new in registered, new
     module, _, name = MOVED_TARGETS["ssl_train.backbones.SmallResNet"].rpartition(".")
     assert hasattr(importlib.import_module(module), name)
 

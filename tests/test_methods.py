@@ -133,3 +133,29 @@ def test_every_method_is_recognised_without_a_static_member_lookup(tmp_path) -> 
     assert inspect.getattr_static(method, "backbone", None) is None  # what a 3.12 isinstance(method, Method) sees
     assert is_method(method)
     assert not is_method(torch.nn.Linear(2, 2)) and not is_method(method.backbone)
+
+
+def test_checkpoints_from_before_the_ema_component_load_and_old_method_settings_read_as_todays() -> None:
+    from ssl_train.methods.legacy import current_method_settings
+    from ssl_train.trust import with_current_targets
+
+    method = _byol(momentum_base=0.9)
+    with torch.no_grad():
+        for p in method.target.parameters():
+            p.add_(1.0)
+    old_keys = {k.replace("target.backbone.", "target_backbone.").replace("target.projector.", "target_projector."): v
+                for k, v in method.state_dict().items()}
+    fresh = _byol(momentum_base=0.9)
+    fresh.load_state_dict(old_keys)  # keys written before EMATarget: target_backbone.* / target_projector.*
+    for key, value in method.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value)
+    moco = current_method_settings({"_target_": "ssl_train.methods.TargetNetworkMethod", "queue_size": 4096})
+    assert moco["queue"] == {"_target_": "ssl_train.methods.queue.FeatureQueue", "_partial_": True, "size": 4096, "random_init": True}
+    assert current_method_settings({"_target_": "ssl_train.methods.TargetNetworkMethod", "queue_size": 0})["queue"] is None
+    dino = {"_target_": "ssl_train.methods.DINOMethod", "ibot_weight": 0.0, "ibot_teacher_temp": 0.07, "ibot_mask_ratio": [0.1, 0.5],
+            "ibot_masked_share": 0.5, "koleo_weight": 0.0}
+    assert with_current_targets({"method": dino})["method"] == {"_target_": "ssl_train.methods.DINOMethod", "koleo_weight": 0.0}
+    ibot = current_method_settings({**dino, "ibot_weight": 1.0})
+    assert ibot["_target_"] == "ssl_train.methods.ibot.IBOTMethod" and ibot["patch_weight"] == 1.0 and ibot["mask_ratio_range"] == [0.1, 0.5]
+    mae = with_current_targets({"method": {"_target_": "ssl_train.methods.MAEMethod"}})
+    assert mae["method"]["_target_"] == "ssl_train.methods.mae.MAEMethod"

@@ -11,7 +11,7 @@ from torch import nn
 from ssl_train.constraints import Count, Fraction, LossWeight, Number, PositiveInt, Temperature
 from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.methods.common import encode_views
-from ssl_train.methods.ema import EMATarget
+from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.masks import beit_block_masks
 from ssl_train.methods.multicrop import KoLeoTerm, check_dino_parts, freeze_last_layer
 from ssl_train.protocols import is_vit
@@ -44,6 +44,8 @@ class IBOTMethod(nn.Module):
                              f"got {list(mask_ratio_range)} and {masked_share}")
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.teacher = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector)
+        self._register_load_state_dict_pre_hook(renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}),
+                                                with_module=True)  # DINOMethod with ibot_weight > 0 before the split
         self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
         self.koleo = KoLeoTerm(koleo_weight)
         self.patch_weight, self.masked_share, self.mask_ratio = patch_weight, masked_share, (low, high)
