@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from ssl_train.losses import SigLIPLoss
-from ssl_train.verify_dist import EQUAL, Case, verify
 from tests.optional import require
 
 
@@ -71,6 +70,8 @@ def test_siglip_learns_scale_and_bias_and_clamps_the_scale() -> None:
 @pytest.mark.ddp
 def test_two_ranks_equal_one_process() -> None:
     """2 gloo processes with half the pairs each = 1 process with all of them: loss, input and scale/bias gradients."""
+    from ssl_train.verify_dist import EQUAL, Case, verify  # the project's 2-process harness (spawned gloo ranks)
+
     g = torch.Generator().manual_seed(2)
     pairs = [torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)]
     verdicts = verify({"siglip": Case(SigLIPLoss(init_logit_scale=5.0, init_logit_bias=-2.0), pairs)})
