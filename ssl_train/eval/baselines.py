@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ssl_train.modalities import modality
+from ssl_train.run_dir import replace_atomically  # a per-process staging file, never written through a symlink
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ class ResultCache:
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                staging = path.with_name(path.name + ".tmp")
-                staging.write_text(json.dumps({"key": key, "result": result}, sort_keys=True, default=str, indent=1))
-                staging.replace(path)
+                replace_atomically(path, json.dumps({"key": key, "result": result}, sort_keys=True, default=str, indent=1))
             except OSError as error:  # a read-only cache must not cost the run its results
                 log.warning("could not cache the %s baseline in %s: %s", kind, path, error)
         return result
