@@ -13,7 +13,7 @@ from torch import nn
 
 from ssl_train.metrics import DATA_SKIPPED_IMAGES, PROBE_ONLINE_LOSS, PROBE_ONLINE_TOP1, TRAIN_LOSS, TRAIN_PREFIX, VAL_ONLINE_TOP1
 from ssl_train.optim import OptimRecipe
-from ssl_train.protocols import EditsGradients, UpdatesAfterOptimizerStep, is_method
+from ssl_train.protocols import CountsSkippedImages, EditsGradients, UpdatesAfterOptimizerStep, is_method
 
 
 class SSLModule(pl.LightningModule):
@@ -138,7 +138,7 @@ class SSLModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "skipped_images"):
+        if isinstance(datamodule, CountsSkippedImages):
             self.log(DATA_SKIPPED_IMAGES, float(datamodule.skipped_images()))
 
     def on_after_backward(self) -> None:
