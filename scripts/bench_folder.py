@@ -65,11 +65,11 @@ class Meter(pl.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.seen, self.images, self.started, self.elapsed = warmup, 0, 0, 0.0, 0.0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:
         if self.seen == self.warmup:
             self.started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         if self.seen >= self.warmup:
             self.images += len(batch[1])
             self.elapsed = time.perf_counter() - self.started
@@ -86,7 +86,7 @@ def overrides_for(root: Path, on_device: str, workers: int, steps: int, out: str
             f"augment.on_device={on_device}", f"+trainer.max_steps={steps}", "trainer.max_epochs=1000", *QUIET, f"paths.output_dir={out}", *extra]
 
 
-def compose_cfg(overrides: list[str]):  # noqa: ANN201
+def compose_cfg(overrides: list[str]):
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         return compose("train", overrides=overrides)
 

@@ -35,7 +35,7 @@ def timed(work: Callable[[], object], rounds: int) -> float:
     return statistics.median(seconds)
 
 
-def built_from(overrides: list[str]):  # noqa: ANN201 - ssl_train.build.Built
+def built_from(overrides: list[str]):  # ssl_train.build.Built
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "logger=csv", "paths.output_dir=/tmp/bench_modalities", "callbacks.preemption=null"])
     return build(cfg)
@@ -65,7 +65,7 @@ def training_rows(configs: list[tuple[str, list[str]]], steps: int, rounds: int)
         batch, labels = next(iter(loader))
         steps_per_epoch = len(loader)
 
-        def step(batch=batch, labels=labels, method=method, module=module, optimizer=optimizer) -> None:  # noqa: ANN001
+        def step(batch=batch, labels=labels, method=method, module=module, optimizer=optimizer) -> None:
             for _ in range(steps):
                 optimizer.zero_grad(set_to_none=True)
                 views = module.batched_views(batch) if module.batched_views is not None else batch  # text, pairs: views made in the loader
@@ -99,11 +99,11 @@ def text_rows(rounds: int) -> list[str]:
         tokens = tokenizer.encode_batch(texts)
         optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
 
-        def infer(encoder=encoder, tokens=tokens) -> None:  # noqa: ANN001
+        def infer(encoder=encoder, tokens=tokens) -> None:
             with torch.no_grad():
                 encoder.eval()(tokens)
 
-        def train(encoder=encoder, tokens=tokens, optimizer=optimizer) -> None:  # noqa: ANN001
+        def train(encoder=encoder, tokens=tokens, optimizer=optimizer) -> None:
             optimizer.zero_grad(set_to_none=True)
             encoder.train()(tokens).sum().backward()
             optimizer.step()

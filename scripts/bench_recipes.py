@@ -115,7 +115,7 @@ def main() -> None:
                 try:
                     r = measure(attempt, args.warmup)
                     break
-                except Exception as error:  # noqa: BLE001 - a benchmark reports the failure and goes on
+                except Exception as error:  # a benchmark reports the failure and goes on
                     first_line = (str(error).splitlines() or [""])[0][:160]
                     note += f" ({'compile=false' if attempt is not overrides else 'as configured'} failed: {type(error).__name__}: {first_line})"
             if r is None:

@@ -61,11 +61,11 @@ class SteadyThroughput(pl.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.images, self.started, self.elapsed = warmup, 0, None, 0.0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
             self.started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         if batch_idx >= self.warmup:
             self.images += len(batch[1])
             self.elapsed = time.perf_counter() - self.started
@@ -115,7 +115,7 @@ class PremadeViews(Dataset):
         return [v[i] for v in self.views], int(self.labels[i])
 
 
-def compose_row(method: str, backbone: str, precision: str, path: str, workers: int, batch: int, steps: int, out: str, dry_run: bool = False,  # noqa: ANN201
+def compose_row(method: str, backbone: str, precision: str, path: str, workers: int, batch: int, steps: int, out: str, dry_run: bool = False,
                 extra: tuple[str, ...] = ()):
     tiny = backbone == "tiny"
     overrides = [
@@ -133,7 +133,7 @@ def compose_row(method: str, backbone: str, precision: str, path: str, workers: 
         return compose("train", overrides=overrides)
 
 
-def premade_views(built, batch: int, steps: int) -> PremadeViews:  # noqa: ANN001
+def premade_views(built, batch: int, steps: int) -> PremadeViews:
     """Views made once (by the row's own pipeline) for steps + 1 batches: no augmentation cost in what uses them."""
     views_fn = built.datamodule.views()
     base = built.datamodule.splits.pretrain_set
@@ -147,7 +147,7 @@ def premade_views(built, batch: int, steps: int) -> PremadeViews:  # noqa: ANN00
     return PremadeViews(made_views, torch.tensor([label for _, label in samples]))
 
 
-def framework_step(cfg, premade: PremadeViews, batch: int, warmup: int) -> float:  # noqa: ANN001
+def framework_step(cfg, premade: PremadeViews, batch: int, warmup: int) -> float:
     """ssl_train's Lightning step on pre-made views: what the framework adds to the model step."""
     pl.seed_everything(0, verbose=False)
     built = build(cfg)
@@ -177,7 +177,7 @@ def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = Fa
             "memory_mib": memory.peak}
 
 
-def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, precision: str) -> float:  # noqa: ANN001
+def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, precision: str) -> float:
     """The same method, optimizer recipe (e.g. LARS + warm-up cosine) and memory format in a bare PyTorch loop:
     forward, backward, optimizer and scheduler step, EMA hook — what a user would write by hand, without the online probe."""
     pl.seed_everything(0, verbose=False)
@@ -282,7 +282,7 @@ def lightly_ratio(steps: int, warmup: int, batch: int = 256) -> tuple[float, flo
             self.projection_head = SimCLRProjectionHead(self.backbone.out_dim, 512, 128)
             self.criterion = NTXentLoss(temperature=0.2)
 
-        def training_step(self, batch, batch_idx: int) -> torch.Tensor:  # noqa: ANN001
+        def training_step(self, batch, batch_idx: int) -> torch.Tensor:
             (x0, x1), _ = batch
             return self.criterion(self.projection_head(self.backbone(x0)), self.projection_head(self.backbone(x1)))
 

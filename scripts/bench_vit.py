@@ -18,7 +18,7 @@ from ssl_train.methods.masks import random_masking
 from ssl_train.methods.patches import patchify
 
 
-def training_step_time(built, batch: int, steps: int, rounds: int) -> float:  # noqa: ANN001
+def training_step_time(built, batch: int, steps: int, rounds: int) -> float:
     """Seconds per optimizer step (views made on the device, forward + backward + step) of the method on `batch` images."""
     datamodule, method = built.datamodule, built.method
     images = torch.stack([datamodule.splits.train[i][0] for i in range(batch)])

@@ -80,7 +80,7 @@ def outcome(action: Callable[[], Any], via: str = "user") -> Outcome:
         return Outcome("traceback", line=traceback.format_exc(limit=4))
     except UserError as error:  # the line the CLI prints (one raised in a loader worker carries the worker's traceback: its last line)
         return Outcome("refused", "user", first_line(error))
-    except Exception:  # noqa: BLE001 - the drill counts exactly these
+    except Exception:  # the drill counts exactly these
         return Outcome("traceback", line=traceback.format_exc(limit=4))
 
 
@@ -129,7 +129,7 @@ class Drill:
         with self.watcher.case(allowed) if self.watcher else nullcontext([]) as outside:
             try:
                 yield result
-            except Exception:  # noqa: BLE001 - the drill's own checks met something unexpected: that case failed
+            except Exception:  # the drill's own checks met something unexpected: that case failed
                 result.passed, result.detail = False, f"the case itself stopped: {traceback.format_exc(limit=4)}"
         result.outside = outside
         if outside and result.passed:
@@ -156,7 +156,7 @@ def fault_in_training_step(when: Callable[[SSLModule], bool], fault: Callable[[]
     """An SSLModule.training_step that runs `fault` once, before the first step at which `when(module)` holds."""
     original, done = SSLModule.training_step, [False]
 
-    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
+    def training_step(self, batch, batch_idx):
         if not done[0] and when(self):
             done[0] = True
             fault()
@@ -258,7 +258,7 @@ def fault_drills(drill: Drill) -> None:
 
     original_get = TransformedDataset.__getitems__  # what a loader worker reads a batch with
 
-    def dies(self, indices):  # noqa: ANN001, ANN202
+    def dies(self, indices):
         if torch.utils.data.get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
         return original_get(self, indices)
@@ -292,7 +292,7 @@ def fault_drills(drill: Drill) -> None:
     for precision, poison in (("32-true", float("nan")), ("bf16-mixed", float("inf"))):
         count, original_loss, out = {"n": 0}, NTXentLoss.forward, sandbox / f"nonfinite-{precision}"
 
-        def poisoned(self, z_a, z_b, count=count, poison=poison, original_loss=original_loss):  # noqa: ANN001, ANN202
+        def poisoned(self, z_a, z_b, count=count, poison=poison, original_loss=original_loss):
             count["n"] += 1
             return original_loss(self, z_a, z_b) * (poison if count["n"] > 2 else 1.0)
 

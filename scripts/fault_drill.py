@@ -79,7 +79,7 @@ def judge(case: Case, status: str, via: str, line: str, out: Path, built: object
     for why, what, read, expected in case.effects:
         try:
             actual = read(built, metrics or {})
-        except Exception as error:  # noqa: BLE001 - a check that cannot read its value fails
+        except Exception as error:  # a check that cannot read its value fails
             actual = f"unreadable ({type(error).__name__}: {error})"
         if actual != expected:
             return False, f"ran, but {what} is {actual!r}, not {expected!r} ({why})"
@@ -186,7 +186,7 @@ def isolated_rerun(args: argparse.Namespace) -> int | None:
     if (why := isolation_unavailable()) is not None:
         print(f"no private mount namespace ({why}): comparing ~, the temp dir and the repo themselves")
         return None
-    base, out = layers_base(), open(args.json, "w") if args.json else None  # noqa: SIM115 - handed to the rerun as a descriptor
+    base, out = layers_base(), open(args.json, "w") if args.json else None  # handed to the rerun as a descriptor
     try:
         fds = ["--json-fd", str(out.fileno())] if out else []
         command = ["unshare", "--mount", "--propagation", "private", sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--layers", str(base), *fds]

@@ -44,7 +44,7 @@ def instantiate(group: str, node: Any, *args: Any, **kwargs: Any) -> Any:
         return hydra.utils.instantiate(node, *args, _convert_="all", **kwargs)
     except UserError:
         raise
-    except Exception as error:  # noqa: BLE001 - re-raised as a user-facing error with its cause chained
+    except Exception as error:  # re-raised as a user-facing error with its cause chained
         cause = _root_cause(error)
         if isinstance(cause, UserError):  # a component's own one-line message, raised inside hydra's instantiate
             raise cause from None

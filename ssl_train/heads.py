@@ -74,7 +74,7 @@ class DINOHead(nn.Module):
         self.last_layer_norm = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)  # the magnitude g
         self.norm_last_layer, self.in_dim, self.out_dim = norm_last_layer, in_dim, out_dim
 
-    def forward(self, x):  # noqa: ANN001, ANN201 - tensor in, tensor out
+    def forward(self, x):  # tensor in, tensor out
         x = nn.functional.normalize(self.mlp(x), dim=-1)
         weight = self.last_layer_norm * nn.functional.normalize(self.last_layer.weight, dim=1)
         return float32_linear(x, weight)  # logits the loss divides by 0.04-0.1: float32 under mixed precision

@@ -157,6 +157,6 @@ class OptimRecipe:
         optimizer = self.optimizer(groups + extra, lr=lr)
         warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))
         schedule = partial(warmup_cosine, total_steps=total_steps, warmup_steps=warmup_steps, min_ratio=self.min_lr_ratio)
-        constant: Callable[[int], float] = lambda step: 1.0  # noqa: E731
+        constant: Callable[[int], float] = lambda step: 1.0
         scheduler = WarmupCosineSchedule(optimizer, [schedule] * len(groups) + [constant] * len(extra), total_steps)
         return optimizer, scheduler, lr

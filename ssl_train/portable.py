@@ -70,7 +70,7 @@ def build_from_spec(spec: Any, source: str) -> nn.Module:
             return cls(**spec)
     except UserError:
         raise
-    except Exception as error:  # noqa: BLE001 - any failure of a constructor on arguments from a file is that file's fault
+    except Exception as error:  # any failure of a constructor on arguments from a file is that file's fault
         raise UserError(f"{source}/{CONFIG_FILE}: its encoder arguments do not build {class_name} ({type(error).__name__}: "
                         f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
 
@@ -82,7 +82,7 @@ def load_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{key}: reading {path.name} needs the safetensors package (pip install safetensors)") from None
     try:
         return load_file(str(path))
-    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for truncated/corrupt headers
+    except Exception as error:  # safetensors raises its own error types for truncated/corrupt headers
         raise UserError(f"{key}: {path} is not a readable .safetensors file ({type(error).__name__}: {error})") from None
 
 

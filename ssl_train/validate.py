@@ -112,7 +112,7 @@ def signature_rules(target: str) -> tuple[dict[str, Number], frozenset[str] | No
         component = get_object(target)
         signature = inspect.signature(component)
         hints = typing.get_type_hints(component.__init__ if inspect.isclass(component) else component, include_extras=True)
-    except Exception:  # noqa: BLE001 - an unknown target or unreadable signature: no derived rules, no unknown-key check
+    except Exception:  # an unknown target or unreadable signature: no derived rules, no unknown-key check
         return {}, None
     rules = {name: meta for name, hint in hints.items() for meta in getattr(hint, "__metadata__", ()) if isinstance(meta, Number)}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
@@ -141,7 +141,7 @@ def validate(cfg: DictConfig) -> None:
     """Stop with one line at the first unknown setting of a component, or the first value out of range or of the wrong type."""
     try:
         tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
-    except Exception as error:  # noqa: BLE001 - an interpolation that cannot resolve is itself bad input
+    except Exception as error:  # an interpolation that cannot resolve is itself bad input
         raise UserError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
     derived, unknown = settings_rules(tree) if isinstance(tree, dict) else ({}, None)
     for key, value in leaves(tree):

@@ -187,7 +187,7 @@ def run_ranks(cases: dict[str, Case]) -> list[dict[str, Any]]:
             raise UserError(f"verify_dist: {name} has a batch of {batch_rows(case)} rows, which does not split into {WORLD} equal halves")
     try:
         pickle.dumps(cases)
-    except Exception as error:  # noqa: BLE001 - any pickling failure is the same user-facing problem
+    except Exception as error:  # any pickling failure is the same user-facing problem
         raise UserError(f"verify_dist: the loss or method cannot be sent to the spawned processes (not picklable): {error}") from None
     with tempfile.TemporaryDirectory(prefix="verify_dist_") as tmp:
         try:

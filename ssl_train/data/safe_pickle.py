@@ -83,5 +83,5 @@ def read_data_pickle(path: Path, what: str, real: str) -> Any:
             return load_data_pickle(handle)
         except RefusedGlobal as refused:
             raise UserError(f"{path}: refused: a {what} that names {refused.qualified}, which would need code to load ({real})") from None
-        except Exception as error:  # noqa: BLE001 - any other unpickling failure means a damaged file
+        except Exception as error:  # any other unpickling failure means a damaged file
             raise UserError(f"{path}: not a {what} ({type(error).__name__}: {error})") from None

@@ -95,7 +95,7 @@ class BPETokenizer:
             raise DataNotFoundError(f"data.source.tokenizer.path: no tokenizer.json at {file}")
         try:
             return cls(Tokenizer.from_file(str(file)), max_length)
-        except Exception as error:  # noqa: BLE001 - the tokenizers library raises its own Exception type
+        except Exception as error:  # the tokenizers library raises its own Exception type
             raise UserError(f"data.source.tokenizer.path: {file} is not a tokenizer.json ({error})") from None
 
     def save(self, path: str | Path) -> None:

@@ -55,7 +55,7 @@ class EMATarget(nn.ModuleDict):
             ema_update(self[name], module, self.momentum)
 
 
-def renamed_keys(renames: dict[str, str]):  # noqa: ANN201 - a state_dict pre-hook
+def renamed_keys(renames: dict[str, str]):  # a state_dict pre-hook
     """A load_state_dict pre-hook reading checkpoints written before EMATarget (`target_backbone.` -> `target.backbone.`)."""
 
     def hook(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:

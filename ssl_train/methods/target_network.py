@@ -56,7 +56,7 @@ class TargetNetworkMethod(nn.Module):
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         """Target projections; with `shuffle_bn_splits` (training), computed on random sub-batches and put back in order:
         MoCo's shuffled BN on one device (each sub-batch's BatchNorm statistics differ from the queries' full batch)."""
-        encode = lambda images: self.target["projector"](self.target["backbone"](images))  # type: ignore[index] # noqa: E731
+        encode = lambda images: self.target["projector"](self.target["backbone"](images))  # type: ignore[index]
         splits = self.shuffle_bn_splits
         if not splits or not self.training or len(x) < 2 * splits:
             return encode(x)

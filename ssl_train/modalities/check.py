@@ -25,7 +25,7 @@ def modalities_of(target: Any) -> tuple[str, ...] | None:
     if isinstance(target, str):
         try:
             target = get_class(target)
-        except Exception:  # noqa: BLE001 - an unknown target is reported by instantiate, with its own message
+        except Exception:  # an unknown target is reported by instantiate, with its own message
             return None
     elif not isinstance(target, type):
         node_target = getattr(target, "get", lambda *_: None)("_target_")

@@ -42,7 +42,7 @@ def largest_batch(built: Any, per_device: int, device: torch.device) -> BatchFit
     """Probe the method on real views, doubling from a quarter of the configured per-device batch; None when it cannot run."""
     try:
         views, labels = training_batch(built.datamodule)
-    except Exception:  # noqa: BLE001 - graph data and the like: no batch of rows to grow
+    except Exception:  # graph data and the like: no batch of rows to grow
         return None
     method = built.method.to(device).train()
     available = available_memory(device)

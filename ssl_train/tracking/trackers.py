@@ -125,7 +125,7 @@ def abandon_trackers(loggers: Iterable[Logger], exit_code: int) -> None:
                 logger.finalize("failed")
             else:
                 logger.save()
-        except Exception as error:  # noqa: BLE001 - closing a tracker must never hide the error that stopped the run
+        except Exception as error:  # closing a tracker must never hide the error that stopped the run
             log.warning("could not close %s: %s", type(logger).__name__, error)
 
 
