@@ -17,13 +17,35 @@ import torch
 GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "logger", "method", "experiment", "hparams_search", "debug", "eval"]
 NUMBERS = ["0", "-1", "nan", "inf", "-inf", "1e12", "-1e-9", "abc", "0.5", "null", "[]", "2.5e38"]
 NUMERIC_KEYS = {  # key -> the method it belongs to (None: any)
-    "data.batch_size": None, "data.num_workers": None, "data.eval_batch_size": None, "data.validation_fraction": None,
-    "optim.optimizer.lr": None, "optim.optimizer.weight_decay": None, "optim.warmup_epochs": None, "optim.min_lr_ratio": None,
-    "trainer.max_epochs": None, "trainer.accumulate_grad_batches": None, "trainer.limit_train_batches": None, "seed": None,
-    "loss.temperature": "simclr", "head.out_dim": None, "head.hidden_dim": None, "augment.num_global": None, "augment.num_local": None,
-    "augment.recipe.crop_scale": None, "method.queue.size": "mocov2", "method.momentum_base": "byol", "loss.lambda_offdiag": "barlow_twins",
-    "loss.sim_weight": "vicreg", "loss.student_temp": "dino", "method.num_prototypes": "swav", "method.support_set_size": "nnclr",
-    "eval.linear.max_iter": None, "eval.knn.k": None, "backbone.widths": None, "backbone.pool_size": None,
+    "data.batch_size": None,
+    "data.num_workers": None,
+    "data.eval_batch_size": None,
+    "data.validation_fraction": None,
+    "optim.optimizer.lr": None,
+    "optim.optimizer.weight_decay": None,
+    "optim.warmup_epochs": None,
+    "optim.min_lr_ratio": None,
+    "trainer.max_epochs": None,
+    "trainer.accumulate_grad_batches": None,
+    "trainer.limit_train_batches": None,
+    "seed": None,
+    "loss.temperature": "simclr",
+    "head.out_dim": None,
+    "head.hidden_dim": None,
+    "augment.num_global": None,
+    "augment.num_local": None,
+    "augment.recipe.crop_scale": None,
+    "method.queue.size": "mocov2",
+    "method.momentum_base": "byol",
+    "loss.lambda_offdiag": "barlow_twins",
+    "loss.sim_weight": "vicreg",
+    "loss.student_temp": "dino",
+    "method.num_prototypes": "swav",
+    "method.support_set_size": "nnclr",
+    "eval.linear.max_iter": None,
+    "eval.knn.k": None,
+    "backbone.widths": None,
+    "backbone.pool_size": None,
 }
 TRAIN_LIMIT, BATCH = 128, 32  # the drill's tiny runs (fault_drill.TINY): 4 batches an epoch, 2 of them trained (limit_train_batches=2)
 
@@ -42,32 +64,59 @@ def _schedule(built: Any) -> dict:
 # value expected there. Every other (key, value) of NUMERIC_KEYS x NUMBERS is expected refused by ssl_train.validate.
 Effect = tuple[str, str, Callable[[Any, dict], Any], Any]
 VALID: dict[tuple[str, str], Effect] = {
-    ("data.num_workers", "0"): ("0 loads batches in the main process (PyTorch's default)", "train loader num_workers",
-                                lambda b, m: b.datamodule.train_dataloader().num_workers, 0),
+    ("data.num_workers", "0"): (
+        "0 loads batches in the main process (PyTorch's default)",
+        "train loader num_workers",
+        lambda b, m: b.datamodule.train_dataloader().num_workers,
+        0,
+    ),
     ("data.validation_fraction", "0"): ("0 evaluates on the test split (the default)", "metrics eval_split", lambda b, m: m["eval_split"], "test"),
-    ("data.validation_fraction", "0.5"): ("half the train split held out as the evaluation split", "eval_split, evaluation split size",
-                                          lambda b, m: (m["eval_split"], len(b.datamodule.splits.test)), ("validation", TRAIN_LIMIT // 2)),
-    ("optim.optimizer.lr", "0.5"): ("sgd's own base lr", "optimizer initial_lr (0.5 x 32/256, linear scaling)",
-                                    lambda b, m: _optimizer(b)["initial_lr"], 0.5 * BATCH / 256),
+    ("data.validation_fraction", "0.5"): (
+        "half the train split held out as the evaluation split",
+        "eval_split, evaluation split size",
+        lambda b, m: (m["eval_split"], len(b.datamodule.splits.test)),
+        ("validation", TRAIN_LIMIT // 2),
+    ),
+    ("optim.optimizer.lr", "0.5"): (
+        "sgd's own base lr",
+        "optimizer initial_lr (0.5 x 32/256, linear scaling)",
+        lambda b, m: _optimizer(b)["initial_lr"],
+        0.5 * BATCH / 256,
+    ),
     ("optim.optimizer.weight_decay", "0"): ("no weight decay", "optimizer weight_decay", lambda b, m: _optimizer(b)["weight_decay"], 0.0),
-    ("optim.optimizer.weight_decay", "0.5"): ("inside [0, 10] (AdamW recipes use up to 0.4)", "optimizer weight_decay",
-                                              lambda b, m: _optimizer(b)["weight_decay"], 0.5),
+    ("optim.optimizer.weight_decay", "0.5"): (
+        "inside [0, 10] (AdamW recipes use up to 0.4)",
+        "optimizer weight_decay",
+        lambda b, m: _optimizer(b)["weight_decay"],
+        0.5,
+    ),
     ("optim.warmup_epochs", "0"): ("no warm-up", "schedule warmup_steps", lambda b, m: _schedule(b)["warmup_steps"], 0),
     ("optim.warmup_epochs", "0.5"): ("half an epoch", "schedule warmup_steps (0.5 x 2 steps)", lambda b, m: _schedule(b)["warmup_steps"], 1),
     ("optim.min_lr_ratio", "0"): ("cosine down to 0 (SGDR)", "schedule min_ratio", lambda b, m: _schedule(b)["min_ratio"], 0.0),
     ("optim.min_lr_ratio", "0.5"): ("cosine down to half the peak", "schedule min_ratio", lambda b, m: _schedule(b)["min_ratio"], 0.5),
-    ("trainer.limit_train_batches", "0.5"): ("half of each epoch's batches", "batches trained per epoch, steps",
-                                             lambda b, m: (b.trainer.num_training_batches, m["steps"]), (TRAIN_LIMIT // BATCH // 2,) * 2),
-    ("trainer.limit_train_batches", "0"): ("Lightning's documented 'no training' (evaluates the initial weights)", "steps",
-                                           lambda b, m: m["steps"], 0),
+    ("trainer.limit_train_batches", "0.5"): (
+        "half of each epoch's batches",
+        "batches trained per epoch, steps",
+        lambda b, m: (b.trainer.num_training_batches, m["steps"]),
+        (TRAIN_LIMIT // BATCH // 2,) * 2,
+    ),
+    ("trainer.limit_train_batches", "0"): ("Lightning's documented 'no training' (evaluates the initial weights)", "steps", lambda b, m: m["steps"], 0),
     ("seed", "0"): ("any integer in [0, 2^32 - 1]", "metrics seed, PL_GLOBAL_SEED", lambda b, m: (m["seed"], os.environ.get("PL_GLOBAL_SEED")), (0, "0")),
     ("loss.temperature", "0.5"): ("SimCLR's CIFAR temperature", "loss temperature", lambda b, m: b.method.loss.temperature, 0.5),
-    ("head.out_dim", "null"): ("null is the encoder's width (SimCSE's Linear(d, d))", "projector out_dim == in_dim",
-                               lambda b, m: b.method.projector.out_dim == b.method.projector.in_dim, True),
+    ("head.out_dim", "null"): (
+        "null is the encoder's width (SimCSE's Linear(d, d))",
+        "projector out_dim == in_dim",
+        lambda b, m: b.method.projector.out_dim == b.method.projector.in_dim,
+        True,
+    ),
     ("augment.num_local", "0"): ("no small crops (two-view methods)", "views num_local", lambda b, m: b.datamodule.views().num_local, 0),
     ("method.queue.size", "16"): ("a queue of 16 negatives", "method queue size", lambda b, m: len(b.method.queue.features), 16),
-    ("method.momentum_base", "0"): ("BYOL's tau ablation (Grill et al. 2020, Table 5) includes tau=0: target = online", "method momentum_base",
-                                    lambda b, m: b.method.target.base, 0.0),
+    ("method.momentum_base", "0"): (
+        "BYOL's tau ablation (Grill et al. 2020, Table 5) includes tau=0: target = online",
+        "method momentum_base",
+        lambda b, m: b.method.target.base,
+        0.0,
+    ),
     ("method.momentum_base", "0.5"): ("inside [0, 1]", "method momentum_base", lambda b, m: b.method.target.base, 0.5),
     ("loss.lambda_offdiag", "0"): ("the invariance term alone (an ablation)", "loss lambda_offdiag", lambda b, m: b.method.loss.lambda_offdiag, 0.0),
     ("loss.lambda_offdiag", "0.5"): ("inside [0, 1000]", "loss lambda_offdiag", lambda b, m: b.method.loss.lambda_offdiag, 0.5),
@@ -128,8 +177,12 @@ def corrupt_datasets(sandbox: Path) -> list[Case]:
     """Broken dataset files: corrupt/truncated/empty idx, empty and corrupt image folders, missing roots; each line names the file or folder."""
     cases = []
     names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-    for kind, payload, says in (("garbage", os.urandom(4096), "not an idx file"), ("empty", b"", "not an idx file"),
-                                ("truncated", b"\x00\x00\x08\x03\x00\x00\x00\x10", "cut short"), ("bad-gzip", b"\x1f\x8b\x08\x00garbage", "cannot be read")):
+    for kind, payload, says in (
+        ("garbage", os.urandom(4096), "not an idx file"),
+        ("empty", b"", "not an idx file"),
+        ("truncated", b"\x00\x00\x08\x03\x00\x00\x00\x10", "cut short"),
+        ("bad-gzip", b"\x1f\x8b\x08\x00garbage", "cannot be read"),
+    ):
         root = sandbox / "data" / f"idx-{kind}"
         root.mkdir(parents=True)
         for name in names:
@@ -154,10 +207,18 @@ def corrupt_datasets(sandbox: Path) -> list[Case]:
                 (bad_images / split / f"c{c}" / f"{i}.png").write_bytes(os.urandom(200))
     cases.append(data_case(["data=image_folder", f"data.source.root={bad_images}", "data.batch_size=4"], str(bad_images), "unreadable images"))
     labelled = make_image_folder(sandbox / "data" / "labelled")  # the probe's data is fine: only the unlabeled folder is empty
-    cases.append(data_case(["data=unlabeled_folder", f"data.source.root={empty}", "data.source.test_limit=null", f"data.source.probe.root={labelled}"],
-                           str(empty), "no images"))
-    for data, folder in (("cifar10", "/cifar-10-batches-py"), ("cifar100", "/cifar-100-python"), ("stl10", "/stl10_binary"), ("mnist", ""),
-                         ("image_folder", "/train")):
+    cases.append(
+        data_case(
+            ["data=unlabeled_folder", f"data.source.root={empty}", "data.source.test_limit=null", f"data.source.probe.root={labelled}"], str(empty), "no images"
+        )
+    )
+    for data, folder in (
+        ("cifar10", "/cifar-10-batches-py"),
+        ("cifar100", "/cifar-100-python"),
+        ("stl10", "/stl10_binary"),
+        ("mnist", ""),
+        ("image_folder", "/train"),
+    ):
         missing = sandbox / "data" / "does-not-exist"
         cases.append(data_case([f"data={data}", f"data.source.root={missing}"], f"data.source.root: folder {missing}{folder} does not exist"))
     cifar = sandbox / "data" / "cifar-garbage" / "cifar-10-batches-py"
@@ -175,11 +236,11 @@ def bad_inputs(rng: random.Random, count: int | None, sandbox: Path) -> list[Cas
     keys = list(NUMERIC_KEYS)
     for key in keys:  # one misspelling per key
         i = rng.randrange(1, len(key) - 1)
-        misspelt = key[:i] + key[i + 1:]
+        misspelt = key[:i] + key[i + 1 :]
         cases.append(Case("misspelt", [f"{misspelt}=1"], "refused", "hydra", names=(f"Could not override '{misspelt}'",)))
     combos = [(key, value) for key in keys for value in NUMBERS]
     rng.shuffle(combos)
-    cases += [number_case([combo]) for combo in (combos if count is None else combos[:max(0, count - len(cases))])]
+    cases += [number_case([combo]) for combo in (combos if count is None else combos[: max(0, count - len(cases))])]
     while count is not None and len(cases) < count:  # two numbers at once, for keys of any method
         (k1, v1), (k2, v2) = rng.sample(combos, 2)
         if NUMERIC_KEYS[k1] is None and NUMERIC_KEYS[k2] is None and k1 != k2:

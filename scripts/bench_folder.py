@@ -32,9 +32,21 @@ from ssl_train.build import build
 from ssl_train.data.datasets import EmbeddedFashionMNIST
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "probe=false", "baseline=false",
-         "~logger", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.lr_monitor=null", "callbacks.online_eval=null",
-         "callbacks.pictures=null", "callbacks.history=null", "callbacks.preemption=null"]
+QUIET = [
+    "trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "probe=false",
+    "baseline=false",
+    "~logger",
+    "callbacks.model_checkpoint=null",
+    "callbacks.last_checkpoint=null",
+    "callbacks.lr_monitor=null",
+    "callbacks.online_eval=null",
+    "callbacks.pictures=null",
+    "callbacks.history=null",
+    "callbacks.preemption=null",
+]
 PATHS = {"per-sample": "false", "hybrid": "auto"}
 
 
@@ -82,8 +94,18 @@ class Meter(pl.Callback):
 
 def overrides_for(root: Path, on_device: str, workers: int, steps: int, out: str, extra: list[str]) -> list[str]:
     """The command-line overrides of one end-to-end row (SimCLR defaults on the folder at 32 px)."""
-    return ["data=image_folder", f"data.source.root={root}", "data.source.image_size=32", f"data.num_workers={workers}",
-            f"augment.on_device={on_device}", f"+trainer.max_steps={steps}", "trainer.max_epochs=1000", *QUIET, f"paths.output_dir={out}", *extra]
+    return [
+        "data=image_folder",
+        f"data.source.root={root}",
+        "data.source.image_size=32",
+        f"data.num_workers={workers}",
+        f"augment.on_device={on_device}",
+        f"+trainer.max_steps={steps}",
+        "trainer.max_epochs=1000",
+        *QUIET,
+        f"paths.output_dir={out}",
+        *extra,
+    ]
 
 
 def compose_cfg(overrides: list[str]):
@@ -145,8 +167,11 @@ def main() -> None:
     args = parser.parse_args()
     root = make_folder(args.cache / f"jpeg{args.images}", args.images)
     load = wait_for_quiet(args.quiet_load, args.max_wait)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; folder {root} ({args.images} JPEGs, 72-112 px); "
-          f"{args.steps} steps after {args.warmup} warm-up; load average at start: {load:.2f}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; folder {root} ({args.images} JPEGs, 72-112 px); "
+        f"{args.steps} steps after {args.warmup} warm-up; load average at start: {load:.2f}",
+        flush=True,
+    )
     if load >= args.quiet_load:
         print(f"WARNING: the load average stayed >= {args.quiet_load} for {args.max_wait:.0f} s: other work shares the cores, the figures are not comparable")
     with tempfile.TemporaryDirectory() as out:
@@ -161,14 +186,18 @@ def main() -> None:
         top, shapes = ceiling(ceiling_overrides, args.steps, args.warmup)
         tops.append(top)
     top = sum(tops) / len(tops)
-    print(f"\nmodel-only ceiling (plain loop on pre-made views {shapes}): {tops[0]:.0f} before, {tops[1]:.0f} after the rows; "
-          f"load average at the end: {os.getloadavg()[0]:.2f}\n")
+    print(
+        f"\nmodel-only ceiling (plain loop on pre-made views {shapes}): {tops[0]:.0f} before, {tops[1]:.0f} after the rows; "
+        f"load average at the end: {os.getloadavg()[0]:.2f}\n"
+    )
     print("| path | images/s | fraction of ceiling |\n|---|---|---|")
     for name, rate, _ in rows:
         print(f"| {name} | {rate:.0f} | {rate / top:.2f} |")
     print(f"| model only (ceiling, mean) | {top:.0f} | 1.00 |")
-    print(f"\ncommand: python scripts/bench_folder.py --images {args.images} --steps {args.steps} --warmup {args.warmup} --rows {' '.join(args.rows)}"
-          + (f" --override {' '.join(args.override)}" if args.override else ""))
+    print(
+        f"\ncommand: python scripts/bench_folder.py --images {args.images} --steps {args.steps} --warmup {args.warmup} --rows {' '.join(args.rows)}"
+        + (f" --override {' '.join(args.override)}" if args.override else "")
+    )
     print("each row: python -m ssl_train " + " ".join(overrides_for(root, "<false|auto>", "<workers>", args.warmup + args.steps, "<out>", args.override)))
 
 

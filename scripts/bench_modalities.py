@@ -43,8 +43,10 @@ def built_from(overrides: list[str]):  # ssl_train.build.Built
 
 def view_rows(rounds: int) -> list[str]:
     rows = []
-    for name, overrides in (("audio (spoken digits, 8000 samples)", ["method=simclr", "data=spoken_digits", "augment=audio", "backbone=recurrent"]),
-                            ("sequence (seq. Fashion-MNIST, 28 x 28)", ["method=simclr", "data=seq_fashion_mnist", "augment=sequence", "backbone=recurrent"])):
+    for name, overrides in (
+        ("audio (spoken digits, 8000 samples)", ["method=simclr", "data=spoken_digits", "augment=audio", "backbone=recurrent"]),
+        ("sequence (seq. Fashion-MNIST, 28 x 28)", ["method=simclr", "data=seq_fashion_mnist", "augment=sequence", "backbone=recurrent"]),
+    ):
         built = built_from(overrides)
         train, views = built.datamodule.splits.train, built.datamodule.views()
         batch = torch.stack([train[i][0] for i in range(256)])
@@ -143,7 +145,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for row in view_rows(args.rounds):
         print(row, flush=True)
-    configs = [*text_configs,
+    configs = [
+        *text_configs,
         ("CPC, seq. Fashion-MNIST", ["method=cpc", "data=seq_fashion_mnist"]),
         ("CPC, spoken digits (conv front-end)", ["method=cpc", "data=spoken_digits"]),
         ("DGI, Fashion-MNIST kNN graph (12k nodes)", ["method=dgi", "data=fmnist_knn_graph"]),

@@ -45,8 +45,11 @@ def runs_on_images(method: str) -> bool:
     picked = {key.split("/")[-1]: value for entry in tree.get("defaults", []) if isinstance(entry, dict) for key, value in entry.items()}
     if "data" in picked:
         return False
-    targets = [tree["method"]["_target_"]] + [yaml.safe_load((REPO / "configs" / group / f"{picked[group]}.yaml").read_text()).get("_target_", "")
-                                              for group in ("backbone", "augment") if group in picked]
+    targets = [tree["method"]["_target_"]] + [
+        yaml.safe_load((REPO / "configs" / group / f"{picked[group]}.yaml").read_text()).get("_target_", "")
+        for group in ("backbone", "augment")
+        if group in picked
+    ]
     return all("image" in (modalities_of(target) or ("image",)) for target in targets if target)
 
 
@@ -86,8 +89,7 @@ def run_one(row: str, budget: str, out: Path, extra: list[str]) -> dict:
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     recorded = recorded_overrides(run_dir)
     if recorded is not None and recorded != overrides:
-        sys.exit(f"bench_quality: {run_dir} holds a run of {' '.join(recorded)!r}, not {' '.join(overrides)!r}; "
-                 "pass another --out (the finished run is kept)")
+        sys.exit(f"bench_quality: {run_dir} holds a run of {' '.join(recorded)!r}, not {' '.join(overrides)!r}; pass another --out (the finished run is kept)")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {**metrics, "budget": budget, "run_dir": str(run_dir), "row": row, "overrides": overrides}
 

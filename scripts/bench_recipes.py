@@ -53,15 +53,34 @@ def write_image_folder(root: Path, train: int, test: int, image_px: int) -> Path
 
 def recipe_overrides(experiment: str, root: Path, steps: int, out: str, dry_run: bool) -> list[str]:
     overrides = [
-        f"experiment={experiment}", "data=image_folder", f"data.source.root={root}", "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
+        f"experiment={experiment}",
+        "data=image_folder",
+        f"data.source.root={root}",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={steps}",
         "trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "probe=false", "baseline=false", "~logger",
-        "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.lr_monitor=null", "callbacks.online_eval=null",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "probe=false",
+        "baseline=false",
+        "~logger",
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        "callbacks.lr_monitor=null",
+        "callbacks.online_eval=null",
         f"paths.output_dir={out}",
     ]
     if dry_run:  # one 4 px-patch block at 32 px, 8 images a batch, on the CPU in fp32
-        overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true", "data.source.image_size=32", "backbone.patch_size=4",
-                      "+backbone.model_kwargs.depth=1", "data.batch_size=8", "data.num_workers=0", "data.pin_memory=false"]
+        overrides += [
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "data.source.image_size=32",
+            "backbone.patch_size=4",
+            "+backbone.model_kwargs.depth=1",
+            "data.batch_size=8",
+            "data.num_workers=0",
+            "data.pin_memory=false",
+        ]
         if experiment.startswith("dino"):
             overrides += ["augment.local_size=16"]
     return overrides
@@ -78,10 +97,16 @@ def measure(overrides: list[str], warmup: int) -> dict:
     started = time.perf_counter()
     with PeakMemory() as memory:
         built.trainer.fit(built.module, datamodule=built.datamodule)
-    return {"rate": meter.rate, "memory_mib": memory.peak, "seconds": time.perf_counter() - started, "batch": built.datamodule.batch_size,
-            "params": sum(p.numel() for p in built.backbone.parameters()), "precision": cfg.trainer.precision,
-            "workers": cfg.data.num_workers,
-            "compile": "on" if use_compile(cfg.get("compile", False), built.trainer.accelerator.__class__.__name__ == "CUDAAccelerator") else "off"}
+    return {
+        "rate": meter.rate,
+        "memory_mib": memory.peak,
+        "seconds": time.perf_counter() - started,
+        "batch": built.datamodule.batch_size,
+        "params": sum(p.numel() for p in built.backbone.parameters()),
+        "precision": cfg.trainer.precision,
+        "workers": cfg.data.num_workers,
+        "compile": "on" if use_compile(cfg.get("compile", False), built.trainer.accelerator.__class__.__name__ == "CUDAAccelerator") else "off",
+    }
 
 
 def main() -> None:
@@ -100,8 +125,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {device}, {os.cpu_count()} CPUs; {args.steps} timed steps after {args.warmup} warm-up")
     if args.dry_run:
         print("DRY RUN: tiny inputs on the CPU; the figures check that the recipes run, they are not measurements")
-    lines = ["| recipe | encoder params | global batch | precision | compile | loader workers | images/s | peak memory | run (s) |",
-             "|" + "---|" * 9]
+    lines = ["| recipe | encoder params | global batch | precision | compile | loader workers | images/s | peak memory | run (s) |", "|" + "---|" * 9]
     with tempfile.TemporaryDirectory() as scratch:
         root = args.root
         if root is None:
@@ -122,8 +146,10 @@ def main() -> None:
                 lines.append(f"| `experiment={experiment}`{note} |" + " |" * 8)
                 print(lines[-1], flush=True)
                 continue
-            lines.append(f"| `experiment={experiment}`{note} | {r['params'] / 1e6:.1f} M | {r['batch']} | {r['precision']} | {r['compile']} "
-                         f"| {r['workers']} | {r['rate']:,.0f} | {r['memory_mib']:,.0f} MiB | {r['seconds']:.0f} |")
+            lines.append(
+                f"| `experiment={experiment}`{note} | {r['params'] / 1e6:.1f} M | {r['batch']} | {r['precision']} | {r['compile']} "
+                f"| {r['workers']} | {r['rate']:,.0f} | {r['memory_mib']:,.0f} MiB | {r['seconds']:.0f} |"
+            )
             print(lines[-1], flush=True)
     print("\n".join(lines))
 

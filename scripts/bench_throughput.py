@@ -49,7 +49,10 @@ PRESETS = {
         ("simclr", "tiny", "32-true", "batched", 0, 32),
     ],
     "gpu": [
-        (m, b, p, a, w, 256) for m in ("simclr", "byol") for b in ("resnet18", "resnet50") for p in ("32-true", "bf16-mixed")
+        (m, b, p, a, w, 256)
+        for m in ("simclr", "byol")
+        for b in ("resnet18", "resnet50")
+        for p in ("32-true", "bf16-mixed")
         for a, w in (("per-sample", 8), ("batched", 4))
     ],
 }
@@ -115,16 +118,31 @@ class PremadeViews(Dataset):
         return [v[i] for v in self.views], int(self.labels[i])
 
 
-def compose_row(method: str, backbone: str, precision: str, path: str, workers: int, batch: int, steps: int, out: str, dry_run: bool = False,
-                extra: tuple[str, ...] = ()):
+def compose_row(
+    method: str, backbone: str, precision: str, path: str, workers: int, batch: int, steps: int, out: str, dry_run: bool = False, extra: tuple[str, ...] = ()
+):
     tiny = backbone == "tiny"
     overrides = [
-        f"method={method}", f"backbone={'small_resnet' if tiny else backbone}", *(["backbone.widths=[4,8]"] if tiny else []),
-        f"trainer.precision={precision}", f"augment.on_device={path == 'batched'}",
-        f"data.num_workers={workers}", f"data.batch_size={batch}", "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
-        "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "probe=false", "baseline=false",
-        "~logger", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null", "callbacks.lr_monitor=null",
-        "callbacks.online_eval=null", f"paths.output_dir={out}",
+        f"method={method}",
+        f"backbone={'small_resnet' if tiny else backbone}",
+        *(["backbone.widths=[4,8]"] if tiny else []),
+        f"trainer.precision={precision}",
+        f"augment.on_device={path == 'batched'}",
+        f"data.num_workers={workers}",
+        f"data.batch_size={batch}",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={steps}",
+        "trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "probe=false",
+        "baseline=false",
+        "~logger",
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        "callbacks.lr_monitor=null",
+        "callbacks.online_eval=null",
+        f"paths.output_dir={out}",
     ]
     if dry_run:  # a GPU row on the CPU with tiny inputs: checks the row composes, builds and steps
         overrides += ["trainer.accelerator=cpu", "data.source.train_limit=64", "data.source.test_limit=16"]
@@ -141,7 +159,7 @@ def premade_views(built, batch: int, steps: int) -> PremadeViews:
     samples = [base[i % len(base)] for i in range(n)]
     if getattr(views_fn, "on_device", False):
         images = torch.stack([image for image, _ in samples])
-        made_views = [torch.cat(chunk) for chunk in zip(*[views_fn.batched()(images[i:i + batch]) for i in range(0, n, batch)], strict=True)]
+        made_views = [torch.cat(chunk) for chunk in zip(*[views_fn.batched()(images[i : i + batch]) for i in range(0, n, batch)], strict=True)]
     else:
         made_views = [torch.stack(v) for v in zip(*[views_fn(image) for image, _ in samples], strict=True)]
     return PremadeViews(made_views, torch.tensor([label for _, label in samples]))
@@ -173,8 +191,13 @@ def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = Fa
         for _ in range(rounds):  # alternated, so that drifts of the machine hit both alike
             step_rates.append(framework_step(cfg_premade, premade, batch, warmup))
             plain_rates.append(plain_loop(cfg_premade, premade, batch, steps, warmup, precision))
-    return {"row": row, "end_to_end": meter.rate, "framework_step": statistics.median(step_rates), "plain": statistics.median(plain_rates),
-            "memory_mib": memory.peak}
+    return {
+        "row": row,
+        "end_to_end": meter.rate,
+        "framework_step": statistics.median(step_rates),
+        "plain": statistics.median(plain_rates),
+        "memory_mib": memory.peak,
+    }
 
 
 def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, precision: str) -> float:
@@ -291,8 +314,15 @@ def lightly_ratio(steps: int, warmup: int, batch: int = 256) -> tuple[float, flo
 
     pl.seed_everything(0, verbose=False)
     theirs = SteadyThroughput(warmup)
-    trainer = pl.Trainer(accelerator="cpu" if not torch.cuda.is_available() else "auto", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[theirs])
+    trainer = pl.Trainer(
+        accelerator="cpu" if not torch.cuda.is_available() else "auto",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[theirs],
+    )
     trainer.fit(LightlySimCLR(), DataLoader(PILImages(), batch_size=batch, shuffle=True, drop_last=True, num_workers=1, persistent_workers=True))
     return ours.rate, theirs.rate
 
@@ -314,34 +344,44 @@ def main() -> None:
     rows = [r for i, r in enumerate(PRESETS[args.preset]) if not args.rows or i in args.rows]
     if args.dry_run:
         rows = [(m, b, p, a, 0, 8) for m, b, p, a, _, _ in rows]
-    header = ("| method | backbone | precision | augmentation | workers | batch | end-to-end img/s | framework step img/s | plain loop img/s "
-              "| step / plain | end-to-end / plain | Python ms/step | peak memory |")
+    header = (
+        "| method | backbone | precision | augmentation | workers | batch | end-to-end img/s | framework step img/s | plain loop img/s "
+        "| step / plain | end-to-end / plain | Python ms/step | peak memory |"
+    )
     lines = [header, "|" + "---|" * 13]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {device}; {args.steps} steps after {args.warmup} warm-up, median of {args.rounds} alternated rounds"
-          + (f"; overrides: {' '.join(args.override)}" if args.override else ""))
+    print(
+        f"torch {torch.__version__}, {device}; {args.steps} steps after {args.warmup} warm-up, median of {args.rounds} alternated rounds"
+        + (f"; overrides: {' '.join(args.override)}" if args.override else "")
+    )
     if args.dry_run:
         print("DRY RUN: tiny inputs on the CPU; the figures below check that the rows run, they are not measurements")
     for row in rows:
         r = measure(row, args.steps, args.warmup, args.rounds, args.dry_run, tuple(args.override))
         m, b, p, a, w, bs = row
-        lines.append(f"| {m} | {b} | {p} | {a} | {w} | {bs} | {r['end_to_end']:.0f} | {r['framework_step']:.0f} | {r['plain']:.0f} "
-                     f"| {r['framework_step'] / r['plain']:.2f} | {r['end_to_end'] / r['plain']:.2f} "
-                     f"| {1000 * bs * (1 / r['framework_step'] - 1 / r['plain']):.2f} | {r['memory_mib']:.0f} MiB |")
+        lines.append(
+            f"| {m} | {b} | {p} | {a} | {w} | {bs} | {r['end_to_end']:.0f} | {r['framework_step']:.0f} | {r['plain']:.0f} "
+            f"| {r['framework_step'] / r['plain']:.2f} | {r['end_to_end'] / r['plain']:.2f} "
+            f"| {1000 * bs * (1 / r['framework_step'] - 1 / r['plain']):.2f} | {r['memory_mib']:.0f} MiB |"
+        )
         print(lines[-1], flush=True)
     print("\n".join(lines))
     if not args.skip_probe:
         seconds, what = probe_seconds()
         print(f"\nlinear probe (default L2 grid, hold-out, refit): {seconds:.1f} s on {what}")
     if not args.skip_peers:
-        print("\nsolo-learn: no row — its latest release (1.0.2) pins torch==1.9.1 and does not install beside torch "
-              f"{torch.__version__} (pip install solo-learn: ResolutionImpossible)")
+        print(
+            "\nsolo-learn: no row — its latest release (1.0.2) pins torch==1.9.1 and does not install beside torch "
+            f"{torch.__version__} (pip install solo-learn: ResolutionImpossible)"
+        )
         rates = lightly_ratio(args.steps, args.warmup)
         if rates is None:
             print("\nlightly not installed (pip install -e '.[bench]'): no peer row")
         else:
-            print(f"\nSimCLR end to end, same encoder/data/batch/workers: ssl_train {rates[0]:.0f} img/s, lightly {rates[1]:.0f} img/s "
-                  f"-> ssl_train / lightly = {rates[0] / rates[1]:.2f}")
+            print(
+                f"\nSimCLR end to end, same encoder/data/batch/workers: ssl_train {rates[0]:.0f} img/s, lightly {rates[1]:.0f} img/s "
+                f"-> ssl_train / lightly = {rates[0] / rates[1]:.2f}"
+            )
 
 
 if __name__ == "__main__":

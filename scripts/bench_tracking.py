@@ -30,8 +30,16 @@ NO_PICTURES = ["callbacks.pictures=null", "callbacks.online_eval.lidar_samples=0
 
 def one_run(overrides: list[str], root: Path, name: str, epochs: int, batches: int) -> tuple[float, Path]:
     out = root / name
-    short = [f"paths.output_dir={out}", f"paths.runs_dir={root / 'runs'}", "probe=false", "baseline=false", f"trainer.max_epochs={epochs}",
-             f"trainer.limit_train_batches={batches}", "trainer.enable_progress_bar=false", "callbacks.online_eval.every_n_epochs=1"]
+    short = [
+        f"paths.output_dir={out}",
+        f"paths.runs_dir={root / 'runs'}",
+        "probe=false",
+        "baseline=false",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.limit_train_batches={batches}",
+        "trainer.enable_progress_bar=false",
+        "callbacks.online_eval.every_n_epochs=1",
+    ]
     if "callbacks.pictures=null" not in overrides:
         short.append("callbacks.pictures.every_n_epochs=1")
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
@@ -47,11 +55,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
-    rows = [("TensorBoard only, no pictures / LiDAR / history", ["logger=tensorboard", *NO_PICTURES]),
-            ("TensorBoard + pictures + LiDAR + history (default)", ["logger=tensorboard"])]
+    rows = [
+        ("TensorBoard only, no pictures / LiDAR / history", ["logger=tensorboard", *NO_PICTURES]),
+        ("TensorBoard + pictures + LiDAR + history (default)", ["logger=tensorboard"]),
+    ]
     if importlib.util.find_spec("wandb") and importlib.util.find_spec("mlflow"):
-        rows += [("+ W&B offline", ["logger=[tensorboard,wandb]"]), ("+ MLflow file store", ["logger=[tensorboard,mlflow]"]),
-                 ("TensorBoard + W&B + MLflow + CSV", ["logger=[tensorboard,wandb,mlflow,csv]"])]
+        rows += [
+            ("+ W&B offline", ["logger=[tensorboard,wandb]"]),
+            ("+ MLflow file store", ["logger=[tensorboard,mlflow]"]),
+            ("TensorBoard + W&B + MLflow + CSV", ["logger=[tensorboard,wandb,mlflow,csv]"]),
+        ]
     print(f"| run ({args.epochs} epochs x {args.batches} batches of 256, online eval + map every epoch) | wall s | vs first |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,11 +44,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"| training step (batch {args.batch}, 28 px, {torch.get_num_threads()} threads) | params | images/s |")
     print("|---|---|---|")
-    configs = (("SimCLR, small ResNet (default)", ["method=simclr"]), ("SimCLR, ViT-tiny (6 blocks, 4 px patches)", ["method=simclr", "backbone=vit_tiny"]),
-               ("DINO, ViT-tiny", ["method=dino", "backbone=vit_tiny"]), ("MAE, ViT-tiny (25% visible)", ["method=mae"]),
-               ("SimMIM, ViT-tiny (all patches, 60% masked)", ["method=simmim"]),
-               ("SimMIM, small ResNet (masked pixels)", ["method=simmim", "backbone=small_resnet"]),
-               ("I-JEPA, ViT-tiny (context + EMA target)", ["method=ijepa"]))
+    configs = (
+        ("SimCLR, small ResNet (default)", ["method=simclr"]),
+        ("SimCLR, ViT-tiny (6 blocks, 4 px patches)", ["method=simclr", "backbone=vit_tiny"]),
+        ("DINO, ViT-tiny", ["method=dino", "backbone=vit_tiny"]),
+        ("MAE, ViT-tiny (25% visible)", ["method=mae"]),
+        ("SimMIM, ViT-tiny (all patches, 60% masked)", ["method=simmim"]),
+        ("SimMIM, small ResNet (masked pixels)", ["method=simmim", "backbone=small_resnet"]),
+        ("I-JEPA, ViT-tiny (context + EMA target)", ["method=ijepa"]),
+    )
     for name, overrides in configs:
         built = built_from(overrides)
         seconds = training_step_time(built, args.batch, args.steps, args.rounds)
@@ -65,8 +69,10 @@ def main() -> None:
 
     all_patches = timed(lambda: encode(False), args.rounds)
     visible = timed(lambda: encode(True), args.rounds)
-    print(f"\nMAE encoder forward + backward on {args.batch} images: all {length} patches {all_patches * 1000:.0f} ms, "
-          f"visible {int(length * 0.25)} patches {visible * 1000:.0f} ms: {all_patches / visible:.1f}x faster")
+    print(
+        f"\nMAE encoder forward + backward on {args.batch} images: all {length} patches {all_patches * 1000:.0f} ms, "
+        f"visible {int(length * 0.25)} patches {visible * 1000:.0f} ms: {all_patches / visible:.1f}x faster"
+    )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,19 @@ from ssl_train.run_dir import exclusive_run_dir  # noqa: E402
 
 CONFIG_DIR = ROOT / "configs"
 TINY = [
-    "data.source.train_limit=128", "data.source.test_limit=64", "data.batch_size=32", "data.num_workers=0", "data.eval_batch_size=64",
-    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false", "eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]", "baseline=false",
+    "data.source.train_limit=128",
+    "data.source.test_limit=64",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "data.eval_batch_size=64",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "eval.linear.max_iter=10",
+    "eval.linear.l2_grid=[0.0,0.001]",
+    "baseline=false",
 ]
 TINY_MODEL = ["backbone.widths=[8,16]"]
 STEPS_PER_EPOCH = 2  # trainer.limit_train_batches=2
@@ -98,6 +108,7 @@ def capture_build() -> Iterator[dict[str, Any]]:
     def build(*args: Any, **kwargs: Any) -> Any:
         box["built"] = original(*args, **kwargs)
         return box["built"]
+
     with patch.object(run_module, "build", build):
         yield box
 
@@ -161,6 +172,7 @@ def fault_in_training_step(when: Callable[[SSLModule], bool], fault: Callable[[]
             done[0] = True
             fault()
         return original(self, batch, batch_idx)
+
     return training_step
 
 
@@ -171,16 +183,20 @@ def signal_at(step: int, signum: int) -> Callable:
 
 def crash_at(step: int) -> Callable:
     """A training_step that raises (a crash) before global step `step`."""
+
     def crash() -> None:
         raise RuntimeError("simulated kill")
+
     return fault_in_training_step(lambda module: module.global_step == step, crash)
 
 
 def remove_images_in_epoch_1(folder: Path, every: int) -> Callable:
     """Delete every `every`-th training image of `folder` once epoch 1 starts training (files vanishing mid-run)."""
+
     def remove() -> None:
         for path in list((folder / "train").rglob("*.png"))[::every]:
             path.unlink()
+
     return fault_in_training_step(lambda module: module.current_epoch == 1, remove)
 
 
@@ -306,4 +322,3 @@ def fault_drills(drill: Drill) -> None:
                 result.passed, result.detail = False, f"{result.detail}; no last.ckpt"
             elif not all(torch.isfinite(v).all() for v in weights(out).values() if v.is_floating_point()):
                 result.passed, result.detail = False, f"{result.detail}; last.ckpt holds non-finite weights"
-

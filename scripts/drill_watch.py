@@ -29,7 +29,8 @@ SKIP_NAMES = ("__pycache__",)  # bytecode the interpreter writes when it first i
 REPO_SKIPS = (
     ".venv",  # the environment the drill runs in (its own packages' caches)
     ".git",  # git's store: the run only reads HEAD (git rev-parse, for the run's record); other git commands in the tree change it
-    ".pytest_cache", ".ruff_cache",  # pytest's and ruff's caches: ssl_train never runs them; they change when a test or lint runs beside the drill
+    ".pytest_cache",
+    ".ruff_cache",  # pytest's and ruff's caches: ssl_train never runs them; they change when a test or lint runs beside the drill
 )
 Entry = tuple[str, int, int]  # kind ('f' file, 'd' folder, 'l' link, 'w' overlay whiteout: removed, 'o' opaque folder: replaced), size, mtime
 

@@ -139,8 +139,13 @@ def main() -> list[Result]:
     parser.add_argument("--cli", type=int, default=12, help="how many option / number cases also go through the real CLI")
     parser.add_argument("--cli-data", type=int, default=4, help="how many broken-data cases also go through the real CLI")
     parser.add_argument("--skip-faults", action="store_true")
-    parser.add_argument("--ignore", type=Path, action="append", default=[],
-                        help="a path not to watch (listed in the output): without root, where other processes of a shared machine write")
+    parser.add_argument(
+        "--ignore",
+        type=Path,
+        action="append",
+        default=[],
+        help="a path not to watch (listed in the output): without root, where other processes of a shared machine write",
+    )
     parser.add_argument("--no-isolation", action="store_true", help="as root too, compare the folders themselves rather than overlays")
     parser.add_argument("--layers", type=Path, help=argparse.SUPPRESS)  # set by the rerun in a private mount namespace
     parser.add_argument("--json-fd", type=int, help=argparse.SUPPRESS)
@@ -217,8 +222,10 @@ def print_table(drill: Drill, seconds: float, argv: list[str]) -> None:
         print(f"| {name} | {meaning} | {len(group)} | {passed} | {failed} | {not_run} |")
     for r in results:
         if r.passed is not True:
-            print(f"\n{'!! FAILED' if r.passed is False else '-- not run'} [{r.category}] {r.name}: {r.detail}"
-                  + "".join(f"\n   outside the run dir: {p}" for p in r.outside))
+            print(
+                f"\n{'!! FAILED' if r.passed is False else '-- not run'} [{r.category}] {r.name}: {r.detail}"
+                + "".join(f"\n   outside the run dir: {p}" for p in r.outside)
+            )
 
 
 if __name__ == "__main__":

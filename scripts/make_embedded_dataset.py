@@ -37,8 +37,7 @@ def main() -> None:
         keep = balanced_subset(labels, per_class, rng)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[keep], labels[keep]
     np.savez_compressed(OUTPUT, **arrays)
-    print(f"wrote {OUTPUT} ({OUTPUT.stat().st_size / 1e6:.1f} MB): "
-          + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+    print(f"wrote {OUTPUT} ({OUTPUT.stat().st_size / 1e6:.1f} MB): " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,33 @@ from ssl_train.data.audio import fit_length
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
-VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3", "croak",
-            "grandpa", "grandma", "steph", "zac", "travis", "shelby", "victor", "norbert")
+VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "croak",
+    "grandpa",
+    "grandma",
+    "steph",
+    "zac",
+    "travis",
+    "shelby",
+    "victor",
+    "norbert",
+)
 TEST_VARIANTS = ("m4", "f3", "klatt2", "grandma", "travis")  # held out: test voices are never heard in training
 SAMPLE_RATE, LENGTH = 8000, 8000
 
@@ -39,7 +64,7 @@ def render(word: str, voice: str, speed: int, pitch: int, workdir: Path) -> np.n
     subprocess.run(["sox", "-V1", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(resampled)], check=True)
     audio, _ = soundfile.read(resampled, dtype="int16")
     loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 300)
-    audio = audio[loud[0]: loud[-1] + 1] if len(loud) else audio
+    audio = audio[loud[0] : loud[-1] + 1] if len(loud) else audio
     return fit_length(audio, LENGTH)
 
 

@@ -22,8 +22,16 @@ from ssl_train.data.text import EMBEDDED_GLOSSES, LEXNAMES, WORDNET_ROOT, parse_
 
 # Fashion-MNIST class -> the WordNet noun whose first sense glosses it
 CLASS_LEMMAS = {
-    "T-shirt/top": "T-shirt", "Trouser": "trouser", "Pullover": "pullover", "Dress": "dress", "Coat": "coat", "Sandal": "sandal",
-    "Shirt": "shirt", "Sneaker": "sneaker", "Bag": "bag", "Ankle boot": "boot",
+    "T-shirt/top": "T-shirt",
+    "Trouser": "trouser",
+    "Pullover": "pullover",
+    "Dress": "dress",
+    "Coat": "coat",
+    "Sandal": "sandal",
+    "Shirt": "shirt",
+    "Sneaker": "sneaker",
+    "Bag": "bag",
+    "Ankle boot": "boot",
 }
 
 
@@ -62,19 +70,23 @@ def main() -> None:
         n_test = args.test_per_class if len(members) >= want else max(1, len(members) // 5)
         n_train = min(args.train_per_class, len(members) - n_test)
         test_idx += members[:n_test].tolist()
-        train_idx += members[n_test: n_test + n_train].tolist()
+        train_idx += members[n_test : n_test + n_train].tolist()
     words = {w for i in train_idx + test_idx for w in re.findall(r"[a-z]+", glosses[i].lower())}
     table = synonym_table(lemmas)
     synonyms = {w: table[w][:8] for w in sorted(words) if w in table}
     captions = {name: first_noun_gloss(root, lemma) for name, lemma in CLASS_LEMMAS.items()}
     np.savez_compressed(
         args.out,
-        train_text=np.array([glosses[i] for i in train_idx]), train_label=labels[train_idx].astype(np.int64),
-        test_text=np.array([glosses[i] for i in test_idx]), test_label=labels[test_idx].astype(np.int64),
-        synonyms_json=np.array(json.dumps(synonyms)), class_glosses_json=np.array(json.dumps(captions)),
+        train_text=np.array([glosses[i] for i in train_idx]),
+        train_label=labels[train_idx].astype(np.int64),
+        test_text=np.array([glosses[i] for i in test_idx]),
+        test_label=labels[test_idx].astype(np.int64),
+        synonyms_json=np.array(json.dumps(synonyms)),
+        class_glosses_json=np.array(json.dumps(captions)),
     )
-    print(f"{args.out}: {len(train_idx)} train / {len(test_idx)} test glosses, {len(synonyms)} words with synonyms; "
-          f"{Path(args.out).stat().st_size / 1e6:.2f} MB")
+    print(
+        f"{args.out}: {len(train_idx)} train / {len(test_idx)} test glosses, {len(synonyms)} words with synonyms; {Path(args.out).stat().st_size / 1e6:.2f} MB"
+    )
     for name, gloss in captions.items():
         print(f"  {name}: {gloss}")
 

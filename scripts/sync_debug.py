@@ -54,9 +54,22 @@ def main() -> int:
     total = args.warmup + args.steps + 1
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         device = ["trainer=gpu"] if torch.cuda.is_available() else ["data.source.train_limit=2048"]
-        cfg = compose("train", overrides=[*device, *args.overrides, "trainer.max_epochs=1", f"trainer.limit_train_batches={total}",
-                                          "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1000", "probe=false", "baseline=false",
-                                          "callbacks.online_eval=null", "callbacks.pictures=null", f"paths.output_dir={out}"])
+        cfg = compose(
+            "train",
+            overrides=[
+                *device,
+                *args.overrides,
+                "trainer.max_epochs=1",
+                f"trainer.limit_train_batches={total}",
+                "trainer.limit_val_batches=0",
+                "trainer.log_every_n_steps=1000",
+                "probe=false",
+                "baseline=false",
+                "callbacks.online_eval=null",
+                "callbacks.pictures=null",
+                f"paths.output_dir={out}",
+            ],
+        )
         built = build(cfg)
         window = SyncDebugWindow(args.warmup, args.warmup + args.steps)
         built.trainer.callbacks.append(window)

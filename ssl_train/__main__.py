@@ -21,8 +21,11 @@ def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.output_subdir is not None or OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None, throw_on_missing=False) is None:
         return {}
-    return {"config.yaml": OmegaConf.to_yaml(task_cfg), "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
-            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task)}
+    return {
+        "config.yaml": OmegaConf.to_yaml(task_cfg),
+        "hydra.yaml": OmegaConf.to_yaml(HydraConfig.instance().cfg),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+    }
 
 
 def launch_of(task_cfg: DictConfig) -> Launch:
@@ -48,6 +51,7 @@ def refuse_local_multirun_with_ddp(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns the probe top-1 so sweepers can optimise it."""
+
     def task() -> dict:
         refuse_local_multirun_with_ddp(cfg)
         return run(cfg, launch_of(cfg))

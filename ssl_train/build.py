@@ -139,8 +139,10 @@ def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> 
     loss = instantiate("loss", cfg.loss)
     method_class = hydra.utils.get_class(cfg.method._target_)
     if isinstance(projector, StepPredictor) and typing.get_type_hints(method_class.__init__).get("projector") is not StepPredictor:
-        raise UserError(f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
-                        "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)")
+        raise UserError(
+            f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
+            "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)"
+        )
     extra: dict[str, Any] = {"name": group_choice("method")} if takes(method_class, "name") and group_choice("method") != "?" else {}
     if takes(method_class, "image_size"):  # masked modelling: the patch grid of the data's images
         extra.update(image_size=kind.size(spec), channels=kind.in_channels(spec))
@@ -158,8 +160,10 @@ def optim_for(optim: DictConfig, trainer: pl.Trainer) -> DictConfig:
     fused = OmegaConf.select(optim, "optimizer.fused", default=False)
     if not (fused and trainer.gradient_clip_val and "mixed" in str(trainer.precision)):
         return optim
-    rank_zero_info(f"[ssl_train] optim.optimizer.fused=true -> false: Lightning clips gradients (trainer.gradient_clip_val={trainer.gradient_clip_val}) "
-                   f"under precision={trainer.precision} only for an unfused optimizer")
+    rank_zero_info(
+        f"[ssl_train] optim.optimizer.fused=true -> false: Lightning clips gradients (trainer.gradient_clip_val={trainer.gradient_clip_val}) "
+        f"under precision={trainer.precision} only for an unfused optimizer"
+    )
     unfused = copy.deepcopy(optim)
     unfused.optimizer.fused = False
     return unfused
@@ -197,7 +201,10 @@ def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
         f"torch.compile of the backbone: {'on' if compiled else 'off'} (compile={cfg.get('compile')})"
     )
     module = SSLModule(
-        method, instantiate("optim", optim_for(cfg.optim, trainer)), num_classes=splits.num_classes, global_batch_size=datamodule.batch_size,
+        method,
+        instantiate("optim", optim_for(cfg.optim, trainer)),
+        num_classes=splits.num_classes,
+        global_batch_size=datamodule.batch_size,
         channels_last=channels_last,
         batched_views=views.batched() if views.on_device else None,
     )

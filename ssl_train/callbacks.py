@@ -78,9 +78,14 @@ def rng_states() -> dict[str, Any]:
     """The global RNG states (python, numpy, torch CPU and CUDA) as tensors and plain values: loadable weights-only."""
     numpy_state = np.random.get_state()
     states: dict[str, Any] = {
-        "python": random.getstate(), "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
-                  "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -171,7 +176,7 @@ class Preemption(pl.Callback):
         # signal waits at most log_every_n_steps batches). One process reads its own flag after every batch (no sync)
         agreeing = trainer.world_size > 1 and trainer.global_step % max(1, trainer.log_every_n_steps) != 0
         if batch_idx + 1 < trainer.num_training_batches and not agreeing:  # after an epoch's last batch come its validation and
-            self._stop_if_signalled(trainer, pl_module)    # checkpoints: a signal then is acted on once they are written (below)
+            self._stop_if_signalled(trainer, pl_module)  # checkpoints: a signal then is acted on once they are written (below)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning calls the ModelCheckpoints' epoch-end hooks after this one: ask it to stop once they (and the epoch's
@@ -226,8 +231,10 @@ class Preemption(pl.Callback):
 
         def stop(signum: int, frame: Any) -> None:
             self._requeue(signum)
-            raise Preempted(f"{signal.Signals(signum).name} received during the evaluation, before metrics.json was written; rerun the same "
-                            "command in the same run directory to evaluate again (a training that finished is not repeated)")
+            raise Preempted(
+                f"{signal.Signals(signum).name} received during the evaluation, before metrics.json was written; rerun the same "
+                "command in the same run directory to evaluate again (a training that finished is not repeated)"
+            )
 
         self._previous = {signum: signal.signal(signum, stop) for signum in self.signals}
         try:

@@ -46,7 +46,12 @@ WEIGHT_DECAY = Number(low=0, high=10)  # recipes use 1e-6-0.4 (DINO's weight_dec
 WARMUP_EPOCHS = Number(low=0, high=1000)  # 10-40 in the reference ViT recipes (800-1600 epochs); a longer warm-up is a typo
 LOSS_WEIGHT = Number(low=0, high=1000)  # VICReg's 25 is the largest loss weight a recipe uses
 POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE, FRACTION = (
-    Number(integer=True, low=1), Number(integer=True, low=0), Number(low=0, open_low=True), Number(low=0), Number(low=0, high=1))
+    Number(integer=True, low=1),
+    Number(integer=True, low=0),
+    Number(low=0, open_low=True),
+    Number(low=0),
+    Number(low=0, high=1),
+)
 OPEN_FRACTION = Number(low=0, high=1, open_low=True, open_high=True)
 
 Temperature = Annotated[float, TEMPERATURE]

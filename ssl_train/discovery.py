@@ -13,6 +13,11 @@ def classes_in(package: str, path: Iterable[str], accept: Callable[[str, type], 
     found: dict[str, type] = {}
     for info in sorted(pkgutil.iter_modules(list(path)), key=lambda i: i.name):
         module = importlib.import_module(f"{package}.{info.name}")
-        found.update({name: value for name, value in vars(module).items()
-                      if inspect.isclass(value) and not name.startswith("_") and value.__module__ == module.__name__ and accept(name, value)})
+        found.update(
+            {
+                name: value
+                for name, value in vars(module).items()
+                if inspect.isclass(value) and not name.startswith("_") and value.__module__ == module.__name__ and accept(name, value)
+            }
+        )
     return dict(sorted(found.items()))

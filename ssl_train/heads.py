@@ -59,8 +59,13 @@ class DINOHead(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, hidden_dim: PositiveInt = 512, bottleneck_dim: PositiveInt = 128, out_dim: PositiveInt = 1024, num_layers: PositiveInt = 3,
-        norm_last_layer: bool = True
+        self,
+        in_dim: int,
+        hidden_dim: PositiveInt = 512,
+        bottleneck_dim: PositiveInt = 128,
+        out_dim: PositiveInt = 1024,
+        num_layers: PositiveInt = 3,
+        norm_last_layer: bool = True,
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
@@ -84,7 +89,6 @@ class StepPredictions(nn.Module):
     """CPC's predictions (van den Oord et al. 2018): one linear map W_k per step ahead k = 1..steps, from the context c_t
     to the latent z_{t+k}; (..., in_dim) -> (..., steps, out_dim). The K maps are one Linear of K x out_dim outputs."""
 
-
     def __init__(self, in_dim: int, out_dim: PositiveInt = 128, steps: PositiveInt = 4) -> None:
         super().__init__()
         if steps < 1:
@@ -104,8 +108,9 @@ class MutualInformationNet(nn.Module):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         if per_location:
-            self.block: nn.Module = nn.Sequential(nn.Conv1d(in_dim, out_dim, 1, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True),
-                                                  nn.Conv1d(out_dim, out_dim, 1))
+            self.block: nn.Module = nn.Sequential(
+                nn.Conv1d(in_dim, out_dim, 1, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True), nn.Conv1d(out_dim, out_dim, 1)
+            )
             self.shortcut: nn.Module = nn.Conv1d(in_dim, out_dim, 1)
         else:
             self.block = nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True), nn.Linear(out_dim, out_dim))

@@ -26,7 +26,12 @@ class SSLModule(pl.LightningModule):
     """
 
     def __init__(
-        self, method: nn.Module, optim: OptimRecipe, num_classes: int, global_batch_size: int, channels_last: bool = False,
+        self,
+        method: nn.Module,
+        optim: OptimRecipe,
+        num_classes: int,
+        global_batch_size: int,
+        channels_last: bool = False,
         batched_views: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -57,8 +62,11 @@ class SSLModule(pl.LightningModule):
         steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
         images_per_step = self.global_batch_size * self.trainer.accumulate_grad_batches  # what one optimizer step sees
         optimizer, scheduler, lr = self.optim.build(
-            self.method, [{"params": list(self.online_probe.parameters()), "lr": self.optim.online_probe_lr}],
-            images_per_step, steps_per_epoch, total_steps,
+            self.method,
+            [{"params": list(self.online_probe.parameters()), "lr": self.optim.online_probe_lr}],
+            images_per_step,
+            steps_per_epoch,
+            total_steps,
         )
         per_device = self.global_batch_size // max(1, self.trainer.world_size)
         rank_zero_info(
@@ -83,8 +91,12 @@ class SSLModule(pl.LightningModule):
         if self._logging_step():  # step values reach loggers, history and the progress bar only at logging steps
             with torch.no_grad():
                 top1 = ((logits.argmax(1) == labels).float() * weight).sum() / labelled
-            step_values = {TRAIN_LOSS: out["loss"], PROBE_ONLINE_LOSS: probe_loss, PROBE_ONLINE_TOP1: top1,
-                           **{f"{TRAIN_PREFIX}{key}": value for key, value in out.get("logs", {}).items()}}
+            step_values = {
+                TRAIN_LOSS: out["loss"],
+                PROBE_ONLINE_LOSS: probe_loss,
+                PROBE_ONLINE_TOP1: top1,
+                **{f"{TRAIN_PREFIX}{key}": value for key, value in out.get("logs", {}).items()},
+            }
             for key, value in step_values.items():  # shown by callbacks.StepProgressBar, not prog_bar (a sync per step)
                 self.log(key, value, batch_size=batch_size)
         return out["loss"] + probe_loss

@@ -57,13 +57,18 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coefficient: float = 0.001, eps: float = 1e-8,
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
         clip_lr: bool = False,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"LARS: lr must be > 0, got {lr}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False,
-                        clip_lr=clip_lr)
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False, clip_lr=clip_lr)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -125,9 +130,18 @@ class OptimRecipe:
     follows a cosine from optimizer.weight_decay to it over training (DINO's ViT recipe: 0.04 -> 0.4); null keeps it fixed.
     """
 
-    def __init__(self, optimizer: Callable[..., torch.optim.Optimizer], lr_scaling: str = "linear", base_batch_size: int = 256,
-                 warmup_epochs: float = 1.0, min_lr_ratio: float = 0.0, exclude_bias_and_norm: bool = True, online_probe_lr: float = 0.1,
-                 no_decay_names: Sequence[str] = (), weight_decay_end: float | None = None) -> None:
+    def __init__(
+        self,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scaling: str = "linear",
+        base_batch_size: int = 256,
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.0,
+        exclude_bias_and_norm: bool = True,
+        online_probe_lr: float = 0.1,
+        no_decay_names: Sequence[str] = (),
+        weight_decay_end: float | None = None,
+    ) -> None:
         if not isinstance(optimizer, partial):
             raise UserError("optim.optimizer must be a partial (set `_partial_: true`)")
         if lr_scaling not in LR_SCALING_RULES:

@@ -71,8 +71,10 @@ def build_from_spec(spec: Any, source: str) -> nn.Module:
     except UserError:
         raise
     except Exception as error:  # any failure of a constructor on arguments from a file is that file's fault
-        raise UserError(f"{source}/{CONFIG_FILE}: its encoder arguments do not build {class_name} ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
+        raise UserError(
+            f"{source}/{CONFIG_FILE}: its encoder arguments do not build {class_name} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200] if str(error) else ''})"
+        ) from None
 
 
 def load_safetensors(path: Path, key: str) -> dict[str, torch.Tensor]:
@@ -91,8 +93,10 @@ def load_encoder(path: str | Path) -> nn.Module:
     folder = Path(path).expanduser()
     config_path = folder / CONFIG_FILE
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise UserError(f"load_encoder: {folder} is not an ssl_train export (needs {CONFIG_FILE} and {WEIGHTS_FILE}; "
-                        "make one with python -m ssl_train.toolkit export --ckpt CKPT)")
+        raise UserError(
+            f"load_encoder: {folder} is not an ssl_train export (needs {CONFIG_FILE} and {WEIGHTS_FILE}; "
+            "make one with python -m ssl_train.toolkit export --ckpt CKPT)"
+        )
     try:
         config = json.loads(config_path.read_text())
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
@@ -112,8 +116,10 @@ def _load_into(encoder: nn.Module, state: dict[str, torch.Tensor], source: str, 
         raise UserError(f"{source}: its weights do not fit this encoder ({state_dict_mismatch(error)}): check backbone.* matches the export") from None
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise UserError(f"{source}: its weights do not fit this encoder ({what}, {len(missing) + len(unexpected)} keys in all): "
-                        "check backbone.* matches the architecture the weights came from")
+        raise UserError(
+            f"{source}: its weights do not fit this encoder ({what}, {len(missing) + len(unexpected)} keys in all): "
+            "check backbone.* matches the architecture the weights came from"
+        )
 
 
 def load_initial_weights(encoder: nn.Module, weights: str | Path, trust: bool = False) -> nn.Module:
@@ -131,7 +137,7 @@ def load_initial_weights(encoder: nn.Module, weights: str | Path, trust: bool = 
         _load_into(encoder, load_safetensors(path, key), key, portable=True)
     elif path.is_file():
         state = read_checkpoint(path, trust=trust, key="backbone.weights")["state_dict"]
-        backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+        backbone = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
         if not backbone:
             raise UserError(f"{key}: the checkpoint holds no {BACKBONE_PREFIX}* weights (not an ssl_train checkpoint?)")
         _load_into(encoder, backbone, key, portable=False)

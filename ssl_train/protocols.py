@@ -48,8 +48,9 @@ class PatchTokenEncoder(Protocol):
 
     patch_size: int | None
 
-    def tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None, masked: torch.Tensor | None = None,
-               mask_token: torch.Tensor | None = None) -> torch.Tensor: ...
+    def tokens(
+        self, images: torch.Tensor, keep: torch.Tensor | None = None, masked: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
@@ -128,16 +129,16 @@ def takes(component: Any, argument: str) -> bool:
 class FeatureEvaluator(Protocol):
     """An evaluator on frozen features extracted once per encoder (linear probe, kNN, representation metrics)."""
 
-    def evaluate_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                          num_classes: int) -> dict[str, float]: ...
+    def evaluate_features(
+        self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int
+    ) -> dict[str, float]: ...
 
 
 @runtime_checkable
 class EncoderEvaluator(Protocol):
     """An evaluator that needs the encoder and the images (e.g. the SGD probe, which augments)."""
 
-    def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
-                         device: str | torch.device) -> dict[str, float]: ...
+    def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device) -> dict[str, float]: ...
 
 
 @runtime_checkable
@@ -145,5 +146,6 @@ class TwoTowerEvaluator(Protocol):
     """An evaluator of image-text models on test-pair embeddings (zero-shot classification, retrieval); `embed_texts`
     embeds any texts (class-name prompts) with the model's text tower."""
 
-    def evaluate_two_tower(self, image_embeddings: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor,
-                           embed_texts: Any, class_names: Sequence[str]) -> dict[str, float]: ...
+    def evaluate_two_tower(
+        self, image_embeddings: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor, embed_texts: Any, class_names: Sequence[str]
+    ) -> dict[str, float]: ...

@@ -40,8 +40,14 @@ def run(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
         trainer = built.trainer
         try:
             if trainer.is_global_zero:
-                log_run_start(trainer.loggers, OmegaConf.to_container(cfg, resolve=True), git_commit(), command_line(launch.overrides),
-                              [config_path], resumed_from=resume.checkpoint)
+                log_run_start(
+                    trainer.loggers,
+                    OmegaConf.to_container(cfg, resolve=True),
+                    git_commit(),
+                    command_line(launch.overrides),
+                    [config_path],
+                    resumed_from=resume.checkpoint,
+                )
             metrics = describe(cfg, built, output_dir) | train_and_evaluate(cfg, built, resume, output_dir)
             metrics |= {key.SKIPPED_IMAGES: built.datamodule.skipped_images(), key.WALL_TIME_S: round(time.time() - started, 2)}
             if trainer.is_global_zero:
@@ -70,10 +76,16 @@ def describe(cfg: DictConfig, built: Built, output_dir: Path) -> dict[str, Any]:
     """What the run is, metrics.json's first keys: method, backbone, data, seed, batch and learning rate, where, which split."""
     batch_size = built.datamodule.batch_size
     described = {
-        key.METHOD: cfg.method.get("name", group_choice("method")), key.BACKBONE: component_name("backbone", cfg.backbone),
-        key.DATA: component_name("data", cfg.data), key.SEED: cfg.seed, key.EPOCHS: cfg.trainer.max_epochs, key.GLOBAL_BATCH_SIZE: batch_size,
-        key.EFFECTIVE_LR: built.module.optim.effective_lr(batch_size * cfg.trainer.accumulate_grad_batches), key.OUTPUT_DIR: str(output_dir),
-        key.EVAL_SPLIT: "validation" if cfg.data.get("validation_fraction") else "test", key.MODALITY: built.datamodule.splits.modality,
+        key.METHOD: cfg.method.get("name", group_choice("method")),
+        key.BACKBONE: component_name("backbone", cfg.backbone),
+        key.DATA: component_name("data", cfg.data),
+        key.SEED: cfg.seed,
+        key.EPOCHS: cfg.trainer.max_epochs,
+        key.GLOBAL_BATCH_SIZE: batch_size,
+        key.EFFECTIVE_LR: built.module.optim.effective_lr(batch_size * cfg.trainer.accumulate_grad_batches),
+        key.OUTPUT_DIR: str(output_dir),
+        key.EVAL_SPLIT: "validation" if cfg.data.get("validation_fraction") else "test",
+        key.MODALITY: built.datamodule.splits.modality,
     }
     if cfg.backbone.get("weights"):  # the random_init_* baseline is then these weights, before this run's training
         described[key.INITIAL_WEIGHTS] = str(cfg.backbone.weights)
@@ -111,5 +123,7 @@ def write_results(metrics: dict[str, Any], metrics_path: Path, trainer: pl.Train
     metrics_path = write_metrics(metrics_path, metrics)
     report_path = write_report(metrics_path.parent)
     log_run_end(trainer.loggers, metrics, metrics.get(key.STEPS, trainer.global_step), [metrics_path, report_path])
-    print(f"[ssl_train] {metrics[key.METHOD]}: {summary_line(metrics, modality(kind).raw_input_name)}; wall time {metrics[key.WALL_TIME_S]:.0f}s; "
-          f"results in {metrics_path} (report: {report_path})")
+    print(
+        f"[ssl_train] {metrics[key.METHOD]}: {summary_line(metrics, modality(kind).raw_input_name)}; wall time {metrics[key.WALL_TIME_S]:.0f}s; "
+        f"results in {metrics_path} (report: {report_path})"
+    )

@@ -19,13 +19,16 @@ def load_trained_weights(module: pl.LightningModule, record: dict[str, Any], tru
     """The weights of the checkpoint whose training finished (run_dir.finished_training) into `module`, in place of fit."""
     checkpoint = read_checkpoint(record["checkpoint"], trust=trust)
     if checkpoint.get("global_step") != record.get("step"):
-        raise UserError(f"{record['checkpoint']} holds step {checkpoint.get('global_step')}, not the final step {record.get('step')} training "
-                        f"ended at: remove {TRAINING_DONE} in its run directory to train again there")
+        raise UserError(
+            f"{record['checkpoint']} holds step {checkpoint.get('global_step')}, not the final step {record.get('step')} training "
+            f"ended at: remove {TRAINING_DONE} in its run directory to train again there"
+        )
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
-        raise UserError(f"{record['checkpoint']}: its weights do not fit this run's model ({state_dict_mismatch(error)}): "
-                        "rerun with the config it was trained with") from None
+        raise UserError(
+            f"{record['checkpoint']}: its weights do not fit this run's model ({state_dict_mismatch(error)}): rerun with the config it was trained with"
+        ) from None
 
 
 def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, ckpt_path: str | None, output_dir: Path) -> None:
@@ -34,16 +37,16 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except FloatingPointError as error:
-        raise UserError(
-            f"{error}: training stopped; {kept}. Lower optim.optimizer.lr, raise optim.warmup_epochs or set trainer.gradient_clip_val"
-        ) from error
+        raise UserError(f"{error}: training stopped; {kept}. Lower optim.optimizer.lr, raise optim.warmup_epochs or set trainer.gradient_clip_val") from error
     except RuntimeError as error:
         message = str(error)
         if "DataLoader worker" in message:
             raise UserError(f"a data loader worker died ({first_line(error)}); {kept}. data.num_workers=0 shows the cause in-process") from None
         if "Error(s) in loading state_dict" in message:
-            raise UserError(f"ckpt_path {ckpt_path}: its weights do not fit this run's model ({state_dict_mismatch(error)}): "
-                            "resume with the config the checkpoint was trained with") from None
+            raise UserError(
+                f"ckpt_path {ckpt_path}: its weights do not fit this run's model ({state_dict_mismatch(error)}): "
+                "resume with the config the checkpoint was trained with"
+            ) from None
         raise
 
 

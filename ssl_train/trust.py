@@ -141,8 +141,9 @@ def _check(node: Any, key: str, source: str, also_allowed: frozenset[str], in_ar
             raise _refuse(source, where, "a component inside _args_ (positional arguments must be plain values)")
         if name == "_target_":
             if not isinstance(value, str) or not is_allowed(value, where, also_allowed):
-                raise _refuse(source, where, f"{value!r} is not a component that ssl_train's configs build under {top_key(where)}",
-                              TRUST_HINT.replace("NAME", str(value)))
+                raise _refuse(
+                    source, where, f"{value!r} is not a component that ssl_train's configs build under {top_key(where)}", TRUST_HINT.replace("NAME", str(value))
+                )
         elif name in ("_partial_", "_recursive_"):
             if not isinstance(value, bool):
                 raise _refuse(source, where, f"{value!r} is not true or false")

@@ -41,8 +41,10 @@ def check_header(handle: IO[bytes], stored: int, where: str, name: str) -> None:
     count = math.prod(shape)
     needed, held = count * dtype.itemsize, stored - handle.tell()
     if needed > held or needed > memory_bytes():
-        raise UserError(f"{where}: array {name}'s header claims shape {tuple(shape)} ({count} elements, {needed} bytes) but the file holds "
-                        f"{held} bytes for it{' and this machine has less memory' if needed > memory_bytes() else ''}: a corrupt or crafted file")
+        raise UserError(
+            f"{where}: array {name}'s header claims shape {tuple(shape)} ({count} elements, {needed} bytes) but the file holds "
+            f"{held} bytes for it{' and this machine has less memory' if needed > memory_bytes() else ''}: a corrupt or crafted file"
+        )
 
 
 def read_npz(path: Path, names: Sequence[str], where: str, optional: Sequence[str] = (), lacks_hint: str = "") -> dict[str, np.ndarray]:
@@ -81,8 +83,10 @@ def check_finite(values: np.ndarray, where: str, name: str) -> None:
     """Refuse an array holding NaN or inf: a data problem, named at load time rather than as a diverging loss."""
     bad = int(np.count_nonzero(~np.isfinite(values))) if values.dtype.kind == "f" else 0
     if bad:
-        raise UserError(f"{where}: array {name} holds NaN/inf values ({bad} of {values.size}): fix or drop those samples; "
-                        "training on them diverges whatever the learning rate")
+        raise UserError(
+            f"{where}: array {name} holds NaN/inf values ({bad} of {values.size}): fix or drop those samples; "
+            "training on them diverges whatever the learning rate"
+        )
 
 
 def check_labels(labels: np.ndarray, where: str, name: str) -> None:

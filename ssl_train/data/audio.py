@@ -26,10 +26,10 @@ def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
     """Centre-crop or zero-pad a 1-D waveform to `length` samples."""
     if len(audio) >= length:
         start = (len(audio) - length) // 2
-        return audio[start: start + length]
+        return audio[start : start + length]
     out = np.zeros(length, dtype=audio.dtype)
     start = (length - len(audio)) // 2
-    out[start: start + len(audio)] = audio
+    out[start : start + len(audio)] = audio
     return out
 
 
@@ -80,14 +80,23 @@ class AudioFolder:
 
     modalities = ("waveform",)
 
-    def __init__(self, root: str, train_dir: str = "train", test_dir: str = "test", sample_rate: int = 8000, length: int = 8000,
-                 train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        train_dir: str = "train",
+        test_dir: str = "test",
+        sample_rate: int = 8000,
+        length: int = 8000,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+    ) -> None:
         self.root, self.train_dir, self.test_dir = Path(root).expanduser(), train_dir, test_dir
         self.sample_rate, self.length, self.train_limit, self.test_limit = sample_rate, length, train_limit, test_limit
 
     def _read_split(self, folder: Path, classes: list[str], limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-        files = [(path, label) for label, name in enumerate(classes)
-                 for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)]
+        files = [
+            (path, label) for label, name in enumerate(classes) for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        ]
         chosen, _ = limited(np.arange(len(files)), np.arange(len(files)), limit, seed)  # a fixed-seed subset, read alone
         waves, labels, skipped = [], [], 0
         for index in sorted(chosen.tolist()):

@@ -144,8 +144,12 @@ class BatchedView(nn.Module):
         """ColorJitter with probability jitter_prob, each sample with its own factors and its own random op order."""
         n, s, device = x.shape[0], self.recipe.jitter_strength, x.device
         applied = torch.rand(n, device=device) < self.recipe.jitter_prob
-        factors = [_uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device), _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
-                   _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device), _uniform(n, -0.1 * s, 0.1 * s, device)]
+        factors = [
+            _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
+            _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
+            _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
+            _uniform(n, -0.1 * s, 0.1 * s, device),
+        ]
         order = torch.rand(n, 4, device=device).argsort(dim=1)  # a random permutation of the 4 ops per sample
         identity = (1.0, 1.0, 1.0, 0.0)  # the factor at which each op leaves an image as it is
         for slot in range(4):
@@ -168,8 +172,16 @@ class BatchedView(nn.Module):
 class BatchedMultiView(nn.Module):
     """All views of a MultiViewTransform (global views with per-view recipes, then local crops) on a batch."""
 
-    def __init__(self, global_recipes: Sequence[ViewRecipe], local_recipe: ViewRecipe, num_local: int, size: int, local_size: int,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        global_recipes: Sequence[ViewRecipe],
+        local_recipe: ViewRecipe,
+        num_local: int,
+        size: int,
+        local_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__()
         self.views = nn.ModuleList([BatchedView(r, size, mean, std) for r in global_recipes])
         self.views.extend(BatchedView(local_recipe, local_size, mean, std) for _ in range(num_local))

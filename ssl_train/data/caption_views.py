@@ -25,8 +25,15 @@ class ImageCaptionViews:
     modalities = ("image_text",)
     on_device = False
 
-    def __init__(self, tokenizer: Callable[[str], torch.Tensor], size: int, mean: Sequence[float], std: Sequence[float], recipe: Mapping | None = None,
-                 fixed_size: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Callable[[str], torch.Tensor],
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        recipe: Mapping | None = None,
+        fixed_size: bool = True,
+    ) -> None:
         self.recipe = with_overrides(CLIP_IMAGE_RECIPE, recipe)
         self.image_view, self.tokenizer = self.recipe.build(size, mean, std), tokenizer
 

@@ -30,14 +30,26 @@ log = logging.getLogger(__name__)
 
 # Synthetic captions of the embedded pairs: a template, a name of the class, sometimes its WordNet gloss
 CLASS_PHRASES = {
-    "T-shirt/top": ("t-shirt", "tee shirt", "top"), "Trouser": ("pair of trousers", "pair of pants", "pair of slacks"),
-    "Pullover": ("pullover", "sweater", "jumper"), "Dress": ("dress", "frock", "gown"), "Coat": ("coat", "jacket", "overcoat"),
-    "Sandal": ("sandal", "strappy sandal", "summer sandal"), "Shirt": ("shirt", "button-down shirt", "blouse"),
-    "Sneaker": ("sneaker", "trainer", "running shoe"), "Bag": ("bag", "handbag", "purse"), "Ankle boot": ("ankle boot", "boot", "short boot"),
+    "T-shirt/top": ("t-shirt", "tee shirt", "top"),
+    "Trouser": ("pair of trousers", "pair of pants", "pair of slacks"),
+    "Pullover": ("pullover", "sweater", "jumper"),
+    "Dress": ("dress", "frock", "gown"),
+    "Coat": ("coat", "jacket", "overcoat"),
+    "Sandal": ("sandal", "strappy sandal", "summer sandal"),
+    "Shirt": ("shirt", "button-down shirt", "blouse"),
+    "Sneaker": ("sneaker", "trainer", "running shoe"),
+    "Bag": ("bag", "handbag", "purse"),
+    "Ankle boot": ("ankle boot", "boot", "short boot"),
 }
 CAPTION_TEMPLATES = (
-    "a grey photo of a {}.", "a small low-resolution picture of a {}.", "product shot of a {} on a black background.", "{}",
-    "a {}, that is {gloss}.", "this is a {}: {gloss}.", "catalogue image of a {}.", "a centred, greyscale image of one {}.",
+    "a grey photo of a {}.",
+    "a small low-resolution picture of a {}.",
+    "product shot of a {} on a black background.",
+    "{}",
+    "a {}, that is {gloss}.",
+    "this is a {}: {gloss}.",
+    "catalogue image of a {}.",
+    "a centred, greyscale image of one {}.",
 )
 
 
@@ -65,13 +77,32 @@ class PairDataset(Dataset):
         return int(getattr(self.images, "skipped", 0))
 
 
-def pair_splits(train: PairDataset, test: PairDataset, mean: Sequence[float], std: Sequence[float], channels: int, image_size: int,
-                class_names: Sequence[str], tokenizer: Any, fixed_size: bool) -> Splits:
+def pair_splits(
+    train: PairDataset,
+    test: PairDataset,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int,
+    image_size: int,
+    class_names: Sequence[str],
+    tokenizer: Any,
+    fixed_size: bool,
+) -> Splits:
     """Splits of image-caption pairs (modality 'image_text'), the tokenizer made from the train captions."""
     tokenizer = (tokenizer or byte_tokenizer)(corpus=[c for captions in train.captions for c in captions])
     spec = InputSpec(channels=channels, size=image_size, length=tokenizer.max_length, vocab_size=tokenizer.vocab_size)
-    return Splits(train, test, len(class_names), tuple(mean), tuple(std), spec, fixed_size=fixed_size, modality="image_text",
-                  tokenizer=tokenizer, class_names=tuple(class_names))
+    return Splits(
+        train,
+        test,
+        len(class_names),
+        tuple(mean),
+        tuple(std),
+        spec,
+        fixed_size=fixed_size,
+        modality="image_text",
+        tokenizer=tokenizer,
+        class_names=tuple(class_names),
+    )
 
 
 def synthetic_captions(labels: np.ndarray, per_image: int, seed: int) -> list[tuple[str, ...]]:
@@ -82,8 +113,12 @@ def synthetic_captions(labels: np.ndarray, per_image: int, seed: int) -> list[tu
     for label in labels:
         name = FASHION_MNIST_CLASSES[int(label)]
         phrases = CLASS_PHRASES[name]
-        out.append(tuple(CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(phrases[rng.integers(len(phrases))], gloss=glosses[name])
-                         for _ in range(per_image)))
+        out.append(
+            tuple(
+                CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(phrases[rng.integers(len(phrases))], gloss=glosses[name])
+                for _ in range(per_image)
+            )
+        )
     return out
 
 
@@ -110,8 +145,15 @@ class CaptionedFashionMNIST:
         return pair_splits(train, test, mean, std, 1, train_images.shape[-1], FASHION_MNIST_CLASSES, self.tokenizer, fixed_size=True)
 
 
-def _split_pairs(paths: list[Path], captions: list[tuple[str, ...]], labels: list[int], test_fraction: float, channels: int,
-                 limits: tuple[int | None, int | None] = (None, None), max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[PairDataset, PairDataset]:
+def _split_pairs(
+    paths: list[Path],
+    captions: list[tuple[str, ...]],
+    labels: list[int],
+    test_fraction: float,
+    channels: int,
+    limits: tuple[int | None, int | None] = (None, None),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[PairDataset, PairDataset]:
     """(train, test) pairs, `test_fraction` held out by a fixed seed, each split cut to its limit (tests, smoke runs)."""
     order = np.random.default_rng(0).permutation(len(paths))
     n_test = max(1, int(len(paths) * test_fraction))
@@ -134,9 +176,19 @@ class CaptionFolder:
 
     modalities = ("image_text",)
 
-    def __init__(self, root: str, image_size: int = 224, channels: int = 3, test_fraction: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, tokenizer: Any = None, train_limit: int | None = None, test_limit: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        channels: int = 3,
+        test_fraction: float = 0.2,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        tokenizer: Any = None,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         if not 0 < test_fraction < 1:
             raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
         self.limits, self.max_pixels = (train_limit, test_limit), check_max_pixels(max_pixels)
@@ -180,10 +232,22 @@ class CaptionTable:
 
     modalities = ("image_text",)
 
-    def __init__(self, path: str, image_column: str = "image", caption_column: str = "caption", label_column: str | None = None,
-                 image_size: int = 224, channels: int = 3, test_fraction: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, tokenizer: Any = None, train_limit: int | None = None, test_limit: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        path: str,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        label_column: str | None = None,
+        image_size: int = 224,
+        channels: int = 3,
+        test_fraction: float = 0.2,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        tokenizer: Any = None,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         if not 0 < test_fraction < 1:
             raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
         self.limits, self.max_pixels = (train_limit, test_limit), check_max_pixels(max_pixels)

@@ -61,8 +61,17 @@ class SSLDataModule(pl.LightningDataModule):
     """
 
     def __init__(
-        self, source: Any, batch_size: int = 256, num_workers: int = 1, eval_batch_size: int = 512, pin_memory: bool = False, shuffle: bool = True,
-        validation_fraction: float = 0.0, views: Callable[..., Callable] | None = None, world_size: int = 1, m_per_class: int | None = None,
+        self,
+        source: Any,
+        batch_size: int = 256,
+        num_workers: int = 1,
+        eval_batch_size: int = 512,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+        validation_fraction: float = 0.0,
+        views: Callable[..., Callable] | None = None,
+        world_size: int = 1,
+        m_per_class: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -119,8 +128,15 @@ class SSLDataModule(pl.LightningDataModule):
                 sampler = ResumableSampler(dataset, batch_size, seed, shuffle=self.shuffle, num_replicas=dist.world_size(), rank=dist.rank())
             generator = loader_generator(seed)
         return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, drop_last=train, generator=generator, collate_fn=collate_of(dataset),
-            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=train,
+            generator=generator,
+            collate_fn=collate_of(dataset),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
         )
 
     def views(self) -> Any:

@@ -114,6 +114,7 @@ def make_splits(
     train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, pretrain: Dataset | None = None
 ) -> Splits:
     """Wrap numpy arrays (N, H, W) or (N, C, H, W) into Splits with train-set statistics."""
+
     def to_nchw(images: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(images))
         return tensor.unsqueeze(1) if tensor.ndim == 3 else tensor
@@ -124,7 +125,11 @@ def make_splits(
     return Splits(
         ImageArrayDataset(train_x, torch.from_numpy(train_labels.astype(np.int64))),
         ImageArrayDataset(test_x, torch.from_numpy(test_labels.astype(np.int64))),
-        num_classes, mean, std, InputSpec(channels=train_x.shape[1], size=train_x.shape[-1]), pretrain=pretrain,
+        num_classes,
+        mean,
+        std,
+        InputSpec(channels=train_x.shape[1], size=train_x.shape[-1]),
+        pretrain=pretrain,
     )
 
 
@@ -141,7 +146,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
         raise UserError(f"{path}: the idx header is cut short (truncated file?)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise UserError(f"{path}: header says shape {shape} but the file holds {body.size} values (truncated?)")

@@ -101,8 +101,10 @@ def class_folder_split(folder: Path, classes: list[str] | None, hint: str) -> tu
         paths += files
         labels += [label] * len(files)
     if not paths:
-        raise DataNotFoundError(f"data.source.root: {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class sub-folders "
-                                f"{', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}. {hint}")
+        raise DataNotFoundError(
+            f"data.source.root: {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class sub-folders "
+            f"{', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}. {hint}"
+        )
     return paths, labels, classes
 
 
@@ -128,9 +130,19 @@ class ImageFolderSource:
     `mean`/`std` (ImageNet statistics by default). Images whose header claims more than `max_pixels` are skipped.
     """
 
-    def __init__(self, root: str, train_dir: str = "train", test_dir: str = "val", image_size: int = 224, channels: int = 3,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 train_limit: int | None = None, test_limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        root: str,
+        train_dir: str = "train",
+        test_dir: str = "val",
+        image_size: int = 224,
+        channels: int = 3,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.max_pixels = check_max_pixels(max_pixels)
         self.root, self.train_dir, self.test_dir = Path(root).expanduser(), train_dir, test_dir
         self.image_size, self.channels, self.mean, self.std = image_size, channels, tuple(mean), tuple(std)
@@ -146,7 +158,11 @@ class ImageFolderSource:
         return Splits(
             ImageFileDataset(train_paths, train_labels, self.channels, self.max_pixels),
             ImageFileDataset(test_paths, test_labels, self.channels, self.max_pixels),
-            len(classes), self.mean, self.std, InputSpec(channels=self.channels, size=self.image_size), fixed_size=False,
+            len(classes),
+            self.mean,
+            self.std,
+            InputSpec(channels=self.channels, size=self.image_size),
+            fixed_size=False,
         )
 
 
@@ -154,8 +170,7 @@ class UnlabeledFolderSource:
     """Pretrain on unlabeled images (a flat/recursive folder, or a text file listing one path per line);
     the probe uses the labelled `probe` source (e.g. an ImageFolderSource), which also sets size and statistics."""
 
-    def __init__(self, root: str, probe: Any, train_limit: int | None = None, test_limit: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, root: str, probe: Any, train_limit: int | None = None, test_limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.max_pixels = check_max_pixels(max_pixels)
         if test_limit is not None:
             raise UserError("data.source.test_limit: the probe's splits come from data.source.probe; set data.source.probe.test_limit")

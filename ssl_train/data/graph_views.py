@@ -16,9 +16,9 @@ from ssl_train.data.recipes import ViewList, recipes_per_view
 class GraphViewRecipe:
     """The knobs of one graph view (GRACE's Cora settings are drop_edge 0.2 / 0.4, mask_feature 0.3 / 0.4)."""
 
-    drop_edge: float = 0.2      # probability of removing each (undirected) edge
-    drop_node: float = 0.0      # probability of removing a node's edges (GraphCL's node dropping; the node stays)
-    mask_feature: float = 0.3   # probability of zeroing each feature column, for every node at once
+    drop_edge: float = 0.2  # probability of removing each (undirected) edge
+    drop_node: float = 0.0  # probability of removing a node's edges (GraphCL's node dropping; the node stays)
+    mask_feature: float = 0.3  # probability of zeroing each feature column, for every node at once
 
 
 class BatchedGraphView(nn.Module):
@@ -50,11 +50,18 @@ class GraphViews:
     modalities = ("graph",)
     on_device = True
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], num_global: int = 2, recipe: Mapping | None = None,
-                 per_view: Sequence[Mapping] | None = None, fixed_size: bool = True) -> None:
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_global: int = 2,
+        recipe: Mapping | None = None,
+        per_view: Sequence[Mapping] | None = None,
+        fixed_size: bool = True,
+    ) -> None:
         _, self.recipes = recipes_per_view(GraphViewRecipe(), recipe, per_view, num_global, pair_fields=())
         self.num_global = num_global
 
     def batched(self) -> nn.Module:
         return ViewList(BatchedGraphView(r) for r in self.recipes)
-

@@ -74,8 +74,15 @@ def random_train_mask(num_nodes: int, train_fraction: float) -> torch.Tensor:
     return torch.rand(num_nodes, generator=torch.Generator().manual_seed(0)) < train_fraction
 
 
-def graph_splits(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor, where: str,
-                 train_limit: int | None = None, test_limit: int | None = None) -> Splits:
+def graph_splits(
+    x: torch.Tensor,
+    edge_index: torch.Tensor,
+    labels: torch.Tensor,
+    train_mask: torch.Tensor,
+    where: str,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+) -> Splits:
     """Splits of one graph: the probe fits on the train nodes and is scored on the others; pretraining sees every node
     (transductive, as in DGI), with the test nodes' labels hidden (-1) from the online probe. `train_limit` /
     `test_limit` keep that many (fixed-seed) probe nodes; the graph keeps all of them."""
@@ -97,8 +104,14 @@ def graph_splits(x: torch.Tensor, edge_index: torch.Tensor, labels: torch.Tensor
     all_nodes = torch.arange(len(x))
     pretrain = NodeDataset(graph, all_nodes, torch.where(train_mask, labels, torch.full_like(labels, -1)))
     return Splits(
-        NodeDataset(graph, train_nodes, labels[train_nodes]), NodeDataset(graph, test_nodes, labels[test_nodes]),
-        int(labels.max()) + 1, mean=(0.0,), std=(1.0,), input_spec=InputSpec(nodes=len(x), features=x.shape[1]), pretrain=pretrain, modality="graph",
+        NodeDataset(graph, train_nodes, labels[train_nodes]),
+        NodeDataset(graph, test_nodes, labels[test_nodes]),
+        int(labels.max()) + 1,
+        mean=(0.0,),
+        std=(1.0,),
+        input_spec=InputSpec(nodes=len(x), features=x.shape[1]),
+        pretrain=pretrain,
+        modality="graph",
     )
 
 
@@ -107,7 +120,7 @@ def knn_edges(features: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor
     unit = torch.nn.functional.normalize(features.float(), dim=1)
     targets = []
     for start in range(0, len(unit), chunk):
-        similarity = unit[start: start + chunk] @ unit.T
+        similarity = unit[start : start + chunk] @ unit.T
         similarity[torch.arange(len(similarity)), torch.arange(start, start + len(similarity))] = -2  # no self-loops
         targets.append(similarity.topk(k, dim=1).indices)
     target = torch.cat(targets)
@@ -169,15 +182,17 @@ def parse_wordnet_nouns(path: Path) -> tuple[list[int], list[int], list[str], li
                 if words < 1 or not 0 <= pointers <= (len(fields) - pointers_at - 1) // 4:
                     raise ValueError(f"{words} words and {pointers} pointers do not fit its {len(fields)} fields")
                 for p in range(pointers):
-                    symbol, target, pos = fields[pointers_at + 1 + 4 * p: pointers_at + 4 + 4 * p]
+                    symbol, target, pos = fields[pointers_at + 1 + 4 * p : pointers_at + 4 + 4 * p]
                     if symbol in ("@", "@i") and pos == "n":  # hypernym / instance hypernym, to another noun synset
                         edges.append((offset, int(target)))
             except (ValueError, IndexError) as error:
-                raise UserError(f"{path}: line {number} is not a WordNet data.noun synset line "
-                                f"('offset lex_filenum n w_cnt word lex_id ... p_cnt pointers ... | gloss'): {str(error)[:200]}") from None
+                raise UserError(
+                    f"{path}: line {number} is not a WordNet data.noun synset line "
+                    f"('offset lex_filenum n w_cnt word lex_id ... p_cnt pointers ... | gloss'): {str(error)[:200]}"
+                ) from None
             offsets.append(offset)
             lexfiles.append(lexfile)
-            glosses.append(" ".join(fields[4: pointers_at: 2]).replace("_", " ") + " " + gloss)
+            glosses.append(" ".join(fields[4:pointers_at:2]).replace("_", " ") + " " + gloss)
     return offsets, lexfiles, glosses, edges
 
 
@@ -189,8 +204,15 @@ class WordNetNouns:
 
     modalities = ("graph",)
 
-    def __init__(self, root: str = WORDNET_ROOT, feature_dim: int = 512, train_fraction: float = 0.5, node_limit: int | None = None,
-                 train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str = WORDNET_ROOT,
+        feature_dim: int = 512,
+        train_fraction: float = 0.5,
+        node_limit: int | None = None,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+    ) -> None:
         if not 0 < train_fraction < 1:
             raise UserError(f"data.source.train_fraction must be in (0, 1), got {train_fraction}")
         self.root, self.feature_dim, self.train_fraction, self.node_limit = Path(root).expanduser(), feature_dim, train_fraction, node_limit
@@ -241,5 +263,12 @@ class GraphArrays:
         if mask is not None and mask.shape != (len(x),):
             raise UserError(f"{where}: array train_mask must be ({len(x)},) flags, one per node, got shape {mask.shape}")
         train_mask = torch.from_numpy(mask.astype(bool)) if mask is not None else random_train_mask(len(x), self.train_fraction)
-        return graph_splits(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(edge_index.astype(np.int64)), torch.from_numpy(y.astype(np.int64)),
-                            train_mask, where, self.train_limit, self.test_limit)
+        return graph_splits(
+            torch.from_numpy(x.astype(np.float32)),
+            torch.from_numpy(edge_index.astype(np.int64)),
+            torch.from_numpy(y.astype(np.int64)),
+            train_mask,
+            where,
+            self.train_limit,
+            self.test_limit,
+        )

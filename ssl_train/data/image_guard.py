@@ -58,14 +58,14 @@ def png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     while True:
         if pos + 12 > len(data):
             raise ImageRefused(f"PNG truncated at byte {pos}: no IEND chunk")
-        length, kind = struct.unpack(">I4s", data[pos: pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 12 + length
         if not kind.isalpha() or not kind.isascii():
             raise ImageRefused(f"PNG chunk type {kind!r} at byte {pos} is not 4 letters")
         if length > 0x7FFFFFFF or end > len(data):
             raise ImageRefused(f"PNG chunk {kind.decode()} claims {length} bytes, past the end of the {len(data)}-byte file")
-        payload = data[pos + 8: pos + 8 + length]
-        if zlib.crc32(kind + payload) != struct.unpack(">I", data[end - 4: end])[0]:
+        payload = data[pos + 8 : pos + 8 + length]
+        if zlib.crc32(kind + payload) != struct.unpack(">I", data[end - 4 : end])[0]:
             raise ImageRefused(f"PNG chunk {kind.decode()} fails its CRC")
         yield kind, payload
         if kind == b"IEND":
@@ -93,8 +93,9 @@ def check_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
         raise ImageRefused("PNG does not start with a 13-byte IHDR chunk")
     width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
     if colour not in PNG_DEPTHS or depth not in PNG_DEPTHS[colour] or compression or filtering or interlace not in (0, 1):
-        raise ImageRefused(f"PNG IHDR is invalid: bit depth {depth}, colour type {colour}, compression {compression}, filter {filtering}, "
-                           f"interlace {interlace}")
+        raise ImageRefused(
+            f"PNG IHDR is invalid: bit depth {depth}, colour type {colour}, compression {compression}, filter {filtering}, interlace {interlace}"
+        )
     if width > PNG_SIDE_MAX or height > PNG_SIDE_MAX:
         raise ImageRefused(f"PNG header claims {width}x{height} pixels; a side over {PNG_SIDE_MAX} is not decoded")
     check_size("PNG", width, height, max_pixels)
@@ -151,13 +152,13 @@ def check_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, 
             continue
         if marker in (0xD8, 0xD9):
             raise ImageRefused(f"JPEG has a stray {'SOI' if marker == 0xD8 else 'EOI'} marker before its image data")
-        length = int.from_bytes(data[pos + 2: pos + 4], "big")
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
         if length < 2 or pos + 2 + length > len(data):
             raise ImageRefused(f"JPEG segment 0x{marker:02X} at byte {pos} claims {length} bytes, past the end of the file")
         if marker in JPEG_SOF:
             if length < 8:
                 raise ImageRefused("JPEG SOF segment is too short")
-            _, height, width, components = struct.unpack(">BHHB", data[pos + 4: pos + 10])
+            _, height, width, components = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
             if components not in (1, 3, 4) or length != 8 + 3 * components:
                 raise ImageRefused(f"JPEG SOF names {components} colour components (allowed: 1, 3 or 4)")
             size = check_size("JPEG", width, height, max_pixels)
@@ -190,7 +191,7 @@ def gif_frames(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
         elif block == 0x2C:
             if pos + 10 > len(data):
                 raise ImageRefused(f"GIF image descriptor at byte {pos} is truncated")
-            frame_width, frame_height, frame_packed = struct.unpack("<HHB", data[pos + 5: pos + 10])
+            frame_width, frame_height, frame_packed = struct.unpack("<HHB", data[pos + 5 : pos + 10])
             if frame_width == 0 or frame_height == 0:
                 raise ImageRefused(f"GIF frame {len(frames) + 1} at byte {pos} is {frame_width}x{frame_height} pixels")
             if not (colours or frame_packed & 0x80):
@@ -222,8 +223,10 @@ def check_gif(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
         check_size("GIF", *struct.unpack("<HH", data[6:10]), max_pixels)
     width, height, frames = gif_frames(data)
     if len(frames) * width * height > max_pixels:
-        raise ImageRefused(f"GIF holds {len(frames)} frames of a {width}x{height} screen = {len(frames) * width * height} pixels decoded, "
-                           f"over max_pixels={max_pixels} (a decompression bomb?)")
+        raise ImageRefused(
+            f"GIF holds {len(frames)} frames of a {width}x{height} screen = {len(frames) * width * height} pixels decoded, "
+            f"over max_pixels={max_pixels} (a decompression bomb?)"
+        )
     frame_pixels = sum(w * h for _, w, h in frames)
     if frame_pixels > max_pixels:
         raise ImageRefused(f"GIF's {len(frames)} frame(s) hold {frame_pixels} pixels in all, over max_pixels={max_pixels} (a decompression bomb?)")

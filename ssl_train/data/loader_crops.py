@@ -45,7 +45,7 @@ def resized_crop_uint8(image: torch.Tensor, box: tuple[int, int, int, int], size
     """The box of a uint8 (C, H, W) image resized to (C, size, size) uint8, bilinear with antialias (torchvision's
     resized_crop on uint8, without its dispatch overhead); a crop already at `size` is copied as it is."""
     top, left, h, w = box
-    crop = image[:, top: top + h, left: left + w]
+    crop = image[:, top : top + h, left : left + w]
     if h == size and w == size:
         return crop.clone()
     return F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]

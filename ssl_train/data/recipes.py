@@ -62,8 +62,9 @@ def with_overrides(base: R, overrides: Mapping | None, pair_fields: tuple[str, .
     return replace(base, **{k: tuple(v) if k in pair_fields else v for k, v in (overrides or {}).items()})  # type: ignore[type-var]
 
 
-def recipes_per_view(default: R, recipe: Mapping | None, per_view: Sequence[Mapping] | None, num_global: int,
-                     pair_fields: tuple[str, ...] = ("crop_scale",)) -> tuple[R, list[R]]:
+def recipes_per_view(
+    default: R, recipe: Mapping | None, per_view: Sequence[Mapping] | None, num_global: int, pair_fields: tuple[str, ...] = ("crop_scale",)
+) -> tuple[R, list[R]]:
     """The shared recipe (`default` + `recipe`) and one recipe per global view (+ its `per_view` entry), for every modality."""
     if num_global < 1:
         raise ValueError(f"augment.num_global must be >= 1, got {num_global}")

@@ -41,8 +41,12 @@ ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
-    **{(f"{package}.{module}", name): (lambda module=module, name=name: _numpy_core(module, name))
-       for package in ("numpy.core", "numpy._core") for module, names in _NUMPY_NAMES.items() for name in names},
+    **{
+        (f"{package}.{module}", name): (lambda module=module, name=name: _numpy_core(module, name))
+        for package in ("numpy.core", "numpy._core")
+        for module, names in _NUMPY_NAMES.items()
+        for name in names
+    },
 }
 
 

@@ -32,7 +32,7 @@ class ResumableSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         indices = self.rank_indices()
         if self._resume is not None and self._resume[0] == self.epoch:
-            indices = indices[self._resume[1] * self.batch_size:]
+            indices = indices[self._resume[1] * self.batch_size :]
         self._resume = None
         return iter(indices)
 
@@ -52,8 +52,9 @@ class MPerClassSampler(ResumableSampler):
     `batch_size` is per device; an epoch has len(dataset) // (batch_size x replicas) batches.
     """
 
-    def __init__(self, dataset: Dataset, labels: Sequence[int] | torch.Tensor, m: int, batch_size: int, seed: int, num_replicas: int = 1,
-                 rank: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, labels: Sequence[int] | torch.Tensor, m: int, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
         super().__init__(dataset, batch_size, seed, shuffle=True, num_replicas=num_replicas, rank=rank)
         labels = torch.as_tensor(labels, dtype=torch.long)
         if m < 1 or batch_size % m:
@@ -84,5 +85,5 @@ class MPerClassSampler(ResumableSampler):
                         batch.append(queues[c][cursor[c] % len(queues[c])])
                         cursor[c] += 1
                 if rank_part == self.rank:
-                    indices += batch[-self.batch_size:]
+                    indices += batch[-self.batch_size :]
         return indices

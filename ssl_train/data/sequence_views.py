@@ -23,12 +23,12 @@ class SequenceViewRecipe:
     """The knobs of one sequence view. Values are applied in this order; 0 / (1, 1) turns a step off."""
 
     crop_scale: tuple[float, float] = (0.6, 1.0)  # fraction of the length in the random window, resampled to full length
-    speed: tuple[float, float] = (1.0, 1.0)       # extra time-stretch factor range around the centre (audio: 0.9-1.1)
-    gain_db: tuple[float, float] = (0.0, 0.0)     # amplitude gain range in dB (before standardising)
-    noise_std: float = 0.1                        # Gaussian noise, in units of the data's per-feature std
-    shift: float = 0.0                            # circular shift by up to this fraction of the length, either way
-    time_masks: int = 1                           # number of masked spans (set to the mean, i.e. 0 once standardised)
-    time_mask_fraction: float = 0.1               # the longest span, as a fraction of the length
+    speed: tuple[float, float] = (1.0, 1.0)  # extra time-stretch factor range around the centre (audio: 0.9-1.1)
+    gain_db: tuple[float, float] = (0.0, 0.0)  # amplitude gain range in dB (before standardising)
+    noise_std: float = 0.1  # Gaussian noise, in units of the data's per-feature std
+    shift: float = 0.0  # circular shift by up to this fraction of the length, either way
+    time_masks: int = 1  # number of masked spans (set to the mean, i.e. 0 once standardised)
+    time_mask_fraction: float = 0.1  # the longest span, as a fraction of the length
 
 
 def _uniform(n: int, bounds: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -100,8 +100,14 @@ class SequenceViews:
     on_device = True
 
     def __init__(
-        self, size: int, mean: Sequence[float], std: Sequence[float], num_global: int = 2, recipe: Mapping | None = None,
-        per_view: Sequence[Mapping] | None = None, fixed_size: bool = True,
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_global: int = 2,
+        recipe: Mapping | None = None,
+        per_view: Sequence[Mapping] | None = None,
+        fixed_size: bool = True,
     ) -> None:
         _, self.recipes = recipes_per_view(SequenceViewRecipe(), recipe, per_view, num_global, pair_fields=("crop_scale", "speed", "gain_db"))
         self.num_global, self.size, self.mean, self.std = num_global, size, tuple(mean), tuple(std)

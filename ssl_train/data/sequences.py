@@ -34,8 +34,7 @@ class SequenceArrayDataset(Dataset):
         return self.samples[index], int(self.labels[index])
 
 
-def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, where: str,
-                    skipped: tuple[int, int] = (0, 0)) -> Splits:
+def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, where: str, skipped: tuple[int, int] = (0, 0)) -> Splits:
     """Splits of sequences (N, T, F) (modality 'sequence') or waveforms (N, T) ('waveform'), statistics from train;
     `skipped` is the number of unreadable files left out of (train, test)."""
     for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
@@ -58,7 +57,10 @@ def sequence_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     return Splits(
         SequenceArrayDataset(train, torch.from_numpy(train_y.astype(np.int64)), skipped[0]),
         SequenceArrayDataset(test, torch.from_numpy(test_y.astype(np.int64)), skipped[1]),
-        num_classes, tuple(mean.tolist()), tuple(std.tolist()), InputSpec(length=train.shape[1], features=steps.shape[-1]),
+        num_classes,
+        tuple(mean.tolist()),
+        tuple(std.tolist()),
+        InputSpec(length=train.shape[1], features=steps.shape[-1]),
         modality="sequence" if train.ndim == 3 else "waveform",
     )
 

@@ -39,11 +39,51 @@ WORDNET_PARTS = ("noun", "verb", "adj", "adv")
 EMBEDDED_GLOSSES = Path(__file__).with_name("embedded") / "wordnet_glosses.npz"
 # WordNet 3.0's 45 lexicographer files (lexnames), in file-number order: the labels of the glosses
 LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute", "noun.body", "noun.cognition",
-    "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person",
-    "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance",
-    "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption", "verb.contact",
-    "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 )
 TokenizerFactory = Callable[..., Any]
 
@@ -63,16 +103,27 @@ class TextDataset(Dataset):
         return self.texts[index], int(self.labels[index])
 
 
-def text_splits(train: TextDataset, test: TextDataset, tokenizer: TokenizerFactory | None, class_names: Sequence[str], where: str,
-                pretrain: TextDataset | None = None) -> Splits:
+def text_splits(
+    train: TextDataset, test: TextDataset, tokenizer: TokenizerFactory | None, class_names: Sequence[str], where: str, pretrain: TextDataset | None = None
+) -> Splits:
     """Splits of texts (modality 'text') with the tokenizer made from the pretraining texts."""
     for name, part in (("train", train), ("test", test)):
         if len(part) == 0:
             raise UserError(f"{where}: the {name} split holds no readable text")
     tokenizer = (tokenizer or byte_tokenizer)(corpus=(pretrain or train).texts)
     spec = InputSpec(length=tokenizer.max_length, vocab_size=tokenizer.vocab_size)
-    return Splits(train, test, num_classes=len(class_names), mean=(), std=(), input_spec=spec,
-                  pretrain=pretrain, modality="text", tokenizer=tokenizer, class_names=tuple(class_names))
+    return Splits(
+        train,
+        test,
+        num_classes=len(class_names),
+        mean=(),
+        std=(),
+        input_spec=spec,
+        pretrain=pretrain,
+        modality="text",
+        tokenizer=tokenizer,
+        class_names=tuple(class_names),
+    )
 
 
 def limited_texts(dataset: TextDataset, limit: int | None, seed: int) -> TextDataset:
@@ -123,8 +174,10 @@ def _csv_rows(raw: str, path: Path, columns: Sequence[str]) -> list[dict[str, An
     except csv.Error as error:
         where = f"{path}: {'the header row' if header is None else f'row {len(rows) + 1}'} (starting at line {start})"
         if "field limit" in str(error):
-            raise UserError(f"{where}: a field longer than {csv.field_size_limit()} characters; an unclosed quote makes the rest of the file "
-                            "one field: check the file's quoting") from None
+            raise UserError(
+                f"{where}: a field longer than {csv.field_size_limit()} characters; an unclosed quote makes the rest of the file "
+                "one field: check the file's quoting"
+            ) from None
         raise UserError(f"{where}: not valid CSV ({error})") from None
     return rows
 
@@ -198,9 +251,18 @@ class TextFiles:
 
     modalities = ("text",)
 
-    def __init__(self, train: str, test: str | None = None, unlabeled: str | None = None, text_column: str = "text", label_column: str = "label",
-                 test_fraction: float = 0.2, tokenizer: TokenizerFactory | None = None, train_limit: int | None = None,
-                 test_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        train: str,
+        test: str | None = None,
+        unlabeled: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        test_fraction: float = 0.2,
+        tokenizer: TokenizerFactory | None = None,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+    ) -> None:
         self.train_limit, self.test_limit = train_limit, test_limit
         if not 0 < test_fraction < 1:
             raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
@@ -253,7 +315,7 @@ def parse_wordnet_line(line: str) -> tuple[str, int, list[str]] | str:
         return f"lexicographer file {lexfile[:20]!r} is not a number 0..{len(LEXNAMES) - 1}"
     if not (words.isascii() and all(c in "0123456789abcdefABCDEF" for c in words)) or not 0 < int(words, 16) <= (len(fields) - 4) // 2:
         return f"word count {words[:20]!r} is not a hexadecimal count of the words on the line"
-    return gloss.strip(), int(lexfile), [wordnet_lemma(w) for w in fields[4: 4 + 2 * int(words, 16): 2]]
+    return gloss.strip(), int(lexfile), [wordnet_lemma(w) for w in fields[4 : 4 + 2 * int(words, 16) : 2]]
 
 
 def parse_wordnet_glosses(root: Path, key: str = "data.source.root") -> tuple[list[str], list[int], list[list[str]]]:
@@ -317,8 +379,14 @@ class WordNetGlosses:
 
     modalities = ("text",)
 
-    def __init__(self, root: str | None = None, train_limit: int | None = None, test_limit: int | None = None,
-                 tokenizer: TokenizerFactory | None = None, unlabeled: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | None = None,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+        tokenizer: TokenizerFactory | None = None,
+        unlabeled: str | None = None,
+    ) -> None:
         self.root = Path(root).expanduser() if root else None
         self.unlabeled = Path(unlabeled).expanduser() if unlabeled else None
         self.train_limit, self.test_limit, self.tokenizer = train_limit, test_limit, tokenizer

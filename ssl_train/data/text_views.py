@@ -38,12 +38,12 @@ STOP_WORDS = frozenset(
 class TextViewRecipe:
     """The knobs of one text view; 0 (or (1, 1) for the crop) turns an edit off."""
 
-    synonym_fraction: float = 0.0   # EDA alpha_sr: fraction of the words replaced by a WordNet synonym
-    insert_fraction: float = 0.0    # EDA alpha_ri: synonyms inserted, as a fraction of the words
-    swap_fraction: float = 0.0      # EDA alpha_rs: word pairs swapped, as a fraction of the words
-    delete_prob: float = 0.0        # EDA p_rd: each word deleted with this probability (one always stays)
+    synonym_fraction: float = 0.0  # EDA alpha_sr: fraction of the words replaced by a WordNet synonym
+    insert_fraction: float = 0.0  # EDA alpha_ri: synonyms inserted, as a fraction of the words
+    swap_fraction: float = 0.0  # EDA alpha_rs: word pairs swapped, as a fraction of the words
+    delete_prob: float = 0.0  # EDA p_rd: each word deleted with this probability (one always stays)
     crop_scale: tuple[float, float] = (1.0, 1.0)  # a random span of this fraction of the words
-    compose: bool = False           # False: one enabled edit per view (EDA); True: every enabled edit in turn
+    compose: bool = False  # False: one enabled edit per view (EDA); True: every enabled edit in turn
 
 
 def _edit_count(fraction: float, words: int) -> int:
@@ -96,7 +96,7 @@ class TextEdits:
         low, high = self.recipe.crop_scale
         length = max(1, round(len(words) * random.uniform(low, high)))
         start = random.randint(0, len(words) - length) if len(words) > length else 0
-        return words[start: start + length]
+        return words[start : start + length]
 
     def __call__(self, text: str) -> str:
         r = self.recipe
@@ -105,9 +105,17 @@ class TextEdits:
             return text
         if tuple(r.crop_scale) != (1.0, 1.0):
             words = self.crop(words)
-        edits = [edit for edit, on in ((self.replace_synonyms, r.synonym_fraction), (self.insert_synonyms, r.insert_fraction),
-                                       (self.swap, r.swap_fraction), (self.delete, r.delete_prob)) if on > 0]
-        for edit in (edits if r.compose else [random.choice(edits)] if edits else []):
+        edits = [
+            edit
+            for edit, on in (
+                (self.replace_synonyms, r.synonym_fraction),
+                (self.insert_synonyms, r.insert_fraction),
+                (self.swap, r.swap_fraction),
+                (self.delete, r.delete_prob),
+            )
+            if on > 0
+        ]
+        for edit in edits if r.compose else [random.choice(edits)] if edits else []:
             words = edit(words)
         return " ".join(words)
 
@@ -123,8 +131,18 @@ class TextViews:
     modalities = ("text",)
     on_device = False
 
-    def __init__(self, tokenizer: Any, size: int = 0, mean: Sequence[float] = (), std: Sequence[float] = (), num_global: int = 2,
-                 recipe: Mapping | None = None, per_view: Sequence[Mapping] | None = None, synonyms: str | None = "auto", fixed_size: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        size: int = 0,
+        mean: Sequence[float] = (),
+        std: Sequence[float] = (),
+        num_global: int = 2,
+        recipe: Mapping | None = None,
+        per_view: Sequence[Mapping] | None = None,
+        synonyms: str | None = "auto",
+        fixed_size: bool = True,
+    ) -> None:
         _, recipes = recipes_per_view(TextViewRecipe(), recipe, per_view, num_global)
         needs_synonyms = any(r.synonym_fraction > 0 or r.insert_fraction > 0 for r in recipes)
         if needs_synonyms and synonyms is None:

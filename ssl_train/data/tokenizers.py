@@ -79,8 +79,13 @@ class BPETokenizer:
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         tokenizer.train_from_iterator(corpus, trainer=trainer)
         return cls(tokenizer, max_length)
 
@@ -144,12 +149,16 @@ def import_transformers() -> Any:
 def local_hf_folder(path: str | Path | None, key: str) -> Path:
     """The local folder of a Hugging Face model or tokenizer; never a hub name."""
     if not path:
-        raise UserError(f"{key}: give the local folder of a Hugging Face model (save_pretrained's output): tokenizer=hf "
-                        "tokenizer.path=~/models/bert-base-uncased (backbone.path follows it); nothing is fetched from the hub")
+        raise UserError(
+            f"{key}: give the local folder of a Hugging Face model (save_pretrained's output): tokenizer=hf "
+            "tokenizer.path=~/models/bert-base-uncased (backbone.path follows it); nothing is fetched from the hub"
+        )
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise DataNotFoundError(f"{key}={path}: no such folder (a local Hugging Face model folder, e.g. from huggingface-cli download "
-                                "NAME --local-dir DIR on a machine with internet); nothing is fetched from the hub")
+        raise DataNotFoundError(
+            f"{key}={path}: no such folder (a local Hugging Face model folder, e.g. from huggingface-cli download "
+            "NAME --local-dir DIR on a machine with internet); nothing is fetched from the hub"
+        )
     return folder
 
 

@@ -49,7 +49,12 @@ class SmallResNet(nn.Module):
     MIN_CHANNELS_LAST_WIDTH = 16
 
     def __init__(
-        self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128), blocks_per_stage: int = 1, stem_stride: int = 2, norm: str = "batch",
+        self,
+        in_channels: int = 3,
+        widths: tuple[int, ...] = (32, 64, 128),
+        blocks_per_stage: int = 1,
+        stem_stride: int = 2,
+        norm: str = "batch",
         pool_size: int = 1,
     ) -> None:
         super().__init__()
@@ -104,14 +109,15 @@ class TorchvisionResNet(nn.Module):
     prefers_channels_last = True  # NHWC convolutions (faster on CPU and with tensor cores under mixed precision)
     needs_image_size = True  # build_encoder passes the data's image size (small_image_stem=auto reads it)
 
-    def __init__(self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool | str = False, zero_init_residual: bool = True,
-                 image_size: int | None = None) -> None:
+    def __init__(
+        self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool | str = False, zero_init_residual: bool = True, image_size: int | None = None
+    ) -> None:
         super().__init__()
         allowed = ("resnet18", "resnet34", "resnet50", "resnet101")
         if arch not in allowed:
             raise ValueError(f"TorchvisionResNet: arch must be one of {allowed}, got {arch!r}")
         if small_image_stem == "auto":  # CIFAR/STL sizes get the 3x3 stem; 224 px the ImageNet one (at 224 px the small
-            if image_size is None:      # stem keeps 224 x 224 maps through layer1: 16x the activations, OOM on CPU at batch 256)
+            if image_size is None:  # stem keeps 224 x 224 maps through layer1: 16x the activations, OOM on CPU at batch 256)
                 raise ValueError("TorchvisionResNet: small_image_stem='auto' needs image_size")
             small_image_stem = image_size <= SMALL_STEM_MAX_SIZE
         if not isinstance(small_image_stem, bool):
@@ -124,8 +130,7 @@ class TorchvisionResNet(nn.Module):
         if small_image_stem:
             model.maxpool = nn.Identity()
         self.out_dim = model.fc.in_features
-        self.stage_widths = tuple(getattr(layer[-1], "bn3", layer[-1].bn2).num_features
-                                  for layer in (model.layer1, model.layer2, model.layer3, model.layer4))
+        self.stage_widths = tuple(getattr(layer[-1], "bn3", layer[-1].bn2).num_features for layer in (model.layer1, model.layer2, model.layer3, model.layer4))
         model.fc = nn.Identity()
         self.model = model
 

@@ -54,8 +54,9 @@ class LogMelFrontend(nn.Module):
     """Log-mel spectrogram by torch.stft (no torchaudio), SpecAugment time/frequency masks in training mode, then a
     per-step MLP: (B, T) -> (B, frames, D)."""
 
-    def __init__(self, dim: int, sample_rate: int = 8000, n_fft: int = 256, hop: int = 80, n_mels: int = 40, freq_masks: int = 1,
-                 freq_mask_width: int = 6) -> None:
+    def __init__(
+        self, dim: int, sample_rate: int = 8000, n_fft: int = 256, hop: int = 80, n_mels: int = 40, freq_masks: int = 1, freq_mask_width: int = 6
+    ) -> None:
         super().__init__()
         self.n_fft, self.hop, self.freq_masks, self.freq_mask_width = n_fft, hop, freq_masks, freq_mask_width
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
@@ -78,6 +79,7 @@ class LogMelFrontend(nn.Module):
 
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int) -> torch.Tensor:
     """Triangular mel filters (HTK mel scale), (n_mels, n_fft // 2 + 1)."""
+
     def to_mel(hz: torch.Tensor) -> torch.Tensor:
         return 2595 * torch.log10(1 + hz / 700)
 
@@ -101,8 +103,15 @@ class RecurrentEncoder(nn.Module):
     modalities = ("sequence", "waveform")
 
     def __init__(
-        self, in_channels: int, modality: str = "sequence", frontend: str = "auto", step_dim: int = 128, context_dim: int = 128,
-        pooling: str = "mean", conv_strides: Sequence[int] = (5, 4, 2, 2, 2), conv_kernels: Sequence[int] = (10, 8, 4, 4, 4),
+        self,
+        in_channels: int,
+        modality: str = "sequence",
+        frontend: str = "auto",
+        step_dim: int = 128,
+        context_dim: int = 128,
+        pooling: str = "mean",
+        conv_strides: Sequence[int] = (5, 4, 2, 2, 2),
+        conv_kernels: Sequence[int] = (10, 8, 4, 4, 4),
         sample_rate: int = 8000,
     ) -> None:
         super().__init__()

@@ -38,8 +38,18 @@ class TransformerTextEncoder(nn.Module):
 
     modalities = ("text",)
 
-    def __init__(self, in_channels: int, width: int = 128, depth: int = 2, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.1,
-                 max_positions: int = 512, pooling: str = "mean", downsample: int | str = "auto") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        width: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        max_positions: int = 512,
+        pooling: str = "mean",
+        downsample: int | str = "auto",
+    ) -> None:
         super().__init__()
         if downsample == "auto":
             downsample = 4 if in_channels == ByteTokenizer.vocab_size else 1
@@ -90,8 +100,9 @@ class CharCNNEncoder(nn.Module):
 
     modalities = ("text",)
 
-    def __init__(self, in_channels: int, embed_dim: int = 64, channels: int = 128, kernel_sizes: Sequence[int] = (3, 5, 7), depth: int = 2,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: int, embed_dim: int = 64, channels: int = 128, kernel_sizes: Sequence[int] = (3, 5, 7), depth: int = 2, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         if not kernel_sizes or depth < 1:
             raise ValueError(f"backbone.kernel_sizes must be non-empty and depth >= 1, got {list(kernel_sizes)}, {depth}")
@@ -137,9 +148,11 @@ class HFTextEncoder(nn.Module):
         tokenizer = load_hf_tokenizer(folder, "backbone.path")
         model_ids = len(tokenizer) + HF_ID_OFFSET
         if model_ids != in_channels:
-            raise UserError(f"backbone.path={path}: this model reads the ids of its own tokenizer ({len(tokenizer)} tokens + "
-                            f"{HF_ID_OFFSET} specials = {model_ids} ids), but the data's tokenizer has "
-                            f"{in_channels} ids: set tokenizer=hf tokenizer.path={path}")
+            raise UserError(
+                f"backbone.path={path}: this model reads the ids of its own tokenizer ({len(tokenizer)} tokens + "
+                f"{HF_ID_OFFSET} specials = {model_ids} ids), but the data's tokenizer has "
+                f"{in_channels} ids: set tokenizer=hf tokenizer.path={path}"
+            )
         progress_bar = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # a bar per load (the encoder is built for the baseline too) is noise
         try:
@@ -189,7 +202,7 @@ class NGramBagEncoder(nn.Module):
             raise ValueError(f"backbone.orders must be n-gram lengths >= 1 and buckets >= 2, got {list(orders)}, {buckets}")
         self.vocab_size, self.buckets, self.orders, self.out_dim = in_channels, buckets, tuple(int(n) for n in orders), dim
         self.table = nn.EmbeddingBag(buckets, dim, mode="sum")
-        nn.init.normal_(self.table.weight, std=dim ** -0.5)
+        nn.init.normal_(self.table.weight, std=dim**-0.5)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 

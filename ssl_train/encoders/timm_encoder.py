@@ -66,11 +66,15 @@ def _build_cnn(timm: Any, name: str, kwargs: dict[str, Any], in_channels: int, i
             except TypeError:  # the model has no output_stride (e.g. MobileNetV3)
                 break
             if _fits(dilated, in_channels, image_size) is None:
-                rank_zero_info(f"[ssl_train] backbone.name={name!r}: stride 32 leaves nothing of {image_size} px images; built with "
-                               f"output_stride={output_stride} (last stages dilated, not strided; set backbone.model_kwargs.output_stride to choose)")
+                rank_zero_info(
+                    f"[ssl_train] backbone.name={name!r}: stride 32 leaves nothing of {image_size} px images; built with "
+                    f"output_stride={output_stride} (last stages dilated, not strided; set backbone.model_kwargs.output_stride to choose)"
+                )
                 return dilated
-    raise UserError(f"backbone.name={name!r} cannot encode {image_size} px images (it downsamples them to nothing: {error}); "
-                    "use larger images (e.g. data=cifar10, 32 px) or a model with less downsampling (backbone.name=resnet10t)")
+    raise UserError(
+        f"backbone.name={name!r} cannot encode {image_size} px images (it downsamples them to nothing: {error}); "
+        "use larger images (e.g. data=cifar10, 32 px) or a model with less downsampling (backbone.name=resnet10t)"
+    )
 
 
 class TimmEncoder(nn.Module):
@@ -85,20 +89,33 @@ class TimmEncoder(nn.Module):
     modalities = ("image",)
     needs_image_size = True  # build_encoder passes the data's image size
 
-    def __init__(self, name: str, in_channels: int = 3, image_size: int = 224, patch_size: int | None = None, drop_path_rate: float = 0.0,
-                 global_pool: str | None = None, model_kwargs: dict[str, Any] | None = None, freeze_patch_embed: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        in_channels: int = 3,
+        image_size: int = 224,
+        patch_size: int | None = None,
+        drop_path_rate: float = 0.0,
+        global_pool: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        freeze_patch_embed: bool = False,
+    ) -> None:
         super().__init__()
         timm = _timm()
         if not timm.is_model(name):
             close = close_timm_names(name)
-            raise UserError(f"backbone.name={name!r} is not a timm model" + (f"; close matches: {', '.join(close)}" if close else "")
-                            + " (python -c 'import timm; print(timm.list_models(\"*vit*\"))' lists them)")
+            raise UserError(
+                f"backbone.name={name!r} is not a timm model"
+                + (f"; close matches: {', '.join(close)}" if close else "")
+                + " (python -c 'import timm; print(timm.list_models(\"*vit*\"))' lists them)"
+            )
         loading = sorted(set(model_kwargs or {}) & set(LOADING_KWARGS))
         if loading:
-            raise UserError(f"backbone.model_kwargs.{loading[0]}: timm arguments that load or fetch weights are not taken "
-                            "(nothing is downloaded, and files are read as data only): start from weights with backbone.weights=PATH")
-        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_channels, "drop_path_rate": drop_path_rate,
-                                  **(model_kwargs or {})}
+            raise UserError(
+                f"backbone.model_kwargs.{loading[0]}: timm arguments that load or fetch weights are not taken "
+                "(nothing is downloaded, and files are read as data only): start from weights with backbone.weights=PATH"
+            )
+        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_channels, "drop_path_rate": drop_path_rate, **(model_kwargs or {})}
         if global_pool is not None:
             kwargs["global_pool"] = global_pool
         vit_kwargs = {"img_size": image_size, "dynamic_img_size": True, **({"patch_size": patch_size} if patch_size else {})}
@@ -130,8 +147,9 @@ class TimmEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None, masked: torch.Tensor | None = None,
-               mask_token: torch.Tensor | None = None) -> torch.Tensor:
+    def tokens(
+        self, images: torch.Tensor, keep: torch.Tensor | None = None, masked: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(N, prefix + K, D) output tokens of a ViT (prefix: the class/register tokens) run on the patches `keep` (N, K)
         indexes (position embeddings added before dropping the others: MAE), or on all patches; with `masked` (N, L),
         1 = masked, the embeddings of masked patches are replaced by `mask_token` (D,) before positions are added (SimMIM)."""
@@ -146,7 +164,7 @@ class TimmEncoder(nn.Module):
             x = x * (1 - weight) + mask_token * weight
         x = vit._pos_embed(x)
         if keep is not None:
-            prefix, patches = x[:, :vit.num_prefix_tokens], x[:, vit.num_prefix_tokens:]
+            prefix, patches = x[:, : vit.num_prefix_tokens], x[:, vit.num_prefix_tokens :]
             x = torch.cat([prefix, torch.gather(patches, 1, keep[..., None].expand(-1, -1, x.shape[-1]))], dim=1)
         x = vit.blocks(vit.norm_pre(x))
         return vit.norm(x)
@@ -165,7 +183,7 @@ class TimmEncoder(nn.Module):
         n, length, _ = x.shape
         qkv = attention.qkv(vit.blocks[-1].norm1(x)).reshape(n, length, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
         q, k = attention.q_norm(qkv[0]), attention.k_norm(qkv[1])
-        weights = (q[:, :, :1] * attention.scale @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0, vit.num_prefix_tokens:]
+        weights = (q[:, :, :1] * attention.scale @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0, vit.num_prefix_tokens :]
         grid = int(round(weights.shape[-1] ** 0.5))
         return weights.reshape(n, attention.num_heads, grid, grid)
 

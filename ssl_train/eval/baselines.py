@@ -100,12 +100,15 @@ def prefixed_scores(prefix: str, result: dict[str, float]) -> dict[str, float]:
 
 
 def raw_input_baseline(
-    cache: ResultCache, data: dict[str, Any], evaluation: dict[str, Any], evaluators: dict[str, Any],
-    evaluate: Callable[[nn.Module, dict[str, Any]], dict[str, float]], kind: str,
+    cache: ResultCache,
+    data: dict[str, Any],
+    evaluation: dict[str, Any],
+    evaluators: dict[str, Any],
+    evaluate: Callable[[nn.Module, dict[str, Any]], dict[str, float]],
+    kind: str,
 ) -> dict[str, float]:
     """The raw-input probe (linear, kNN) of this data (of modality `kind`) and protocol, from the cache or computed once by `evaluate`."""
     chosen = raw_input_evaluators(evaluators)
     if not chosen:
         return {}
     return cache.get_or_compute("raw_input", protocol_key(data, evaluation), lambda: evaluate(RawInput(kind), chosen))
-

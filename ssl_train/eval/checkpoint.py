@@ -29,7 +29,10 @@ FEATURES = ("backbone", "projector")
 
 
 def load_encoder(
-    ckpt_path: str | Path, features: str = "backbone", trust: bool = False, also_allowed: Iterable[str] = (),
+    ckpt_path: str | Path,
+    features: str = "backbone",
+    trust: bool = False,
+    also_allowed: Iterable[str] = (),
 ) -> tuple[torch.nn.Module, DictConfig]:
     """The trained encoder stored in an ssl_train checkpoint (backbone, or backbone + projector) and its run config.
 
@@ -72,7 +75,7 @@ def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path:
 
 
 def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int, str]:
@@ -99,16 +102,19 @@ def load_method(ckpt_path: Path, train_cfg: DictConfig, train_splits: Any, trust
     return method
 
 
-def checkpoint_pair_scores(ckpt_path: Path, train_cfg: DictConfig, protocol: EvaluationProtocol, trust: bool = False,
-                           on_training_data: bool = False) -> dict[str, float]:
+def checkpoint_pair_scores(
+    ckpt_path: Path, train_cfg: DictConfig, protocol: EvaluationProtocol, trust: bool = False, on_training_data: bool = False
+) -> dict[str, float]:
     """Zero-shot / retrieval of an image-text checkpoint on the protocol's test pairs, captions tokenised as in training
     (`on_training_data`: the protocol's data is the checkpoint's own training data, not loaded a second time)."""
     evaluators = protocol.pair_evaluators
     if not evaluators:
         return {}
     if not any(modality(kind).captioned for kind in modalities_of(train_cfg.method) or ()):  # a method of captioned data (CLIP)
-        raise UserError(f"eval={','.join(evaluators)}: {'/'.join(evaluators)} need an image-text checkpoint (method=clip); "
-                        f"{ckpt_path} holds method={train_cfg.method.get('name')}")
+        raise UserError(
+            f"eval={','.join(evaluators)}: {'/'.join(evaluators)} need an image-text checkpoint (method=clip); "
+            f"{ckpt_path} holds method={train_cfg.method.get('name')}"
+        )
     train_splits = protocol.datamodule.splits if on_training_data else build_datamodule(train_cfg.data).splits
     return protocol.pair_scores(load_method(ckpt_path, train_cfg, train_splits, trust), train_splits.tokenizer)
 
@@ -130,8 +136,14 @@ def _probe(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     protocol = configured_protocol(cfg, datamodule, evaluation_device(), data_cfg)
     result = checkpoint_pair_scores(ckpt_path, train_cfg, protocol, trust, on_training_data=cfg.get("data") is None) | protocol.trained(encoder)
-    metrics = {CKPT_PATH: str(ckpt_path.resolve()), METHOD: train_cfg.method.get("name"), EVAL_FEATURES: cfg.get("eval_features", "backbone"),
-               **result, **protocol.view_scores(encoder), **protocol.baselines()}
+    metrics = {
+        CKPT_PATH: str(ckpt_path.resolve()),
+        METHOD: train_cfg.method.get("name"),
+        EVAL_FEATURES: cfg.get("eval_features", "backbone"),
+        **result,
+        **protocol.view_scores(encoder),
+        **protocol.baselines(),
+    }
     text = json.dumps(metrics, indent=2) + "\n"  # metrics-1.json, ... when taken; never written through a symlink, a dangling one included
     metrics_path = write_new(metrics_path, text)
     next_to_ckpt = write_new(ckpt_path.parent / METRICS_FILE, text)

@@ -55,9 +55,21 @@ class FineTune:
     LR decay `layer_decay` (ViTs; 1.0 off), warm-up then cosine, label smoothing, random-resized-crop + flip and optional
     mixup / cutmix (alpha 0: off); report the test top-1 (and top-5). `max_train_samples` caps the labelled set (CPU)."""
 
-    def __init__(self, epochs: int = 5, lr: float = 4e-3, batch_size: int = 32, weight_decay: float = 0.05, layer_decay: float = 0.75,
-                 label_smoothing: float = 0.0, warmup_epochs: float = 1.0, crop_scale: Sequence[float] = (0.9, 1.0), mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, max_train_samples: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        epochs: int = 5,
+        lr: float = 4e-3,
+        batch_size: int = 32,
+        weight_decay: float = 0.05,
+        layer_decay: float = 0.75,
+        label_smoothing: float = 0.0,
+        warmup_epochs: float = 1.0,
+        crop_scale: Sequence[float] = (0.9, 1.0),
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        max_train_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
         if epochs < 1 or lr <= 0 or not 0 < layer_decay <= 1:
             raise ValueError(f"eval.finetune: epochs >= 1, lr > 0 and 0 < layer_decay <= 1 required, got {epochs}, {lr}, {layer_decay}")
         self.epochs, self.lr, self.batch_size, self.weight_decay, self.layer_decay = epochs, lr, batch_size, weight_decay, layer_decay
@@ -68,8 +80,9 @@ class FineTune:
         made = [kind(alpha=alpha, num_classes=num_classes) for alpha, kind in ((self.mixup_alpha, v2.MixUp), (self.cutmix_alpha, v2.CutMix)) if alpha > 0]
         return None if not made else made[0] if len(made) == 1 else v2.RandomChoice(made)
 
-    def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
-                         device: str | torch.device = "cpu") -> dict[str, float]:
+    def evaluate_encoder(
+        self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device = "cpu"
+    ) -> dict[str, float]:
         torch.manual_seed(self.seed)
         encoder = copy.deepcopy(encoder).to(device)
         head = self._head(encoder, train_set, num_classes, device)
@@ -97,8 +110,9 @@ class FineTune:
             train_set = Subset(train_set, torch.randperm(len(train_set), generator=generator)[: self.max_train_samples].tolist())
         size = train_set[0][0].shape[-1]
         augment = v2.Compose([v2.RandomResizedCrop(size, scale=self.crop_scale, antialias=True), v2.RandomHorizontalFlip()])
-        loader = DataLoader(_Augmented(train_set, augment), batch_size=self.batch_size, shuffle=True, drop_last=len(train_set) > self.batch_size,
-                            generator=generator)
+        loader = DataLoader(
+            _Augmented(train_set, augment), batch_size=self.batch_size, shuffle=True, drop_last=len(train_set) > self.batch_size, generator=generator
+        )
         for group in groups:
             group["base_lr"] = group["lr"]
         optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
@@ -121,8 +135,7 @@ class FineTune:
                 step += 1
         classifier.eval()
 
-    def _test(self, encoder: nn.Module, head: nn.Module, test_set: Dataset, num_classes: int, device: str | torch.device,
-              trainable: int) -> dict[str, float]:
+    def _test(self, encoder: nn.Module, head: nn.Module, test_set: Dataset, num_classes: int, device: str | torch.device, trainable: int) -> dict[str, float]:
         test_x, test_y = extract_features(encoder.eval(), test_set, self.batch_size * 2, device)
         with torch.no_grad():
             logits = head(test_x.to(device)).cpu()

@@ -28,8 +28,8 @@ class KNNClassifier:
         max_k = min(max(self.k), len(train_x))
         correct = {(k, top): 0 for k in self.k for top in (1, 5)}
         for start in range(0, len(test_x), self.chunk_size):
-            sims, idx = (test_x[start: start + self.chunk_size] @ train_x.T).topk(max_k, dim=1)
-            labels = test_y[start: start + self.chunk_size]
+            sims, idx = (test_x[start : start + self.chunk_size] @ train_x.T).topk(max_k, dim=1)
+            labels = test_y[start : start + self.chunk_size]
             for k in self.k:
                 kk = min(k, max_k)
                 votes = torch.zeros(len(labels), num_classes)

@@ -105,8 +105,13 @@ class LinearProbe:
     """
 
     def __init__(
-        self, l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), holdout_fraction: float = 0.1, max_iter: int = 50, seed: int = 0,
-        search_max_iter: int = 10, extend_grid: int = 3,
+        self,
+        l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
+        holdout_fraction: float = 0.1,
+        max_iter: int = 50,
+        seed: int = 0,
+        search_max_iter: int = 10,
+        extend_grid: int = 3,
     ) -> None:
         if not l2_grid:
             raise ValueError("eval.l2_grid must hold at least one value")
@@ -153,8 +158,9 @@ class LinearProbe:
             result["top5"] = topk_accuracy(logits, test_y, 5)
         return result
 
-    def __call__(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device = "cpu",
-                 batch_size: int = 512) -> dict[str, float]:
+    def __call__(
+        self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device = "cpu", batch_size: int = 512
+    ) -> dict[str, float]:
         """Extract features of both splits (batches of `batch_size`), then `evaluate_features`."""
         train_x, train_y = extract_features(encoder, train_set, batch_size, device)
         test_x, test_y = extract_features(encoder, test_set, batch_size, device)

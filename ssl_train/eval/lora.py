@@ -48,21 +48,48 @@ class LoRAFineTune(FineTune):
     and head are saved there in peft's format (`adapter_model.safetensors` + `adapter_config.json`; a new numbered folder
     when one exists), loadable with `peft.PeftModel.from_pretrained`."""
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, target_modules: Sequence[str] | None = None,
-                 adapter_dir: str | None = None, epochs: int = 5, lr: float = 5e-3, batch_size: int = 128, weight_decay: float = 0.0,
-                 label_smoothing: float = 0.1, warmup_epochs: float = 1.0, crop_scale: Sequence[float] = (0.5, 1.0), mixup_alpha: float = 0.0,
-                 cutmix_alpha: float = 0.0, max_train_samples: int | None = None, seed: int = 0) -> None:
-        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, layer_decay=1.0, label_smoothing=label_smoothing,
-                         warmup_epochs=warmup_epochs, crop_scale=crop_scale, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-                         max_train_samples=max_train_samples, seed=seed)
+    def __init__(
+        self,
+        rank: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.0,
+        target_modules: Sequence[str] | None = None,
+        adapter_dir: str | None = None,
+        epochs: int = 5,
+        lr: float = 5e-3,
+        batch_size: int = 128,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.1,
+        warmup_epochs: float = 1.0,
+        crop_scale: Sequence[float] = (0.5, 1.0),
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        max_train_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            layer_decay=1.0,
+            label_smoothing=label_smoothing,
+            warmup_epochs=warmup_epochs,
+            crop_scale=crop_scale,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+            max_train_samples=max_train_samples,
+            seed=seed,
+        )
         if rank < 1 or alpha <= 0 or not 0 <= dropout < 1:
             raise UserError(f"eval.lora: rank >= 1, alpha > 0 and 0 <= dropout < 1 required, got {rank}, {alpha}, {dropout}")
         self.rank, self.alpha, self.dropout = rank, alpha, dropout
         self.target_modules = list(target_modules) if target_modules else None
         self.adapter_dir = adapter_dir
 
-    def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
-                         device: str | torch.device = "cpu") -> dict[str, float]:
+    def evaluate_encoder(
+        self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device = "cpu"
+    ) -> dict[str, float]:
         peft = _peft()
         torch.manual_seed(self.seed)
         frozen = copy.deepcopy(encoder).to(device)
@@ -72,8 +99,13 @@ class LoRAFineTune(FineTune):
         if unknown:
             raise UserError(f"eval.lora.target_modules: {unknown} name no layer of the encoder (e.g. {sorted(known - {''})[:4]}); null picks them")
         classifier = _Classifier(frozen, self._head(frozen, train_set, num_classes, device))
-        config = peft.LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, modules_to_save=["head"],
-                                 target_modules=[f"encoder.{t}" if t in known else t for t in targets])
+        config = peft.LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            modules_to_save=["head"],
+            target_modules=[f"encoder.{t}" if t in known else t for t in targets],
+        )
         adapted = peft.get_peft_model(classifier, config)
         trainable = [p for p in adapted.parameters() if p.requires_grad]
         groups = [{"params": trainable, "lr": self.lr * self.batch_size / 256, "weight_decay": self.weight_decay}]

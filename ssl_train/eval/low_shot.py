@@ -25,8 +25,14 @@ class LowShotProbe:
     for a search) fitted on each label budget — `fractions` of the train split per class, `shots` samples per class —
     once per seed; reports `<budget>_top1_mean` and `_std` (e.g. low_shot_1pct_top1_mean, low_shot_5shot_top1_std)."""
 
-    def __init__(self, fractions: Sequence[float] = (0.01, 0.1), shots: Sequence[int] = (1, 5, 10), seeds: Sequence[int] = (0, 1, 2),
-                 l2: float = 1e-3, max_iter: int = 50) -> None:
+    def __init__(
+        self,
+        fractions: Sequence[float] = (0.01, 0.1),
+        shots: Sequence[int] = (1, 5, 10),
+        seeds: Sequence[int] = (0, 1, 2),
+        l2: float = 1e-3,
+        max_iter: int = 50,
+    ) -> None:
         if any(not 0 < f < 1 for f in fractions) or any(k < 1 for k in shots) or not seeds:
             raise ValueError(f"eval.low_shot: fractions in (0, 1), shots >= 1 and at least one seed; got {list(fractions)}, {list(shots)}, {list(seeds)}")
         self.fractions, self.shots, self.seeds = tuple(fractions), tuple(shots), tuple(seeds)
@@ -39,8 +45,7 @@ class LowShotProbe:
         out.update({f"{k}shot": {int(c): k for c in classes} for k in self.shots})
         return out
 
-    def evaluate_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                          num_classes: int) -> dict[str, float]:
+    def evaluate_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int) -> dict[str, float]:
         results: dict[str, float] = {}
         for name, per_class in self.budgets(train_y).items():
             scores = []

@@ -108,8 +108,7 @@ def positive_pair_features(
 
 
 @torch.no_grad()
-def augmented_view_features(encoder: torch.nn.Module, views: Any, images: list[torch.Tensor], count: int,
-                            device: str | torch.device = "cpu") -> torch.Tensor:
+def augmented_view_features(encoder: torch.nn.Module, views: Any, images: list[torch.Tensor], count: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """(n, count, d) features (encoder in eval mode) of `count` views of each image made by the run's own view pipeline:
     LiDAR's surrogate classes."""
     was_training = encoder.training
@@ -132,8 +131,11 @@ def representation_metrics(z: torch.Tensor, z_positive: torch.Tensor | None = No
         result["alignment"] = alignment(z, z_positive)
     result["collapsed"] = float(result["embedding_std"] < collapse_threshold)
     if result["collapsed"]:
-        log.warning("representation collapse: std of normalised embeddings %.2e < %.2e (all inputs map to nearly one point)",
-                    result["embedding_std"], collapse_threshold)
+        log.warning(
+            "representation collapse: std of normalised embeddings %.2e < %.2e (all inputs map to nearly one point)",
+            result["embedding_std"],
+            collapse_threshold,
+        )
     return result
 
 

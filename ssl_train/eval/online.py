@@ -19,8 +19,16 @@ class OnlineEvaluation(pl.Callback):
     alignment of backbone features (val/uniformity, ...). Alignment uses two training views of `pairs` test images; LiDAR
     (val/lidar, images only) `lidar_views` training views of each of `lidar_samples` test images (0: off)."""
 
-    def __init__(self, every_n_epochs: int = 2, k: int = 20, temperature: float = 0.07, max_train_samples: int = 5000, pairs: int = 512,
-                 lidar_samples: int = 256, lidar_views: int = 8) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int = 2,
+        k: int = 20,
+        temperature: float = 0.07,
+        max_train_samples: int = 5000,
+        pairs: int = 512,
+        lidar_samples: int = 256,
+        lidar_views: int = 8,
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"callbacks.online_eval.every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs, self.knn = every_n_epochs, KNNClassifier(k=[k], temperature=temperature)

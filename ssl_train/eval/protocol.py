@@ -54,8 +54,9 @@ def forked_rng() -> Iterator[None]:
         set_rng_states(states)
 
 
-def view_metrics(encoder: nn.Module, views: Any, samples: Any, device: torch.device | str, modality: str, pairs: int = 512,
-                 lidar_samples: int = 256, lidar_views: int = 8) -> dict[str, float]:
+def view_metrics(
+    encoder: nn.Module, views: Any, samples: Any, device: torch.device | str, modality: str, pairs: int = 512, lidar_samples: int = 256, lidar_views: int = 8
+) -> dict[str, float]:
     """Alignment of two views of the first `pairs` samples and (images) LiDAR of `lidar_views` views of `lidar_samples`
     samples as surrogate classes; {} for views that perturb the whole graph (no per-sample pairs)."""
     kind = kind_named(modality)
@@ -73,8 +74,9 @@ class EvaluationProtocol:
     """The configured evaluators of one data module on one device, with the baselines' cache; every score is named as
     metrics.json keeps it (linear_top1, raw_input_linear_top1, random_init_zero_shot_top1, ...)."""
 
-    def __init__(self, evaluators: dict[str, Any], datamodule: Any, device: torch.device, cache: ResultCache, data_cfg: dict[str, Any],
-                 eval_cfg: dict[str, Any]) -> None:
+    def __init__(
+        self, evaluators: dict[str, Any], datamodule: Any, device: torch.device, cache: ResultCache, data_cfg: dict[str, Any], eval_cfg: dict[str, Any]
+    ) -> None:
         self.pair_evaluators = two_tower_evaluators(evaluators)  # zero-shot, retrieval: they read the whole image-text model
         self.evaluators = {name: e for name, e in evaluators.items() if name not in self.pair_evaluators}
         self.datamodule, self.device, self.cache = datamodule, device, cache
@@ -92,8 +94,9 @@ class EvaluationProtocol:
             return {}
         dm = self.datamodule
         tokenizer = tokenizer or dm.splits.tokenizer
-        return evaluate_two_tower(model, dm.test_pairs(tokenizer), tokenizer, dm.splits.class_names or (), self.pair_evaluators, self.device,
-                                  dm.eval_batch_size)
+        return evaluate_two_tower(
+            model, dm.test_pairs(tokenizer), tokenizer, dm.splits.class_names or (), self.pair_evaluators, self.device, dm.eval_batch_size
+        )
 
     def view_scores(self, encoder: nn.Module) -> dict[str, float]:
         """repr_alignment and repr_lidar of `encoder` under the data module's own views, when eval=repr is configured."""
@@ -102,8 +105,9 @@ class EvaluationProtocol:
         splits = self.datamodule.splits
         return {f"{REPR}_{k}": v for k, v in view_metrics(encoder, self.datamodule.views(), splits.test, self.device, splits.modality).items()}
 
-    def baselines(self, initial_encoder: nn.Module | None = None, architecture: Mapping[str, Any] | None = None,
-                  initial_model: nn.Module | None = None) -> dict[str, float]:
+    def baselines(
+        self, initial_encoder: nn.Module | None = None, architecture: Mapping[str, Any] | None = None, initial_model: nn.Module | None = None
+    ) -> dict[str, float]:
         """The raw-input scores and, given the untrained encoder (and the `architecture` that reads its weights) or the
         untrained image-text model, the random-init scores; each cached, all under a forked RNG."""
         scores: dict[str, float] = {}
@@ -140,8 +144,9 @@ def evaluation_device(trainer: Any = None) -> torch.device:
 def configured_protocol(cfg: DictConfig, datamodule: Any, device: torch.device, data_cfg: DictConfig | None = None) -> EvaluationProtocol:
     """The protocol of cfg.eval on `datamodule`; baselines cached under paths.cache_dir, keyed by `data_cfg` (default cfg.data)."""
     data = OmegaConf.to_container(cfg.data if data_cfg is None else data_cfg, resolve=True)
-    return EvaluationProtocol(build_evaluators(cfg.eval), datamodule, device, ResultCache(cfg.paths.get("cache_dir")), data,
-                              OmegaConf.to_container(cfg.eval, resolve=True))
+    return EvaluationProtocol(
+        build_evaluators(cfg.eval), datamodule, device, ResultCache(cfg.paths.get("cache_dir")), data, OmegaConf.to_container(cfg.eval, resolve=True)
+    )
 
 
 def with_baselines(summary: str, metrics: Mapping[str, Any], input_name: str = "raw pixels") -> str:

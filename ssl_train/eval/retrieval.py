@@ -22,12 +22,12 @@ def map_at_r(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.T
     max_r = int(r_all.max()) if len(r_all) else 0
     total, counted = 0.0, 0
     for start in range(0, len(q), chunk):
-        r = r_all[start:start + chunk]
+        r = r_all[start : start + chunk]
         keep = r > 0
         if not bool(keep.any()) or max_r == 0:
             continue
-        order = (q[start:start + chunk][keep] @ g.T).topk(max_r, dim=1).indices
-        relevant = (gallery_labels[order] == query_labels[start:start + chunk][keep][:, None]).float()
+        order = (q[start : start + chunk][keep] @ g.T).topk(max_r, dim=1).indices
+        relevant = (gallery_labels[order] == query_labels[start : start + chunk][keep][:, None]).float()
         r = r[keep]
         ranks = torch.arange(1, max_r + 1, dtype=torch.float32)
         within_r = ranks[None, :] <= r[:, None]
@@ -46,10 +46,9 @@ class LabelRetrieval:
             raise ValueError(f"eval.image_retrieval.ks must be positive, got {list(ks)}")
         self.ks, self.max_queries = tuple(ks), max_queries
 
-    def evaluate_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                          num_classes: int) -> dict[str, float]:
+    def evaluate_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int) -> dict[str, float]:
         if self.max_queries:
-            test_x, test_y = test_x[:self.max_queries], test_y[:self.max_queries]
+            test_x, test_y = test_x[: self.max_queries], test_y[: self.max_queries]
         _, indices = knn_search(test_x, train_x, max(self.ks))
         recalls = recall_at_k(test_y, train_y, indices, self.ks)
         recall = {f"recall_at_{k}": recalls[f"recall@{k}"] for k in self.ks if f"recall@{k}" in recalls}

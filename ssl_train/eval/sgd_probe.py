@@ -30,15 +30,17 @@ class SGDLinearProbe:
     """Train nn.Linear on frozen features of augmented images (random resized crop + flip) with SGD (momentum 0.9,
     cosine schedule, lr scaled by batch/256); report top-1/top-5 on un-augmented test images. Deterministic per seed."""
 
-    def __init__(self, epochs: int = 10, lr: float = 0.1, batch_size: int = 256, weight_decay: float = 0.0,
-                 crop_scale: Sequence[float] = (0.5, 1.0), seed: int = 0) -> None:
+    def __init__(
+        self, epochs: int = 10, lr: float = 0.1, batch_size: int = 256, weight_decay: float = 0.0, crop_scale: Sequence[float] = (0.5, 1.0), seed: int = 0
+    ) -> None:
         if epochs < 1 or lr <= 0:
             raise ValueError(f"eval.sgd_linear: epochs >= 1 and lr > 0 required, got {epochs}, {lr}")
         self.epochs, self.lr, self.batch_size, self.weight_decay = epochs, lr, batch_size, weight_decay
         self.crop_scale, self.seed = tuple(crop_scale), seed
 
-    def evaluate_encoder(self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
-                         device: str | torch.device = "cpu") -> dict[str, float]:
+    def evaluate_encoder(
+        self, encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, device: str | torch.device = "cpu"
+    ) -> dict[str, float]:
         generator = torch.Generator().manual_seed(self.seed)
         sample = train_set[0][0]
         augment = v2.Compose([v2.RandomResizedCrop(sample.shape[-1], scale=self.crop_scale, antialias=True), v2.RandomHorizontalFlip()])

@@ -12,8 +12,15 @@ from ssl_train.eval.linear_probe import extract_features
 from ssl_train.protocols import EncoderEvaluator, FeatureEvaluator
 
 
-def evaluate_encoder(encoder: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int, evaluators: dict[str, Any],
-                     device: str | torch.device = "cpu", batch_size: int = 512) -> dict[str, float]:
+def evaluate_encoder(
+    encoder: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    num_classes: int,
+    evaluators: dict[str, Any],
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+) -> dict[str, float]:
     """{'<name>_<metric>': value} for each evaluator, e.g. linear_top1, knn_k20_top1.
 
     Evaluators with `evaluate_features` share features extracted once; those with `evaluate_encoder` (the SGD

@@ -29,16 +29,25 @@ class ZeroShotClassifier:
             raise ValueError(f"eval.zero_shot.templates must be a non-empty list of prompts with one '{{}}' for the class name, got {list(templates)}")
         self.templates = tuple(templates)
 
-    def evaluate_two_tower(self, image_embeddings: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor,
-                           embed_texts: Callable[[Sequence[str]], torch.Tensor], class_names: Sequence[str]) -> dict[str, float]:
+    def evaluate_two_tower(
+        self,
+        image_embeddings: torch.Tensor,
+        caption_embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        embed_texts: Callable[[Sequence[str]], torch.Tensor],
+        class_names: Sequence[str],
+    ) -> dict[str, float]:
         classes = []
         for name in class_names:
             prompts = embed_texts([t.format(name.lower()) for t in self.templates])
             classes.append(nn.functional.normalize(prompts.mean(0), dim=0))
         scores = image_embeddings @ torch.stack(classes).T
         top = scores.topk(min(5, len(class_names)), dim=1).indices
-        return {"top1": float((top[:, 0] == labels).float().mean()), "top5": float((top == labels[:, None]).any(1).float().mean()),
-                "chance": 1.0 / len(class_names)}
+        return {
+            "top1": float((top[:, 0] == labels).float().mean()),
+            "top5": float((top == labels[:, None]).any(1).float().mean()),
+            "chance": 1.0 / len(class_names),
+        }
 
 
 def recall_at_k(scores: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
@@ -58,8 +67,14 @@ class RetrievalEvaluator:
             raise ValueError(f"eval.retrieval.ks must be positive integers, got {list(ks)}")
         self.ks = tuple(int(k) for k in ks)
 
-    def evaluate_two_tower(self, image_embeddings: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor,
-                           embed_texts: Callable[[Sequence[str]], torch.Tensor], class_names: Sequence[str]) -> dict[str, float]:
+    def evaluate_two_tower(
+        self,
+        image_embeddings: torch.Tensor,
+        caption_embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        embed_texts: Callable[[Sequence[str]], torch.Tensor],
+        class_names: Sequence[str],
+    ) -> dict[str, float]:
         scores = image_embeddings @ caption_embeddings.T
         out = {f"image_to_text_r{k}": v for k, v in recall_at_k(scores, self.ks).items()}
         out.update({f"text_to_image_r{k}": v for k, v in recall_at_k(scores.T, self.ks).items()})
@@ -71,8 +86,15 @@ def two_tower_evaluators(evaluators: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_two_tower(model: nn.Module, test_pairs: Dataset, tokenizer: Any, class_names: Sequence[str], evaluators: dict[str, Any],
-                       device: str | torch.device = "cpu", batch_size: int = 512) -> dict[str, float]:
+def evaluate_two_tower(
+    model: nn.Module,
+    test_pairs: Dataset,
+    tokenizer: Any,
+    class_names: Sequence[str],
+    evaluators: dict[str, Any],
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+) -> dict[str, float]:
     """{'<name>_<metric>': value} of each image-text evaluator on `test_pairs` ((image, token ids), label) for `model`
     (its encode_image / encode_text, in eval mode; its training mode is restored)."""
     if not evaluators:
@@ -94,4 +116,3 @@ def evaluate_two_tower(model: nn.Module, test_pairs: Dataset, tokenizer: Any, cl
     results = {f"{name}_{k}": v for name, e in evaluators.items() for k, v in e.evaluate_two_tower(image_x, caption_x, y, embed_texts, class_names).items()}
     model.train(was_training)
     return results
-

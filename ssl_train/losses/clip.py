@@ -24,8 +24,9 @@ class CLIPLoss(nn.Module):
     Logits are float32. `learn_temperature=false` keeps exp(t) at 1 / init_temperature.
     """
 
-    def __init__(self, init_temperature: Temperature = 0.07, max_logit_scale: Positive = 100.0, learn_temperature: bool = True,
-                 gather_distributed: bool = True) -> None:
+    def __init__(
+        self, init_temperature: Temperature = 0.07, max_logit_scale: Positive = 100.0, learn_temperature: bool = True, gather_distributed: bool = True
+    ) -> None:
         super().__init__()
         if not init_temperature > 0 or not max_logit_scale >= 1 / init_temperature:
             raise ValueError(f"CLIPLoss: need init_temperature > 0 and max_logit_scale >= 1 / init_temperature, got {init_temperature}, {max_logit_scale}")

@@ -33,7 +33,9 @@ class DeepGraphInfomaxLoss(nn.Module):
     @float32
     def forward(self, positive: torch.Tensor, negative: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         if positive.shape[-1] != self.weight.shape[0] or negative.shape[-1] != self.weight.shape[0] or summary.shape != self.weight.shape[:1]:
-            raise ValueError(f"DeepGraphInfomaxLoss(dim={self.weight.shape[0]}) got positive {tuple(positive.shape)}, negative "
-                             f"{tuple(negative.shape)}, summary {tuple(summary.shape)}: loss.dim must equal the encoder's out_dim")
+            raise ValueError(
+                f"DeepGraphInfomaxLoss(dim={self.weight.shape[0]}) got positive {tuple(positive.shape)}, negative "
+                f"{tuple(negative.shape)}, summary {tuple(summary.shape)}: loss.dim must equal the encoder's out_dim"
+            )
         positive, negative, summary = positive.float(), negative.float(), summary.float()
         return -F.logsigmoid(self.scores(positive, summary)).mean() - F.logsigmoid(-self.scores(negative, summary)).mean()

@@ -24,9 +24,15 @@ class DINOLoss(nn.Module):
     across ranks, updated after each forward.
     """
 
-    def __init__(self, out_dim: PositiveInt, student_temp: Temperature = 0.1, teacher_temp: Temperature = 0.04,
-                 warmup_teacher_temp: Temperature = 0.04,
-                 warmup_teacher_temp_steps: Count = 0, center_momentum: Fraction = 0.9) -> None:
+    def __init__(
+        self,
+        out_dim: PositiveInt,
+        student_temp: Temperature = 0.1,
+        teacher_temp: Temperature = 0.04,
+        warmup_teacher_temp: Temperature = 0.04,
+        warmup_teacher_temp_steps: Count = 0,
+        center_momentum: Fraction = 0.9,
+    ) -> None:
         super().__init__()
         if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0 or not 0 <= center_momentum < 1:
             raise ValueError("DINOLoss: temperatures must be > 0 and 0 <= center_momentum < 1")

@@ -25,8 +25,12 @@ class IBOTPatchLoss(DINOLoss):
     """
 
     @float32
-    def forward(self, student_patches: Sequence[torch.Tensor], teacher_patches: Sequence[torch.Tensor],  # type: ignore[override]
-                masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        student_patches: Sequence[torch.Tensor],
+        teacher_patches: Sequence[torch.Tensor],  # type: ignore[override]
+        masks: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
         if not len(student_patches) == len(teacher_patches) == len(masks) >= 1:
             raise ValueError("IBOTPatchLoss: one student output, teacher output and mask per global view")
         total = 0.0

@@ -23,8 +23,9 @@ class InfoNCELoss(nn.Module):
     `hard_negative_beta > 0` weights each negative by exp(beta * its logit) (HCL, Robinson et al., ICLR 2021).
     """
 
-    def __init__(self, temperature: Temperature = 0.2, gather_distributed: bool = False, scale_by_two_temperature: bool = False,
-                 hard_negative_beta: NonNegative = 0.0) -> None:
+    def __init__(
+        self, temperature: Temperature = 0.2, gather_distributed: bool = False, scale_by_two_temperature: bool = False, hard_negative_beta: NonNegative = 0.0
+    ) -> None:
         super().__init__()
         check_hard_negative_beta(hard_negative_beta, "InfoNCELoss")
         self.hard_negative_beta = float(hard_negative_beta)

@@ -38,8 +38,14 @@ class NTXentLoss(nn.Module):
     debiased_tau_plus, the HCL estimator of the reference code joshr17/HCL).
     """
 
-    def __init__(self, temperature: Temperature = 0.5, gather_distributed: bool = False, decoupled: bool = False, debiased_tau_plus: float = 0.0,
-                 hard_negative_beta: NonNegative = 0.0) -> None:
+    def __init__(
+        self,
+        temperature: Temperature = 0.5,
+        gather_distributed: bool = False,
+        decoupled: bool = False,
+        debiased_tau_plus: float = 0.0,
+        hard_negative_beta: NonNegative = 0.0,
+    ) -> None:
         super().__init__()
         check_hard_negative_beta(hard_negative_beta, "NTXentLoss")
         if not temperature > 0:

@@ -22,7 +22,12 @@ class VICRegLoss(nn.Module):
     """
 
     def __init__(
-        self, sim_weight: LossWeight = 25.0, var_weight: LossWeight = 25.0, cov_weight: LossWeight = 1.0, eps: float = 1e-4, gather_distributed: bool = False,
+        self,
+        sim_weight: LossWeight = 25.0,
+        var_weight: LossWeight = 25.0,
+        cov_weight: LossWeight = 1.0,
+        eps: float = 1e-4,
+        gather_distributed: bool = False,
         variance_mean: bool = True,
     ) -> None:
         super().__init__()

@@ -61,8 +61,8 @@ def renamed_keys(renames: dict[str, str]):  # a state_dict pre-hook
     def hook(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
         for key in [k for k in state_dict if k.startswith(prefix)]:
             for old, new in renames.items():
-                if key[len(prefix):].startswith(old):
-                    state_dict[prefix + new + key[len(prefix) + len(old):]] = state_dict.pop(key)
+                if key[len(prefix) :].startswith(old):
+                    state_dict[prefix + new + key[len(prefix) + len(old) :]] = state_dict.pop(key)
                     break
 
     return hook

@@ -29,29 +29,44 @@ class IBOTMethod(nn.Module):
 
     modalities = ("image",)
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, momentum_base: Fraction = 0.996,
-                 momentum_final: Fraction = 1.0, num_global_views: PositiveInt = 2, freeze_last_layer_epochs: Count = 1,
-                 koleo_weight: LossWeight = 0.0, patch_weight: LossWeight = 1.0, patch_teacher_temp: Temperature = 0.07,
-                 mask_ratio_range: Sequence[float] = (0.1, 0.5), masked_share: Annotated[float, Number(low=0, high=1, open_low=True)] = 0.5,
-                 name: str = "ibot") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        momentum_base: Fraction = 0.996,
+        momentum_final: Fraction = 1.0,
+        num_global_views: PositiveInt = 2,
+        freeze_last_layer_epochs: Count = 1,
+        koleo_weight: LossWeight = 0.0,
+        patch_weight: LossWeight = 1.0,
+        patch_teacher_temp: Temperature = 0.07,
+        mask_ratio_range: Sequence[float] = (0.1, 0.5),
+        masked_share: Annotated[float, Number(low=0, high=1, open_low=True)] = 0.5,
+        name: str = "ibot",
+    ) -> None:
         super().__init__()
         check_dino_parts(projector, loss)
         if not is_vit(backbone):
             raise ValueError(f"method={name} masks patch tokens and needs a ViT backbone (backbone=vit_tiny), got {type(backbone).__name__}")
         low, high = float(mask_ratio_range[0]), float(mask_ratio_range[-1])
         if not 0 <= low <= high < 1 or not 0 < masked_share <= 1:
-            raise ValueError(f"iBOT: method.mask_ratio_range must be [low, high] with 0 <= low <= high < 1 and method.masked_share in (0, 1], "
-                             f"got {list(mask_ratio_range)} and {masked_share}")
+            raise ValueError(
+                f"iBOT: method.mask_ratio_range must be [low, high] with 0 <= low <= high < 1 and method.masked_share in (0, 1], "
+                f"got {list(mask_ratio_range)} and {masked_share}"
+            )
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.teacher = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector)
-        self._register_load_state_dict_pre_hook(renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}),
-                                                with_module=True)  # DINOMethod with ibot_weight > 0 before the split
+        self._register_load_state_dict_pre_hook(
+            renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}), with_module=True
+        )  # DINOMethod with ibot_weight > 0 before the split
         self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
         self.koleo = KoLeoTerm(koleo_weight)
         self.patch_weight, self.masked_share, self.mask_ratio = patch_weight, masked_share, (low, high)
         self.mask_token = nn.Parameter(torch.zeros(backbone.out_dim))  # the reference's masked_embed, zeros at init
-        self.patch_loss = IBOTPatchLoss(projector.out_dim, loss.student_temp, patch_teacher_temp, loss.warmup_teacher_temp,
-                                        loss.warmup_teacher_temp_steps, loss.center_momentum)
+        self.patch_loss = IBOTPatchLoss(
+            projector.out_dim, loss.student_temp, patch_teacher_temp, loss.warmup_teacher_temp, loss.warmup_teacher_temp_steps, loss.center_momentum
+        )
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         num_global = min(self.num_global_views, len(views))
@@ -70,8 +85,12 @@ class IBOTMethod(nn.Module):
             teacher = self.teacher["projector"](self.teacher["backbone"].pool(teacher_tokens)).chunk(num_global)
             teacher_patches = self.teacher["projector"](teacher_tokens[:, prefix:]).chunk(num_global)
         patch_loss = self.patch_loss(student_patches, teacher_patches, masks.chunk(num_global))
-        logs = {"momentum": self.teacher.momentum, "teacher_temp": self.loss.current_teacher_temp,
-                "ibot_patch": float(patch_loss.detach()), "masked_fraction": float(masks.float().mean())}
+        logs = {
+            "momentum": self.teacher.momentum,
+            "teacher_temp": self.loss.current_teacher_temp,
+            "ibot_patch": float(patch_loss.detach()),
+            "masked_fraction": float(masks.float().mean()),
+        }
         loss = self.koleo.add_to(self.loss(student, teacher) + self.patch_weight * patch_loss, features[:num_global], logs)
         return {"loss": loss, "features": features[0].detach(), "logs": logs}
 

@@ -37,7 +37,7 @@ class JEPAPredictor(nn.Module):
         queries = torch.cat([self.positions[t] + self.mask_token for t in target_idx])  # (T x N, Kt, dim)
         x = torch.cat([x.repeat(len(target_idx), 1, 1), queries], dim=1)
         x = self.norm(self.blocks(x))
-        return self.project(x[:, -queries.shape[1]:])
+        return self.project(x[:, -queries.shape[1] :])
 
 
 class IJEPAMethod(nn.Module):
@@ -50,11 +50,25 @@ class IJEPAMethod(nn.Module):
 
     modalities = ("image",)
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, image_size: int, channels: int,
-                 num_targets: PositiveInt = 4, target_scale: Sequence[float] = (0.15, 0.2), target_aspect: Sequence[float] = (0.75, 1.5),
-                 context_scale: Sequence[float] = (0.85, 1.0), min_keep: Count = 4, predictor_dim: PositiveInt = 96,
-                 predictor_depth: PositiveInt = 2, predictor_heads: PositiveInt = 4, momentum_base: Fraction = 0.996,
-                 momentum_final: Fraction = 1.0, name: str = "ijepa") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        image_size: int,
+        channels: int,
+        num_targets: PositiveInt = 4,
+        target_scale: Sequence[float] = (0.15, 0.2),
+        target_aspect: Sequence[float] = (0.75, 1.5),
+        context_scale: Sequence[float] = (0.85, 1.0),
+        min_keep: Count = 4,
+        predictor_dim: PositiveInt = 96,
+        predictor_depth: PositiveInt = 2,
+        predictor_heads: PositiveInt = 4,
+        momentum_base: Fraction = 0.996,
+        momentum_final: Fraction = 1.0,
+        name: str = "ijepa",
+    ) -> None:
         super().__init__()
         if not is_vit(backbone):
             raise ValueError(f"method={name} needs a vision transformer backbone (backbone=vit_tiny, vit_small), got {type(backbone).__name__}")
@@ -62,12 +76,19 @@ class IJEPAMethod(nn.Module):
         self.target = EMATarget(momentum_base, momentum_final, "linear", encoder=backbone)
         self._register_load_state_dict_pre_hook(renamed_keys({"target_encoder.": "target.encoder."}), with_module=True)
         self.grid = image_size // backbone.patch_size
-        self.masking = {"num_targets": num_targets, "target_scale": tuple(target_scale), "target_aspect": tuple(target_aspect),
-                        "context_scale": tuple(context_scale), "min_keep": min_keep}
+        self.masking = {
+            "num_targets": num_targets,
+            "target_scale": tuple(target_scale),
+            "target_aspect": tuple(target_aspect),
+            "context_scale": tuple(context_scale),
+            "min_keep": min_keep,
+        }
         smallest = block_shape(self.grid, tuple(context_scale), (1.0, 1.0), None, u=0.0)  # the smallest context block the masks can draw
         if smallest[0] * smallest[1] <= min_keep:
-            raise ValueError(f"method.context_scale={list(context_scale)}: a {smallest[0]} x {smallest[1]} context block on the {self.grid} x {self.grid} "
-                             f"patch grid cannot keep more than method.min_keep={min_keep} patches; raise context_scale or lower min_keep")
+            raise ValueError(
+                f"method.context_scale={list(context_scale)}: a {smallest[0]} x {smallest[1]} context block on the {self.grid} x {self.grid} "
+                f"patch grid cannot keep more than method.min_keep={min_keep} patches; raise context_scale or lower min_keep"
+            )
         self.predictor = JEPAPredictor(backbone.out_dim, self.grid * self.grid, predictor_dim, predictor_depth, predictor_heads)
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
@@ -82,8 +103,11 @@ class IJEPAMethod(nn.Module):
         tokens = self.backbone.tokens(images, context_idx)
         predictions = self.predictor(tokens[:, prefix:], context_idx, target_idx)
         loss = self.loss(predictions, targets)
-        return {"loss": loss, "features": self.backbone.pool(tokens).detach(),
-                "logs": {"momentum": self.target.momentum, "context_patches": float(context_idx.shape[1]), "target_patches": float(target_idx[0].shape[1])}}
+        return {
+            "loss": loss,
+            "features": self.backbone.pool(tokens).detach(),
+            "logs": {"momentum": self.target.momentum, "context_patches": float(context_idx.shape[1]), "target_patches": float(target_idx[0].shape[1])},
+        }
 
     @torch.no_grad()
     def on_optimizer_step(self, step: int, max_steps: int) -> None:

@@ -7,8 +7,12 @@ from typing import Any
 
 QUEUE = "ssl_train.methods.queue.FeatureQueue"
 TARGET_NETWORK, DINO, IBOT = "ssl_train.methods.TargetNetworkMethod", "ssl_train.methods.DINOMethod", "ssl_train.methods.ibot.IBOTMethod"
-IBOT_SETTINGS = {"ibot_weight": "patch_weight", "ibot_teacher_temp": "patch_teacher_temp", "ibot_mask_ratio": "mask_ratio_range",
-                 "ibot_masked_share": "masked_share"}
+IBOT_SETTINGS = {
+    "ibot_weight": "patch_weight",
+    "ibot_teacher_temp": "patch_teacher_temp",
+    "ibot_mask_ratio": "mask_ratio_range",
+    "ibot_masked_share": "masked_share",
+}
 
 
 def current_method_settings(method: dict[str, Any]) -> dict[str, Any]:

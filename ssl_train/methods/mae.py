@@ -40,12 +40,12 @@ class MAEDecoder(nn.Module):
     def forward(self, tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
         """tokens: (N, prefix + K, in_dim) encoder output; restore: (N, L). Returns (N, L, patch_pixels)."""
         x = self.embed(tokens)
-        prefix, visible = x[:, :self.prefix_tokens], x[:, self.prefix_tokens:]
+        prefix, visible = x[:, : self.prefix_tokens], x[:, self.prefix_tokens :]
         n, k, dim = visible.shape
         patches = torch.cat([visible, self.mask_token.expand(n, restore.shape[1] - k, dim)], dim=1)
         patches = torch.gather(patches, 1, restore[..., None].expand(-1, -1, dim))
         x = self.blocks(torch.cat([prefix, patches], dim=1) + self.positions)
-        return self.predict(self.norm(x))[:, self.prefix_tokens:]
+        return self.predict(self.norm(x))[:, self.prefix_tokens :]
 
 
 class MAEMethod(nn.Module):
@@ -60,19 +60,38 @@ class MAEMethod(nn.Module):
 
     modalities = ("image",)
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, image_size: int, channels: int,
-                 mask_ratio: OpenFraction = 0.75, decoder_dim: PositiveInt = 128, decoder_depth: PositiveInt = 2, decoder_heads: PositiveInt = 4,
-                 name: str = "mae") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        image_size: int,
+        channels: int,
+        mask_ratio: OpenFraction = 0.75,
+        decoder_dim: PositiveInt = 128,
+        decoder_depth: PositiveInt = 2,
+        decoder_heads: PositiveInt = 4,
+        name: str = "mae",
+    ) -> None:
         super().__init__()
         if not is_vit(backbone):
-            raise ValueError(f"method={name} needs a vision transformer backbone (backbone=vit_tiny, vit_small, or backbone=timm with a ViT name), "
-                             f"got {type(backbone).__name__}")
+            raise ValueError(
+                f"method={name} needs a vision transformer backbone (backbone=vit_tiny, vit_small, or backbone=timm with a ViT name), "
+                f"got {type(backbone).__name__}"
+            )
         self.backbone, self.projector, self.loss, self.mask_ratio, self.name = backbone, projector, loss, mask_ratio, name
         self.patch, self.channels = backbone.patch_size, channels
         num_patches = backbone.num_patches(image_size)
         random_masking(1, num_patches, mask_ratio)  # a ratio that keeps none or masks none stops here, at build
-        self.decoder = MAEDecoder(backbone.out_dim, num_patches, self.patch * self.patch * channels, decoder_dim, decoder_depth, decoder_heads,
-                                  prefix_tokens=backbone.model.num_prefix_tokens)
+        self.decoder = MAEDecoder(
+            backbone.out_dim,
+            num_patches,
+            self.patch * self.patch * channels,
+            decoder_dim,
+            decoder_depth,
+            decoder_heads,
+            prefix_tokens=backbone.model.num_prefix_tokens,
+        )
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         images = views[0]

@@ -33,8 +33,9 @@ def block_mask(batch: int, grid: int, ratio: float, scale: int, device: torch.de
     return mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
 
 
-def beit_block_masks(ratios: torch.Tensor, grid: int, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def beit_block_masks(
+    ratios: torch.Tensor, grid: int, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """BEiT's block-wise masking (Bao et al. 2022; the masks iBOT's loader.py draws, `pred_shape='block'`), batched: image i
     gets rectangles of area ~ U((grid // 3)^2, still to mask) and log-uniform aspect ratio until ratios[i] x grid^2
     patches are masked, a rectangle counting only if it adds at least one patch and no more than still to mask; an
@@ -67,8 +68,9 @@ def beit_block_masks(ratios: torch.Tensor, grid: int, aspect: tuple[float, float
     return mask
 
 
-def block_shape(grid: int, scale: tuple[float, float], aspect: tuple[float, float], generator: torch.Generator | None,
-                u: float | None = None) -> tuple[int, int]:
+def block_shape(
+    grid: int, scale: tuple[float, float], aspect: tuple[float, float], generator: torch.Generator | None, u: float | None = None
+) -> tuple[int, int]:
     """I-JEPA's block shape (its _sample_block_size): one uniform draw `u` sets both the area share and the aspect ratio."""
     u = float(torch.rand(1, generator=generator)) if u is None else u
     area = int(grid * grid * (scale[0] + u * (scale[1] - scale[0])))
@@ -93,9 +95,16 @@ def _first_indices(masks: torch.Tensor) -> torch.Tensor:
     return torch.argsort((~masks).to(torch.uint8), dim=-1, stable=True)[..., :keep]
 
 
-def multiblock_masks(batch: int, grid: int, num_targets: int = 4, target_scale: tuple[float, float] = (0.15, 0.2),
-                     target_aspect: tuple[float, float] = (0.75, 1.5), context_scale: tuple[float, float] = (0.85, 1.0), min_keep: int = 4,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def multiblock_masks(
+    batch: int,
+    grid: int,
+    num_targets: int = 4,
+    target_scale: tuple[float, float] = (0.15, 0.2),
+    target_aspect: tuple[float, float] = (0.75, 1.5),
+    context_scale: tuple[float, float] = (0.85, 1.0),
+    min_keep: int = 4,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """I-JEPA's multi-block masking (src/masks/multiblock.py), batched: per batch one target block shape and one square
     context shape; per image `num_targets` target blocks and one context block with every target patch removed (no
     overlap), redrawn until more than `min_keep` patches remain (after each 20 failed draws one more target may overlap,
@@ -104,14 +113,16 @@ def multiblock_masks(batch: int, grid: int, num_targets: int = 4, target_scale: 
     target_size = block_shape(grid, target_scale, target_aspect, generator)
     context_size = block_shape(grid, context_scale, (1.0, 1.0), generator)
     if context_size[0] * context_size[1] <= min_keep:
-        raise ValueError(f"I-JEPA masks: a {context_size[0]} x {context_size[1]} context block never keeps more than method.min_keep={min_keep} "
-                         "patches; raise method.context_scale or lower min_keep")
+        raise ValueError(
+            f"I-JEPA masks: a {context_size[0]} x {context_size[1]} context block never keeps more than method.min_keep={min_keep} "
+            "patches; raise method.context_scale or lower min_keep"
+        )
     targets = _place_blocks(batch, num_targets, grid, target_size, generator)  # (N, T, g, g)
     context = torch.zeros(batch, grid, grid, dtype=torch.bool)
     pending, failures = torch.arange(batch), 0  # every pending image has failed `failures` draws
     while len(pending):
         drawn = _place_blocks(len(pending), 1, grid, context_size, generator)[:, 0]
-        drawn &= ~targets[pending, :max(num_targets - failures // 20, 0)].any(1)
+        drawn &= ~targets[pending, : max(num_targets - failures // 20, 0)].any(1)
         kept = drawn.flatten(1).sum(1) > min_keep
         context[pending[kept]] = drawn[kept]
         pending, failures = pending[~kept], failures + 1

@@ -60,15 +60,25 @@ class DINOMethod(nn.Module):
     iBOT (methods/ibot.py) is this with a masked-patch term.
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, momentum_base: Fraction = 0.996,
-                 momentum_final: Fraction = 1.0, num_global_views: PositiveInt = 2, freeze_last_layer_epochs: Count = 1,
-                 koleo_weight: LossWeight = 0.0, name: str = "dino") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        momentum_base: Fraction = 0.996,
+        momentum_final: Fraction = 1.0,
+        num_global_views: PositiveInt = 2,
+        freeze_last_layer_epochs: Count = 1,
+        koleo_weight: LossWeight = 0.0,
+        name: str = "dino",
+    ) -> None:
         super().__init__()
         check_dino_parts(projector, loss)
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.teacher = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector)
-        self._register_load_state_dict_pre_hook(renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}),
-                                                with_module=True)
+        self._register_load_state_dict_pre_hook(
+            renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}), with_module=True
+        )
         self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
         self.koleo = KoLeoTerm(koleo_weight)
 
@@ -109,9 +119,18 @@ class SwAVMethod(nn.Module):
     (the paper's queue for small batches).
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_prototypes: PositiveInt = 100,
-                 freeze_prototypes_steps: Count = 0, num_global_views: PositiveInt = 2, queue_size: Count = 0, queue_start_steps: Count = 0,
-                 name: str = "swav") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        num_prototypes: PositiveInt = 100,
+        freeze_prototypes_steps: Count = 0,
+        num_global_views: PositiveInt = 2,
+        queue_size: Count = 0,
+        queue_start_steps: Count = 0,
+        name: str = "swav",
+    ) -> None:
         super().__init__()
         if num_prototypes < 2:
             raise ValueError(f"SwAV: method.num_prototypes must be >= 2, got {num_prototypes}")

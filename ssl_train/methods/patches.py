@@ -31,6 +31,10 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
         raise ValueError(f"sincos_2d: dim must be a multiple of 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
     rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
-    parts = [torch.sin(cols.flatten()[:, None] * omega), torch.cos(cols.flatten()[:, None] * omega),
-             torch.sin(rows.flatten()[:, None] * omega), torch.cos(rows.flatten()[:, None] * omega)]
+    parts = [
+        torch.sin(cols.flatten()[:, None] * omega),
+        torch.cos(cols.flatten()[:, None] * omega),
+        torch.sin(rows.flatten()[:, None] * omega),
+        torch.cos(rows.flatten()[:, None] * omega),
+    ]
     return torch.cat(parts, dim=1).float()

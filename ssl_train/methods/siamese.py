@@ -45,8 +45,15 @@ class NNCLRMethod(nn.Module):
     Until it holds anything, a projection is its own neighbour (plain SimCLR-with-predictor).
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, predictor: Callable[..., nn.Module],
-                 support_set_size: PositiveInt = 4096, name: str = "nnclr") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        predictor: Callable[..., nn.Module],
+        support_set_size: PositiveInt = 4096,
+        name: str = "nnclr",
+    ) -> None:
         super().__init__()
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.predictor = predictor(in_dim=projector.out_dim)

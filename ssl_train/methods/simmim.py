@@ -26,8 +26,17 @@ class SimMIMMethod(nn.Module):
 
     modalities = ("image",)
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, image_size: int, channels: int,
-                 mask_ratio: OpenFraction = 0.6, mask_patch_size: PositiveInt = 4, name: str = "simmim") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        image_size: int,
+        channels: int,
+        mask_ratio: OpenFraction = 0.6,
+        mask_patch_size: PositiveInt = 4,
+        name: str = "simmim",
+    ) -> None:
         super().__init__()
         self.backbone, self.projector, self.loss, self.mask_ratio, self.name = backbone, projector, loss, mask_ratio, name
         self.is_vit = is_vit(backbone)

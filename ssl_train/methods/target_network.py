@@ -50,8 +50,9 @@ class TargetNetworkMethod(nn.Module):
         self.queue = queue(dim=projector.out_dim) if queue is not None else None
         self.num_global_views, self.name = num_global_views, name
         self.target = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector) if use_target_network else None
-        self._register_load_state_dict_pre_hook(renamed_keys({"target_backbone.": "target.backbone.", "target_projector.": "target.projector."}),
-                                                with_module=True)
+        self._register_load_state_dict_pre_hook(
+            renamed_keys({"target_backbone.": "target.backbone.", "target_projector.": "target.projector."}), with_module=True
+        )
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         """Target projections; with `shuffle_bn_splits` (training), computed on random sub-batches and put back in order:

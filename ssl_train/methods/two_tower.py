@@ -24,7 +24,7 @@ class CLIPMethod(nn.Module):
         super().__init__()
         self.backbone, self.projector, self.loss, self.text_encoder, self.name = backbone, projector, loss, text_encoder, name
         self.text_projection = nn.Linear(text_encoder.out_dim, projector.out_dim, bias=False)
-        nn.init.normal_(self.text_projection.weight, std=text_encoder.out_dim ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=text_encoder.out_dim**-0.5)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(self.backbone(images)).float(), dim=1)

@@ -62,4 +62,3 @@ class Modality:
     def example_input(self, spec: InputSpec, in_channels: int) -> torch.Tensor | None:
         """One example input for tracing (TorchScript, ONNX); None where an export is not traced."""
         return None
-

@@ -6,6 +6,13 @@ from ssl_train.toolkit.pictures import embedding_map, render_scatter, view_grid
 from ssl_train.toolkit.search import knn_search, recall_at_k
 
 __all__ = [
-    "export_backbone", "knn_search", "recall_at_k", "knn_anomaly_scores", "mahalanobis_scores", "auroc",
-    "embedding_map", "render_scatter", "view_grid",
+    "export_backbone",
+    "knn_search",
+    "recall_at_k",
+    "knn_anomaly_scores",
+    "mahalanobis_scores",
+    "auroc",
+    "embedding_map",
+    "render_scatter",
+    "view_grid",
 ]

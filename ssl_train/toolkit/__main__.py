@@ -160,14 +160,18 @@ def parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(function=function)
         sub.add_argument("--ckpt", required=True, help="an ssl_train checkpoint (last.ckpt or best-*.ckpt)")
-        sub.add_argument("--trust-checkpoint", action="store_true",
-                         help="read --ckpt with the full unpickler and build any _target_ its config names (can run code): only for files you trust")
+        sub.add_argument(
+            "--trust-checkpoint",
+            action="store_true",
+            help="read --ckpt with the full unpickler and build any _target_ its config names (can run code): only for files you trust",
+        )
         sub.add_argument("--out", default=None, help="output folder (default: a new folder beside the checkpoint)")
         sub.add_argument("--data", default=None, help="a configs/data option (default: the checkpoint's training data)")
         sub.add_argument("--set", nargs="*", default=[], help="extra overrides for --data, e.g. data.source.root=DIR")
         sub.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
-    commands.choices["export"].add_argument("--format", choices=["safetensors", "torch"], default="safetensors",
-                                            help="model.safetensors (default) or backbone.pt (torch.save of the state dict)")
+    commands.choices["export"].add_argument(
+        "--format", choices=["safetensors", "torch"], default="safetensors", help="model.safetensors (default) or backbone.pt (torch.save of the state dict)"
+    )
     commands.choices["export"].add_argument("--torchscript", action="store_true")
     commands.choices["export"].add_argument("--onnx", action="store_true", help="needs the onnx package")
     commands.choices["embed"].add_argument("--images", default=None, help="a folder of image files to embed instead of a dataset")

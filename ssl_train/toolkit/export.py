@@ -48,8 +48,15 @@ def how_to_load(encoder: torch.nn.Module, spec: dict[str, Any], weights_file: st
         return {"ssl_train": with_ssl_train, "standalone": "\n".join(lines)}
     if isinstance(encoder, resnet.SmallResNet):
         kwargs = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "_target_")
-        standalone = "\n".join(["import safetensors.torch", "from modeling import SmallResNet  # modeling.py in this folder: torch + torchvision only",
-                                f"model = SmallResNet({kwargs})", f"model.load_state_dict({read})", "model.eval()"])
+        standalone = "\n".join(
+            [
+                "import safetensors.torch",
+                "from modeling import SmallResNet  # modeling.py in this folder: torch + torchvision only",
+                f"model = SmallResNet({kwargs})",
+                f"model.load_state_dict({read})",
+                "model.eval()",
+            ]
+        )
         return {"ssl_train": with_ssl_train, "standalone": standalone}
     return {"ssl_train": with_ssl_train}
 
@@ -84,37 +91,82 @@ def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: d
     """README.md with Hugging Face front matter: what was trained on what, the probe figures beside both baselines, how to load."""
     method, data, modality = config["method"] or "?", config["data"] or "?", config["modality"]
     one_line = lambda value: " ".join(str(value).splitlines())  # a tag is one line; safe_dump quotes the rest
-    front_matter = {"library_name": "ssl_train", "tags": ["self-supervised-learning", one_line(method), f"{one_line(modality)}-feature-extraction"],
-                    "pipeline_tag": kind_named(str(modality), "config.json modality").pipeline_tag}  # a dict dumped: a name cannot add keys
+    front_matter = {
+        "library_name": "ssl_train",
+        "tags": ["self-supervised-learning", one_line(method), f"{one_line(modality)}-feature-extraction"],
+        "pipeline_tag": kind_named(str(modality), "config.json modality").pipeline_tag,
+    }  # a dict dumped: a name cannot add keys
     encoder = str(config["encoder"]["_target_"]).rsplit(".", 1)[-1]
-    lines = ["---", yaml.safe_dump(front_matter, sort_keys=False, default_flow_style=False).rstrip("\n"), "---", "",
-             f"# {_md_text(method)} encoder ({_md_text(encoder)}, {_md_number(config['out_dim'])}-d features)", "",
-             f"Self-supervised with ssl_train: method {_md_code(method)} on data {_md_code(data)}"
-             + (f", {_md_number(probe.get(EPOCHS))} epochs ({_md_number(probe.get(STEPS))} steps, global batch "
-                f"{_md_number(probe.get(GLOBAL_BATCH_SIZE))})" if probe else "") + ".", ""]
+    lines = [
+        "---",
+        yaml.safe_dump(front_matter, sort_keys=False, default_flow_style=False).rstrip("\n"),
+        "---",
+        "",
+        f"# {_md_text(method)} encoder ({_md_text(encoder)}, {_md_number(config['out_dim'])}-d features)",
+        "",
+        f"Self-supervised with ssl_train: method {_md_code(method)} on data {_md_code(data)}"
+        + (
+            f", {_md_number(probe.get(EPOCHS))} epochs ({_md_number(probe.get(STEPS))} steps, global batch {_md_number(probe.get(GLOBAL_BATCH_SIZE))})"
+            if probe
+            else ""
+        )
+        + ".",
+        "",
+    ]
     if probe:
-        rows = [(label, probe.get(key)) for label, key in (
-            ("linear probe top-1", LINEAR_TOP1), ("kNN (k=20) top-1", KNN_TOP1),
-            ("raw input, same linear probe", RAW_INPUT_LINEAR_TOP1), ("random-init encoder, same linear probe", RANDOM_INIT_LINEAR_TOP1))]
+        rows = [
+            (label, probe.get(key))
+            for label, key in (
+                ("linear probe top-1", LINEAR_TOP1),
+                ("kNN (k=20) top-1", KNN_TOP1),
+                ("raw input, same linear probe", RAW_INPUT_LINEAR_TOP1),
+                ("random-init encoder, same linear probe", RANDOM_INIT_LINEAR_TOP1),
+            )
+        ]
         lines += ["| evaluation (frozen features, test split) | top-1 |", "|---|---|"]
         lines += [f"| {label} | {value:.4f} |" for label, value in rows if value is not None]
         lines.append("")
     image = config["input"]
-    lines += ["## Input", "", f"Modality {_md_code(modality)}" + (
-        f", {_md_number(image['channels'])} channel(s), {_md_number(image['image_size'])} px, normalised with mean {_md_number(image['mean'])} "
-        f"and std {_md_number(image['std'])} (x / 255, then (x - mean) / std)" if image.get("image_size") else "") + ".", "",
-        "## How to load", "", *_code_block(snippets["ssl_train"]), ""]
+    lines += [
+        "## Input",
+        "",
+        f"Modality {_md_code(modality)}"
+        + (
+            f", {_md_number(image['channels'])} channel(s), {_md_number(image['image_size'])} px, normalised with mean {_md_number(image['mean'])} "
+            f"and std {_md_number(image['std'])} (x / 255, then (x - mean) / std)"
+            if image.get("image_size")
+            else ""
+        )
+        + ".",
+        "",
+        "## How to load",
+        "",
+        *_code_block(snippets["ssl_train"]),
+        "",
+    ]
     if "standalone" in snippets:
         lines += ["Without ssl_train (torch + safetensors + torchvision):", "", *_code_block(snippets["standalone"]), ""]
-    lines += ["Continue pretraining from it: `python -m ssl_train backbone.weights=DIR ...` (same `backbone` option and settings).", "",
-              "## Provenance", "", f"- checkpoint: {_md_code(config['checkpoint'])}", f"- ssl_train commit: {_md_code(config['commit'])}",
-              "- the full training config is in config.json (`training_config`)", "",
-              "Publishing is optional: `huggingface-cli upload USER/NAME DIR` uploads this folder as a model repository.", ""]
+    lines += [
+        "Continue pretraining from it: `python -m ssl_train backbone.weights=DIR ...` (same `backbone` option and settings).",
+        "",
+        "## Provenance",
+        "",
+        f"- checkpoint: {_md_code(config['checkpoint'])}",
+        f"- ssl_train commit: {_md_code(config['commit'])}",
+        "- the full training config is in config.json (`training_config`)",
+        "",
+        "Publishing is optional: `huggingface-cli upload USER/NAME DIR` uploads this folder as a model repository.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def export_backbone(
-    ckpt_path: str | Path, out_dir: str | Path | None = None, fmt: str = "safetensors", torchscript: bool = False, onnx: bool = False,
+    ckpt_path: str | Path,
+    out_dir: str | Path | None = None,
+    fmt: str = "safetensors",
+    torchscript: bool = False,
+    onnx: bool = False,
     trust: bool = False,
 ) -> dict[str, Any]:
     """Write model.safetensors (or backbone.pt for fmt='torch'), config.json, README.md (+ modeling.py for ssl_train's own
@@ -129,8 +181,9 @@ def export_backbone(
     in_channels, modality = input_of(cfg, encoder.state_dict())
     serves = modalities_of(cfg.backbone) or ()
     splits, kind = build_datamodule(cfg.data).splits, kind_named(modality)
-    spec = encoder_spec(encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None,
-                        kind.size(splits.input_spec))  # kept only by an encoder that takes image_size (a ViT)
+    spec = encoder_spec(
+        encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None, kind.size(splits.input_spec)
+    )  # kept only by an encoder that takes image_size (a ViT)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
@@ -142,10 +195,18 @@ def export_backbone(
     run_metrics = ckpt_path.parent.parent / METRICS_FILE
     probe = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
     config = {
-        "library": "ssl_train", "encoder": spec, "weights": weights_file, "modality": modality, "out_dim": int(encoder.out_dim),
+        "library": "ssl_train",
+        "encoder": spec,
+        "weights": weights_file,
+        "modality": modality,
+        "out_dim": int(encoder.out_dim),
         "input": kind.export_input(splits),
-        "method": cfg.method.get("name"), "data": cfg.data.source.get("_target_", "?").rsplit(".", 1)[-1], "checkpoint": str(ckpt_path.resolve()),
-        "commit": git_commit(), "probe": probe, "training_config": OmegaConf.to_container(cfg, resolve=False),
+        "method": cfg.method.get("name"),
+        "data": cfg.data.source.get("_target_", "?").rsplit(".", 1)[-1],
+        "checkpoint": str(ckpt_path.resolve()),
+        "commit": git_commit(),
+        "probe": probe,
+        "training_config": OmegaConf.to_container(cfg, resolve=False),
     }
     snippets = how_to_load(encoder, spec, weights_file)
     config["how_to_load"] = snippets
@@ -157,8 +218,14 @@ def export_backbone(
             torch.jit.trace(encoder, example).save(str(out / "backbone.torchscript.pt"))
             config["torchscript"] = "backbone.torchscript.pt"
         if onnx:
-            torch.onnx.export(encoder, example, str(out / "backbone.onnx"), input_names=["images"], output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+            torch.onnx.export(
+                encoder,
+                example,
+                str(out / "backbone.onnx"),
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            )
             config["onnx"] = "backbone.onnx"
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
     (out / CARD_FILE).write_text(model_card(config, probe, snippets))

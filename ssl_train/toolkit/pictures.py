@@ -9,10 +9,21 @@ import torch
 from torchvision.io import write_png
 from torchvision.utils import make_grid
 
-PALETTE = torch.tensor([
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [227, 119, 194],
-    [127, 127, 127], [188, 189, 34], [23, 190, 207],
-], dtype=torch.uint8)
+PALETTE = torch.tensor(
+    [
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+        [188, 189, 34],
+        [23, 190, 207],
+    ],
+    dtype=torch.uint8,
+)
 
 
 def embedding_map(features: torch.Tensor, method: str = "auto", seed: int = 0) -> tuple[torch.Tensor, str]:
@@ -64,8 +75,9 @@ def save_map(features: torch.Tensor, labels: torch.Tensor | None, png_path: Path
     return used
 
 
-def view_grid(views: Callable[[torch.Tensor], Sequence[torch.Tensor]], images: Sequence[torch.Tensor], mean: Sequence[float],
-              std: Sequence[float]) -> torch.Tensor:
+def view_grid(
+    views: Callable[[torch.Tensor], Sequence[torch.Tensor]], images: Sequence[torch.Tensor], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """A uint8 grid: one row per image, the original then each of its augmented views (de-normalised, resized to the first)."""
     rows = []
     mean_t, std_t = torch.tensor(list(mean)).view(-1, 1, 1), torch.tensor(list(std)).view(-1, 1, 1)

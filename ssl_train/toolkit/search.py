@@ -22,7 +22,7 @@ def knn_search(queries: torch.Tensor, gallery: torch.Tensor, k: int, use_faiss: 
             return torch.from_numpy(sims), torch.from_numpy(idx).long()
         except ImportError:
             pass
-    sims, idx = zip(*((q[i:i + chunk] @ g.T).topk(k, dim=1) for i in range(0, len(q), chunk)), strict=True)
+    sims, idx = zip(*((q[i : i + chunk] @ g.T).topk(k, dim=1) for i in range(0, len(q), chunk)), strict=True)
     return torch.cat(sims), torch.cat(idx)
 
 

@@ -51,12 +51,20 @@ CURVES = (  # (title, [(label, history key)])
     ("Effective rank", [("RankMe", VAL_RANKME), ("LiDAR", VAL_LIDAR)]),
 )
 HEADLINE = (  # (label, metrics.json key)
-    ("linear probe top-1", LINEAR_TOP1), ("kNN top-1 (k=20)", KNN_TOP1), ("raw input, same probe", RAW_INPUT_LINEAR_TOP1),
-    ("random-init encoder, same probe", RANDOM_INIT_LINEAR_TOP1), ("zero-shot top-1", ZERO_SHOT_TOP1),
+    ("linear probe top-1", LINEAR_TOP1),
+    ("kNN top-1 (k=20)", KNN_TOP1),
+    ("raw input, same probe", RAW_INPUT_LINEAR_TOP1),
+    ("random-init encoder, same probe", RANDOM_INIT_LINEAR_TOP1),
+    ("zero-shot top-1", ZERO_SHOT_TOP1),
     ("retrieval mAP@R", IMAGE_RETRIEVAL_MAP_AT_R),
 )
-THROUGHPUT = (("training images/s", IMAGES_PER_S), ("optimizer steps", STEPS), ("global batch", GLOBAL_BATCH_SIZE),
-              ("fit time (s)", FIT_TIME_S), ("wall time (s)", WALL_TIME_S))
+THROUGHPUT = (
+    ("training images/s", IMAGES_PER_S),
+    ("optimizer steps", STEPS),
+    ("global batch", GLOBAL_BATCH_SIZE),
+    ("fit time (s)", FIT_TIME_S),
+    ("wall time (s)", WALL_TIME_S),
+)
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-variant-numeric:tabular-nums}th{background:#f4f4f4}
@@ -91,15 +99,17 @@ def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, floa
     left, right, top, bottom = 56, 12, 28, 34
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)
     sy = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="{left}" y="16" font-size="13" font-weight="600">{_esc(title)}</text>',
-             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>',
-             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
-             f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" font-size="10" text-anchor="end">{y1:.4g}</text>',
-             f'<text x="{left - 4}" y="{sy(y0) + 4:.1f}" font-size="10" text-anchor="end">{y0:.4g}</text>',
-             f'<text x="{left}" y="{height - bottom + 14}" font-size="10">{x0:.0f}</text>',
-             f'<text x="{width - right}" y="{height - bottom + 14}" font-size="10" text-anchor="end">{x1:.0f}</text>',
-             f'<text x="{(left + width - right) / 2:.0f}" y="{height - 6}" font-size="10" text-anchor="middle">optimizer step</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="600">{_esc(title)}</text>',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
+        f'<text x="{left - 4}" y="{sy(y1) + 4:.1f}" font-size="10" text-anchor="end">{y1:.4g}</text>',
+        f'<text x="{left - 4}" y="{sy(y0) + 4:.1f}" font-size="10" text-anchor="end">{y0:.4g}</text>',
+        f'<text x="{left}" y="{height - bottom + 14}" font-size="10">{x0:.0f}</text>',
+        f'<text x="{width - right}" y="{height - bottom + 14}" font-size="10" text-anchor="end">{x1:.0f}</text>',
+        f'<text x="{(left + width - right) / 2:.0f}" y="{height - 6}" font-size="10" text-anchor="middle">optimizer step</text>',
+    ]
     for i, (label, points) in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
@@ -113,8 +123,10 @@ def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, floa
 
 def _png(path: Path, caption: str, width: int) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img class="pixels" src="data:image/png;base64,{data}" width="{width}" alt="{_esc(caption)}">'
-            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img class="pixels" src="data:image/png;base64,{data}" width="{width}" alt="{_esc(caption)}">'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+    )
 
 
 def _epoch_of(path: Path) -> int:
@@ -141,17 +153,27 @@ def render_report(metrics: Mapping[str, Any], config_text: str, history: list[di
             pictures += [_png(p, f"after epoch {_epoch_of(p)}", 160) for p in maps[:-1][-4:]]
         if (pictures_dir / VIEWS_FILE).is_file():
             pictures.append(_png(pictures_dir / VIEWS_FILE, "augmented views fed to the model (one row per image, one column per view)", 160))
-    body = [f"<h1>{_esc(title)}</h1>",
-            f'<p class="muted">{_fmt(metrics.get(OUTPUT_DIR, ""))}: method {_fmt(metrics.get(METHOD, "?"))}, backbone '
-            f'{_fmt(metrics.get(BACKBONE, "?"))}, data {_fmt(metrics.get(DATA, "?"))}, {_fmt(metrics.get(EPOCHS, "?"))} epochs</p>',
-            "<h2>Results</h2>", _table(headline) if headline else '<p class="muted">no probe in this run</p>',
-            "<h2>Curves</h2>", '<div class="grid">' + "".join(charts) + "</div>" if charts else '<p class="muted">no history.jsonl</p>',
-            "<h2>Pictures</h2>", '<div class="grid">' + "".join(pictures) + "</div>" if pictures else '<p class="muted">no pictures</p>',
-            "<h2>Throughput</h2>", _table([(label, metrics[key]) for label, key in THROUGHPUT if key in metrics]),
-            "<h2>All metrics (metrics.json)</h2>", _table(sorted(metrics.items())),
-            "<h2>Config</h2>", f"<pre>{_esc(config_text)}</pre>"]
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+    body = [
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="muted">{_fmt(metrics.get(OUTPUT_DIR, ""))}: method {_fmt(metrics.get(METHOD, "?"))}, backbone '
+        f"{_fmt(metrics.get(BACKBONE, '?'))}, data {_fmt(metrics.get(DATA, '?'))}, {_fmt(metrics.get(EPOCHS, '?'))} epochs</p>",
+        "<h2>Results</h2>",
+        _table(headline) if headline else '<p class="muted">no probe in this run</p>',
+        "<h2>Curves</h2>",
+        '<div class="grid">' + "".join(charts) + "</div>" if charts else '<p class="muted">no history.jsonl</p>',
+        "<h2>Pictures</h2>",
+        '<div class="grid">' + "".join(pictures) + "</div>" if pictures else '<p class="muted">no pictures</p>',
+        "<h2>Throughput</h2>",
+        _table([(label, metrics[key]) for label, key in THROUGHPUT if key in metrics]),
+        "<h2>All metrics (metrics.json)</h2>",
+        _table(sorted(metrics.items())),
+        "<h2>Config</h2>",
+        f"<pre>{_esc(config_text)}</pre>",
+    ]
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def write_report(run_dir: Path) -> Path:
@@ -197,9 +219,11 @@ def render_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], ti
             else:
                 cells.append(f'<td data-value="{_esc(value)}">{_fmt(value)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{STYLE}</style></head>'
-            f"<body><h1>{_esc(title)}</h1><p class=\"muted\">{len(rows)} job(s); click a column header to sort</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table><script>{SORT_SCRIPT}</script></body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{STYLE}</style></head>'
+        f'<body><h1>{_esc(title)}</h1><p class="muted">{len(rows)} job(s); click a column header to sort</p>'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table><script>{SORT_SCRIPT}</script></body></html>\n"
+    )
 
 
 def _has_report(sweep_dir: Path, job: str) -> bool:

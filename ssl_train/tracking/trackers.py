@@ -31,8 +31,10 @@ from ssl_train.errors import UserError
 log = logging.getLogger(__name__)
 TRACKER_RUNS_KEY = "ssl_train_tracker_runs"  # checkpoint key: {"wandb": run id, "mlflow": run id}
 RESUMABLE = {  # logger _target_ -> (tracker, constructor argument that continues a run)
-    "ssl_train.tracking.trackers.wandb_logger": ("wandb", "id"), "lightning.pytorch.loggers.WandbLogger": ("wandb", "id"),
-    "ssl_train.tracking.trackers.mlflow_logger": ("mlflow", "run_id"), "lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "run_id"),
+    "ssl_train.tracking.trackers.wandb_logger": ("wandb", "id"),
+    "lightning.pytorch.loggers.WandbLogger": ("wandb", "id"),
+    "ssl_train.tracking.trackers.mlflow_logger": ("mlflow", "run_id"),
+    "lightning.pytorch.loggers.MLFlowLogger": ("mlflow", "run_id"),
 }
 WANDB_HOST = "api.wandb.ai"
 
@@ -63,8 +65,15 @@ def wandb_can_go_online(host: str = WANDB_HOST, timeout_s: float = 3.0) -> bool:
     return True
 
 
-def wandb_logger(save_dir: str, project: str = "ssl_train", name: str | None = None, offline: bool | str = "auto", id: str | None = None,
-                 tags: Iterable[str] = (), **kwargs: Any) -> WandbLogger:
+def wandb_logger(
+    save_dir: str,
+    project: str = "ssl_train",
+    name: str | None = None,
+    offline: bool | str = "auto",
+    id: str | None = None,
+    tags: Iterable[str] = (),
+    **kwargs: Any,
+) -> WandbLogger:
     """Lightning's WandbLogger writing under `save_dir`/wandb. `offline=auto`: offline unless W&B can go online
     (wandb_can_go_online); `wandb sync <save_dir>/wandb/offline-run-*` uploads an offline run later. `id` continues a run."""
     _needs("wandb", "wandb")
@@ -72,27 +81,38 @@ def wandb_logger(save_dir: str, project: str = "ssl_train", name: str | None = N
         raise UserError(f"logger.wandb.offline must be true, false or auto, got {offline!r}")
     if offline == "auto":
         offline = not wandb_can_go_online()
-    log.info("[ssl_train] W&B %s%s", "offline (sync later: wandb sync <run dir>/wandb/offline-run-*)" if offline else "online",
-             f", continuing run {id}" if id else "")
+    log.info(
+        "[ssl_train] W&B %s%s",
+        "offline (sync later: wandb sync <run dir>/wandb/offline-run-*)" if offline else "online",
+        f", continuing run {id}" if id else "",
+    )
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if "settings" not in kwargs:
         import wandb
 
         kwargs["settings"] = wandb.Settings(quiet=True)  # no run-summary table in the run's output; the sync hint stays in the log
-    return WandbLogger(project=project, name=name, save_dir=save_dir, offline=bool(offline), id=id, resume="allow" if id else None,
-                       tags=list(tags) or None, **kwargs)
+    return WandbLogger(
+        project=project, name=name, save_dir=save_dir, offline=bool(offline), id=id, resume="allow" if id else None, tags=list(tags) or None, **kwargs
+    )
 
 
-def mlflow_logger(tracking_uri: str, experiment_name: str = "ssl_train", run_name: str | None = None, run_id: str | None = None,
-                  tags: Mapping[str, Any] | None = None, **kwargs: Any) -> MLFlowLogger:
+def mlflow_logger(
+    tracking_uri: str,
+    experiment_name: str = "ssl_train",
+    run_name: str | None = None,
+    run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> MLFlowLogger:
     """Lightning's MLFlowLogger. A `file:` URI is made absolute and allowed (MLflow 3 keeps its file store in maintenance
     mode behind MLFLOW_ALLOW_FILE_STORE; `sqlite:///PATH` or a server URI work as given). `run_id` continues a run."""
     _needs("mlflow", "mlflow")
     if tracking_uri.startswith("file:"):
         tracking_uri = Path(tracking_uri.removeprefix("file:").removeprefix("//")).expanduser().resolve().as_uri()
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MLFlowLogger(experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri, run_id=run_id,
-                        tags=dict(tags) if tags else None, **kwargs)
+    return MLFlowLogger(
+        experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri, run_id=run_id, tags=dict(tags) if tags else None, **kwargs
+    )
 
 
 class _AppendingCSVWriter(ExperimentWriter):
@@ -165,8 +185,10 @@ def stored_tracker_runs(checkpoint: Mapping[str, Any] | None) -> dict[str, str]:
     trackers = sorted({tracker for tracker, _ in RESUMABLE.values()})
     plain = isinstance(runs, dict) and all(k in trackers and isinstance(v, str) and RUN_ID.fullmatch(v) for k, v in runs.items())
     if not plain:
-        raise UserError(f"ckpt_path: the checkpoint's {TRACKER_RUNS_KEY} is not a mapping of tracker ({', '.join(trackers)}) to a plain run id "
-                        "(letters, digits, - and _): refused (nothing stored is code)")
+        raise UserError(
+            f"ckpt_path: the checkpoint's {TRACKER_RUNS_KEY} is not a mapping of tracker ({', '.join(trackers)}) to a plain run id "
+            "(letters, digits, - and _): refused (nothing stored is code)"
+        )
     return dict(runs)
 
 
@@ -207,8 +229,9 @@ def _files_of(logger: Logger, files: Iterable[Path]) -> None:
             logger.experiment.add_text(path.name, "    " + path.read_text().replace("\n", "\n    "))  # markdown code block
 
 
-def log_run_start(loggers: Iterable[Logger], config: Mapping[str, Any], commit: str | None, command: str, files: Iterable[Path],
-                  resumed_from: str | None) -> None:
+def log_run_start(
+    loggers: Iterable[Logger], config: Mapping[str, Any], commit: str | None, command: str, files: Iterable[Path], resumed_from: str | None
+) -> None:
     """The composed config, the git commit and the command line to every tracker (MLflow params are write-once: a resumed
     run keeps its first segment's and records the resume as a tag)."""
     files = list(files)

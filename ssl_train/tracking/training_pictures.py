@@ -43,10 +43,10 @@ def batch_view_grid(views: Sequence[torch.Tensor], mean: Sequence[float], std: S
     return (grid * 255).round().to(torch.uint8)
 
 
-
 def png_bytes(image: torch.Tensor) -> bytes:
     """A uint8 (C, H, W) image as PNG file bytes, for run_dir to write without following a symbolic link."""
     return encode_png(image.cpu()).numpy().tobytes()
+
 
 class TrainingPictures(pl.Callback):
     """Once, at the first training batch: `views.png`, the grid of the views the model is fed (images only). Every
