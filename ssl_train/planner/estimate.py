@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 
 from ssl_train.eval.baselines import RawInput, ResultCache, protocol_key, raw_input_evaluators, weights_fingerprint
 from ssl_train.eval.suite import evaluate_encoder
+from ssl_train.eval.zero_shot import two_tower_evaluators
 from ssl_train.metrics import RANDOM_INIT
 
 MiB = 2**20
@@ -61,6 +62,8 @@ class EvaluationEstimate:
 def evaluation_estimate(cfg: DictConfig, built: Any, initial: nn.Module, evaluators: dict[str, Any], device: torch.device,
                         samples: int = 1024) -> EvaluationEstimate:
     """The evaluation run.py does after training (cfg.probe), with both baselines (cfg.baseline) unless cached."""
+    pairs = two_tower_evaluators(evaluators)  # zero-shot, retrieval: both towers on the test pairs, not estimated
+    evaluators = {name: e for name, e in evaluators.items() if name not in pairs}
     if not cfg.probe or not evaluators:
         return EvaluationEstimate(0.0, 0.0, "no probe")
     datamodule = built.datamodule
@@ -79,7 +82,9 @@ def evaluation_estimate(cfg: DictConfig, built: Any, initial: nn.Module, evaluat
         if not cached(cache, RANDOM_INIT, {**key, **architecture, "weights": weights_fingerprint(initial)}):
             baselines += trained
             parts.append(f"random-init baseline {trained:.0f}s")
-    return EvaluationEstimate(trained, baselines, ", ".join(parts) + ("" if len(parts) > 1 or not cfg.baseline else "; baselines cached"))
+    unestimated = f"; not estimated: {', '.join(pairs)}" if pairs else ""
+    cached_note = "" if len(parts) > 1 or not cfg.baseline else "; baselines cached"
+    return EvaluationEstimate(trained, baselines, ", ".join(parts) + cached_note + unestimated)
 
 
 def peak_rss() -> int:
