@@ -13,7 +13,7 @@ from torch import nn
 
 from ssl_train.metrics import DATA_SKIPPED_IMAGES, PROBE_ONLINE_LOSS, PROBE_ONLINE_TOP1, TRAIN_LOSS, TRAIN_PREFIX, VAL_ONLINE_TOP1
 from ssl_train.optim import OptimRecipe
-from ssl_train.protocols import CountsSkippedImages, EditsGradients, UpdatesAfterOptimizerStep, is_method
+from ssl_train.protocols import CountsSkippedImages, EditsGradients, UpdatesAfterOptimizerStep, is_method, width_of
 
 
 class SSLModule(pl.LightningModule):
@@ -24,6 +24,8 @@ class SSLModule(pl.LightningModule):
     never touches the encoder. Methods with an `on_optimizer_step(step, max_steps)` hook (EMA targets) get it
     after every optimizer step; an `on_after_backward(step, epoch)` hook (SwAV's frozen prototypes, DINO's frozen last layer) after each backward.
     """
+
+    method: Any  # a Method (protocols.is_method), its optional hooks decided in __init__
 
     def __init__(
         self,
@@ -43,7 +45,7 @@ class SSLModule(pl.LightningModule):
         self._has_after_backward_hook = isinstance(method, EditsGradients)
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.online_probe = nn.Linear(method.backbone.out_dim, num_classes)
+        self.online_probe = nn.Linear(width_of(self.method.backbone), num_classes)
         self.global_batch_size = global_batch_size
         self._step_before_batch = 0
         self._recent_losses: torch.Tensor | None = None  # see _watch_finite
@@ -106,14 +108,14 @@ class SSLModule(pl.LightningModule):
         costs ~0.6 ms of Python (Lightning moves its result record to the value's device): logging only where the values
         are read took the framework's own cost per tiny-model step from 2.65 to ~1.5 ms; train/* and probe/* are step values."""
         connector = getattr(self.trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True)) or bool(self.trainer.fast_dev_run)
+        return bool(getattr(connector, "should_update_logs", True)) or bool(self.trainer.fast_dev_run)  # type: ignore[attr-defined]  # set outside Trainer.__init__ (lightning's connectors): invisible to mypy
 
     def _watch_finite(self, loss: torch.Tensor) -> None:
         """Keep the loss of each step since the last check on the device (one copy, no sync); `check_finite` reads them
         only at logging steps and before every checkpoint, so no checkpoint holds diverged weights and no step blocks."""
         if self._recent_losses is None or self._recent_losses.device != loss.device:
             # one slot per batch between two checks: log_every_n_steps optimizer steps, each of accumulate_grad_batches batches
-            batches = max(1, self.trainer.log_every_n_steps) * max(1, self.trainer.accumulate_grad_batches)
+            batches = max(1, self.trainer.log_every_n_steps) * max(1, self.trainer.accumulate_grad_batches)  # type: ignore[attr-defined]  # set outside Trainer.__init__ (lightning's connectors): invisible to mypy
             self._recent_losses = torch.zeros(batches, device=loss.device)
             self._recent_steps = [-1] * batches  # the step each slot holds (host side: no sync)
             self._batches_watched = 0
@@ -139,7 +141,8 @@ class SSLModule(pl.LightningModule):
         if self._has_optimizer_step_hook and self.global_step > self._step_before_batch:
             self.method.on_optimizer_step(self.global_step, int(self.trainer.estimated_stepping_batches))
         # at logging steps, and at an epoch's last batch: before the epoch-end callbacks (online evaluation) see the weights
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0 or batch_idx + 1 == self.trainer.num_training_batches:
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set outside Trainer.__init__ (lightning's connectors): invisible to mypy
+        if self.global_step % max(1, every) == 0 or batch_idx + 1 == self.trainer.num_training_batches:
             self.check_finite()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

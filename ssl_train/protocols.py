@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
@@ -25,6 +25,12 @@ def is_method(candidate: object) -> bool:
     """Whether `candidate` satisfies Method. Not isinstance(candidate, Method): from Python 3.12 a runtime Protocol check
     looks members up statically, and an nn.Module keeps its submodules in `_modules`, so every method would fail it."""
     return callable(candidate) and all(isinstance(getattr(candidate, name, None), nn.Module) for name in ("backbone", "projector"))
+
+
+def width_of(module: nn.Module) -> int:
+    """The width of an encoder's or a head's output: the `out_dim` every encoder and head sets. A plain attribute, which
+    nn.Module's __getattr__ (the stubs' only account of attributes set in __init__) types as Tensor | Module."""
+    return cast(int, module.out_dim)
 
 
 @runtime_checkable

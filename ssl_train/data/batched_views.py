@@ -100,6 +100,10 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> to
 class BatchedView(nn.Module):
     """One view of a ViewRecipe on a batch: uint8 (B, C, H, W) on any device in, normalised float (B, C, size, size) out."""
 
+    # buffers (register_buffer below)
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, recipe: ViewRecipe, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.recipe, self.size = recipe, size

@@ -39,6 +39,10 @@ def _uniform(n: int, bounds: Sequence[float], device: torch.device) -> torch.Ten
 class BatchedSequenceView(nn.Module):
     """One view of a batch (B, T, F) (or (B, T) waveforms): float32, standardised with the data's mean/std."""
 
+    # buffers (register_buffer below)
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, recipe: SequenceViewRecipe, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.recipe = recipe

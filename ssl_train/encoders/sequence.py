@@ -54,6 +54,10 @@ class LogMelFrontend(nn.Module):
     """Log-mel spectrogram by torch.stft (no torchaudio), SpecAugment time/frequency masks in training mode, then a
     per-step MLP: (B, T) -> (B, frames, D)."""
 
+    # buffers (register_buffer below)
+    window: torch.Tensor
+    mel: torch.Tensor
+
     def __init__(
         self, dim: int, sample_rate: int = 8000, n_fft: int = 256, hop: int = 80, n_mels: int = 40, freq_masks: int = 1, freq_mask_width: int = 6
     ) -> None:

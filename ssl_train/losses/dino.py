@@ -24,6 +24,10 @@ class DINOLoss(nn.Module):
     across ranks, updated after each forward.
     """
 
+    # buffers (register_buffer below)
+    center: torch.Tensor
+    step: torch.Tensor
+
     def __init__(
         self,
         out_dim: PositiveInt,

@@ -24,6 +24,8 @@ class TiCoLoss(nn.Module):
     The covariance uses the global batch when `gather_distributed`, so every rank keeps the same C.
     """
 
+    covariance: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(self, dim: PositiveInt, beta: Fraction = 0.9, rho: LossWeight = 20.0, gather_distributed: bool = False) -> None:
         super().__init__()
         self.beta, self.rho, self.gather_distributed = beta, rho, gather_distributed

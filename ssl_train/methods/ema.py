@@ -30,11 +30,11 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * online, for parameters and float buffers (BN stats)."""
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers(), strict=True):
-        if t.dtype.is_floating_point:
-            t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+    for buffer, source in zip(target.buffers(), online.buffers(), strict=True):
+        if buffer.dtype.is_floating_point:
+            buffer.mul_(momentum).add_(source.detach(), alpha=1 - momentum)
         else:
-            t.copy_(o)
+            buffer.copy_(source)
 
 
 class EMATarget(nn.ModuleDict):

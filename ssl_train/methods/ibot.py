@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,8 @@ class IBOTMethod(nn.Module):
     (lambda2 = 1 there). The class-token term reads the student's masked global views, as in the reference. ViTs only.
     """
 
+    backbone: Any  # a ViT (protocols.is_vit): tokens, pool, patch_size, out_dim, model; nn.Module's __getattr__ would type them Tensor | Module
+
     modalities = ("image",)
 
     def __init__(
@@ -46,7 +48,7 @@ class IBOTMethod(nn.Module):
         name: str = "ibot",
     ) -> None:
         super().__init__()
-        check_dino_parts(projector, loss)
+        projector, loss = check_dino_parts(projector, loss)
         if not is_vit(backbone):
             raise ValueError(f"method={name} masks patch tokens and needs a ViT backbone (backbone=vit_tiny), got {type(backbone).__name__}")
         low, high = float(mask_ratio_range[0]), float(mask_ratio_range[-1])
@@ -63,7 +65,7 @@ class IBOTMethod(nn.Module):
         self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
         self.koleo = KoLeoTerm(koleo_weight)
         self.patch_weight, self.masked_share, self.mask_ratio = patch_weight, masked_share, (low, high)
-        self.mask_token = nn.Parameter(torch.zeros(backbone.out_dim))  # the reference's masked_embed, zeros at init
+        self.mask_token = nn.Parameter(torch.zeros(self.backbone.out_dim))  # the reference's masked_embed, zeros at init
         self.patch_loss = IBOTPatchLoss(
             projector.out_dim, loss.student_temp, patch_teacher_temp, loss.warmup_teacher_temp, loss.warmup_teacher_temp_steps, loss.center_momentum
         )
@@ -81,8 +83,9 @@ class IBOTMethod(nn.Module):
         student = [self.projector(h) for h in features]
         student_patches = self.projector(tokens[:, prefix:]).chunk(num_global)
         with torch.no_grad():
-            teacher_tokens = self.teacher["backbone"].tokens(images)
-            teacher = self.teacher["projector"](self.teacher["backbone"].pool(teacher_tokens)).chunk(num_global)
+            teacher_backbone: Any = self.teacher["backbone"]  # the EMA copy of the ViT
+            teacher_tokens = teacher_backbone.tokens(images)
+            teacher = self.teacher["projector"](teacher_backbone.pool(teacher_tokens)).chunk(num_global)
             teacher_patches = self.teacher["projector"](teacher_tokens[:, prefix:]).chunk(num_global)
         patch_loss = self.patch_loss(student_patches, teacher_patches, masks.chunk(num_global))
         logs = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from ssl_train.protocols import is_vit
 class JEPAPredictor(nn.Module):
     """I-JEPA's predictor (a narrow ViT): context tokens -> `dim` plus fixed sin-cos positions; per target block, mask
     tokens at the target positions appended; `depth` blocks; the mask tokens' outputs mapped back to the encoder's width."""
+
+    positions: torch.Tensor  # a buffer (register_buffer below)
 
     def __init__(self, in_dim: int, num_patches: int, dim: int = 96, depth: int = 2, heads: int = 4) -> None:
         super().__init__()
@@ -48,6 +51,8 @@ class IJEPAMethod(nn.Module):
     smooth L1) compares the two. The target momentum rises linearly from momentum_base to momentum_final (the reference).
     `features` for the online probe are the pooled context encoding. `projector` is unused (head=identity)."""
 
+    backbone: Any  # a ViT (protocols.is_vit): tokens, pool, patch_size, out_dim, model; nn.Module's __getattr__ would type them Tensor | Module
+
     modalities = ("image",)
 
     def __init__(
@@ -75,21 +80,21 @@ class IJEPAMethod(nn.Module):
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.target = EMATarget(momentum_base, momentum_final, "linear", encoder=backbone)
         self._register_load_state_dict_pre_hook(renamed_keys({"target_encoder.": "target.encoder."}), with_module=True)
-        self.grid = image_size // backbone.patch_size
-        self.masking = {
+        self.grid = image_size // self.backbone.patch_size
+        self.masking: dict[str, Any] = {
             "num_targets": num_targets,
             "target_scale": tuple(target_scale),
             "target_aspect": tuple(target_aspect),
             "context_scale": tuple(context_scale),
             "min_keep": min_keep,
         }
-        smallest = block_shape(self.grid, tuple(context_scale), (1.0, 1.0), None, u=0.0)  # the smallest context block the masks can draw
+        smallest = block_shape(self.grid, self.masking["context_scale"], (1.0, 1.0), None, u=0.0)  # the smallest context block the masks can draw
         if smallest[0] * smallest[1] <= min_keep:
             raise ValueError(
                 f"method.context_scale={list(context_scale)}: a {smallest[0]} x {smallest[1]} context block on the {self.grid} x {self.grid} "
                 f"patch grid cannot keep more than method.min_keep={min_keep} patches; raise context_scale or lower min_keep"
             )
-        self.predictor = JEPAPredictor(backbone.out_dim, self.grid * self.grid, predictor_dim, predictor_depth, predictor_heads)
+        self.predictor = JEPAPredictor(self.backbone.out_dim, self.grid * self.grid, predictor_dim, predictor_depth, predictor_heads)
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         images = views[0]
@@ -97,7 +102,8 @@ class IJEPAMethod(nn.Module):
         context_idx, target_idx = context_idx.to(images.device), [t.to(images.device) for t in target_idx]
         prefix = self.backbone.model.num_prefix_tokens
         with torch.no_grad():
-            full = self.target["encoder"].tokens(images)[:, prefix:]
+            target_encoder: Any = self.target["encoder"]  # the EMA copy of the ViT
+            full = target_encoder.tokens(images)[:, prefix:]
             full = nn.functional.layer_norm(full, full.shape[-1:])
             targets = torch.cat([torch.gather(full, 1, t[..., None].expand(-1, -1, full.shape[-1])) for t in target_idx])
         tokens = self.backbone.tokens(images, context_idx)

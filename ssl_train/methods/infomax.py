@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from ssl_train.heads import MutualInformationNet
 from ssl_train.losses.dgi import DeepGraphInfomaxLoss
-from ssl_train.protocols import FeatureMapEncoder, GraphEncoder
+from ssl_train.protocols import FeatureMapEncoder, GraphEncoder, width_of
 
 
 class DeepInfoMaxMethod(nn.Module):
@@ -30,11 +31,11 @@ class DeepInfoMaxMethod(nn.Module):
         super().__init__()
         if not isinstance(backbone, FeatureMapEncoder):
             raise ValueError(f"method={name} needs a backbone that exposes its feature maps (stages/pool), got {type(backbone).__name__}")
-        widths = list(backbone.stage_widths)
+        widths = list(cast(Sequence[int], backbone.stage_widths))  # declared by FeatureMapEncoder's docstring, not its members
         if not -len(widths) <= local_stage < len(widths):
             raise ValueError(f"method.local_stage={local_stage} is not a stage of the backbone ({len(widths)} stages)")
         self.backbone, self.projector, self.loss, self.local_stage, self.name = backbone, projector, loss, local_stage, name
-        self.local_net = MutualInformationNet(widths[local_stage], projector.out_dim, per_location=True)
+        self.local_net = MutualInformationNet(widths[local_stage], width_of(projector), per_location=True)
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         maps = self.backbone.stages(views[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ class MAEDecoder(nn.Module):
     positions (zero for the class token, as the reference's decoder_pos_embed), `depth` transformer blocks over the class
     token and all patches, a linear map to each patch's pixels (the class token's prediction is dropped). The class token
     goes through the decoder as in the reference, so it is trained too."""
+
+    positions: torch.Tensor  # a buffer (register_buffer below)
 
     def __init__(self, in_dim: int, num_patches: int, patch_pixels: int, dim: int = 128, depth: int = 2, heads: int = 4, prefix_tokens: int = 1) -> None:
         super().__init__()
@@ -58,6 +61,8 @@ class MAEMethod(nn.Module):
     Judge it by fine-tuning (eval=finetune): MAE's linear probe is weak by design (the paper's Table 1 vs Fig. 9).
     """
 
+    backbone: Any  # a ViT (protocols.is_vit): tokens, pool, patch_size, out_dim, model; nn.Module's __getattr__ would type them Tensor | Module
+
     modalities = ("image",)
 
     def __init__(
@@ -80,17 +85,17 @@ class MAEMethod(nn.Module):
                 f"got {type(backbone).__name__}"
             )
         self.backbone, self.projector, self.loss, self.mask_ratio, self.name = backbone, projector, loss, mask_ratio, name
-        self.patch, self.channels = backbone.patch_size, channels
-        num_patches = backbone.num_patches(image_size)
+        self.patch, self.channels = self.backbone.patch_size, channels
+        num_patches = self.backbone.num_patches(image_size)
         random_masking(1, num_patches, mask_ratio)  # a ratio that keeps none or masks none stops here, at build
         self.decoder = MAEDecoder(
-            backbone.out_dim,
+            self.backbone.out_dim,
             num_patches,
             self.patch * self.patch * channels,
             decoder_dim,
             decoder_depth,
             decoder_heads,
-            prefix_tokens=backbone.model.num_prefix_tokens,
+            prefix_tokens=self.backbone.model.num_prefix_tokens,
         )
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:

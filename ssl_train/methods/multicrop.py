@@ -4,6 +4,7 @@ sharpened outputs; SwAV: prototype scores with Sinkhorn codes)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -16,14 +17,16 @@ from ssl_train.losses.precision import float32_linear
 from ssl_train.methods.common import encode_views
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.queue import FeatureQueue
+from ssl_train.protocols import width_of
 
 
-def check_dino_parts(projector: nn.Module, loss: nn.Module) -> None:
-    """DINO and iBOT need a DINOHead and a DINOLoss of the head's width."""
+def check_dino_parts(projector: nn.Module, loss: nn.Module) -> tuple[DINOHead, DINOLoss]:
+    """DINO and iBOT need a DINOHead and a DINOLoss of the head's width; returns both, as those types."""
     if not isinstance(projector, DINOHead):
         raise ValueError(f"DINO needs head=dino (a DINOHead with a weight-normalised last layer), got {type(projector).__name__}")
     if not isinstance(loss, DINOLoss) or loss.center.shape[-1] != projector.out_dim:
         raise ValueError(f"DINO: loss.out_dim must equal the head's out_dim ({projector.out_dim})")
+    return projector, loss
 
 
 def freeze_last_layer(head: DINOHead) -> None:
@@ -73,7 +76,7 @@ class DINOMethod(nn.Module):
         name: str = "dino",
     ) -> None:
         super().__init__()
-        check_dino_parts(projector, loss)
+        projector, loss = check_dino_parts(projector, loss)
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.teacher = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector)
         self._register_load_state_dict_pre_hook(
@@ -119,6 +122,8 @@ class SwAVMethod(nn.Module):
     (the paper's queue for small batches).
     """
 
+    step: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -135,11 +140,11 @@ class SwAVMethod(nn.Module):
         if num_prototypes < 2:
             raise ValueError(f"SwAV: method.num_prototypes must be >= 2, got {num_prototypes}")
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
-        self.prototypes = nn.Linear(projector.out_dim, num_prototypes, bias=False)
+        self.prototypes = nn.Linear(width_of(projector), num_prototypes, bias=False)
         self.freeze_prototypes_steps, self.num_global_views = freeze_prototypes_steps, num_global_views
         # the reference's queue (main_swav.py, --queue_length, --epoch_queue_starts): past embeddings of each global
         # view join the batch for Sinkhorn once full; in the state_dict, so a resumed run keeps it
-        self.queues = nn.ModuleList(FeatureQueue(queue_size, projector.out_dim) for _ in range(num_global_views)) if queue_size else None
+        self.queues = nn.ModuleList(FeatureQueue(queue_size, width_of(projector)) for _ in range(num_global_views)) if queue_size else None
         self.queue_start_steps = queue_start_steps
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
@@ -152,10 +157,11 @@ class SwAVMethod(nn.Module):
         num_global = min(self.num_global_views, len(views))
         queue_scores = None
         if self.queues is not None and self.training and int(self.step) >= self.queue_start_steps:
-            if all(int(q.filled) == len(q.features) for q in self.queues[:num_global]):  # used once full, as the reference
+            queues = cast(Sequence[FeatureQueue], self.queues)  # nn.ModuleList is not generic: its items type as Module
+            if all(int(q.filled) == len(q.features) for q in queues[:num_global]):  # used once full, as the reference
                 with torch.no_grad():
-                    queue_scores = [float32_linear(q.get(), self.prototypes.weight) for q in self.queues[:num_global]]
-            for queue, z in zip(self.queues, embeddings[:num_global], strict=False):
+                    queue_scores = [float32_linear(q.get(), self.prototypes.weight) for q in queues[:num_global]]
+            for queue, z in zip(queues, embeddings[:num_global], strict=False):
                 queue.push(z.detach())
         loss = self.loss(scores, num_global=num_global, queue_scores=queue_scores)
         return {"loss": loss, "features": features[0].detach(), "logs": {"queue_in_use": float(queue_scores is not None)}}

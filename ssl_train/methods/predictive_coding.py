@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ class CPCMethod(nn.Module):
     One view per sample: CPC's positives come from the sequence's own future, not from augmentation. The probe
     reads the backbone's pooled context (`features`).
     """
+
+    loss: Any  # a CPCLoss: loss_and_accuracy(z, predictions)
 
     modalities = ("sequence", "waveform")
 

@@ -15,6 +15,11 @@ class FeatureQueue(nn.Module):
     the filled part. `push` takes this rank's batch and enqueues the batch gathered from all ranks.
     """
 
+    # buffers (register_buffer below)
+    features: torch.Tensor
+    pointer: torch.Tensor
+    filled: torch.Tensor
+
     def __init__(self, size: PositiveInt, dim: PositiveInt, random_init: bool = False) -> None:
         super().__init__()
         if size < 1:

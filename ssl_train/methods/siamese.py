@@ -10,7 +10,7 @@ from torch import nn
 from ssl_train.constraints import PositiveInt
 from ssl_train.methods.common import encode_views, pairs_over_views
 from ssl_train.methods.queue import FeatureQueue
-from ssl_train.protocols import takes
+from ssl_train.protocols import takes, width_of
 
 
 class SiameseMethod(nn.Module):
@@ -56,8 +56,8 @@ class NNCLRMethod(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
-        self.predictor = predictor(in_dim=projector.out_dim)
-        self.support_set = FeatureQueue(support_set_size, projector.out_dim)
+        self.predictor = predictor(in_dim=width_of(projector))
+        self.support_set = FeatureQueue(support_set_size, width_of(projector))
 
     @torch.no_grad()
     def nearest_neighbour(self, z: torch.Tensor) -> torch.Tensor:

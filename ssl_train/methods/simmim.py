@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ class SimMIMMethod(nn.Module):
     blocks of 16 px patches at 224 px), `mask_ratio` the share of blocks masked (0.6). `features` for the online probe
     are the pooled encoding of the masked image (no second pass). `projector` is unused (head=identity)."""
 
+    backbone: Any  # a ViT (protocols.is_vit) or a FeatureMapEncoder: tokens / stages, pool, patch_size, out_dim, model
+
     modalities = ("image",)
 
     def __init__(
@@ -41,10 +44,10 @@ class SimMIMMethod(nn.Module):
         self.backbone, self.projector, self.loss, self.mask_ratio, self.name = backbone, projector, loss, mask_ratio, name
         self.is_vit = is_vit(backbone)
         if self.is_vit:
-            stride, features = backbone.patch_size, backbone.out_dim
+            stride, features = self.backbone.patch_size, self.backbone.out_dim
             if mask_patch_size % stride:
                 raise ValueError(f"method.mask_patch_size={mask_patch_size} must be a multiple of the ViT's patch size {stride}")
-            self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(backbone.out_dim), std=0.02, a=-0.02, b=0.02))
+            self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(self.backbone.out_dim), std=0.02, a=-0.02, b=0.02))
         elif isinstance(backbone, FeatureMapEncoder):
             was_training = backbone.training
             with torch.no_grad():  # in eval mode: the dry forward must not move BatchNorm's running statistics

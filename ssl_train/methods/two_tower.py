@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ssl_train.protocols import width_of
 
 
 class CLIPMethod(nn.Module):
@@ -18,13 +21,15 @@ class CLIPMethod(nn.Module):
     (ssl_train.eval.zero_shot) compare. The text projection has no bias, as CLIP's `text_projection`.
     """
 
+    loss: Any  # a CLIPLoss or SigLIPLoss: its learnt logit_scale and clamp_()
+
     modalities = ("image_text",)
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, text_encoder: nn.Module, name: str = "clip") -> None:
         super().__init__()
         self.backbone, self.projector, self.loss, self.text_encoder, self.name = backbone, projector, loss, text_encoder, name
-        self.text_projection = nn.Linear(text_encoder.out_dim, projector.out_dim, bias=False)
-        nn.init.normal_(self.text_projection.weight, std=text_encoder.out_dim**-0.5)
+        self.text_projection = nn.Linear(width_of(text_encoder), width_of(projector), bias=False)
+        nn.init.normal_(self.text_projection.weight, std=width_of(text_encoder) ** -0.5)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(self.backbone(images)).float(), dim=1)

@@ -26,6 +26,7 @@ from ssl_train.metrics import EPOCHS, GLOBAL_BATCH_SIZE, KNN_TOP1, LINEAR_TOP1, 
 from ssl_train.modalities import modality as kind_named
 from ssl_train.modalities.check import modalities_of
 from ssl_train.portable import CARD_FILE, CONFIG_FILE, MODELING_FILE, WEIGHTS_FILE, encoder_spec, portable_module
+from ssl_train.protocols import width_of
 from ssl_train.run_dir import METRICS_FILE, fresh_dir
 from ssl_train.tracking.trackers import git_commit
 
@@ -199,7 +200,7 @@ def export_backbone(
         "encoder": spec,
         "weights": weights_file,
         "modality": modality,
-        "out_dim": int(encoder.out_dim),
+        "out_dim": int(width_of(encoder)),
         "input": kind.export_input(splits),
         "method": cfg.method.get("name"),
         "data": cfg.data.source.get("_target_", "?").rsplit(".", 1)[-1],
