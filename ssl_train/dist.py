@@ -29,13 +29,13 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
         gathered = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(gathered, tensor.contiguous())
         return tuple(gathered)
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([g.contiguous() for g in grads])
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         return stacked[dist.get_rank()]

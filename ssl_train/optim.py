@@ -33,7 +33,8 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 def param_groups(module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True, no_decay_names: Sequence[str] = ()) -> list[dict]:
     """Two groups: weights with decay; biases and norm parameters (ndim <= 1) and parameters whose name contains one of
     `no_decay_names` (a ViT's pos_embed, cls_token) without it, and not LARS-adapted."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
@@ -72,7 +73,7 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable | None = None):  # type: ignore[override]
+    def step(self, closure: Callable | None = None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -115,7 +116,7 @@ class WarmupCosineSchedule(torch.optim.lr_scheduler.LambdaLR):
             group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0))
         super().__init__(optimizer, lr_lambdas)
 
-    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+    def step(self, epoch: int | None = None) -> None:
         super().step(epoch)
         for group in self.optimizer.param_groups:
             if group.get("weight_decay_end") is not None:

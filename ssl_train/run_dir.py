@@ -118,7 +118,7 @@ def claim_output_dir(output_dir: Path) -> Path:
 def exclusive_run_dir(output_dir: Path) -> Iterator[None]:
     """Hold an advisory lock on <output_dir>/.lock while the run lives: a second run given the same directory refuses
     at once and touches nothing. The lock dies with the process (kill -9 included), so a requeued job can take over."""
-    if rank_zero_only.rank != 0:  # DDP ranks > 0 share rank 0's directory
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # DDP ranks > 0 share rank 0's directory; .rank is set by lightning at import
         yield
         return
     lock = output_dir / ".lock"
@@ -148,7 +148,7 @@ def save_hydra_files(output_dir: Path, files: Mapping[str, str]) -> None:
     the run claimed the directory: Hydra itself writes them before the task starts, over those of a finished run a rerun is
     then refused for (configs/hydra/default.yaml sets output_subdir: null). A file already there with the same text is
     kept; a different one is never replaced (config-1.yaml, ...). Rank 0 only; no files (tests, the Python API): nothing."""
-    if rank_zero_only.rank != 0:
+    if rank_zero_only.rank != 0:  # type: ignore[attr-defined]  # lightning sets rank_zero_only.rank at import: invisible to mypy
         return
     for name, text in files.items():
         keep_or_write_new(output_dir / HYDRA_SUBDIR / name, text)
@@ -167,7 +167,7 @@ def claimed_run_dir(output_dir: Path, hydra_files: Mapping[str, str] | None = No
 def save_resolved_config(cfg: DictConfig, output_dir: Path) -> Path:
     """<output_dir>/config_resolved.yaml (kept when a resumed run's is the same, else config_resolved-1.yaml, ...); written by rank 0."""
     path = output_dir / "config_resolved.yaml"
-    return keep_or_write_new(path, OmegaConf.to_yaml(cfg, resolve=True)) if rank_zero_only.rank == 0 else path
+    return keep_or_write_new(path, OmegaConf.to_yaml(cfg, resolve=True)) if rank_zero_only.rank == 0 else path  # type: ignore[attr-defined]  # lightning sets rank_zero_only.rank at import: invisible to mypy
 
 
 def finished_training(output_dir: Path) -> dict[str, Any] | None:

@@ -113,7 +113,7 @@ class STL10Source:
             if len(images) != len(labels):
                 raise UserError(f"{folder}: {split} has {len(images)} images but {len(labels)} labels")
             arrays[split] = limited(np.ascontiguousarray(images), labels, self.train_limit if split == "train" else self.test_limit, seed=int(split == "test"))
-        pretrain = None
+        pretrain: Dataset | None = None
         if self.pretrain_split != "train":
             unlabeled = UnlabeledArrayDataset(self._images(_require(folder / "unlabeled_X.bin", hint)))
             if self.pretrain_split == "train+unlabeled":

@@ -193,5 +193,5 @@ class UnlabeledFolderSource:
             raise UserError("data.source.probe: unlabeled pretraining needs a labelled source for the probe (e.g. an image folder)")
         splits = self.probe.load()
         paths = _limited_files(paths, [-1] * len(paths), self.train_limit, seed=0)[0]
-        splits.pretrain = ImageFileDataset(paths, [-1] * len(paths), splits.input_spec.channels, self.max_pixels)  # type: ignore[arg-type]
+        splits.pretrain = ImageFileDataset(paths, [-1] * len(paths), splits.input_spec.channels, self.max_pixels)
         return splits

@@ -179,7 +179,8 @@ def gif_frames(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
     if len(data) < 13:
         raise ImageRefused("GIF is shorter than its header")
     width, height, packed = struct.unpack("<HHB", data[6:11])
-    pos, colours, frames = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0), bool(packed & 0x80), []
+    frames: list[tuple[int, int, int]] = []
+    pos, colours = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0), bool(packed & 0x80)
     while True:
         if pos >= len(data):
             raise ImageRefused(f"GIF ends at byte {pos} without its trailer (truncated?)")
@@ -220,7 +221,8 @@ def check_gif(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
     `max_pixels`: the decoder returns every frame at the screen's size, so frames x screen pixels count, and it holds
     every frame's pixels while decoding, so their sum counts too; else ImageRefused."""
     if len(data) >= 10:
-        check_size("GIF", *struct.unpack("<HH", data[6:10]), max_pixels)
+        screen_width, screen_height = struct.unpack("<HH", data[6:10])
+        check_size("GIF", screen_width, screen_height, max_pixels)
     width, height, frames = gif_frames(data)
     if len(frames) * width * height > max_pixels:
         raise ImageRefused(

@@ -10,6 +10,7 @@ import io
 import pickle
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,7 +43,7 @@ ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
     **{
-        (f"{package}.{module}", name): (lambda module=module, name=name: _numpy_core(module, name))
+        (f"{package}.{module}", name): partial(_numpy_core, module, name)
         for package in ("numpy.core", "numpy._core")
         for module, names in _NUMPY_NAMES.items()
         for name in names

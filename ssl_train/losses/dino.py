@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,8 @@ class DINOLoss(nn.Module):
     def forward(self, student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         teacher_probs = [F.softmax((t.float().detach() - self.center) / self.current_teacher_temp, dim=-1) for t in teacher_outputs]
         student_log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_outputs]
-        total, pairs = 0.0, 0
+        total: Any = 0.0  # a Tensor from the first pair on
+        pairs = 0
         for i, q in enumerate(teacher_probs):
             for j, log_p in enumerate(student_log_probs):
                 if i == j:

@@ -4,6 +4,7 @@ global view, the teacher's centred and sharpened distribution of the same patch 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +26,15 @@ class IBOTPatchLoss(DINOLoss):
     """
 
     @float32
-    def forward(
+    def forward(  # type: ignore[override]  # patches and masks, not DINOLoss's two lists of outputs
         self,
         student_patches: Sequence[torch.Tensor],
-        teacher_patches: Sequence[torch.Tensor],  # type: ignore[override]
+        teacher_patches: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
     ) -> torch.Tensor:
         if not len(student_patches) == len(teacher_patches) == len(masks) >= 1:
             raise ValueError("IBOTPatchLoss: one student output, teacher output and mask per global view")
-        total = 0.0
+        total: Any = 0.0  # a Tensor from the first view on
         for student, teacher, mask in zip(student_patches, teacher_patches, masks, strict=True):
             target = F.softmax((teacher.float().detach() - self.center) / self.current_teacher_temp, dim=-1)
             per_patch = (-target * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)  # (N, L)

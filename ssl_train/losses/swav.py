@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,8 @@ class SwAVLoss(nn.Module):
     def forward(self, scores: Sequence[torch.Tensor], num_global: int = 2, queue_scores: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         if len(scores) < 2 or not 1 <= num_global <= len(scores):
             raise ValueError(f"SwAVLoss needs >= 2 views and 1 <= num_global <= views, got {len(scores)} views, num_global={num_global}")
-        total, pairs = 0.0, 0
+        total: Any = 0.0  # a Tensor from the first pair on
+        pairs = 0
         for i in range(num_global):
             s = scores[i].detach()
             if queue_scores is not None:

@@ -32,14 +32,14 @@ def embedding_map(features: torch.Tensor, method: str = "auto", seed: int = 0) -
     x = features.float().numpy()
     if method in ("auto", "umap"):
         try:
-            import umap  # type: ignore[import-not-found]
+            import umap
 
             return torch.from_numpy(umap.UMAP(random_state=seed).fit_transform(x)).float(), "umap"
         except ImportError:
             if method == "umap":
                 raise
     if method == "tsne":
-        from sklearn.manifold import TSNE  # type: ignore[import-not-found]
+        from sklearn.manifold import TSNE
 
         return torch.from_numpy(TSNE(2, random_state=seed, init="pca").fit_transform(x)).float(), "tsne"
     centred = features.float() - features.float().mean(0)

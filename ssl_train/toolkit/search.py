@@ -14,7 +14,7 @@ def knn_search(queries: torch.Tensor, gallery: torch.Tensor, k: int, use_faiss: 
     q, g = F.normalize(queries.float(), dim=1), F.normalize(gallery.float(), dim=1)
     if use_faiss:
         try:
-            import faiss  # type: ignore[import-not-found]
+            import faiss
 
             index = faiss.IndexFlatIP(g.shape[1])
             index.add(g.numpy())

@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter as FabricExperimentWriter
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -128,7 +129,7 @@ class AppendingCSVLogger(CSVLogger):
     """CSVLogger that appends to the metrics.csv of an earlier segment of the same run directory (Lightning's deletes it)."""
 
     @property
-    def experiment(self) -> ExperimentWriter:
+    def experiment(self) -> FabricExperimentWriter:  # as CSVLogger.experiment
         if self._experiment is None:
             self._experiment = _AppendingCSVWriter(log_dir=self.log_dir)
         return self._experiment
@@ -159,7 +160,7 @@ def build_loggers(logger_cfg: Mapping[str, Any] | None, instantiate: Any, tracke
         if not isinstance(node, Mapping) or "_target_" not in node:
             raise UserError(f"logger.{name} is not a logger config (no _target_); choose loggers with logger=[tensorboard,wandb,mlflow,csv]")
         tracker, argument = RESUMABLE.get(str(node["_target_"]), (None, None))
-        extra = {argument: tracker_runs[tracker]} if tracker and tracker_runs and tracker_runs.get(tracker) else {}
+        extra = {argument: tracker_runs[tracker]} if tracker and argument and tracker_runs and tracker_runs.get(tracker) else {}
         loggers.append(instantiate(node, **extra))
     return loggers
 
