@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -29,7 +29,8 @@ class ThroughputMeter(pl.Callback):
     """Source images per second over training batches (data loading included, validation excluded), all ranks."""
 
     def __init__(self) -> None:
-        self.images, self.seconds, self._started = 0, 0.0, None
+        self.images, self.seconds = 0, 0.0
+        self._started: float | None = None
 
     def _start(self) -> None:
         self._started = time.perf_counter()
@@ -76,7 +77,7 @@ class ConfigInCheckpoint(pl.Callback):
 
 def rng_states() -> dict[str, Any]:
     """The global RNG states (python, numpy, torch CPU and CUDA) as tensors and plain values: loadable weights-only."""
-    numpy_state = np.random.get_state()
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())  # the legacy tuple: numpy's global RNG is MT19937
     states: dict[str, Any] = {
         "python": random.getstate(),
         "torch": torch.get_rng_state(),
@@ -174,7 +175,7 @@ class Preemption(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Under DDP the ranks agree through an all-reduce, which blocks the host on the GPU: only at logging steps (a
         # signal waits at most log_every_n_steps batches). One process reads its own flag after every batch (no sync)
-        agreeing = trainer.world_size > 1 and trainer.global_step % max(1, trainer.log_every_n_steps) != 0
+        agreeing = trainer.world_size > 1 and trainer.global_step % max(1, trainer.log_every_n_steps) != 0  # type: ignore[attr-defined]  # set outside Trainer.__init__
         if batch_idx + 1 < trainer.num_training_batches and not agreeing:  # after an epoch's last batch come its validation and
             self._stop_if_signalled(trainer, pl_module)  # checkpoints: a signal then is acted on once they are written (below)
 

@@ -8,7 +8,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -41,7 +41,7 @@ def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
     for metrics_path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
         overrides_path = metrics_path.parent / HYDRA_SUBDIR / "overrides.yaml"
-        overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_path))] if overrides_path.is_file() else []
+        overrides = [str(o) for o in cast(list, OmegaConf.to_container(OmegaConf.load(overrides_path)))] if overrides_path.is_file() else []  # a list
         jobs.append((metrics_path, overrides))
     shared = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
     # only the overrides that tell the jobs apart

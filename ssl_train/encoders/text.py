@@ -9,6 +9,7 @@ uses them as they use an image encoder. In training mode their dropout is SimCSE
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -122,7 +123,7 @@ class CharCNNEncoder(nn.Module):
         pooled = []
         for convs, norms in zip(self.convs, self.norms, strict=True):
             x = embedded
-            for conv, norm in zip(convs, norms, strict=True):
+            for conv, norm in zip(cast(nn.ModuleList, convs), cast(nn.ModuleList, norms), strict=True):  # ModuleList's items type as Module
                 x = torch.relu(norm(conv(x)[..., : tokens.shape[1]].transpose(1, 2)).transpose(1, 2)) * keep
             pooled.append(x.masked_fill(~keep, float("-inf")).amax(-1))
         return torch.cat(pooled, dim=1)

@@ -101,16 +101,17 @@ def evaluate_two_tower(
         return {}
     if not (callable(getattr(model, "encode_image", None)) and callable(getattr(model, "encode_text", None))):
         raise UserError(f"eval={','.join(evaluators)}: {'/'.join(evaluators)} need an image-text model (method=clip); this run's method has no text tower")
+    towers: Any = model  # its encode_image / encode_text, checked above
     was_training = model.training
     model.eval().to(device)
     images, captions, labels = [], [], []
     for (image, tokens), label in DataLoader(test_pairs, batch_size=batch_size):
-        images.append(model.encode_image(image.to(device)).cpu())
-        captions.append(model.encode_text(tokens.to(device)).cpu())
+        images.append(towers.encode_image(image.to(device)).cpu())
+        captions.append(towers.encode_text(tokens.to(device)).cpu())
         labels.append(label)
 
     def embed_texts(texts: Sequence[str]) -> torch.Tensor:
-        return model.encode_text(tokenizer.encode_batch(list(texts)).to(device)).cpu()
+        return towers.encode_text(tokenizer.encode_batch(list(texts)).to(device)).cpu()
 
     image_x, caption_x, y = torch.cat(images), torch.cat(captions), torch.cat(labels)
     results = {f"{name}_{k}": v for name, e in evaluators.items() for k, v in e.evaluate_two_tower(image_x, caption_x, y, embed_texts, class_names).items()}
