@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning.pytorch as pl
@@ -109,7 +109,7 @@ def build_datamodule(data_cfg: DictConfig, views: Any = None, world_size: int = 
 
 def build_evaluators(eval_cfg: DictConfig) -> dict[str, Any]:
     """{'linear': LinearProbe, 'knn': KNNClassifier, ...} from the `eval` group; null entries are skipped."""
-    return {name: instantiate("eval", node) for name, node in eval_cfg.items() if node is not None}
+    return {str(name): instantiate("eval", node) for name, node in eval_cfg.items() if node is not None}
 
 
 def use_channels_last(setting: bool | str, backbone: Any) -> bool:
@@ -138,7 +138,7 @@ def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> 
     projector = instantiate("head", instantiate("head", cfg.head), in_dim=backbone.out_dim)
     loss = instantiate("loss", cfg.loss)
     method_class = hydra.utils.get_class(cfg.method._target_)
-    if isinstance(projector, StepPredictor) and typing.get_type_hints(method_class.__init__).get("projector") is not StepPredictor:
+    if isinstance(projector, StepPredictor) and typing.get_type_hints(method_class.__init__).get("projector") is not StepPredictor:  # type: ignore[misc]  # a class's __init__, for its annotations
         raise UserError(
             f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
             "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)"
@@ -176,7 +176,7 @@ def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
     validate(cfg)
     # ResumeState first: its batch-end position must be current when another callback (Preemption) saves a checkpoint
     callbacks = [ResumeState(), *(instantiate("callbacks", node) for node in (cfg.get("callbacks") or {}).values() if node is not None)]
-    callbacks += [ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)), TrackerRunsInCheckpoint()]
+    callbacks += [ConfigInCheckpoint(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))), TrackerRunsInCheckpoint()]
     loggers = build_loggers(cfg.get("logger"), lambda node, **extra: instantiate("logger", node, **extra), tracker_runs)
     logger = loggers or False
     if logger is False:  # nothing to log learning rates to (Lightning would stop with a MisconfigurationException)

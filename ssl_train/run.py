@@ -6,7 +6,7 @@ import contextlib
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -42,7 +42,7 @@ def run(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
             if trainer.is_global_zero:
                 log_run_start(
                     trainer.loggers,
-                    OmegaConf.to_container(cfg, resolve=True),
+                    cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)),
                     git_commit(),
                     command_line(launch.overrides),
                     [config_path],
@@ -112,7 +112,7 @@ def train_and_evaluate(cfg: DictConfig, built: Built, resume: ResumePoint, outpu
     scores = baselines(cfg, built, protocol) if protocol and cfg.baseline and trainer.is_global_zero else {}
     scores |= train(built, resume, output_dir, cfg.pretrain, bool(cfg.get("trust_checkpoint", False)))
     if protocol and trainer.is_global_zero:
-        preemption = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)
+        preemption = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)  # type: ignore[attr-defined]  # set outside Trainer.__init__
         with preemption.stopping_evaluation() if preemption else contextlib.nullcontext():  # a signal now: one line, training kept
             scores |= protocol.trained(features_of(cfg, built, built.backbone), built.method)
     return scores

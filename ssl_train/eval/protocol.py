@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -86,7 +86,8 @@ class EvaluationProtocol:
         """Every feature / encoder evaluator (or only `evaluators`) on the frozen `encoder`: {'linear_top1': ..., ...}."""
         dm = self.datamodule
         chosen = self.evaluators if evaluators is None else evaluators
-        return evaluate_encoder(encoder, *dm.probe_datasets(), dm.splits.num_classes, chosen, self.device, dm.eval_batch_size)
+        train_set, test_set = dm.probe_datasets()
+        return evaluate_encoder(encoder, train_set, test_set, dm.splits.num_classes, chosen, self.device, dm.eval_batch_size)
 
     def pair_scores(self, model: nn.Module, tokenizer: Any = None) -> dict[str, float]:
         """The image-text evaluators on the test pairs for `model`'s two towers, captions tokenised by `tokenizer` (default: the data's)."""
@@ -143,9 +144,14 @@ def evaluation_device(trainer: Any = None) -> torch.device:
 
 def configured_protocol(cfg: DictConfig, datamodule: Any, device: torch.device, data_cfg: DictConfig | None = None) -> EvaluationProtocol:
     """The protocol of cfg.eval on `datamodule`; baselines cached under paths.cache_dir, keyed by `data_cfg` (default cfg.data)."""
-    data = OmegaConf.to_container(cfg.data if data_cfg is None else data_cfg, resolve=True)
+    data = cast(dict[str, Any], OmegaConf.to_container(cfg.data if data_cfg is None else data_cfg, resolve=True))
     return EvaluationProtocol(
-        build_evaluators(cfg.eval), datamodule, device, ResultCache(cfg.paths.get("cache_dir")), data, OmegaConf.to_container(cfg.eval, resolve=True)
+        build_evaluators(cfg.eval),
+        datamodule,
+        device,
+        ResultCache(cfg.paths.get("cache_dir")),
+        data,
+        cast(dict[str, Any], OmegaConf.to_container(cfg.eval, resolve=True)),
     )
 
 

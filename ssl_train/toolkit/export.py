@@ -11,7 +11,7 @@ import inspect
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -183,7 +183,11 @@ def export_backbone(
     serves = modalities_of(cfg.backbone) or ()
     splits, kind = build_datamodule(cfg.data).splits, kind_named(modality)
     spec = encoder_spec(
-        encoder, OmegaConf.to_container(cfg.backbone, resolve=True), in_channels, modality if len(serves) > 1 else None, kind.size(splits.input_spec)
+        encoder,
+        cast(dict[str, Any], OmegaConf.to_container(cfg.backbone, resolve=True)),
+        in_channels,
+        modality if len(serves) > 1 else None,
+        kind.size(splits.input_spec),
     )  # kept only by an encoder that takes image_size (a ViT)
     if fmt == "safetensors":
         from safetensors.torch import save_file
@@ -221,7 +225,7 @@ def export_backbone(
         if onnx:
             torch.onnx.export(
                 encoder,
-                example,
+                example,  # type: ignore[arg-type]  # a Tensor stands for (tensor,), as torch.onnx.export's documentation says
                 str(out / "backbone.onnx"),
                 input_names=["images"],
                 output_names=["features"],
