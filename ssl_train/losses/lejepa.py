@@ -31,8 +31,15 @@ class LeJEPALoss(nn.Module):
     gathered with gradients, so the empirical CF and N are the global batch's (the official code all-reduces the ECF).
     """
 
-    def __init__(self, lambd: OpenFraction = 0.05, num_slices: PositiveInt = 256, knots: Knots = 17, t_max: Positive = 3.0,
-                 gather_distributed: bool = True) -> None:
+    # buffers (register_buffer below)
+    t: torch.Tensor
+    phi: torch.Tensor
+    weights: torch.Tensor
+    step: torch.Tensor
+
+    def __init__(
+        self, lambd: OpenFraction = 0.05, num_slices: PositiveInt = 256, knots: Knots = 17, t_max: Positive = 3.0, gather_distributed: bool = True
+    ) -> None:
         super().__init__()
         if not 0 < lambd < 1:
             raise ValueError(f"LeJEPALoss: lambd weighs SIGReg against prediction and must be in (0, 1), got {lambd}")

@@ -29,8 +29,14 @@ class SigLIPLoss(nn.Module):
     Inputs: (N, D) image and text embeddings (the rows of a pair at the same index), normalised here; logits in float32.
     """
 
-    def __init__(self, init_logit_scale: Positive = 10.0, init_logit_bias: Bias = -10.0, max_logit_scale: Positive = 100.0,
-                 learn_temperature: bool = True, gather_distributed: bool = True) -> None:
+    def __init__(
+        self,
+        init_logit_scale: Positive = 10.0,
+        init_logit_bias: Bias = -10.0,
+        max_logit_scale: Positive = 100.0,
+        learn_temperature: bool = True,
+        gather_distributed: bool = True,
+    ) -> None:
         super().__init__()
         if not max_logit_scale >= init_logit_scale > 0:
             raise ValueError(f"SigLIPLoss: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}")
