@@ -46,12 +46,14 @@ class StepClock(pl.Callback):
 
 def timed(hook: Callable[..., Any], spent: list[float]) -> Callable[..., Any]:
     """`hook`, adding the seconds each call takes to spent[0]."""
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             return hook(*args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - start
+
     return wrapper
 
 
@@ -59,7 +61,7 @@ def trimmed_mean(values: list[float]) -> float:
     """The mean without the slowest and fastest tenth: a burst of load from another process on shared cores moves it less."""
     ordered = sorted(values)
     cut = len(ordered) // 10
-    kept = ordered[cut: len(ordered) - cut] or ordered
+    kept = ordered[cut : len(ordered) - cut] or ordered
     return sum(kept) / len(kept)
 
 
@@ -94,6 +96,11 @@ def calibrate(built: Any, warmup: int, global_batch: int) -> Calibration:
     periodic_s = {every: cell[0] for every, cell in periodic.items()}
     epoch_end = max(0.0, end - ends[-1] - clock.validation_s - sum(periodic_s.values()))
     return Calibration(
-        step_s=step_s, fixed_s=max(0.0, (ends[warmup - 1] - start) - warmup * step_s) if warmup else 0.0, epoch_end_s=epoch_end,
-        validation_s=clock.validation_s, periodic_s=periodic_s, steps=timed_steps, images_per_s=global_batch / step_s if step_s > 0 else 0.0,
+        step_s=step_s,
+        fixed_s=max(0.0, (ends[warmup - 1] - start) - warmup * step_s) if warmup else 0.0,
+        epoch_end_s=epoch_end,
+        validation_s=clock.validation_s,
+        periodic_s=periodic_s,
+        steps=timed_steps,
+        images_per_s=global_batch / step_s if step_s > 0 else 0.0,
     )

@@ -96,16 +96,22 @@ def refusals(cfg: DictConfig, shape: Shape, fit: BatchFit | None) -> list[str]:
     """What cannot work as configured, one line each."""
     lines = []
     if shape.global_batch % shape.devices:
-        lines.append(f"data.batch_size={shape.global_batch} does not divide across {shape.devices} devices (trainer.devices x trainer.num_nodes): "
-                     f"pick a multiple of {shape.devices}")
+        lines.append(
+            f"data.batch_size={shape.global_batch} does not divide across {shape.devices} devices (trainer.devices x trainer.num_nodes): "
+            f"pick a multiple of {shape.devices}"
+        )
     if cfg.pretrain and shape.batches_per_epoch == 0:
         lines.append(f"data.batch_size={shape.global_batch}: the train split holds less than one batch per device, so training has zero steps")
     elif cfg.pretrain and (shape.steps_per_epoch == 0 or shape.total_steps == 0):
-        lines.append(f"trainer.limit_train_batches={cfg.trainer.get('limit_train_batches')}, trainer.max_epochs={cfg.trainer.max_epochs}, "
-                     f"trainer.max_steps={cfg.trainer.get('max_steps', -1)} leave zero training steps ({shape.batches_per_epoch} batches per epoch)")
+        lines.append(
+            f"trainer.limit_train_batches={cfg.trainer.get('limit_train_batches')}, trainer.max_epochs={cfg.trainer.max_epochs}, "
+            f"trainer.max_steps={cfg.trainer.get('max_steps', -1)} leave zero training steps ({shape.batches_per_epoch} batches per epoch)"
+        )
     if fit is not None and fit.largest < shape.per_device:
-        lines.append(f"data.batch_size={shape.global_batch} ({shape.per_device} per device) does not fit in memory here: "
-                     f"the largest batch that fits is ~{fit.largest} ({fit.describe()})")
+        lines.append(
+            f"data.batch_size={shape.global_batch} ({shape.per_device} per device) does not fit in memory here: "
+            f"the largest batch that fits is ~{fit.largest} ({fit.describe()})"
+        )
     return lines
 
 
@@ -132,22 +138,29 @@ def predicted_fit(c: Calibration, shape: Shape) -> float:
     return c.fixed_s + shape.total_steps * c.step_s + shape.epochs * c.epoch_end_s + shape.val_epochs * c.validation_s + periodic
 
 
-def table(cfg: DictConfig, shape: Shape, parts: dict[str, float], c: Calibration | None, ev: EvaluationEstimate, fit: BatchFit | None,
-          memory: dict[str, int]) -> list[str]:
+def table(
+    cfg: DictConfig, shape: Shape, parts: dict[str, float], c: Calibration | None, ev: EvaluationEstimate, fit: BatchFit | None, memory: dict[str, int]
+) -> list[str]:
     """The plan as lines: what runs, the predicted time and its parts, throughput, memory, the largest batch."""
     total = sum(parts.values())
-    lines = [f"[plan] {cfg.method.get('name', '?')} on {class_name(cfg.data)} with {class_name(cfg.backbone)}: "
-             f"{shape.epochs} epochs x {shape.steps_per_epoch} steps = {shape.total_steps} steps of {shape.global_batch} "
-             f"({shape.devices} device(s) x {shape.per_device})"]
+    lines = [
+        f"[plan] {cfg.method.get('name', '?')} on {class_name(cfg.data)} with {class_name(cfg.backbone)}: "
+        f"{shape.epochs} epochs x {shape.steps_per_epoch} steps = {shape.total_steps} steps of {shape.global_batch} "
+        f"({shape.devices} device(s) x {shape.per_device})"
+    ]
     if c is not None:
-        lines.append(f"[plan] calibrated here ({evaluation_device().type}, {torch.get_num_threads()} threads): {c.steps} steps after "
-                     f"{WARMUP} warm-up steps, one epoch end")
+        lines.append(
+            f"[plan] calibrated here ({evaluation_device().type}, {torch.get_num_threads()} threads): {c.steps} steps after "
+            f"{WARMUP} warm-up steps, one epoch end"
+        )
     lines.append(f"  predicted wall time        {total:8.0f} s ({total / 60:.1f} min)")
     for name, seconds in parts.items():
         lines.append(f"    {name:<24}{seconds:8.1f} s")
     if c is not None:
-        lines.append(f"      per step {c.step_s:.3f} s; per epoch end {c.epoch_end_s:.2f} s + validation {c.validation_s:.2f} s"
-                     + "".join(f" + every {n} epochs {s:.2f} s" for n, s in sorted(c.periodic_s.items())))
+        lines.append(
+            f"      per step {c.step_s:.3f} s; per epoch end {c.epoch_end_s:.2f} s + validation {c.validation_s:.2f} s"
+            + "".join(f" + every {n} epochs {s:.2f} s" for n, s in sorted(c.periodic_s.items()))
+        )
     lines.append(f"      evaluation: {ev.what}")
     if c is not None:
         lines.append(f"  images/s                   {c.images_per_s * shape.devices:8.0f}   ({c.images_per_s:.0f} per device)")
@@ -180,8 +193,11 @@ def plan(overrides: list[str]) -> int:
             memory["GPU"] = torch.cuda.max_memory_allocated(device)
         ev = evaluation_estimate(cfg, built, initial, build_evaluators(cfg.eval), device)
         fit = largest_batch(built, shape.per_device, device)
-    parts = {"start-up, build and exit": startup * (1 + EXIT_SHARE) + build_s, "training": predicted_fit(calibration, shape) if calibration else 0.0,
-             "evaluation": ev.trained_s + ev.baselines_s}
+    parts = {
+        "start-up, build and exit": startup * (1 + EXIT_SHARE) + build_s,
+        "training": predicted_fit(calibration, shape) if calibration else 0.0,
+        "evaluation": ev.trained_s + ev.baselines_s,
+    }
     for line in table(cfg, shape, parts, calibration, ev, fit, memory):
         print(line)
     refused = refusals(cfg, shape, fit)
@@ -195,4 +211,3 @@ def main(argv: list[str]) -> int:
     from ssl_train.cli import report_user_errors
 
     return int(report_user_errors(lambda: plan(argv)))
-

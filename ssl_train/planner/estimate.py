@@ -39,8 +39,9 @@ def timed_evaluation(encoder: nn.Module, datamodule: Any, evaluators: dict[str, 
     m_train = min(n_train, max(1, samples * n_train // (n_train + n_test)))
     m_test = min(n_test, max(1, samples - m_train))
     start = time.perf_counter()
-    evaluate_encoder(encoder, even_subset(train, m_train), even_subset(test, m_test), datamodule.splits.num_classes, evaluators, device,
-                     datamodule.eval_batch_size)
+    evaluate_encoder(
+        encoder, even_subset(train, m_train), even_subset(test, m_test), datamodule.splits.num_classes, evaluators, device, datamodule.eval_batch_size
+    )
     return (time.perf_counter() - start) * (n_train + n_test) / (m_train + m_test)
 
 
@@ -59,8 +60,9 @@ class EvaluationEstimate:
     what: str
 
 
-def evaluation_estimate(cfg: DictConfig, built: Any, initial: nn.Module, evaluators: dict[str, Any], device: torch.device,
-                        samples: int = 1024) -> EvaluationEstimate:
+def evaluation_estimate(
+    cfg: DictConfig, built: Any, initial: nn.Module, evaluators: dict[str, Any], device: torch.device, samples: int = 1024
+) -> EvaluationEstimate:
     """The evaluation run.py does after training (cfg.probe), with both baselines (cfg.baseline) unless cached."""
     pairs = two_tower_evaluators(evaluators)  # zero-shot, retrieval: both towers on the test pairs, not estimated
     evaluators = {name: e for name, e in evaluators.items() if name not in pairs}

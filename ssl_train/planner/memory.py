@@ -27,8 +27,7 @@ class BatchFit:
     def describe(self) -> str:
         """How the figure was found, in a few words."""
         how = "extrapolated" if self.extrapolated else "measured"
-        return (f"{how}; probed up to {self.measured_up_to}: {self.bytes_per_image / MiB:.2f} MiB per image, "
-                f"{self.available / 2**30:.1f} GiB available")
+        return f"{how}; probed up to {self.measured_up_to}: {self.bytes_per_image / MiB:.2f} MiB per image, {self.available / 2**30:.1f} GiB available"
 
 
 def available_memory(device: torch.device) -> int:
