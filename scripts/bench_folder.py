@@ -25,10 +25,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torchvision.io import encode_jpeg
 
 from ssl_train.build import build
+from ssl_train.composed import compose_run_config
 from ssl_train.data.datasets import EmbeddedFashionMNIST
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,15 +108,10 @@ def overrides_for(root: Path, on_device: str, workers: int, steps: int, out: str
     ]
 
 
-def compose_cfg(overrides: list[str]):
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def end_to_end(overrides: list[str], warmup: int) -> tuple[float, object]:
     """Steady-state training images/s of the config, and the built run (its first batch makes the ceiling's views)."""
     pl.seed_everything(0, verbose=False)
-    built = build(compose_cfg(overrides))
+    built = build(compose_run_config(overrides))
     meter = Meter(warmup)
     built.trainer.callbacks.append(meter)
     built.trainer.fit(built.module, datamodule=built.datamodule)
@@ -127,7 +122,7 @@ def ceiling(overrides: list[str], steps: int, warmup: int) -> tuple[float, str]:
     """Model-only images/s: the method's forward, backward and optimizer step in a plain loop on one pre-made batch of views
     (the hybrid path's own views of the first batch: the same shapes), no loader and no augmentation."""
     pl.seed_everything(0, verbose=False)
-    built = build(compose_cfg(overrides))
+    built = build(compose_run_config(overrides))
     images, labels = next(iter(built.datamodule.train_dataloader()))
     views = built.module.batched_views(images)
     if built.module.channels_last:

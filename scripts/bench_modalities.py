@@ -14,14 +14,11 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from ssl_train.build import build
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from ssl_train.composed import compose_run_config
 
 
 def timed(work: Callable[[], object], rounds: int) -> float:
@@ -36,9 +33,7 @@ def timed(work: Callable[[], object], rounds: int) -> float:
 
 
 def built_from(overrides: list[str]):  # ssl_train.build.Built
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "logger=csv", "paths.output_dir=/tmp/bench_modalities", "callbacks.preemption=null"])
-    return build(cfg)
+    return build(compose_run_config([*overrides, "logger=csv", "callbacks.preemption=null"], "/tmp/bench_modalities"))
 
 
 def view_rows(rounds: int) -> list[str]:

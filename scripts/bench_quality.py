@@ -24,8 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ssl_train.composed import CONFIG_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-METHOD_DIR = REPO / "configs" / "method"
+METHOD_DIR = CONFIG_DIR / "method"
 
 
 def paper(method: str) -> str:
@@ -46,9 +48,7 @@ def runs_on_images(method: str) -> bool:
     if "data" in picked:
         return False
     targets = [tree["method"]["_target_"]] + [
-        yaml.safe_load((REPO / "configs" / group / f"{picked[group]}.yaml").read_text()).get("_target_", "")
-        for group in ("backbone", "augment")
-        if group in picked
+        yaml.safe_load((CONFIG_DIR / group / f"{picked[group]}.yaml").read_text()).get("_target_", "") for group in ("backbone", "augment") if group in picked
     ]
     return all("image" in (modalities_of(target) or ("image",)) for target in targets if target)
 

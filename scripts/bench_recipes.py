@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from bench_throughput import CONFIG_DIR, PeakMemory, SteadyThroughput  # the same meters as the throughput benchmark
-from hydra import compose, initialize_config_dir
+from bench_throughput import PeakMemory, SteadyThroughput  # the same meters as the throughput benchmark
 
 from ssl_train.build import build, use_compile
+from ssl_train.composed import compose_run_config
 from ssl_train.data.datasets import embedded_arrays
 
 
@@ -88,8 +88,7 @@ def recipe_overrides(experiment: str, root: Path, steps: int, out: str, dry_run:
 
 def measure(overrides: list[str], warmup: int) -> dict:
     """Steady images/s after `warmup` steps, peak memory and what the run was built with."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_run_config(overrides)
     torch.manual_seed(0)
     built = build(cfg)
     meter = SteadyThroughput(warmup)

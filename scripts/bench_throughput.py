@@ -28,12 +28,11 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_train.build import build
+from ssl_train.composed import compose_run_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = {
     # (method, backbone, precision, augmentation path, num_workers, global batch)
     "cpu": [
@@ -142,13 +141,10 @@ def compose_row(
         "callbacks.last_checkpoint=null",
         "callbacks.lr_monitor=null",
         "callbacks.online_eval=null",
-        f"paths.output_dir={out}",
     ]
     if dry_run:  # a GPU row on the CPU with tiny inputs: checks the row composes, builds and steps
         overrides += ["trainer.accelerator=cpu", "data.source.train_limit=64", "data.source.test_limit=16"]
-    overrides += list(extra)
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_run_config([*overrides, *extra], out)
 
 
 def premade_views(built, batch: int, steps: int) -> PremadeViews:

@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
+from ssl_train.composed import compose_run_config
 from ssl_train.eval.metrics import lidar
 from ssl_train.run import run
 from ssl_train.tracking.report import write_report
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 NO_PICTURES = ["callbacks.pictures=null", "callbacks.online_eval.lidar_samples=0", "callbacks.history=null"]
 
 
@@ -42,8 +41,7 @@ def one_run(overrides: list[str], root: Path, name: str, epochs: int, batches: i
     ]
     if "callbacks.pictures=null" not in overrides:
         short.append("callbacks.pictures.every_n_epochs=1")
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *short])
+    cfg = compose_run_config([*overrides, *short])
     started = time.perf_counter()
     run(cfg)
     return time.perf_counter() - started, out

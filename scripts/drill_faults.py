@@ -17,7 +17,6 @@ from typing import Any
 from unittest.mock import patch
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -30,6 +29,7 @@ from drill_watch import OverlayWatcher, SnapshotWatcher  # noqa: E402
 
 from ssl_train import run as run_module  # noqa: E402
 from ssl_train.checkpoint_io import first_line  # noqa: E402
+from ssl_train.composed import compose_config  # noqa: E402
 from ssl_train.data.datamodule import TransformedDataset  # noqa: E402
 from ssl_train.errors import UserError  # noqa: E402
 from ssl_train.losses import NTXentLoss  # noqa: E402
@@ -37,7 +37,6 @@ from ssl_train.module import SSLModule  # noqa: E402
 from ssl_train.run import run  # noqa: E402
 from ssl_train.run_dir import exclusive_run_dir  # noqa: E402
 
-CONFIG_DIR = ROOT / "configs"
 TINY = [
     "data.source.train_limit=128",
     "data.source.test_limit=64",
@@ -65,9 +64,8 @@ def tiny(overrides: list[str]) -> list[str]:
 
 
 def cfg_for(overrides: list[str], out: Path) -> DictConfig:
-    """The composed config of a tiny run with `overrides`, writing to `out`."""
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[*tiny(overrides), f"paths.output_dir={out}", f"paths.cache_dir={out}/cache"])
+    """The composed config of a tiny run with `overrides`, writing to `out`; a bad override raises Hydra's own error."""
+    return compose_config([*tiny(overrides), f"paths.output_dir={out}", f"paths.cache_dir={out}/cache"])
 
 
 @dataclass

@@ -14,16 +14,13 @@ import argparse
 import sys
 import tempfile
 import traceback
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra import compose, initialize_config_dir
 
 from ssl_train.build import build
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from ssl_train.composed import compose_run_config
 
 
 class SyncDebugWindow(pl.Callback):
@@ -52,11 +49,10 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides (default: trainer=gpu)")
     args = parser.parse_args()
     total = args.warmup + args.steps + 1
-    with tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    with tempfile.TemporaryDirectory() as out:
         device = ["trainer=gpu"] if torch.cuda.is_available() else ["data.source.train_limit=2048"]
-        cfg = compose(
-            "train",
-            overrides=[
+        cfg = compose_run_config(
+            [
                 *device,
                 *args.overrides,
                 "trainer.max_epochs=1",
@@ -67,8 +63,8 @@ def main() -> int:
                 "baseline=false",
                 "callbacks.online_eval=null",
                 "callbacks.pictures=null",
-                f"paths.output_dir={out}",
             ],
+            out,
         )
         built = build(cfg)
         window = SyncDebugWindow(args.warmup, args.warmup + args.steps)

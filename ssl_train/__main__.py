@@ -8,6 +8,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ssl_train.cli import report_user_errors
+from ssl_train.composed import CONFIG_DIR
 from ssl_train.errors import UserError
 from ssl_train.launch import Launch
 from ssl_train.metrics import LINEAR_TOP1
@@ -48,7 +49,7 @@ def refuse_local_multirun_with_ddp(cfg: DictConfig) -> None:
         )
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry; returns the probe top-1 so sweepers can optimise it."""
 

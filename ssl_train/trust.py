@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ssl_train.composed import CONFIG_DIR
 from ssl_train.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PLAIN_TYPES = (str, int, float, bool, type(None))
 CONVERT_MODES = ("none", "partial", "object", "all")
 MAX_DEPTH = 32  # the project's configs nest 5 levels; deeper is a crafted file (and Python's recursion limit)

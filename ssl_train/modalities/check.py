@@ -8,16 +8,14 @@ on any encoder). An impossible combination stops with one line naming the option
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.utils import get_class
 
+from ssl_train.composed import CONFIG_DIR
 from ssl_train.errors import UserError
 from ssl_train.modalities import modality as kind_named
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def modalities_of(target: Any) -> tuple[str, ...] | None:

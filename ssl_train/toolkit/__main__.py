@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.data import Subset
 from torchvision.io import write_png
 
 from ssl_train.build import build_datamodule, instantiate
 from ssl_train.cli import report_user_errors
+from ssl_train.composed import compose_run_config
 from ssl_train.data.datamodule import SSLDataModule, TransformedDataset
 from ssl_train.data.folders import ImageFileDataset, list_images
 from ssl_train.data.views import eval_transform
@@ -32,16 +32,12 @@ from ssl_train.toolkit.export import export_backbone
 from ssl_train.toolkit.pictures import attention_grid, save_map, view_grid
 from ssl_train.toolkit.search import knn_search, recall_at_k
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
 
 def _datamodule(args: argparse.Namespace, train_cfg: Any, views: Any = None) -> SSLDataModule:
     """The checkpoint's training data, or `--data OPTION [--set ...]`; with the partial view pipeline `views` when given."""
     if args.data is None:
         return build_datamodule(train_cfg.data, views=views)
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={args.data}", *args.set])
-    return build_datamodule(cfg.data, views=views)
+    return build_datamodule(compose_run_config([f"data={args.data}", *args.set]).data, views=views)
 
 
 def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Any, list[str] | None]:
