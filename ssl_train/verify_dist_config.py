@@ -6,10 +6,12 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from ssl_train.build import build_datamodule, build_method, check_components_fit, instantiate
@@ -32,6 +34,7 @@ class Subject:
     kwargs: dict[str, Any] = field(default_factory=dict)
     call: Callable[..., torch.Tensor] | None = None
     rows: int | None = None
+    rebuild: Callable[[], nn.Module] | None = None
 
 
 class _Captured(Exception):
@@ -92,21 +95,34 @@ def method_call(method: nn.Module, views: list[torch.Tensor], labels: torch.Tens
     return method(views, labels)["loss"]
 
 
-def subject_of(overrides: list[str]) -> Subject:
-    """What the overrides ask to check: the loss alone when only `loss` is overridden, else the method."""
+def built(overrides: list[str]) -> tuple[DictConfig, Any, nn.Module]:
+    """The composed config, its datamodule and its method, as a run builds them (seeded: the same weights every time)."""
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="verify_dist_cfg_") as tmp:
         cfg = compose_run_config(overrides, Path(tmp), SMALL)
         validate(cfg)
         datamodule = build_datamodule(cfg.data, views=instantiate("augment", cfg.augment))
         check_components_fit(cfg, datamodule.splits.modality)
-        method = build_method(cfg, datamodule.splits)
-        views, labels = training_batch(datamodule)
+        return cfg, datamodule, build_method(cfg, datamodule.splits)
+
+
+def rebuilt(overrides: tuple[str, ...], loss: bool) -> nn.Module:
+    """The method (or its loss) of the overrides built again, in a spawned rank, for one that does not pickle."""
+    method = built(list(overrides))[2]
+    return cast(nn.Module, method.loss) if loss else method
+
+
+def subject_of(overrides: list[str]) -> Subject:
+    """What the overrides ask to check: the loss alone when only `loss` is overridden, else the method."""
+    cfg, datamodule, method = built(overrides)
+    views, labels = training_batch(datamodule)
     rows = int(labels.shape[0])
     where = f"on a batch of {rows} rows: 2 gloo processes x {rows // 2} rows vs 1 process x {rows}"
     if loss_only(overrides):
         args, kwargs = captured_loss_call(method, views, labels)
         name = f"loss {cfg.loss._target_}"
-        return Subject(name, f"{name} (inputs: what {cfg.method._target_} hands it) {where}", method.loss, list(args), dict(kwargs), rows=rows)
+        return Subject(name, f"{name} (inputs: what {cfg.method._target_} hands it) {where}", cast(nn.Module, method.loss), list(args),
+                       dict(kwargs), rows=rows, rebuild=partial(rebuilt, tuple(overrides), True))
     name = f"method {cfg.method.get('name', cfg.method._target_)}"
-    return Subject(name, f"{name} (loss {cfg.loss._target_}) {where}", method, [views, labels], call=method_call, rows=rows)
+    return Subject(name, f"{name} (loss {cfg.loss._target_}) {where}", method, [views, labels], call=method_call, rows=rows,
+                   rebuild=partial(rebuilt, tuple(overrides), False))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ from torch import nn
 from ssl_train.losses import NTXentLoss
 from ssl_train.verify_dist import EQUAL, NOT_GATHERED, RANDOM, UNSYNCED_BN, Case, decide, verify
 from ssl_train.verify_dist_config import loss_only
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fixtures import REPO
 
 
 class ForgetfulNTXent(nn.Module):
@@ -63,9 +61,10 @@ def _pairs() -> list[torch.Tensor]:
 
 
 def test_verdict_rule() -> None:
-    """equal in train mode wins; else random draws, then eval-mode equality tells batch statistics from the loss."""
+    """equal in train mode wins; equal in eval mode: batch statistics; else random draws, or a loss not gathered."""
     assert decide((1e-7, True), (1e-7, True), seeded_alike=True) == EQUAL
     assert decide((0.3, False), (1e-7, True), seeded_alike=True) == UNSYNCED_BN
+    assert decide((0.3, False), (1e-7, True), seeded_alike=False) == UNSYNCED_BN  # MoCo v2's shuffled BatchNorm
     assert decide((0.3, False), (0.3, False), seeded_alike=True) == NOT_GATHERED
     assert decide((0.3, False), (0.3, False), seeded_alike=False) == RANDOM
 
@@ -76,7 +75,7 @@ def test_loss_only_overrides_check_the_loss() -> None:
 
 
 def test_bad_override_is_one_line() -> None:
-    done = subprocess.run([sys.executable, "-m", "ssl_train.verify_dist", "method=no_such_method"], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "ssl_train.verify_dist", "method=no_such_method"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["ssl_train error: overrides method=no_such_method: In 'train': Could not find 'method/no_such_method'"]
@@ -102,7 +101,7 @@ def test_forgotten_gather_caught_and_ntxent_passes() -> None:
 ])
 def test_command_on_a_users_loss(override: str, verdict: str, code: int) -> None:
     """The command composes the run's config with the user's `_target_` and checks it on what SimCLR hands its loss."""
-    done = subprocess.run([sys.executable, "-m", "ssl_train.verify_dist", override], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "ssl_train.verify_dist", override], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == code, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith(f"[verify_dist] loss {'tests.test_verify_dist.ForgetfulNTXent' if code else 'ssl_train.losses.NTXentLoss'}: {verdict}")
