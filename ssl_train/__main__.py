@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -20,7 +22,7 @@ def hydra_files(task_cfg: DictConfig) -> dict[str, str]:
     run owns the directory (configs/hydra/default.yaml sets output_subdir: null); none when Hydra writes them itself, or
     when the config was composed (the compose API) rather than run by Hydra."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.output_subdir is not None or OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None, throw_on_missing=False) is None:
+    if hydra_cfg.output_subdir is not None or OmegaConf.select(cast(DictConfig, hydra_cfg), "runtime.output_dir", default=None, throw_on_missing=False) is None:
         return {}
     return {
         "config.yaml": OmegaConf.to_yaml(task_cfg),
