@@ -43,8 +43,10 @@ EQUAL = "equal"
 NOT_GATHERED = "differs: the loss is not gathered"
 UNSYNCED_BN = "differs: batch statistics not synchronised"
 RANDOM = "cannot compare: the loss draws random numbers per batch (masks, dropout), one process draws them differently"
-HINTS = {NOT_GATHERED: "gather what the rows meet (negatives, batch-wide statistics) with ssl_train.dist.gather_with_grad",
-         UNSYNCED_BN: "BatchNorm sees each rank's half: trainer.sync_batchnorm=true on GPUs, or backbone.norm=group / no BatchNorm in the head"}
+HINTS = {
+    NOT_GATHERED: "gather what the rows meet (negatives, batch-wide statistics) with ssl_train.dist.gather_with_grad",
+    UNSYNCED_BN: "BatchNorm sees each rank's half: trainer.sync_batchnorm=true on GPUs, or backbone.norm=group / no BatchNorm in the head",
+}
 
 
 @dataclass
@@ -185,8 +187,7 @@ def compare(single: dict[str, Any], ranks: list[dict[str, Any]]) -> tuple[float,
     for name, grad in single["params"].items():
         rank_grads = [r["params"].get(name, torch.zeros_like(grad)) for r in ranks]
         checks.append((torch.stack(rank_grads).mean(0), grad, GRAD_ATOL))
-    checks += [(r["state"][name], value.float() if value.is_floating_point() else value, GRAD_ATOL)
-               for name, value in single["state"].items() for r in ranks]
+    checks += [(r["state"][name], value.float() if value.is_floating_point() else value, GRAD_ATOL) for name, value in single["state"].items() for r in ranks]
     results = [excess(a.float() if a.is_floating_point() else a, e, tol) for a, e, tol in checks]
     return max((d for d, _ in results), default=0.0), all(ok for _, ok in results)
 
@@ -252,8 +253,7 @@ def main(argv: list[str]) -> int:
     case = Case(subject.module, subject.inputs, subject.kwargs, subject.call, subject.rows, subject.rebuild)
     print(f"[verify_dist] {subject.described}")
     verdict = verify({name: case})[name]
-    print(f"[verify_dist] max difference {verdict.train_diff:.2e} (loss, gradients, buffers); "
-          f"with BatchNorm in eval mode {verdict.eval_diff:.2e}")
+    print(f"[verify_dist] max difference {verdict.train_diff:.2e} (loss, gradients, buffers); with BatchNorm in eval mode {verdict.eval_diff:.2e}")
     print(f"[verify_dist] {name}: {verdict.verdict}" + (f" ({HINTS[verdict.verdict]})" if verdict.verdict in HINTS else ""))
     return 0 if verdict.verdict == EQUAL else 1
 

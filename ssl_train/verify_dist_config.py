@@ -64,6 +64,7 @@ def detached(obj: Any) -> Any:
 
 def captured_loss_call(method: nn.Module, views: list[torch.Tensor], labels: torch.Tensor) -> tuple[tuple, dict]:
     """The arguments of the method's first call of its loss on this batch (the projections, crops, labels it hands over)."""
+
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         raise _Captured(detached(args), detached(kwargs))
 
@@ -85,8 +86,9 @@ def training_batch(datamodule: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
     if getattr(views, "on_device", False):
         batch = views.batched()(batch)
     if not all(isinstance(v, torch.Tensor) for v in batch):
-        raise UserError("verify_dist: the views of this data are not tensors with a batch dimension (graph data); it checks image, "
-                        "sequence, waveform and text methods")
+        raise UserError(
+            "verify_dist: the views of this data are not tensors with a batch dimension (graph data); it checks image, sequence, waveform and text methods"
+        )
     return list(batch), labels
 
 
@@ -121,8 +123,22 @@ def subject_of(overrides: list[str]) -> Subject:
     if loss_only(overrides):
         args, kwargs = captured_loss_call(method, views, labels)
         name = f"loss {cfg.loss._target_}"
-        return Subject(name, f"{name} (inputs: what {cfg.method._target_} hands it) {where}", cast(nn.Module, method.loss), list(args),
-                       dict(kwargs), rows=rows, rebuild=partial(rebuilt, tuple(overrides), True))
+        return Subject(
+            name,
+            f"{name} (inputs: what {cfg.method._target_} hands it) {where}",
+            cast(nn.Module, method.loss),
+            list(args),
+            dict(kwargs),
+            rows=rows,
+            rebuild=partial(rebuilt, tuple(overrides), True),
+        )
     name = f"method {cfg.method.get('name', cfg.method._target_)}"
-    return Subject(name, f"{name} (loss {cfg.loss._target_}) {where}", method, [views, labels], call=method_call, rows=rows,
-                   rebuild=partial(rebuilt, tuple(overrides), False))
+    return Subject(
+        name,
+        f"{name} (loss {cfg.loss._target_}) {where}",
+        method,
+        [views, labels],
+        call=method_call,
+        rows=rows,
+        rebuild=partial(rebuilt, tuple(overrides), False),
+    )
