@@ -30,7 +30,7 @@ class ImageOfPair:
 class TransformedDataset(Dataset):
     """Apply `transform` to the image of each (image, label) pair of `base`."""
 
-    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], Any]) -> None:
+    def __init__(self, base: Dataset, transform: Callable[[Any], Any]) -> None:  # the sample's first item: an image, or a pair
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
