@@ -1,50 +1,15 @@
-"""Shared fixtures: compose the REAL configs and shrink them (tiny encoder, few images, few steps, tmp output)."""
+"""pytest's hooks (the `needs` marker, the log of tests skipped for something optional) and the shared fixtures; what
+the fixtures write, and every helper tests share, lives in tests/fixtures.py."""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from tests.optional import record_skipped_for_needs, require, require_what_config_needs
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-TINY_DATA = [
-    "data.source.train_limit=128", "data.source.test_limit=64", "data.batch_size=32",
-    "data.num_workers=0", "data.eval_batch_size=64",
-]
-TINY_MODEL = ["backbone.widths=[8,16]"]
-TINY_RUN = [
-    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]",
-]
-
-
-def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train", tiny: bool = True) -> DictConfig:
-    """The real config `config_name` with `overrides`, shrunk for CPU tests when `tiny`, writing under output_dir."""
-    shrink: list[str] = []
-    if tiny:
-        shrink = TINY_DATA + TINY_RUN if config_name == "train" else []
-        chosen_eval = next((o for o in overrides if o.startswith("eval=")), "eval=linear")
-        if "linear" not in chosen_eval.split("=", 1)[1].strip("[]").split(","):
-            shrink = [o for o in shrink if not o.startswith("eval.linear")]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        own_cache = any(o.startswith("paths.cache_dir=") for o in overrides)
-        paths = [f"paths.output_dir={output_dir}"] + ([] if own_cache else [f"paths.cache_dir={output_dir}/cache"])
-        cfg = compose(config_name, overrides=shrink + list(overrides) + paths)
-        if tiny and config_name == "train" and cfg.backbone.get("_target_", "").endswith("SmallResNet"):  # the one the method or user chose
-            cfg = compose(config_name, overrides=shrink + TINY_MODEL + list(overrides) + paths)
-    require_what_config_needs(cfg)  # a config that needs a Debian package or an extra this machine lacks: skipped, naming it
-    return cfg
-
-
-GRAPH_METHODS = ("dgi", "grace")
+from tests.fixtures import make_idx_dataset
+from tests.optional import record_skipped_for_needs, require
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -62,31 +27,6 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
     record_skipped_for_needs(report)  # a module skipped at its top (require(...) before its imports)
 
 
-def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    """Write `array` (uint8) as an idx file, gzip-compressed when `compress`."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(payload))
-    else:
-        path.write_bytes(payload)
-
-
-def make_idx_dataset(root: Path, n_train: int = 60, n_test: int = 30, compress: bool = True, seed: int = 0) -> Path:
-    """A tiny MNIST-format dataset on disk: class c images are bright in row band c (learnable), 10 classes."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-        for i, c in enumerate(labels):
-            images[i, 2 * c: 2 * c + 4] = 220
-        write_idx(root / f"{prefix}-images-idx3-ubyte", images, compress)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress)
-    return root
-
-
 @pytest.fixture
 def idx_root(tmp_path: Path) -> Path:
     return make_idx_dataset(tmp_path / "idx")
@@ -96,82 +36,3 @@ def idx_root(tmp_path: Path) -> Path:
 def _seed_and_threads() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
-
-
-def _class_images(n: int, channels: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n uint8 images (n, C, size, size) whose class (i % 10) is a bright horizontal band: learnable, deterministic."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    images = rng.integers(0, 60, size=(n, channels, size, size), dtype=np.uint8)
-    band = max(1, size // 12)
-    for i, c in enumerate(labels):
-        images[i, :, band * c: band * c + band] = 220
-    return images, labels
-
-
-def make_cifar(root: Path, num_classes: int = 10, n_train: int = 40, n_test: int = 20) -> Path:
-    """The CIFAR python layout (pickled dicts of bytes keys) with tiny random batches."""
-    import pickle
-
-    folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
-    folder.mkdir(parents=True, exist_ok=True)
-    key = b"labels" if num_classes == 10 else b"fine_labels"
-    names = [f"data_batch_{i}" for i in range(1, 6)] if num_classes == 10 else ["train"]
-    images, labels = _class_images(n_train, 3, 32, 0)
-    for part, name in zip(np.array_split(np.arange(n_train), len(names)), names, strict=True):
-        (folder / name).write_bytes(pickle.dumps({key: labels[part].tolist(), b"data": images[part].reshape(len(part), -1)}))
-    images, labels = _class_images(n_test, 3, 32, 1)
-    (folder / ("test_batch" if num_classes == 10 else "test")).write_bytes(pickle.dumps({key: labels.tolist(), b"data": images.reshape(n_test, -1)}))
-    return root
-
-
-def make_stl10(root: Path, n_train: int = 20, n_test: int = 20, n_unlabeled: int = 30) -> Path:
-    """The STL-10 binary layout (column-major 3x96x96 uint8, labels 1..10)."""
-    folder = root / "stl10_binary"
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1), ("unlabeled", n_unlabeled, 2)):
-        images, labels = _class_images(n, 3, 96, seed)
-        images.transpose(0, 1, 3, 2).tofile(folder / f"{split}_X.bin")
-        if split != "unlabeled":
-            (labels + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
-    return root
-
-
-def make_image_folder(root: Path, n_per_class: int = 3, classes: int = 4, size: int = 40, corrupt: int = 0) -> Path:
-    """<root>/train/<class>/*.png and <root>/val/<class>/*.png, plus `corrupt` unreadable .jpg files in train."""
-    from torchvision.io import write_png
-
-    for split, seed in (("train", 0), ("val", 1)):
-        images, labels = _class_images(n_per_class * classes, 3, size, seed)
-        for i, (image, label) in enumerate(zip(images, labels % classes, strict=True)):
-            folder = root / split / f"class_{label}"
-            folder.mkdir(parents=True, exist_ok=True)
-            write_png(torch.from_numpy(image), str(folder / f"{i:04d}.png"))
-    for i in range(corrupt):
-        (root / "train" / "class_0" / f"broken_{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    return root
-
-
-HF_WORDS = ("the a of to and in is that for on with as by or an be from at which it this are not person animal move act "
-            "something plant body food place state make change used having relating quality").split()
-
-
-def make_hf_model(root: Path, hidden: int = 32, layers: int = 2) -> Path:
-    """A tiny BERT (WordPiece vocabulary learned locally, random weights) saved as a Hugging Face model folder: what
-    `save_pretrained` writes for a real one (config.json, model.safetensors, tokenizer files). Needs transformers."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    torch.manual_seed(1234)  # not the tests' seed: a random init there must differ from these weights
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator([" ".join(HF_WORDS)] * 4, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials, show_progress=False))
-    fast = BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
-                        max_position_embeddings=128, pad_token_id=fast.pad_token_id)
-    root.mkdir(parents=True, exist_ok=True)
-    BertModel(config).save_pretrained(root)
-    fast.save_pretrained(root)
-    return root

@@ -112,7 +112,7 @@ def config_needs(cfg: DictConfig) -> list[str]:
     """What a composed config needs beyond the dev install, read from its own values (resolved where they resolve)."""
     try:
         tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    except Exception:  # noqa: BLE001 - an interpolation that only resolves inside a Hydra app: read the values as written
+    except Exception:  # an interpolation that only resolves inside a Hydra app: read the values as written
         tree = OmegaConf.to_container(cfg, resolve=False)
     needs: list[str] = []
     for key, value in _leaves(tree):

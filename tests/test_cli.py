@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_DATA, TINY_MODEL, TINY_RUN
+from tests.fixtures import REPO, TINY_DATA, TINY_MODEL, TINY_RUN
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, module: str = "ssl_train", cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -10,10 +10,22 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError
 
 from ssl_train.build import build, build_evaluators
-from tests.conftest import CONFIG_DIR, compose_config, make_cifar, make_hf_model, make_image_folder, make_stl10
+from tests.fixtures import (
+    CONFIG_DIR,
+    compose_config,
+    make_audio_folder,
+    make_cifar,
+    make_graph_arrays,
+    make_hf_model,
+    make_image_folder,
+    make_sequence_arrays,
+    make_stl10,
+)
 from tests.optional import require
 
-GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug"]
+GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug",
+          "tokenizer", "text_encoder"]
+NOT_OPTIONS = {"hydra", "paths"}  # Hydra's own settings and the output/cache paths: one default each, composed by every test
 NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist"), ("experiment", "fmnist30")}
 
 
@@ -27,12 +39,8 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
     if option == "image_folder":
         return [f"data.source.root={make_image_folder(tmp_path / option)}", *no_limits]
     if option == "audio_folder":
-        from tests.test_audio import make_audio_folder
-
         return [f"data.source.root={make_audio_folder(tmp_path / 'audio')}", *no_limits]
     if option == "graph_arrays":
-        from tests.test_graphs import make_graph_arrays
-
         return [f"data.source.path={make_graph_arrays(tmp_path / 'graph.npz')}", "data.batch_size=8"]
     if option == "wordnet_graph":
         return ["data.source.node_limit=400", "data.batch_size=8"]
@@ -68,31 +76,17 @@ GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "graph_arrays"), ("data"
                  ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
 TEXT_OPTIONS = {("data", "wordnet_glosses"), ("data", "text_files"), ("augment", "text_eda"), ("augment", "text_identity"), ("augment", "text_crop"),
                 ("backbone", "transformer_small"), ("backbone", "char_cnn"), ("backbone", "hf_text"), ("backbone", "ngram_bag"),
+                ("tokenizer", "bytes"), ("tokenizer", "bpe"), ("tokenizer", "hf"),
                 ("method", "simcse"), ("head", "simcse_mlp"), ("experiment", "simclr_ngram_wordnet"),
                 ("experiment", "simcse_ngram_wordnet")}
 TEXT_CONTEXT = ["method=simcse", "data.source.train_limit=64", "data.source.test_limit=16"]
 PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data", "caption_table"), ("augment", "clip"), ("method", "clip"),
-                ("loss", "clip"), ("head", "clip_projection")}
+                ("loss", "clip"), ("head", "clip_projection"), ("text_encoder", "transformer_small"), ("text_encoder", "char_cnn"), ("text_encoder", "hf_text")}
 PAIR_CONTEXT = ["method=clip"]
-# the 224 px ViT-S/16 recipe, dry-run on the 28 px test data with 4 px patches and one block (tests/test_vit.py runs it at 224 px)
+# the 224 px ViT-S/16 recipe, dry-run on the 28 px test data with 4 px patches and one block (tests/encoders/test_vit.py runs it at 224 px)
 VIT_GPU_OPTIONS = {("backbone", "vit_small"), ("experiment", "dino_vit_small"), ("experiment", "mocov3_vit_small")}
 VIT_GPU_CONTEXT = ["backbone.patch_size=4", "+backbone.model_kwargs.depth=1"]
 GRAPH_CONTEXT = ["method=dgi", "data=fmnist_knn_graph", "data.source.train_limit=200", "data.source.test_limit=50"]
-
-
-def make_sequence_arrays(path: Path, n_train: int = 24, n_test: int = 12, steps: int = 16, features: int = 3) -> Path:
-    """A tiny .npz of (N, T, F) sequences whose class sets the frequency of a sine: learnable, deterministic."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = np.arange(n) % 3
-        t = np.arange(steps)[None, :, None]
-        arrays[f"{split}_x"] = (np.sin(t * (labels[:, None, None] + 1) * 0.4) + 0.1 * rng.standard_normal((n, steps, features))).astype(np.float32)
-        arrays[f"{split}_y"] = labels
-    np.savez(path, **arrays)
-    return path
 
 
 def all_options() -> list[tuple[str, str]]:
@@ -100,6 +94,8 @@ def all_options() -> list[tuple[str, str]]:
 
 
 def test_every_group_has_options() -> None:
+    on_disk = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+    assert on_disk - NOT_OPTIONS == set(GROUPS), f"config groups not instantiated here: {sorted(on_disk - NOT_OPTIONS - set(GROUPS))}"
     missing = [g for g in GROUPS if not list((CONFIG_DIR / g).glob("*.yaml"))]
     assert not missing, f"config groups without options: {missing}"
 
@@ -112,9 +108,9 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     overrides = [*context, f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
         overrides.append(f"data.source.root={idx_root}")
-    if (group, option) == ("backbone", "hf_text"):  # a local Hugging Face model folder and its tokenizer
+    if (group, option) in (("backbone", "hf_text"), ("text_encoder", "hf_text"), ("tokenizer", "hf")):  # a local Hugging Face model folder and its tokenizer
         require("transformers")
-        overrides += ["tokenizer=hf", f"tokenizer.path={make_hf_model(tmp_path / 'hf')}"]
+        overrides += ["backbone=hf_text" if group == "tokenizer" else "tokenizer=hf", f"tokenizer.path={make_hf_model(tmp_path / 'hf')}"]
     if group == "data":
         overrides += data_fixture(option, tmp_path)
     if (group, option) in NEEDS_GPU:

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
-REPO = Path(__file__).resolve().parents[1]
 COMMON = [
     "data.source.train_limit=128", "data.source.test_limit=64", "data.batch_size=64", "data.num_workers=0",
     "data.shuffle=false", "augment=simclr",  # SimCLR's own views: its default blur draws a random sigma per image

@@ -27,7 +27,7 @@ from ssl_train.losses import (
 from ssl_train.methods.queue import FeatureQueue
 from ssl_train.protocols import takes
 from ssl_train.verify_dist import EQUAL, Case, Verdict, verify
-from tests.test_losses_zoo import is_pair_loss
+from tests.fixtures import is_pair_loss
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 N, D = 8, 6

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from tests.conftest import compose_config
+from tests.fixtures import REPO, compose_config
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-DOCS = sorted((ROOT / "docs").rglob("*.md"))
+README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").rglob("*.md"))
 PAGES = [README, *DOCS]
 COMMIT_ID = re.compile(r"\b[0-9a-f]{7,40}\b")
 FENCE = re.compile(r"^(```|~~~).*?^\1\s*$", re.S | re.M)
@@ -29,7 +28,7 @@ COMMAND = re.compile(r"python -m (ssl_train(?:\.\w+)?)(?=\s|$|`)(.*)")
 
 
 def rel(path: Path) -> str:
-    return str(path.relative_to(ROOT))
+    return str(path.relative_to(REPO))
 
 
 # --- the README: a user's guide ---
@@ -48,7 +47,7 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     code = [line for block in FENCE.finditer(README.read_text()) for line in block.group(0).splitlines()]
     readme_commands = [line for line in code if line.rstrip().endswith("&& pytest")]
     assert len(readme_commands) == 1, f"the README should show one test command ending in '&& pytest': {readme_commands}"
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
     step1 = next(i for i, line in enumerate(ci) if line.startswith("# --- 1."))
     assert ci[step1 + 1] == readme_commands[0]
 
@@ -94,20 +93,20 @@ def test_repository_paths_named_exist(page: Path) -> None:
     """A file or folder of the repository named in the text (`scripts/bench_quality.py`) exists: a rename that
     forgets the documentation fails here (of `configs/method/<name>.yaml` only the folder is a path)."""
     named = set(REPO_PATH.findall(page.read_text()))
-    missing = sorted(p for p in named if not (ROOT / p).exists())
+    missing = sorted(p for p in named if not (REPO / p).exists())
     assert not missing, f"{rel(page)} names paths that do not exist: {missing}"
 
 
 def test_config_comments_point_at_existing_docs() -> None:
     """A config's one-line note of what was measured names the docs page and heading that hold the figures."""
     broken = []
-    for config in sorted((ROOT / "configs").rglob("*.yaml")):
+    for config in sorted((REPO / "configs").rglob("*.yaml")):
         for number, line in enumerate(config.read_text().splitlines(), 1):
             comment = line.partition("#")[2]
             for path, anchor in re.findall(r"\b(docs/[\w./-]+\.md)(?:#([\w-]+))?", comment):
-                if not (ROOT / path).is_file():
+                if not (REPO / path).is_file():
                     broken.append(f"{rel(config)}:{number}: no file {path}")
-                elif anchor and anchor not in anchors(ROOT / path):
+                elif anchor and anchor not in anchors(REPO / path):
                     broken.append(f"{rel(config)}:{number}: no heading #{anchor} in {path}")
     assert not broken, broken
 
@@ -180,4 +179,4 @@ def test_shown_command_composes(page: Path, line: int, module: str, arguments: s
         compose_config(run, tmp_path, config_name=HYDRA_APPS[module], tiny=False)
 
 
-GROUP_KEYS = {p.name for p in (ROOT / "configs").iterdir() if p.is_dir()}
+GROUP_KEYS = {p.name for p in (REPO / "configs").iterdir() if p.is_dir()}

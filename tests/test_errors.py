@@ -8,7 +8,7 @@ import pytest
 
 from ssl_train.build import build
 from ssl_train.errors import DataNotFoundError, UserError
-from tests.conftest import compose_config
+from tests.fixtures import compose_config
 
 
 def test_missing_dataset_folder_names_key_and_fix(tmp_path: Path) -> None:

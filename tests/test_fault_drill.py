@@ -13,7 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from tests.fixtures import REPO
+
+SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 from bad_inputs import VALID, Case, number_case  # noqa: E402
@@ -60,7 +62,7 @@ def test_a_bad_value_that_runs_fails_its_case_and_a_valid_one_must_show_its_effe
 
 
 def test_the_snapshot_watcher_names_a_path_written_outside_the_case_dirs_and_not_one_inside(tmp_path: Path) -> None:
-    watcher = SnapshotWatcher(Path(__file__).resolve().parents[1], tmp_path / "marker")
+    watcher = SnapshotWatcher(REPO, tmp_path / "marker")
     with watcher.case([tmp_path / "run"]) as outside:
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "metrics.json").write_text("{}")

@@ -21,7 +21,7 @@ from ssl_train.losses import NTXentLoss
 from ssl_train.module import SSLModule
 from ssl_train.run import run
 from ssl_train.run_dir import exclusive_run_dir
-from tests.conftest import TINY_DATA, TINY_MODEL, TINY_RUN, compose_config
+from tests.fixtures import TINY_DATA, TINY_MODEL, TINY_RUN, compose_config
 
 QUIET = ["probe=false", "baseline=false"]
 TWO_EPOCHS = [*QUIET, "trainer.max_epochs=2", "trainer.limit_train_batches=3"]  # 6 steps; views made on the device (default)
@@ -47,7 +47,7 @@ def test_sigterm_mid_epoch_saves_at_once_and_the_rerun_ends_at_the_uninterrupted
     assert signal.getsignal(signal.SIGTERM) == handler_before  # a finished run leaves no handler behind
     original = SSLModule.training_step
 
-    def signalled_at_step_4(self, batch, batch_idx):  # noqa: ANN001, ANN202 - same signature as the real training_step
+    def signalled_at_step_4(self, batch, batch_idx):  # same signature as the real training_step
         if self.global_step == 4:
             os.kill(os.getpid(), signal.SIGTERM)  # a real signal, delivered to this process mid-epoch 2
         return original(self, batch, batch_idx)
@@ -73,7 +73,7 @@ def test_sigterm_in_an_epochs_last_batch_resumes_to_the_uninterrupted_weights(tm
     full = run(compose_config(TWO_EPOCHS, tmp_path / "full"))
     original = SSLModule.training_step
 
-    def signalled(self, batch, batch_idx):  # noqa: ANN001, ANN202 - same signature as the real training_step
+    def signalled(self, batch, batch_idx):  # same signature as the real training_step
         if self.global_step == signal_step:
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, batch, batch_idx)
@@ -91,7 +91,7 @@ def test_sigterm_in_an_epochs_last_batch_resumes_to_the_uninterrupted_weights(tm
 def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_save, calls = torch.save, {"n": 0}
 
-    def full_after_first(obj, handle, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def full_after_first(obj, handle, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 1:
             handle.write(b"partial")
@@ -128,7 +128,7 @@ def test_second_run_in_a_busy_directory_refuses_and_touches_nothing(tmp_path: Pa
 def test_a_killed_loader_worker_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = TransformedDataset.__getitems__  # what a loader worker reads a batch with
 
-    def dies_in_worker(self, indices):  # noqa: ANN001, ANN202
+    def dies_in_worker(self, indices):
         if torch.utils.data.get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, indices)
@@ -144,7 +144,7 @@ def test_a_killed_loader_worker_is_one_line(tmp_path: Path, monkeypatch: pytest.
 def test_nan_stop_keeps_the_last_good_checkpoint_in_any_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
     calls, original = {"n": 0}, NTXentLoss.forward
 
-    def poisoned(self, z_a, z_b):  # noqa: ANN001, ANN202 - same signature as the real forward
+    def poisoned(self, z_a, z_b):  # same signature as the real forward
         calls["n"] += 1
         return original(self, z_a, z_b) * (float("inf") if calls["n"] > 2 else 1.0)
 

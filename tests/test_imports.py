@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ssl_train"
+from tests.fixtures import REPO
+
+PACKAGE = REPO / "ssl_train"
 
 
 def module_name(path: Path) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ssl_train.run import run
-from tests.conftest import compose_config, write_idx
+from tests.fixtures import compose_config, write_idx
 
 
 def make_shapes(root: Path, n_train: int = 512, n_test: int = 256, seed: int = 0) -> Path:

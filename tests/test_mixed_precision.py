@@ -24,7 +24,7 @@ from ssl_train.losses import (
     VICRegLoss,
 )
 from ssl_train.protocols import takes
-from tests.test_losses_zoo import is_pair_loss
+from tests.fixtures import is_pair_loss
 
 
 def _pair(n: int = 16, d: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

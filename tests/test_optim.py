@@ -82,7 +82,7 @@ def test_each_recipe_online_probe_lr_fits_a_hard_probe(option: str, tmp_path) ->
     a step, it must end well below chance loss (3.8 nats). AdamW at SGD's 0.1 ended at 7.7 nats, SGD at 0.1 at 1.3."""
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_config
+    from tests.fixtures import compose_config
 
     recipe = instantiate(compose_config([f"optim={option}"], tmp_path).optim)
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def test_adamw_option_is_fused_and_follows_the_per_step_lr_and_weight_decay(tmp_
     weight-decay cosine that WarmupCosineSchedule writes into the groups each step exactly as the for-loop AdamW does."""
     from hydra.utils import instantiate
 
-    from tests.conftest import compose_config
+    from tests.fixtures import compose_config
 
     recipe = instantiate(compose_config(["optim=adamw", "optim.weight_decay_end=0.4"], tmp_path).optim)
     assert recipe.optimizer.keywords["fused"] is True
@@ -140,7 +140,7 @@ def test_fused_adamw_is_unfused_only_where_lightning_clips_gradients_under_mixed
     stopped at its first step on a GPU): that combination trains with the unfused AdamW, every other keeps fused."""
     from ssl_train.build import build
     from ssl_train.run import run
-    from tests.conftest import compose_config
+    from tests.fixtures import compose_config
 
     vit = ["backbone=vit_tiny", "backbone.model_kwargs.depth=1", "optim=adamw", "probe=false", "baseline=false"]
 

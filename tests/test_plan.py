@@ -13,8 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ssl_train.planner.command import Shape, refusals, run_shape
+from tests.fixtures import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.source.train_limit=256", "data.source.test_limit=128", "data.num_workers=0", "backbone.widths=[8,16]",
         "trainer.enable_progress_bar=false", "eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]
 
@@ -22,7 +22,7 @@ TINY = ["data.source.train_limit=256", "data.source.test_limit=128", "data.num_w
 def command(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """python -m ssl_train with `args`, runs and caches under tmp_path."""
     where = [f"paths.runs_dir={tmp_path / 'runs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
-    return subprocess.run([sys.executable, "-m", "ssl_train", *args, *where], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "ssl_train", *args, *where], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def predicted_seconds(stdout: str) -> float:

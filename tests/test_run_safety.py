@@ -21,10 +21,9 @@ from ssl_train.eval import protocol as protocol_module
 from ssl_train.eval.checkpoint import probe_checkpoint
 from ssl_train.run import run
 from ssl_train.run_dir import TRAINING_DONE, exclusive_run_dir, fresh_dir, keep_or_write_new, write_new
-from tests.conftest import compose_config
+from tests.fixtures import REPO, compose_config
 
 QUIET = ["probe=false", "baseline=false"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -95,7 +94,7 @@ def test_sigterm_during_the_evaluation_then_the_rerun_only_evaluates(tmp_path: P
     overrides, job = ["baseline=false", "eval=[linear]"], tmp_path / "job"
     handler_before, original = signal.getsignal(signal.SIGTERM), protocol_module.evaluate_encoder
 
-    def signalled(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - same signature as evaluate_encoder
+    def signalled(*args, **kwargs):  # same signature as evaluate_encoder
         os.kill(os.getpid(), signal.SIGTERM)  # a real signal (a time limit), delivered during the probe
         return original(*args, **kwargs)
 
@@ -108,7 +107,7 @@ def test_sigterm_during_the_evaluation_then_the_rerun_only_evaluates(tmp_path: P
     kept = snapshot([job / "checkpoints" / "last.ckpt", job / "history.jsonl"])
     evaluated = {}
 
-    def recording(encoder, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def recording(encoder, *args, **kwargs):
         evaluated.update({k: v.detach().clone() for k, v in encoder.state_dict().items()})
         return original(encoder, *args, **kwargs)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssl_train.encoders.resnet import SmallResNet
 from ssl_train.checkpoint_io import AtomicCheckpointIO
+from ssl_train.encoders.resnet import SmallResNet
 from ssl_train.errors import UserError
 from ssl_train.losses import NTXentLoss
 from ssl_train.module import SSLModule
 from ssl_train.run import run
 from ssl_train.sweep import write_summary
-from tests.conftest import compose_config
+from tests.fixtures import compose_config
 
 QUIET = ["probe=false", "baseline=false"]
 
@@ -38,7 +38,7 @@ def test_run_killed_mid_epoch_resumes_state_and_finishes_with_same_step_count(tm
     uninterrupted = run(compose_config(overrides, tmp_path / "full"))
     original_step = SSLModule.training_step
 
-    def crash_at_step_3(self, batch, batch_idx):  # noqa: ANN001, ANN202 - same signature as the real training_step
+    def crash_at_step_3(self, batch, batch_idx):  # same signature as the real training_step
         if self.global_step == 3:
             raise RuntimeError("simulated kill")
         return original_step(self, batch, batch_idx)
@@ -51,7 +51,7 @@ def test_run_killed_mid_epoch_resumes_state_and_finishes_with_same_step_count(tm
     assert checkpoint["global_step"] == 2  # end of epoch 1: the half-done epoch 2 is redone
     seen = {}
 
-    def record_restored_state(self) -> None:  # noqa: ANN001
+    def record_restored_state(self) -> None:
         seen.update({k: v.detach().clone() for k, v in self.state_dict().items() if "queue" in k or "target.backbone" in k})
 
     monkeypatch.setattr(SSLModule, "on_train_start", record_restored_state, raising=False)
@@ -66,7 +66,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Pa
     calls = {"n": 0}
     original = NTXentLoss.forward
 
-    def poisoned(self, z_a, z_b):  # noqa: ANN001, ANN202 - same signature as the real forward
+    def poisoned(self, z_a, z_b):  # same signature as the real forward
         calls["n"] += 1
         return original(self, z_a, z_b) * (float("nan") if calls["n"] > 2 else 1.0)
 
@@ -82,7 +82,7 @@ def test_atomic_checkpoint_io_replaces_whole_file(tmp_path: Path, monkeypatch: p
     io = AtomicCheckpointIO()
     io.save_checkpoint({"step": 1}, target)
 
-    def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-write")
 
     monkeypatch.setattr(torch, "save", killed)

@@ -17,7 +17,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ssl_train.build import build
-from tests.conftest import compose_config
+from tests.fixtures import compose_config
 
 SYNCING = {"item", "__bool__", "__float__", "__int__", "tolist", "nonzero", "__index__"}
 

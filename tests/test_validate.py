@@ -9,7 +9,7 @@ import pytest
 from ssl_train.errors import UserError
 from ssl_train.run import run
 from ssl_train.validate import validate
-from tests.conftest import CONFIG_DIR, compose_config
+from tests.fixtures import CONFIG_DIR, compose_config
 
 METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))  # every method there is, none listed by hand
 

@@ -1,0 +1,74 @@
+"""Deep InfoMax: its estimators against loops written from the reference's formulas; the backbones' feature maps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_train.encoders.resnet import SmallResNet, TorchvisionResNet
+from ssl_train.heads import MutualInformationNet
+from ssl_train.losses import DeepInfoMaxLoss
+from ssl_train.methods import DeepInfoMaxMethod
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 3, 5, generator=g).double(), torch.randn(4, 3, generator=g).double()
+
+
+def test_infonce_estimator_matches_a_loop_over_positive_locations() -> None:
+    local, global_ = _inputs()
+    n, _, locations = local.shape
+    total = 0.0
+    for i in range(n):
+        negatives = [float(global_[i] @ local[j, :, m]) for j in range(n) if j != i for m in range(locations)]
+        for loc in range(locations):
+            positive = float(global_[i] @ local[i, :, loc])
+            total += -positive + math.log(math.exp(positive) + sum(math.exp(s) for s in negatives))
+    assert DeepInfoMaxLoss("infonce")(local, global_).item() == pytest.approx(total / (n * locations), abs=1e-6)
+
+
+def test_jsd_estimator_matches_the_fenchel_dual_formula() -> None:
+    local, global_ = _inputs()
+    n, _, locations = local.shape
+    log2 = math.log(2)
+    softplus = lambda x: math.log1p(math.exp(x))
+    pos = [log2 - softplus(-float(global_[i] @ local[i, :, m])) for i in range(n) for m in range(locations)]
+    neg = [softplus(-u) + u - log2 for i in range(n) for j in range(n) if j != i for u in (float(global_[i] @ local[j, :, m]) for m in range(locations))]
+    expected = sum(neg) / len(neg) - sum(pos) / len(pos)
+    assert DeepInfoMaxLoss("jsd")(local, global_).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_estimators_reward_local_features_that_carry_their_image() -> None:
+    global_ = F.normalize(torch.randn(8, 16), dim=1) * 4
+    matching = global_[:, :, None].expand(8, 16, 6).clone()  # every location holds its own image's vector
+    for estimator in ("infonce", "jsd"):
+        loss = DeepInfoMaxLoss(estimator)
+        assert loss(matching, global_).item() < loss(torch.randn(8, 16, 6), global_).item()
+
+
+def test_backbones_expose_stages_whose_pooled_last_map_is_the_forward() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    small = SmallResNet(in_channels=1, widths=(8, 16, 32), pool_size=2).eval()
+    maps = small.stages(x)
+    assert [m.shape[1] for m in maps] == [8, 16, 32] and [m.shape[-1] for m in maps] == [14, 7, 4]
+    assert torch.allclose(small.pool(maps[-1]), small(x))
+    resnet = TorchvisionResNet("resnet18", in_channels=1, small_image_stem=True).eval()
+    maps = resnet.stages(torch.randn(2, 1, 16, 16))
+    assert list(resnet.stage_widths) == [64, 128, 256, 512] == [m.shape[1] for m in maps]
+
+
+def test_dim_method_trains_backbone_through_the_local_and_global_paths() -> None:
+    torch.manual_seed(0)
+    backbone = SmallResNet(in_channels=1, widths=(8, 16), pool_size=1)
+    method = DeepInfoMaxMethod(backbone, MutualInformationNet(16, 12), DeepInfoMaxLoss())
+    out = method([torch.randn(6, 1, 28, 28)])
+    out["loss"].backward()
+    assert out["features"].shape == (6, 16) and all(p.grad is not None for p in backbone.parameters())
+    assert method.local_net.out_dim == 12 and method.local_net.in_dim == 8  # the map before the last stage
+    with pytest.raises(ValueError, match="local_stage=5"):
+        DeepInfoMaxMethod(backbone, MutualInformationNet(16, 12), DeepInfoMaxLoss(), local_stage=5)
