@@ -26,13 +26,21 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 
 TINY_DATA = [
-    "data.source.train_limit=128", "data.source.test_limit=64", "data.batch_size=32",
-    "data.num_workers=0", "data.eval_batch_size=64",
+    "data.source.train_limit=128",
+    "data.source.test_limit=64",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "data.eval_batch_size=64",
 ]
 TINY_MODEL = ["backbone.widths=[8,16]"]
 TINY_RUN = [
-    "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "eval.linear.max_iter=10",
+    "eval.linear.l2_grid=[0.0,0.001]",
 ]
 
 
@@ -73,7 +81,7 @@ def make_idx_dataset(root: Path, n_train: int = 60, n_test: int = 30, compress: 
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
         for i, c in enumerate(labels):
-            images[i, 2 * c: 2 * c + 4] = 220
+            images[i, 2 * c : 2 * c + 4] = 220
         write_idx(root / f"{prefix}-images-idx3-ubyte", images, compress)
         write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress)
     return root
@@ -86,7 +94,7 @@ def class_images(n: int, channels: int, size: int, seed: int) -> tuple[np.ndarra
     images = rng.integers(0, 60, size=(n, channels, size, size), dtype=np.uint8)
     band = max(1, size // 12)
     for i, c in enumerate(labels):
-        images[i, :, band * c: band * c + band] = 220
+        images[i, :, band * c : band * c + band] = 220
     return images, labels
 
 
@@ -133,8 +141,10 @@ def make_image_folder(root: Path, n_per_class: int = 3, classes: int = 4, size: 
     return root
 
 
-HF_WORDS = ("the a of to and in is that for on with as by or an be from at which it this are not person animal move act "
-            "something plant body food place state make change used having relating quality").split()
+HF_WORDS = (
+    "the a of to and in is that for on with as by or an be from at which it this are not person animal move act "
+    "something plant body food place state make change used having relating quality"
+).split()
 
 
 def make_hf_model(root: Path, hidden: int = 32, layers: int = 2) -> Path:
@@ -150,8 +160,15 @@ def make_hf_model(root: Path, hidden: int = 32, layers: int = 2) -> Path:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer.train_from_iterator([" ".join(HF_WORDS)] * 4, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials, show_progress=False))
     fast = BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
-                        max_position_embeddings=128, pad_token_id=fast.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        pad_token_id=fast.pad_token_id,
+    )
     root.mkdir(parents=True, exist_ok=True)
     BertModel(config).save_pretrained(root)
     fast.save_pretrained(root)

@@ -61,8 +61,11 @@ OPTIONAL: dict[str, Need] = {
 
 # ssl_train modules whose components import an extra when built
 MODULE_NEEDS = {
-    "ssl_train.encoders.graph": "torch_geometric", "ssl_train.data.graphs": "torch_geometric", "ssl_train.data.graph_views": "torch_geometric",
-    "ssl_train.encoders.timm_encoder": "timm", "ssl_train.eval.lora": "peft",
+    "ssl_train.encoders.graph": "torch_geometric",
+    "ssl_train.data.graphs": "torch_geometric",
+    "ssl_train.data.graph_views": "torch_geometric",
+    "ssl_train.encoders.timm_encoder": "timm",
+    "ssl_train.eval.lora": "peft",
 }
 
 

@@ -23,8 +23,13 @@ def load_script(name: str):
 @pytest.mark.slow
 def test_gpu_preset_dry_runs_on_cpu() -> None:
     # SimCLR ResNet-18 fp32 per-sample, ResNet-18 bf16 batched, ResNet-50 fp32 batched, BYOL ResNet-18 fp32 batched
-    done = subprocess.run([sys.executable, "scripts/bench_throughput.py", "--preset", "gpu", "--dry-run", "--rows", "0", "3", "5", "9"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "scripts/bench_throughput.py", "--preset", "gpu", "--dry-run", "--rows", "0", "3", "5", "9"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| simclr", "| byol"))]
     assert len(rows) == 8  # each row printed as measured, then in the final table
@@ -35,8 +40,17 @@ def test_quality_table_ranks_against_the_stronger_baseline(tmp_path: Path) -> No
     bench = load_script("bench_quality")
     run_dir = tmp_path / "quick" / "simclr"
     run_dir.mkdir(parents=True)
-    metrics = {"method": "simclr", "linear_top1": 0.87, "knn_k20_top1": 0.82, "raw_input_linear_top1": 0.85, "raw_input_knn_k20_top1": 0.84,
-               "random_init_linear_top1": 0.86, "random_init_knn_k20_top1": 0.80, "wall_time_s": 150.0, "train_images_per_s": 1200.0}
+    metrics = {
+        "method": "simclr",
+        "linear_top1": 0.87,
+        "knn_k20_top1": 0.82,
+        "raw_input_linear_top1": 0.85,
+        "raw_input_knn_k20_top1": 0.84,
+        "random_init_linear_top1": 0.86,
+        "random_init_knn_k20_top1": 0.80,
+        "wall_time_s": 150.0,
+        "train_images_per_s": 1200.0,
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     row = bench.run_one("simclr", "quick", tmp_path, [])  # a finished run is read, not rerun
     assert bench.margin(row) == pytest.approx(1.0)  # 0.87 - max(0.85, 0.86)
@@ -50,11 +64,21 @@ def test_quality_rows_show_their_overrides_and_refuse_a_run_made_with_others(tmp
     bench = load_script("bench_quality")
     run_dir = tmp_path / "fmnist30" / "simclr"
     (run_dir / ".hydra").mkdir(parents=True)
-    metrics = {"method": "simclr", "linear_top1": 0.9, "knn_k20_top1": 0.89, "raw_input_linear_top1": 0.85, "raw_input_knn_k20_top1": 0.86,
-               "random_init_linear_top1": 0.86, "random_init_knn_k20_top1": 0.82, "wall_time_s": 1600.0, "train_images_per_s": 1100.0}
+    metrics = {
+        "method": "simclr",
+        "linear_top1": 0.9,
+        "knn_k20_top1": 0.89,
+        "raw_input_linear_top1": 0.85,
+        "raw_input_knn_k20_top1": 0.86,
+        "random_init_linear_top1": 0.86,
+        "random_init_knn_k20_top1": 0.82,
+        "wall_time_s": 1600.0,
+        "train_images_per_s": 1100.0,
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / ".hydra" / "overrides.yaml").write_text(
-        "- method=simclr\n- experiment=fmnist30\n- trainer.enable_progress_bar=false\n- augment=byol_asymmetric\n")
+        "- method=simclr\n- experiment=fmnist30\n- trainer.enable_progress_bar=false\n- augment=byol_asymmetric\n"
+    )
     row = bench.run_one("simclr", "fmnist30", tmp_path, ["augment=byol_asymmetric"])
     assert "`method=simclr experiment=fmnist30 augment=byol_asymmetric`" in bench.table([row])
     with pytest.raises(SystemExit, match="holds a run of 'method=simclr experiment=fmnist30 augment=byol_asymmetric'"):

@@ -92,8 +92,14 @@ def test_local_multirun_with_ddp_is_refused(tmp_path: Path) -> None:
 
 def test_optuna_search_maximises_the_returned_probe_metric(tmp_path: Path) -> None:
     """hparams_search=optuna: trials run as separate jobs and Optuna records the best returned linear top-1."""
-    out = cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2", *SWEEP_TINY,
-              f"paths.sweeps_dir={tmp_path}", cwd=tmp_path)
+    out = cli(
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        *SWEEP_TINY,
+        f"paths.sweeps_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (results,) = tmp_path.glob("*/*/optimization_results.yaml")
     jobs = [json.loads(p.read_text())["linear_top1"] for p in results.parent.glob("*/metrics.json")]

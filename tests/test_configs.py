@@ -23,8 +23,24 @@ from tests.fixtures import (
 )
 from tests.optional import require
 
-GROUPS = ["data", "augment", "backbone", "head", "loss", "optim", "trainer", "eval", "logger", "callbacks", "method", "experiment", "hparams_search", "debug",
-          "tokenizer", "text_encoder"]
+GROUPS = [
+    "data",
+    "augment",
+    "backbone",
+    "head",
+    "loss",
+    "optim",
+    "trainer",
+    "eval",
+    "logger",
+    "callbacks",
+    "method",
+    "experiment",
+    "hparams_search",
+    "debug",
+    "tokenizer",
+    "text_encoder",
+]
 NOT_OPTIONS = {"hydra", "paths"}  # Hydra's own settings and the output/cache paths: one default each, composed by every test
 NEEDS_IDX_ROOT = {("data", "fashion_mnist"), ("data", "mnist"), ("experiment", "fmnist30")}
 
@@ -65,23 +81,66 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
     if option == "unlabeled_folder":
         return [f"data.source.root={make_image_folder(tmp_path / 'u')}/train", f"data.source.probe.root={make_image_folder(tmp_path / 'l')}", *no_limits]
     return []
+
+
 NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp"), ("experiment", "dino_vit_small"), ("experiment", "mocov3_vit_small")}
 # options for sequence data, composed with the pieces that fit them (an image default would stop with one line)
-SEQUENCE_OPTIONS = {("data", "seq_fashion_mnist"), ("data", "sequence_arrays"), ("augment", "sequence"), ("backbone", "recurrent"),
-                    ("method", "cpc"), ("head", "cpc_predictions"), ("loss", "cpc"),
-                    ("data", "spoken_digits"), ("data", "audio_folder"), ("augment", "audio")}
+SEQUENCE_OPTIONS = {
+    ("data", "seq_fashion_mnist"),
+    ("data", "sequence_arrays"),
+    ("augment", "sequence"),
+    ("backbone", "recurrent"),
+    ("method", "cpc"),
+    ("head", "cpc_predictions"),
+    ("loss", "cpc"),
+    ("data", "spoken_digits"),
+    ("data", "audio_folder"),
+    ("augment", "audio"),
+}
 SEQUENCE_CONTEXT = ["method=cpc", "data=seq_fashion_mnist"]
-GRAPH_OPTIONS = {("data", "fmnist_knn_graph"), ("data", "graph_arrays"), ("data", "wordnet_graph"),
-                 ("augment", "graph"), ("augment", "graph_identity"), ("backbone", "gcn"),
-                 ("method", "dgi"), ("method", "grace"), ("head", "identity"), ("loss", "dgi")}
-TEXT_OPTIONS = {("data", "wordnet_glosses"), ("data", "text_files"), ("augment", "text_eda"), ("augment", "text_identity"), ("augment", "text_crop"),
-                ("backbone", "transformer_small"), ("backbone", "char_cnn"), ("backbone", "hf_text"), ("backbone", "ngram_bag"),
-                ("tokenizer", "bytes"), ("tokenizer", "bpe"), ("tokenizer", "hf"),
-                ("method", "simcse"), ("head", "simcse_mlp"), ("experiment", "simclr_ngram_wordnet"),
-                ("experiment", "simcse_ngram_wordnet")}
+GRAPH_OPTIONS = {
+    ("data", "fmnist_knn_graph"),
+    ("data", "graph_arrays"),
+    ("data", "wordnet_graph"),
+    ("augment", "graph"),
+    ("augment", "graph_identity"),
+    ("backbone", "gcn"),
+    ("method", "dgi"),
+    ("method", "grace"),
+    ("head", "identity"),
+    ("loss", "dgi"),
+}
+TEXT_OPTIONS = {
+    ("data", "wordnet_glosses"),
+    ("data", "text_files"),
+    ("augment", "text_eda"),
+    ("augment", "text_identity"),
+    ("augment", "text_crop"),
+    ("backbone", "transformer_small"),
+    ("backbone", "char_cnn"),
+    ("backbone", "hf_text"),
+    ("backbone", "ngram_bag"),
+    ("tokenizer", "bytes"),
+    ("tokenizer", "bpe"),
+    ("tokenizer", "hf"),
+    ("method", "simcse"),
+    ("head", "simcse_mlp"),
+    ("experiment", "simclr_ngram_wordnet"),
+    ("experiment", "simcse_ngram_wordnet"),
+}
 TEXT_CONTEXT = ["method=simcse", "data.source.train_limit=64", "data.source.test_limit=16"]
-PAIR_OPTIONS = {("data", "fmnist_captions"), ("data", "caption_folder"), ("data", "caption_table"), ("augment", "clip"), ("method", "clip"),
-                ("loss", "clip"), ("head", "clip_projection"), ("text_encoder", "transformer_small"), ("text_encoder", "char_cnn"), ("text_encoder", "hf_text")}
+PAIR_OPTIONS = {
+    ("data", "fmnist_captions"),
+    ("data", "caption_folder"),
+    ("data", "caption_table"),
+    ("augment", "clip"),
+    ("method", "clip"),
+    ("loss", "clip"),
+    ("head", "clip_projection"),
+    ("text_encoder", "transformer_small"),
+    ("text_encoder", "char_cnn"),
+    ("text_encoder", "hf_text"),
+}
 PAIR_CONTEXT = ["method=clip"]
 # the 224 px ViT-S/16 recipe, dry-run on the 28 px test data with 4 px patches and one block (tests/encoders/test_vit.py runs it at 224 px)
 VIT_GPU_OPTIONS = {("backbone", "vit_small"), ("experiment", "dino_vit_small"), ("experiment", "mocov3_vit_small")}
@@ -102,8 +161,13 @@ def test_every_group_has_options() -> None:
 
 @pytest.mark.parametrize(("group", "option"), all_options(), ids=lambda v: str(v))
 def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, idx_root: Path) -> None:
-    contexts = ((SEQUENCE_OPTIONS, SEQUENCE_CONTEXT), (GRAPH_OPTIONS, GRAPH_CONTEXT), (TEXT_OPTIONS, TEXT_CONTEXT), (PAIR_OPTIONS, PAIR_CONTEXT),
-                (VIT_GPU_OPTIONS, VIT_GPU_CONTEXT))
+    contexts = (
+        (SEQUENCE_OPTIONS, SEQUENCE_CONTEXT),
+        (GRAPH_OPTIONS, GRAPH_CONTEXT),
+        (TEXT_OPTIONS, TEXT_CONTEXT),
+        (PAIR_OPTIONS, PAIR_CONTEXT),
+        (VIT_GPU_OPTIONS, VIT_GPU_CONTEXT),
+    )
     context = next((c for options, c in contexts if (group, option) in options), [])
     overrides = [*context, f"{group}={option}"]
     if (group, option) in NEEDS_IDX_ROOT:
@@ -117,7 +181,7 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
         overrides.append("trainer.accelerator=cpu")  # composes the GPU recipe, builds it on CPU
         overrides.append("trainer.precision=32-true")
         overrides.append("trainer.sync_batchnorm=false")  # SyncBatchNorm is CUDA-only (trainer=ddp turns it on)
-    cfg = compose_config([*overrides[len(context):], *overrides[:len(context)]] if (group, option) in VIT_GPU_OPTIONS else overrides, tmp_path)
+    cfg = compose_config([*overrides[len(context) :], *overrides[: len(context)]] if (group, option) in VIT_GPU_OPTIONS else overrides, tmp_path)
     built = build(cfg)
     assert build_evaluators(cfg.eval)
     assert built.backbone.out_dim > 0

@@ -17,18 +17,30 @@ import torch
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 COMMON = [
-    "data.source.train_limit=128", "data.source.test_limit=64", "data.batch_size=64", "data.num_workers=0",
-    "data.shuffle=false", "augment=simclr",  # SimCLR's own views: its default blur draws a random sigma per image
-    "backbone.widths=[8,16]", "backbone.norm=group", "head.batch_norm=false", 
-    "augment.recipe.crop_scale=[1.0,1.0]", "augment.recipe.flip_prob=0", "augment.recipe.jitter_prob=0",
-    "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "probe=false", "baseline=false",
+    "data.source.train_limit=128",
+    "data.source.test_limit=64",
+    "data.batch_size=64",
+    "data.num_workers=0",
+    "data.shuffle=false",
+    "augment=simclr",  # SimCLR's own views: its default blur draws a random sigma per image
+    "backbone.widths=[8,16]",
+    "backbone.norm=group",
+    "head.batch_norm=false",
+    "augment.recipe.crop_scale=[1.0,1.0]",
+    "augment.recipe.flip_prob=0",
+    "augment.recipe.jitter_prob=0",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "probe=false",
+    "baseline=false",
 ]
 
 
 def _train(tmp_path: Path, name: str, *extra: str) -> dict[str, torch.Tensor]:
     run_dir = tmp_path / name
-    out = subprocess.run([sys.executable, "-m", "ssl_train", *COMMON, *extra, f"hydra.run.dir={run_dir}"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "ssl_train", *COMMON, *extra, f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 4
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

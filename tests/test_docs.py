@@ -33,6 +33,7 @@ def rel(path: Path) -> str:
 
 # --- the README: a user's guide ---
 
+
 def test_readme_is_short_with_short_lines_and_no_commit_ids() -> None:
     lines = README.read_text().splitlines()
     assert len(lines) <= 300, f"README.md has {len(lines)} lines; at most 300 (detail belongs in docs/)"
@@ -53,6 +54,7 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 
 # --- links ---
+
 
 def slug(heading: str) -> str:
     """The anchor Python-Markdown's toc (mkdocs) gives a heading; GitHub gives the same for headings without '/' or '&'."""
@@ -113,6 +115,7 @@ def test_config_comments_point_at_existing_docs() -> None:
 
 # --- every command shown composes ---
 
+
 def shown_commands(page: Path) -> list[tuple[int, str, str]]:
     """(line, module, arguments) of each `python -m ssl_train[.x] ...` in code blocks (continuation lines joined,
     comments dropped, stopping at `&&` / `|` / `;`) and in inline code spans."""
@@ -148,17 +151,15 @@ def overrides_of(arguments: str) -> list[str]:
 def sweep_expansions(overrides: list[str]) -> list[list[str]]:
     """A multirun's overrides as single runs: every value of every sweep once (the others at their first value)."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
-               for o in parsed]
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line] for o in parsed]
     firsts = [c[0] for c in choices]
     runs = [firsts]
     for i, values in enumerate(choices):
-        runs += [firsts[:i] + [value] + firsts[i + 1:] for value in values[1:]]
+        runs += [firsts[:i] + [value] + firsts[i + 1 :] for value in values[1:]]
     return [list(run) for run, _ in itertools.groupby(runs)]
 
 
-COMMANDS = [(page, line, module, arguments) for page in PAGES for line, module, arguments in shown_commands(page)
-            if module in HYDRA_APPS]
+COMMANDS = [(page, line, module, arguments) for page in PAGES for line, module, arguments in shown_commands(page) if module in HYDRA_APPS]
 
 
 def test_the_commands_are_found() -> None:
@@ -167,8 +168,7 @@ def test_the_commands_are_found() -> None:
     assert {c[2] for c in COMMANDS} == set(HYDRA_APPS)
 
 
-@pytest.mark.parametrize(("page", "line", "module", "arguments"), COMMANDS,
-                         ids=[f"{rel(c[0])}:{c[1]}" for c in COMMANDS])
+@pytest.mark.parametrize(("page", "line", "module", "arguments"), COMMANDS, ids=[f"{rel(c[0])}:{c[1]}" for c in COMMANDS])
 def test_shown_command_composes(page: Path, line: int, module: str, arguments: str, tmp_path: Path) -> None:
     overrides = overrides_of(arguments)
     placeholders = [o for o in overrides if "<" in o]

@@ -29,8 +29,9 @@ PYTEST_TEMP = ["--ignore", str(Path(tempfile.gettempdir()) / "pytest-of-root")]
 def drill(tmp_path: Path, *args: str) -> dict[str, dict]:
     """Run the drill; its results by case name (the CLI's prefixed 'cli: ')."""
     out = tmp_path / "results.json"
-    done = subprocess.run([sys.executable, str(SCRIPTS / "fault_drill.py"), *args, "--json", str(out), *PYTEST_TEMP],
-                          capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "fault_drill.py"), *args, "--json", str(out), *PYTEST_TEMP], capture_output=True, text=True, timeout=1500
+    )
     assert "| category | a case passes when |" in done.stdout, done.stdout[-4000:] + done.stderr[-4000:]
     results = json.loads(out.read_text())
     failed = [f"{r['category']} {r['name']}: {r['detail']} {r['outside']}" for r in results if r["passed"] is False]
@@ -42,7 +43,9 @@ def test_a_bad_value_that_runs_fails_its_case_and_a_valid_one_must_show_its_effe
     bad = number_case([("optim.warmup_epochs", "2.5e38")])
     assert (bad.expect, bad.via, bad.any_of) == ("refused", "validate", ("optim.warmup_epochs",))
     assert judge(bad, "ran", "", "", tmp_path / "run") == (
-        False, "expected a one-line refusal (validate) naming ('must be', 'optim.warmup_epochs'), got ran : ")
+        False,
+        "expected a one-line refusal (validate) naming ('must be', 'optim.warmup_epochs'), got ran : ",
+    )
     assert judge(bad, "refused", "user", "optim.warmup_epochs=2.5e+38: must be a finite number in [0, 1000]", tmp_path / "run")[0]
     assert not judge(bad, "refused", "user", "data.batch_size=0: must be an integer >= 1", tmp_path / "run")[0]  # names another key
     (tmp_path / "run").mkdir()
@@ -102,11 +105,20 @@ def test_the_overlay_watcher_names_only_this_process_trees_writes_outside_the_ca
     for name in ("tracked.py", "same.py", "gone.py"):
         (tmp_path / "repo" / name).write_text("original")
     env = {**os.environ, "HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path / "tmp")}
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", OVERLAY_CASE, str(SCRIPTS), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", OVERLAY_CASE, str(SCRIPTS), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == [f"new {tmp_path / 'home' / 'stray.txt'}", f"removed {tmp_path / 'repo' / 'gone.py'}",
-                                       f"new {tmp_path / 'repo' / 'newdir'}/", f"changed {tmp_path / 'repo' / 'tracked.py'}"]
+    assert json.loads(done.stdout) == [
+        f"new {tmp_path / 'home' / 'stray.txt'}",
+        f"removed {tmp_path / 'repo' / 'gone.py'}",
+        f"new {tmp_path / 'repo' / 'newdir'}/",
+        f"changed {tmp_path / 'repo' / 'tracked.py'}",
+    ]
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["gone.py", "same.py", "tracked.py"]  # the real folders: untouched
     assert (tmp_path / "repo" / "tracked.py").read_text() == "original" and not list((tmp_path / "home").iterdir())
 

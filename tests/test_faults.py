@@ -67,8 +67,7 @@ def test_sigterm_mid_epoch_saves_at_once_and_the_rerun_ends_at_the_uninterrupted
 
 
 @pytest.mark.parametrize("signal_step", [2, 5], ids=["last batch of epoch 1", "last batch of the last epoch"])
-def test_sigterm_in_an_epochs_last_batch_resumes_to_the_uninterrupted_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                             signal_step: int) -> None:
+def test_sigterm_in_an_epochs_last_batch_resumes_to_the_uninterrupted_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signal_step: int) -> None:
     """A signal in an epoch's last batch is acted on after its validation and checkpoints; the rerun trains the rest."""
     full = run(compose_config(TWO_EPOCHS, tmp_path / "full"))
     original = SSLModule.training_step

@@ -31,7 +31,7 @@ def make_shapes(root: Path, n_train: int = 512, n_test: int = 256, seed: int = 0
                 patch[[0, 7], :] = patch[:, [0, 7]] = True
             else:
                 patch[3:5, :] = patch[:, 3:5] = True
-            images[i, y: y + 8, x: x + 8][patch] = level
+            images[i, y : y + 8, x : x + 8][patch] = level
         write_idx(root / f"{prefix}-images-idx3-ubyte", images.clip(0, 255).astype(np.uint8), compress=False)
         write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress=False)
     return root
@@ -57,12 +57,25 @@ FAMILIES = {  # family -> (method, epochs of 8 steps, overrides); measured kNN t
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_training_raises_knn_accuracy_above_the_initial_encoder(family: str, tmp_path: Path) -> None:
     method, epochs, overrides = FAMILIES[family]
-    cfg = compose_config([
-        f"method={method}", "data=fashion_mnist", f"data.source.root={make_shapes(tmp_path / 'shapes')}", "data.source.train_limit=null",
-        "data.source.test_limit=null", "data.batch_size=64", f"trainer.max_epochs={epochs}", "trainer.limit_train_batches=1.0", "eval=[knn]",
-        "callbacks.online_eval=null", "callbacks.model_checkpoint=null", "trainer.check_val_every_n_epoch=100", "backbone.widths=[16,32]",
-        *overrides,
-    ], tmp_path / "run")
+    cfg = compose_config(
+        [
+            f"method={method}",
+            "data=fashion_mnist",
+            f"data.source.root={make_shapes(tmp_path / 'shapes')}",
+            "data.source.train_limit=null",
+            "data.source.test_limit=null",
+            "data.batch_size=64",
+            f"trainer.max_epochs={epochs}",
+            "trainer.limit_train_batches=1.0",
+            "eval=[knn]",
+            "callbacks.online_eval=null",
+            "callbacks.model_checkpoint=null",
+            "trainer.check_val_every_n_epoch=100",
+            "backbone.widths=[16,32]",
+            *overrides,
+        ],
+        tmp_path / "run",
+    )
     metrics = run(cfg)
     assert metrics["steps"] == 8 * epochs
     gain = metrics["knn_k20_top1"] - metrics["random_init_knn_k20_top1"]

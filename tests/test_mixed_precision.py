@@ -50,10 +50,13 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], Callable[[], tuple]]] = {
     "swav": (lambda: SwAVLoss(temperature=0.1), lambda: ([torch.nn.functional.normalize(v, dim=1) for v in (*_pair(), _pair()[1] * 3)],)),
 }
 # every other loss on two views in ssl_train.losses.__all__ (a new one joins without being listed), with its defaults
-CASES.update({name: (functools.partial(getattr(losses, name), **{k: 32 for k in ("dim", "out_dim") if takes(getattr(losses, name), k)}),
-                     lambda: _pair())
-              for name in losses.__all__ if is_pair_loss(getattr(losses, name))
-              and getattr(losses, name) not in {type(make()) for make, _ in CASES.values()}})
+CASES.update(
+    {
+        name: (functools.partial(getattr(losses, name), **{k: 32 for k in ("dim", "out_dim") if takes(getattr(losses, name), k)}), lambda: _pair())
+        for name in losses.__all__
+        if is_pair_loss(getattr(losses, name)) and getattr(losses, name) not in {type(make()) for make, _ in CASES.values()}
+    }
+)
 
 
 def _as(value: object, dtype: torch.dtype) -> object:

@@ -94,8 +94,9 @@ def test_each_recipe_online_probe_lr_fits_a_hard_probe(option: str, tmp_path) ->
         return nn.functional.layer_norm(means[labels] + torch.randn(n, dim), (dim,)), labels
 
     probe = nn.Linear(dim, classes)
-    optimizer, _, _ = recipe.build(nn.Linear(2, 2), [{"params": list(probe.parameters()), "lr": recipe.online_probe_lr}],
-                                   global_batch=256, steps_per_epoch=10, total_steps=200)
+    optimizer, _, _ = recipe.build(
+        nn.Linear(2, 2), [{"params": list(probe.parameters()), "lr": recipe.online_probe_lr}], global_batch=256, steps_per_epoch=10, total_steps=200
+    )
     for _ in range(200):
         features, labels = batch(256)
         loss = nn.functional.cross_entropy(probe(features), labels)
@@ -117,8 +118,13 @@ def test_adamw_option_is_fused_and_follows_the_per_step_lr_and_weight_decay(tmp_
 
     recipe = instantiate(compose_config(["optim=adamw", "optim.weight_decay_end=0.4"], tmp_path).optim)
     assert recipe.optimizer.keywords["fused"] is True
-    reference = OptimRecipe(partial(torch.optim.AdamW, **{**recipe.optimizer.keywords, "fused": False}), lr_scaling=recipe.lr_scaling,
-                            warmup_epochs=recipe.warmup_epochs, min_lr_ratio=recipe.min_lr_ratio, weight_decay_end=0.4)
+    reference = OptimRecipe(
+        partial(torch.optim.AdamW, **{**recipe.optimizer.keywords, "fused": False}),
+        lr_scaling=recipe.lr_scaling,
+        warmup_epochs=recipe.warmup_epochs,
+        min_lr_ratio=recipe.min_lr_ratio,
+        weight_decay_end=0.4,
+    )
     weights = []
     for chosen in (recipe, reference):
         torch.manual_seed(0)

@@ -15,8 +15,15 @@ from omegaconf import OmegaConf
 from ssl_train.planner.command import Shape, refusals, run_shape
 from tests.fixtures import REPO
 
-TINY = ["data.source.train_limit=256", "data.source.test_limit=128", "data.num_workers=0", "backbone.widths=[8,16]",
-        "trainer.enable_progress_bar=false", "eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]
+TINY = [
+    "data.source.train_limit=256",
+    "data.source.test_limit=128",
+    "data.num_workers=0",
+    "backbone.widths=[8,16]",
+    "trainer.enable_progress_bar=false",
+    "eval.linear.max_iter=10",
+    "eval.linear.l2_grid=[0.0,0.001]",
+]
 
 
 def command(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -31,8 +38,13 @@ def predicted_seconds(stdout: str) -> float:
 
 
 def test_refusals_one_line_each() -> None:
-    cfg = OmegaConf.create({"pretrain": True, "data": {"batch_size": 30}, "trainer": {
-        "devices": 4, "num_nodes": 1, "max_epochs": 2, "limit_train_batches": 0, "check_val_every_n_epoch": 1}})
+    cfg = OmegaConf.create(
+        {
+            "pretrain": True,
+            "data": {"batch_size": 30},
+            "trainer": {"devices": 4, "num_nodes": 1, "max_epochs": 2, "limit_train_batches": 0, "check_val_every_n_epoch": 1},
+        }
+    )
     shape = run_shape(cfg, 1000)
     assert (shape.devices, shape.per_device, shape.batches_per_epoch, shape.total_steps) == (4, 7, 35, 0)
     lines = refusals(cfg, shape, None)
@@ -48,7 +60,8 @@ def test_plan_prints_its_table_and_refusals(tmp_path: Path) -> None:
     for row in ("predicted wall time", "training", "evaluation", "images/s", "peak memory (CPU RSS)", "largest batch that fits"):
         assert sum(row in line for line in out) >= 1, row
     assert [line for line in out if line.startswith("cannot work:")] == [
-        "cannot work: data.batch_size=32 does not divide across 3 devices (trainer.devices x trainer.num_nodes): pick a multiple of 3"]
+        "cannot work: data.batch_size=32 does not divide across 3 devices (trainer.devices x trainer.num_nodes): pick a multiple of 3"
+    ]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
 
@@ -60,10 +73,14 @@ def test_bad_override_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cost", [
-    ["backbone.widths=[8,16]", "data.batch_size=32", "trainer.max_epochs=2"],
-    ["backbone.widths=[32,64,128]", "data.source.train_limit=1024", "data.batch_size=64", "trainer.max_epochs=3"],
-], ids=["tiny", "larger"])
+@pytest.mark.parametrize(
+    "cost",
+    [
+        ["backbone.widths=[8,16]", "data.batch_size=32", "trainer.max_epochs=2"],
+        ["backbone.widths=[32,64,128]", "data.source.train_limit=1024", "data.batch_size=64", "trainer.max_epochs=3"],
+    ],
+    ids=["tiny", "larger"],
+)
 def test_prediction_within_20_percent_of_the_run(cost: list[str], tmp_path: Path) -> None:
     """The plan's prediction and the real run, one after the other with the same overrides (a fresh cache: both baselines
     computed). The 2 cores are shared with other work whose bursts land on one of the pair: a pair that misses is measured

@@ -15,11 +15,16 @@ METHODS = sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml"))
 
 
 # methods for other modalities: (data option, encoder class, source class) they run on here
-OTHER_MODALITY = {"cpc": ("seq_fashion_mnist", "RecurrentEncoder", "SequentialFashionMNIST"),
-                  "dgi": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"), "grace": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"),
-                  "simcse": ("wordnet_glosses", "TransformerTextEncoder", "WordNetGlosses"),
-                  "clip": ("fmnist_captions", "SmallResNet", "CaptionedFashionMNIST"), "mae": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
-                  "simmim": ("default", "TimmEncoder", "EmbeddedFashionMNIST"), "ijepa": ("default", "TimmEncoder", "EmbeddedFashionMNIST")}
+OTHER_MODALITY = {
+    "cpc": ("seq_fashion_mnist", "RecurrentEncoder", "SequentialFashionMNIST"),
+    "dgi": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"),
+    "grace": ("fmnist_knn_graph", "GCNEncoder", "FashionMNISTKNNGraph"),
+    "simcse": ("wordnet_glosses", "TransformerTextEncoder", "WordNetGlosses"),
+    "clip": ("fmnist_captions", "SmallResNet", "CaptionedFashionMNIST"),
+    "mae": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
+    "simmim": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
+    "ijepa": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
+}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -31,10 +36,28 @@ def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None
     assert written == metrics
     # graph views perturb the whole graph; a pair's views are an image and a caption
     per_sample_pairs = ("online_alignment",) if source not in ("FashionMNISTKNNGraph", "CaptionedFashionMNIST") else ()
-    for key in ("linear_top1", "linear_top5", "random_init_linear_top1", "knn_k20_top1", "random_init_knn_k20_top1", "raw_input_linear_top1",
-                "online_probe_top1", "online_knn_top1", *per_sample_pairs, "repr_rankme", "repr_uniformity", "repr_embedding_std",
-                "method", "backbone", "data", "epochs", "seed",
-                "wall_time_s", "train_images_per_s", "steps"):
+    for key in (
+        "linear_top1",
+        "linear_top5",
+        "random_init_linear_top1",
+        "knn_k20_top1",
+        "random_init_knn_k20_top1",
+        "raw_input_linear_top1",
+        "online_probe_top1",
+        "online_knn_top1",
+        *per_sample_pairs,
+        "repr_rankme",
+        "repr_uniformity",
+        "repr_embedding_std",
+        "method",
+        "backbone",
+        "data",
+        "epochs",
+        "seed",
+        "wall_time_s",
+        "train_images_per_s",
+        "steps",
+    ):
         assert key in written, key
     assert written["method"] == method and written["steps"] == 2
     assert written["backbone"] == encoder and written["data"] == source  # named outside a Hydra app too

@@ -49,8 +49,9 @@ def test_a_real_full_disk_keeps_the_previous_checkpoint(tiny_disk: Path) -> None
     small = {"state_dict": {"w": torch.arange(10.0)}, "global_step": 1}
     io.save_checkpoint(small, target)
     big = {"state_dict": {"w": torch.randn(1_000_000)}, "global_step": 2}  # 4 MB on a 1 MiB disk
-    with pytest.raises(UserError, match=rf"writing checkpoint {re.escape(str(target))} failed \(No space left on device.*\): the previous last.ckpt is intact"
-                       ) as caught:
+    with pytest.raises(
+        UserError, match=rf"writing checkpoint {re.escape(str(target))} failed \(No space left on device.*\): the previous last.ckpt is intact"
+    ) as caught:
         io.save_checkpoint(big, target)
     assert "\n" not in str(caught.value)
     loaded = read_checkpoint(target)
@@ -79,8 +80,14 @@ def snapshot(files: list[Path]) -> dict[str, tuple[bytes, int]]:
 def test_a_refused_rerun_leaves_the_finished_runs_hydra_files_untouched(tmp_path: Path, where: str) -> None:
     finished = tmp_path / "finished"
     before = fake_finished_run(finished)
-    out = subprocess.run([sys.executable, "-m", "ssl_train", f"{where}={finished}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-m", "ssl_train", f"{where}={finished}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert f"ssl_train error: paths.output_dir: {finished} already holds a finished run (metrics.json)" in out.stderr
     assert snapshot([Path(p) for p in before]) == before

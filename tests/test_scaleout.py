@@ -100,10 +100,16 @@ def test_gradient_accumulation_scales_effective_lr_with_images_per_step(tmp_path
     assert metrics["steps"] == 2
 
 
-@pytest.mark.parametrize("overrides", [
-    ["trainer.precision=bf16-mixed"], ["channels_last=false"], ["method=byol", "channels_last=true"],
-    ["augment.on_device=true"], ["method=dino", "augment.on_device=true"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.precision=bf16-mixed"],
+        ["channels_last=false"],
+        ["method=byol", "channels_last=true"],
+        ["augment.on_device=true"],
+        ["method=dino", "augment.on_device=true"],
+    ],
+)
 def test_precision_and_memory_format_switches_train(tmp_path: Path, overrides: list[str]) -> None:
     metrics = run(compose_config(overrides, tmp_path / "run"))
     assert metrics["steps"] == 2 and (metrics["linear_top1"] * 64).is_integer()  # trained and probed on the 64 test images

@@ -64,9 +64,20 @@ def test_steady_state_steps_make_no_host_device_sync(method: str, tmp_path: Path
     """The default run (progress bar on, logging every 10 steps, the default callbacks, one loader worker), 30 steps of
     one epoch after warm-up: only logging steps may synchronise, so never two within ten steps. (The epoch-end online
     evaluation and pictures are not steady-state steps: switched off to keep the test short.)"""
-    cfg = compose_config([f"method={method}", "trainer.limit_train_batches=36", "trainer.enable_progress_bar=true", "trainer.log_every_n_steps=10",
-                          "data.source.train_limit=1280", "data.batch_size=32", "data.num_workers=1",
-                          "callbacks.online_eval=null", "callbacks.pictures=null"], tmp_path)
+    cfg = compose_config(
+        [
+            f"method={method}",
+            "trainer.limit_train_batches=36",
+            "trainer.enable_progress_bar=true",
+            "trainer.log_every_n_steps=10",
+            "data.source.train_limit=1280",
+            "data.batch_size=32",
+            "data.num_workers=1",
+            "callbacks.online_eval=null",
+            "callbacks.pictures=null",
+        ],
+        tmp_path,
+    )
     built = build(cfg)
     counting = CountPerStep()
     built.trainer.callbacks.append(counting)

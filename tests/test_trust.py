@@ -39,8 +39,9 @@ def stored_payloads(marker: Path, victim: Path) -> dict[str, Callable[[dict[str,
     pickled = pickle.dumps(os.system)  # what a pickle smuggled inside a config would carry
     return {
         "shell_runner": lambda c: c["backbone"].update(widths={"_target_": "torch.utils.collect_env.run", "command": f"touch {marker}"}),
-        "unpickler": lambda c: c["backbone"].update(widths={"_target_": "torch.serialization.load", "weights_only": False,
-                                                            "f": {"_target_": "io.BytesIO", "_args_": [list(pickled)]}}),
+        "unpickler": lambda c: c["backbone"].update(
+            widths={"_target_": "torch.serialization.load", "weights_only": False, "f": {"_target_": "io.BytesIO", "_args_": [list(pickled)]}}
+        ),
         "file_writer": lambda c: c["head"].update(extra={"_target_": "torch.serialization.save", "obj": [1], "f": str(victim)}),
         "alias_os": lambda c: c["backbone"].update(_target_="torch.os.system", command=f"touch {marker}"),
         "alias_subprocess": lambda c: c["head"].update(_target_="ssl_train.callbacks.subprocess.call", args=["touch", str(marker)]),
@@ -97,8 +98,9 @@ def entries(ckpt: Path, out: Path) -> dict[str, Callable[[], Any]]:
 
 
 @pytest.mark.parametrize("payload", list(stored_payloads(Path("m"), Path("v"))))
-def test_stored_config_payloads_are_refused_by_every_entry(payload: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stored_config_payloads_are_refused_by_every_entry(
+    payload: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(SECRET_NAME, SECRET)
     marker, victim = tmp_path / "MARKER", tmp_path / "victim.txt"
     victim.write_text("the user's own file\n")
@@ -126,8 +128,11 @@ def test_pickle_payload_in_the_checkpoint_file_is_refused_by_every_entry(tmp_pat
             return os.system, (f"touch {marker}",)
 
     torch.save({"state_dict": {}, ConfigInCheckpoint.KEY: {}, "x": Payload()}, crafted)
-    calls = {**entries(crafted, tmp_path / "out"), "resume": lambda: run(compose_config([*QUIET, f"ckpt_path={crafted}"], tmp_path / "resume")),
-             "weights": lambda: run(compose_config([*QUIET, f"backbone.weights={crafted}"], tmp_path / "weights"))}
+    calls = {
+        **entries(crafted, tmp_path / "out"),
+        "resume": lambda: run(compose_config([*QUIET, f"ckpt_path={crafted}"], tmp_path / "resume")),
+        "weights": lambda: run(compose_config([*QUIET, f"backbone.weights={crafted}"], tmp_path / "weights")),
+    }
     for name, entry in calls.items():
         before = snapshot(tmp_path)
         line = one_refusal(capsys, entry)
@@ -140,19 +145,28 @@ def export_folder(trained: Path, where: Path) -> Path:
     return Path(toolkit(["export", "--ckpt", str(trained), "--out", str(where)])["export_dir"])
 
 
-@pytest.mark.parametrize("encoder", [
-    {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"},
-    {"_target_": "torch.os.system", "command": "touch MARKER"},
-    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "widths": {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"}},
-    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "_partial_": True, "widths": [8, 16]},
-    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": f"${{oc.env:{SECRET_NAME}}}"},
-    "ssl_train.encoders.resnet.SmallResNet",
-    {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "widths": [8, 1_000_000]},
-    {"_target_": "ssl_train.encoders.timm_encoder.TimmEncoder", "name": 5},
-    "DEEP",
-], ids=["shell_runner", "alias", "nested_target", "special_key", "resolver", "not_a_mapping", "absurd_arguments", "wrong_type", "deep_nesting"])
-def test_export_folder_payloads_are_refused_by_load_encoder(encoder: Any, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"},
+        {"_target_": "torch.os.system", "command": "touch MARKER"},
+        {
+            "_target_": "ssl_train.encoders.resnet.SmallResNet",
+            "in_channels": 1,
+            "widths": {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"},
+        },
+        {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "_partial_": True, "widths": [8, 16]},
+        {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": f"${{oc.env:{SECRET_NAME}}}"},
+        "ssl_train.encoders.resnet.SmallResNet",
+        {"_target_": "ssl_train.encoders.resnet.SmallResNet", "in_channels": 1, "widths": [8, 1_000_000]},
+        {"_target_": "ssl_train.encoders.timm_encoder.TimmEncoder", "name": 5},
+        "DEEP",
+    ],
+    ids=["shell_runner", "alias", "nested_target", "special_key", "resolver", "not_a_mapping", "absurd_arguments", "wrong_type", "deep_nesting"],
+)
+def test_export_folder_payloads_are_refused_by_load_encoder(
+    encoder: Any, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(SECRET_NAME, SECRET)
     monkeypatch.chdir(tmp_path)  # where `touch MARKER` would land
     folder = export_folder(trained, tmp_path / "export")
@@ -192,20 +206,51 @@ def test_decoder_crash_payload_is_skipped_not_fatal(trained: Path, tmp_path: Pat
     fails this test instead of killing pytest): the folder trains, and embeds, with that file skipped and counted."""
     root = make_image_folder(tmp_path / "images")
     (root / "train" / "class_0" / "crash.png").write_bytes(crashing_png())
-    trained_run = subprocess.run([sys.executable, "-m", "ssl_train", *TINY_DATA, *TINY_MODEL, *TINY_RUN, *QUIET, "data=image_folder",
-                                  f"data.source.root={root}", "data.source.train_limit=null", "data.source.test_limit=null", "data.batch_size=8",
-                                  "data.source.image_size=32", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    trained_run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ssl_train",
+            *TINY_DATA,
+            *TINY_MODEL,
+            *TINY_RUN,
+            *QUIET,
+            "data=image_folder",
+            f"data.source.root={root}",
+            "data.source.train_limit=null",
+            "data.source.test_limit=null",
+            "data.batch_size=8",
+            "data.source.image_size=32",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert trained_run.returncode == 0, trained_run.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_images"] == 1
-    embedded = subprocess.run([sys.executable, "-m", "ssl_train.toolkit", "embed", "--ckpt", str(trained), "--images", str(root / "train"),
-                               "--out", str(tmp_path / "embed")], capture_output=True, text=True, timeout=300)
+    embedded = subprocess.run(
+        [sys.executable, "-m", "ssl_train.toolkit", "embed", "--ckpt", str(trained), "--images", str(root / "train"), "--out", str(tmp_path / "embed")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert embedded.returncode == 0, embedded.stderr[-2000:]
 
 
-@pytest.mark.parametrize("runs", [{"mlflow": {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"}},
-                                  {"mlflow": f"${{oc.env:{SECRET_NAME}}}"}, {"mlflow": "x" * 500}, ["wandb"], {"other": "abc"}])
-def test_tracker_run_ids_in_a_checkpoint_are_plain_ids_or_refused(runs: Any, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "runs",
+    [
+        {"mlflow": {"_target_": "torch.utils.collect_env.run", "command": "touch MARKER"}},
+        {"mlflow": f"${{oc.env:{SECRET_NAME}}}"},
+        {"mlflow": "x" * 500},
+        ["wandb"],
+        {"other": "abc"},
+    ],
+)
+def test_tracker_run_ids_in_a_checkpoint_are_plain_ids_or_refused(
+    runs: Any, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Resuming with logger=mlflow or wandb passes the stored run id to the logger's constructor: a mapping there would be
     instantiated, an interpolation resolved (both did, before the ids were checked)."""
     from ssl_train.run import tracker_runs_to_continue
@@ -225,6 +270,7 @@ def test_tracker_run_ids_in_a_checkpoint_are_plain_ids_or_refused(runs: Any, tra
 
 
 # --- weights-only reads, the _target_ allowlist, one-line errors for bad checkpoints -------------------------------
+
 
 class WritesMarkerWhenUnpickled:
     """A pickle payload that creates a file when loaded: stands in for code a crafted checkpoint would run."""
@@ -272,8 +318,18 @@ def test_stored_config_targets_outside_the_registry_are_refused(trained_checkpoi
         load_encoder(tampered, features="projector")
     assert is_allowed("ssl_train.heads.MLP", "head") and is_allowed("ssl_train.encoders.resnet.SmallResNet", "backbone")
     assert not is_allowed("ssl_train.heads.MLP", "backbone.widths")  # exact names where the configs build them, not anywhere
-    assert not any(is_allowed(t, "backbone") for t in ("torch.nn.Linear", "torch.hub.load", "torch.utils.collect_env.run", "timm.create_model",
-                                                       "torch.os.system", "ssl_train.callbacks.subprocess.call", "builtins.eval"))
+    assert not any(
+        is_allowed(t, "backbone")
+        for t in (
+            "torch.nn.Linear",
+            "torch.hub.load",
+            "torch.utils.collect_env.run",
+            "timm.create_model",
+            "torch.os.system",
+            "ssl_train.callbacks.subprocess.call",
+            "builtins.eval",
+        )
+    )
     assert is_allowed("mylab.nets.Net", "backbone", also_allowed=["mylab.nets.Net"])
     assert not is_allowed("mylab.nets.Other", "backbone", also_allowed=["mylab.nets.Net"])
     assert sorted(targets_in({"a": {"_target_": "x.A", "b": [{"_target_": "y.B"}]}})) == ["x.A", "y.B"]
@@ -290,8 +346,12 @@ def test_bad_checkpoint_files_stop_with_one_line(trained_checkpoint: Path, tmp_p
     del checkpoint[ConfigInCheckpoint.KEY]
     torch.save(checkpoint, lightning_only)
     expected = {
-        empty: "is empty", truncated: "truncated or corrupted", garbage: "truncated or corrupted",
-        foreign: "not a Lightning/ssl_train checkpoint", lightning_only: "is not an ssl_train checkpoint", tmp_path / "missing.ckpt": "no checkpoint at",
+        empty: "is empty",
+        truncated: "truncated or corrupted",
+        garbage: "truncated or corrupted",
+        foreign: "not a Lightning/ssl_train checkpoint",
+        lightning_only: "is not an ssl_train checkpoint",
+        tmp_path / "missing.ckpt": "no checkpoint at",
     }
     for path, message in expected.items():
         with pytest.raises(UserError, match=message) as caught:

@@ -19,21 +19,24 @@ def test_every_method_default_config_is_valid(tmp_path: Path, method: str) -> No
     validate(compose_config([f"method={method}"], tmp_path, tiny=False))
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optim.optimizer.lr=-1", r"optim.optimizer.lr=-1: must be a finite number in \(0, 100\]"),
-    ("optim.optimizer.lr=nan", r"optim.optimizer.lr=nan: must be a finite number in \(0, 100\]"),
-    ("optim.optimizer.weight_decay=null", r"optim.optimizer.weight_decay=None: must be a value \(not null\)"),
-    ("data.batch_size=0", r"data.batch_size=0: must be an integer >= 1"),
-    ("data.num_workers=0.5", r"data.num_workers=0.5: must be an integer >= 0"),
-    ("trainer.max_epochs=1e12", r"trainer.max_epochs=1000000000000.0: must be an integer >= 1"),
-    ("trainer.accumulate_grad_batches=abc", r"trainer.accumulate_grad_batches='abc': must be an integer >= 1"),
-    ("loss.temperature=0", r"loss.temperature=0: must be a finite number in \(0, 100\]"),
-    ("seed=-1", r"seed=-1 \(from \$\{seed\}\): must be an integer in \[0, 4.29497e\+09\]"),  # read first where a probe interpolates it
-    ("augment.recipe.crop_scale=[0.9,0.2]", r"augment.recipe.crop_scale=\[0.9, 0.2\]: must be a pair \[low, high\] with 0 < low <= high <= 1"),
-    ("backbone.widths=[]", r"backbone.widths=\[\]: must be a non-empty list of integers >= 1"),
-    ("eval.knn.k=[20,0]", r"eval.knn.k=\[20, 0\]: must be an integer >= 1 or a list of them"),
-    ("trainer.limit_train_batches=1.5", r"trainer.limit_train_batches=1.5: must be an integer >= 0 \(batches\) or a fraction in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.optimizer.lr=-1", r"optim.optimizer.lr=-1: must be a finite number in \(0, 100\]"),
+        ("optim.optimizer.lr=nan", r"optim.optimizer.lr=nan: must be a finite number in \(0, 100\]"),
+        ("optim.optimizer.weight_decay=null", r"optim.optimizer.weight_decay=None: must be a value \(not null\)"),
+        ("data.batch_size=0", r"data.batch_size=0: must be an integer >= 1"),
+        ("data.num_workers=0.5", r"data.num_workers=0.5: must be an integer >= 0"),
+        ("trainer.max_epochs=1e12", r"trainer.max_epochs=1000000000000.0: must be an integer >= 1"),
+        ("trainer.accumulate_grad_batches=abc", r"trainer.accumulate_grad_batches='abc': must be an integer >= 1"),
+        ("loss.temperature=0", r"loss.temperature=0: must be a finite number in \(0, 100\]"),
+        ("seed=-1", r"seed=-1 \(from \$\{seed\}\): must be an integer in \[0, 4.29497e\+09\]"),  # read first where a probe interpolates it
+        ("augment.recipe.crop_scale=[0.9,0.2]", r"augment.recipe.crop_scale=\[0.9, 0.2\]: must be a pair \[low, high\] with 0 < low <= high <= 1"),
+        ("backbone.widths=[]", r"backbone.widths=\[\]: must be a non-empty list of integers >= 1"),
+        ("eval.knn.k=[20,0]", r"eval.knn.k=\[20, 0\]: must be an integer >= 1 or a list of them"),
+        ("trainer.limit_train_batches=1.5", r"trainer.limit_train_batches=1.5: must be an integer >= 0 \(batches\) or a fraction in \[0, 1\]"),
+    ],
+)
 def test_bad_numbers_stop_before_the_run_directory_exists(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         run(compose_config([override], tmp_path / "run"))
@@ -47,32 +50,43 @@ def test_method_specific_keys_are_checked(tmp_path: Path) -> None:
         validate(compose_config(["method=byol", "method.momentum_base=1.5"], tmp_path))
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["method=tico", "loss.beta=1.5"], r"^loss.beta=1.5: must be a finite number in \[0, 1\]$"),  # from TiCoLoss's `beta: Fraction`
-    (["method=tico", "head.out_dim=null"], r"^loss.dim=None \(from \$\{head.out_dim\}\): must be a value \(not null\)$"),
-    (["method=ijepa", "method.min_keep=-1"], r"^method.min_keep=-1: must be an integer >= 0$"),
-    (["method=swav", "method.num_prototypes=0"], r"^method.num_prototypes=0: must be an integer >= 1$"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=tico", "loss.beta=1.5"], r"^loss.beta=1.5: must be a finite number in \[0, 1\]$"),  # from TiCoLoss's `beta: Fraction`
+        (["method=tico", "head.out_dim=null"], r"^loss.dim=None \(from \$\{head.out_dim\}\): must be a value \(not null\)$"),
+        (["method=ijepa", "method.min_keep=-1"], r"^method.min_keep=-1: must be an integer >= 0$"),
+        (["method=swav", "method.num_prototypes=0"], r"^method.num_prototypes=0: must be an integer >= 1$"),
+    ],
+)
 def test_rules_come_from_the_constructors_annotations(overrides: list[str], message: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=message):
         validate(compose_config(overrides, tmp_path))
 
 
 def test_a_key_the_constructor_does_not_take_is_one_clear_line(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"^method.momentum: unknown setting; ssl_train.methods.SiameseMethod takes backbone, loss, name, "
-                                        r"num_global_views, projector$"):
+    with pytest.raises(
+        UserError,
+        match=r"^method.momentum: unknown setting; ssl_train.methods.SiameseMethod takes backbone, loss, name, "
+        r"num_global_views, projector$",
+    ):
         validate(compose_config(["+method.momentum=0.9"], tmp_path))
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["loss.hard_negative_beta=-1"], r"loss.hard_negative_beta=-1: must be a finite number >= 0"),
-    (["data.m_per_class=0"], r"data.m_per_class=0: must be an integer >= 1"),
-    (["method=simcse", "tokenizer.max_length=2"], r"tokenizer.max_length=2: must be an integer >= 3"),
-    (["method=simcse", "augment=text_eda", "augment.recipe.delete_prob=1.5"], r"augment.recipe.delete_prob=1.5: must be a finite number in \[0, 1\]"),
-    (["method=clip", "loss.init_temperature=0"], r"loss.init_temperature=0: must be a finite number in \(0, 100\]"),
-    (["method=clip", "data=caption_folder", "data.source.root=x", "data.source.test_fraction=1"],
-     r"data.source.test_fraction=1: must be a finite number in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.hard_negative_beta=-1"], r"loss.hard_negative_beta=-1: must be a finite number >= 0"),
+        (["data.m_per_class=0"], r"data.m_per_class=0: must be an integer >= 1"),
+        (["method=simcse", "tokenizer.max_length=2"], r"tokenizer.max_length=2: must be an integer >= 3"),
+        (["method=simcse", "augment=text_eda", "augment.recipe.delete_prob=1.5"], r"augment.recipe.delete_prob=1.5: must be a finite number in \[0, 1\]"),
+        (["method=clip", "loss.init_temperature=0"], r"loss.init_temperature=0: must be a finite number in \(0, 100\]"),
+        (
+            ["method=clip", "data=caption_folder", "data.source.root=x", "data.source.test_fraction=1"],
+            r"data.source.test_fraction=1: must be a finite number in \(0, 1\)",
+        ),
+    ],
+)
 def test_text_and_image_text_keys_are_checked_before_anything_is_built(overrides: list[str], message: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=message):
         validate(compose_config(overrides, tmp_path))
@@ -91,16 +105,19 @@ def test_a_null_head_width_means_the_encoders_but_a_null_predictor_width_is_refu
         validate(compose_config(["method=byol", "head.out_dim=null"], tmp_path))  # the predictor follows ${head.out_dim}
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["optim.warmup_epochs=2.5e38"], r"optim.warmup_epochs=2.5e\+38: must be a finite number in \[0, 1000\]"),
-    (["optim.warmup_epochs=1e12"], r"optim.warmup_epochs=1000000000000.0: must be a finite number in \[0, 1000\]"),
-    (["optim.optimizer.lr=1e12"], r"optim.optimizer.lr=1000000000000.0: must be a finite number in \(0, 100\]"),
-    (["optim.online_probe_lr=2.5e38"], r"optim.online_probe_lr=2.5e\+38: must be a finite number in \(0, 100\]"),
-    (["optim.optimizer.weight_decay=2.5e38"], r"optim.optimizer.weight_decay=2.5e\+38: must be a finite number in \[0, 10\]"),
-    (["optim.weight_decay_end=1e12"], r"optim.weight_decay_end=1000000000000.0: must be a finite number in \[0, 10\]"),
-    (["method=barlow_twins", "loss.lambda_offdiag=1e12"], r"loss.lambda_offdiag=1000000000000.0: must be a finite number in \[0, 1000\]"),
-    (["method=vicreg", "loss.sim_weight=2.5e38"], r"loss.sim_weight=2.5e\+38: must be a finite number in \[0, 1000\]"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optim.warmup_epochs=2.5e38"], r"optim.warmup_epochs=2.5e\+38: must be a finite number in \[0, 1000\]"),
+        (["optim.warmup_epochs=1e12"], r"optim.warmup_epochs=1000000000000.0: must be a finite number in \[0, 1000\]"),
+        (["optim.optimizer.lr=1e12"], r"optim.optimizer.lr=1000000000000.0: must be a finite number in \(0, 100\]"),
+        (["optim.online_probe_lr=2.5e38"], r"optim.online_probe_lr=2.5e\+38: must be a finite number in \(0, 100\]"),
+        (["optim.optimizer.weight_decay=2.5e38"], r"optim.optimizer.weight_decay=2.5e\+38: must be a finite number in \[0, 10\]"),
+        (["optim.weight_decay_end=1e12"], r"optim.weight_decay_end=1000000000000.0: must be a finite number in \[0, 10\]"),
+        (["method=barlow_twins", "loss.lambda_offdiag=1e12"], r"loss.lambda_offdiag=1000000000000.0: must be a finite number in \[0, 1000\]"),
+        (["method=vicreg", "loss.sim_weight=2.5e38"], r"loss.sim_weight=2.5e\+38: must be a finite number in \[0, 1000\]"),
+    ],
+)
 def test_absurd_magnitudes_are_refused_with_the_allowed_range_before_the_run_directory_exists(tmp_path: Path, overrides: list[str], message: str) -> None:
     """Exponents gone wrong trained before (1e12 warm-up epochs: the LR never rose) or diverged steps later, naming another key."""
     with pytest.raises(UserError, match=message) as caught:
@@ -109,6 +126,10 @@ def test_absurd_magnitudes_are_refused_with_the_allowed_range_before_the_run_dir
 
 
 def test_the_ends_of_the_magnitude_ranges_are_accepted(tmp_path: Path) -> None:
-    validate(compose_config(["optim.optimizer.lr=100", "optim.optimizer.weight_decay=10", "optim.weight_decay_end=10", "optim.warmup_epochs=1000",
-                             "trainer.max_epochs=1000"], tmp_path))
+    validate(
+        compose_config(
+            ["optim.optimizer.lr=100", "optim.optimizer.weight_decay=10", "optim.weight_decay_end=10", "optim.warmup_epochs=1000", "trainer.max_epochs=1000"],
+            tmp_path,
+        )
+    )
     validate(compose_config(["method=vicreg", "loss.sim_weight=1000", "loss.var_weight=0", "loss.cov_weight=1000"], tmp_path))

@@ -75,8 +75,7 @@ def test_loss_only_overrides_check_the_loss() -> None:
 
 
 def test_bad_override_is_one_line() -> None:
-    done = subprocess.run([sys.executable, "-m", "ssl_train.verify_dist", "method=no_such_method"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-m", "ssl_train.verify_dist", "method=no_such_method"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["ssl_train error: overrides method=no_such_method: In 'train': Could not find 'method/no_such_method'"]
 
@@ -84,10 +83,14 @@ def test_bad_override_is_one_line() -> None:
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_forgotten_gather_caught_and_ntxent_passes() -> None:
-    verdicts = verify({
-        "forgetful": Case(ForgetfulNTXent(), _pairs()), "ntxent": Case(NTXentLoss(0.5, gather_distributed=True), _pairs()),
-        "batchnorm": Case(BatchNormThenNTXent(), _pairs()), "dropout": Case(DropoutThenNTXent(), _pairs()),
-    })
+    verdicts = verify(
+        {
+            "forgetful": Case(ForgetfulNTXent(), _pairs()),
+            "ntxent": Case(NTXentLoss(0.5, gather_distributed=True), _pairs()),
+            "batchnorm": Case(BatchNormThenNTXent(), _pairs()),
+            "dropout": Case(DropoutThenNTXent(), _pairs()),
+        }
+    )
     assert verdicts["forgetful"].verdict == NOT_GATHERED and verdicts["forgetful"].eval_diff > 1e-3
     assert verdicts["ntxent"].verdict == EQUAL and verdicts["ntxent"].train_diff < 1e-5
     assert verdicts["batchnorm"].verdict == UNSYNCED_BN
@@ -96,9 +99,13 @@ def test_forgotten_gather_caught_and_ntxent_passes() -> None:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-@pytest.mark.parametrize(("override", "verdict", "code"), [
-    ("loss._target_=tests.test_verify_dist.ForgetfulNTXent", NOT_GATHERED, 1), ("loss=ntxent", EQUAL, 0),
-])
+@pytest.mark.parametrize(
+    ("override", "verdict", "code"),
+    [
+        ("loss._target_=tests.test_verify_dist.ForgetfulNTXent", NOT_GATHERED, 1),
+        ("loss=ntxent", EQUAL, 0),
+    ],
+)
 def test_command_on_a_users_loss(override: str, verdict: str, code: int) -> None:
     """The command composes the run's config with the user's `_target_` and checks it on what SimCLR hands its loss."""
     done = subprocess.run([sys.executable, "-m", "ssl_train.verify_dist", override], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -40,9 +40,15 @@ def test_flip_rate_and_independent_draws() -> None:
     assert flipped.float().mean().item() == pytest.approx(0.5, abs=0.03)
 
 
-@pytest.mark.parametrize(("ours", "theirs", "factor"), [
-    (_brightness, TF.adjust_brightness, 1.3), (_contrast, TF.adjust_contrast, 0.7), (_saturation, TF.adjust_saturation, 1.2), (_hue, TF.adjust_hue, 0.08),
-])
+@pytest.mark.parametrize(
+    ("ours", "theirs", "factor"),
+    [
+        (_brightness, TF.adjust_brightness, 1.3),
+        (_contrast, TF.adjust_contrast, 0.7),
+        (_saturation, TF.adjust_saturation, 1.2),
+        (_hue, TF.adjust_hue, 0.08),
+    ],
+)
 def test_each_jitter_op_matches_torchvision(ours, theirs, factor: float) -> None:
     x = torch.rand(4, 3, 8, 8)
     factors = torch.tensor([factor, 1.0, factor, 1.0]) if ours is not _hue else torch.tensor([factor, 0.0, -factor, 0.0])
@@ -83,6 +89,7 @@ def test_batched_views_shapes_on_device_of_input() -> None:
 
 
 # The hybrid path (image files of any size): crops, resizing and flips in the loader on uint8, the rest batched on the device.
+
 
 def test_loader_crop_boxes_match_torchvision() -> None:
     """The loader's RandomResizedCrop boxes: torchvision's area, aspect and position distribution, also where the
@@ -125,15 +132,28 @@ def test_hybrid_pipeline_moments_match_per_sample_path() -> None:
     image[0, :20] = 200
     image[1, :, 14:] = 150
     image[2, 10:30, 7:21] = 255
-    per_sample = MultiViewTransform(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), num_global=2, recipe={"crop_scale": [0.3, 1.0]},
-                                    per_view=[{"blur_prob": 1.0}, {"blur_prob": 0.1, "solarize_prob": 0.2}], num_local=1, local_size=8, fixed_size=False)
+    per_sample = MultiViewTransform(
+        16,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        num_global=2,
+        recipe={"crop_scale": [0.3, 1.0]},
+        per_view=[{"blur_prob": 1.0}, {"blur_prob": 0.1, "solarize_prob": 0.2}],
+        num_local=1,
+        local_size=8,
+        fixed_size=False,
+    )
     assert per_sample.path == "hybrid"
     loader, batched = per_sample.loader_crops(), per_sample.batched()
     a = [torch.stack(v) for v in zip(*[per_sample(image) for _ in range(2000)], strict=True)]
     b = batched([torch.stack(v) for v in zip(*[loader(image) for _ in range(2000)], strict=True)])
     assert [tuple(v.shape) for v in b] == [(2000, 3, 16, 16)] * 2 + [(2000, 3, 8, 8)]
-    stats = ((lambda t: t.mean(dim=(0, 2, 3)), 0.12), (lambda t: t.std(dim=(0, 2, 3)), 0.04),
-             (lambda t: t.mean(dim=(0, 2)), 0.18), (lambda t: t.mean(dim=(0, 3)), 0.18))  # channel means, stds; column, row profiles
+    stats = (
+        (lambda t: t.mean(dim=(0, 2, 3)), 0.12),
+        (lambda t: t.std(dim=(0, 2, 3)), 0.04),
+        (lambda t: t.mean(dim=(0, 2)), 0.18),
+        (lambda t: t.mean(dim=(0, 3)), 0.18),
+    )  # channel means, stds; column, row profiles
     for view_a, view_b in zip(a, b, strict=True):
         for stat, atol in stats:
             torch.testing.assert_close(stat(view_b), stat(view_a), atol=atol, rtol=0)
@@ -155,9 +175,21 @@ def test_image_folder_trains_on_the_hybrid_path(tmp_path: Path) -> None:
     from tests.fixtures import compose_config, make_image_folder
 
     root = make_image_folder(tmp_path / "images", n_per_class=4, classes=2, size=40)
-    cfg = compose_config(["data=image_folder", f"data.source.root={root}", "data.source.image_size=24", "data.batch_size=4", "augment=multicrop",
-                          "augment.local_size=12", "data.source.train_limit=null", "data.source.test_limit=null", "probe=false", "baseline=false"],
-                         tmp_path / "run")
+    cfg = compose_config(
+        [
+            "data=image_folder",
+            f"data.source.root={root}",
+            "data.source.image_size=24",
+            "data.batch_size=4",
+            "augment=multicrop",
+            "augment.local_size=12",
+            "data.source.train_limit=null",
+            "data.source.test_limit=null",
+            "probe=false",
+            "baseline=false",
+        ],
+        tmp_path / "run",
+    )
     assert cfg.augment.on_device == "auto"
     built = build(cfg)
     assert built.datamodule.views().path == "hybrid" and built.module.batched_views is not None

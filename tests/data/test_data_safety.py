@@ -57,8 +57,15 @@ def test_numpy_arrays_unpickle_at_protocols_2_and_5(protocol: int) -> None:
     assert np.array_equal(batch[b"data"], data) and batch[b"labels"] == [3, 4] and batch[b"scale"] == np.float32(0.5)
 
 
-@pytest.mark.parametrize("call, args", [(os.system, ("touch MARKER",)), (builtins.eval, ("__import__('os').system('touch MARKER')",)),
-                                        (subprocess.call, (["touch", "MARKER"],)), (torch.load, ("MARKER",))])
+@pytest.mark.parametrize(
+    "call, args",
+    [
+        (os.system, ("touch MARKER",)),
+        (builtins.eval, ("__import__('os').system('touch MARKER')",)),
+        (subprocess.call, (["touch", "MARKER"],)),
+        (torch.load, ("MARKER",)),
+    ],
+)
 def test_cifar_code_payloads_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: Any, args: tuple[Any, ...]) -> None:
     monkeypatch.chdir(tmp_path)
     make_cifar(tmp_path)
@@ -67,8 +74,9 @@ def test_cifar_code_payloads_are_refused(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(UserError) as error:
         CIFARSource(str(tmp_path)).load()
     name = f"{call.__module__}.{call.__qualname__}"
-    assert one_line(error) == (f"{path}: refused: a CIFAR python batch that names {name}, which would need code to load "
-                               "(real CIFAR batches hold only lists, bytes and numpy arrays)")
+    assert one_line(error) == (
+        f"{path}: refused: a CIFAR python batch that names {name}, which would need code to load (real CIFAR batches hold only lists, bytes and numpy arrays)"
+    )
     assert not (tmp_path / "MARKER").exists()
 
 
@@ -79,28 +87,38 @@ def test_codecs_encode_is_admitted_only_for_latin1() -> None:
         loads_data_pickle(pickle.dumps(Payload(_codecs.encode, "text", "rot13")))
 
 
-
 def test_crashing_png_is_skipped_not_fatal_and_valid_pngs_decode(tmp_path: Path) -> None:
     assert len(crashing_png()) == 69
-    files = {"bad.png": crashing_png(), "rgb.png": png(5, 3), "adam7.png": png(9, 7, colour=6, interlace=1),
-             "gray16.png": png(4, 4, depth=16, colour=0), "bits.png": png(11, 2, depth=1, colour=0),
-             "palette.png": png(6, 6, colour=3, extra=chunk(b"PLTE", bytes(range(12))))}
+    files = {
+        "bad.png": crashing_png(),
+        "rgb.png": png(5, 3),
+        "adam7.png": png(9, 7, colour=6, interlace=1),
+        "gray16.png": png(4, 4, depth=16, colour=0),
+        "bits.png": png(11, 2, depth=1, colour=0),
+        "palette.png": png(6, 6, colour=3, extra=chunk(b"PLTE", bytes(range(12)))),
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     exitcode, report = decode_in_child([tmp_path / name for name in files])
     assert exitcode == 0 and report is not None
     skipped, shapes, messages = report
     assert skipped == 1 and shapes == [(3, 3, 5), (3, 3, 5), (3, 7, 9), (3, 4, 4), (3, 2, 11), (3, 6, 6)]
-    assert messages == [f"skipping unreadable image {tmp_path / 'bad.png'}: PNG IDAT zlib stream is truncated: it inflates to 0 of the 12352 bytes "
-                        "its header needs"]
+    assert messages == [
+        f"skipping unreadable image {tmp_path / 'bad.png'}: PNG IDAT zlib stream is truncated: it inflates to 0 of the 12352 bytes its header needs"
+    ]
 
 
-@pytest.mark.parametrize("data, reason", [
-    (png(100_000, 100_000, idat=b"x"), "PNG header claims 100000x100000 = 10000000000 pixels, over max_pixels=64000000 (a decompression bomb?)"),
-    (b"\xff\xd8\xff\xc0\x00\x11\x08\xfd\xe8\xfd\xe8\x03" + b"\x00" * 9 + b"\xff\xd9",
-     "JPEG header claims 65000x65000 = 4225000000 pixels, over max_pixels=64000000 (a decompression bomb?)"),
-    (b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00" * 8 + b";", "GIF header claims 65535x65535 = 4294836225 pixels, over max_pixels"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (png(100_000, 100_000, idat=b"x"), "PNG header claims 100000x100000 = 10000000000 pixels, over max_pixels=64000000 (a decompression bomb?)"),
+        (
+            b"\xff\xd8\xff\xc0\x00\x11\x08\xfd\xe8\xfd\xe8\x03" + b"\x00" * 9 + b"\xff\xd9",
+            "JPEG header claims 65000x65000 = 4225000000 pixels, over max_pixels=64000000 (a decompression bomb?)",
+        ),
+        (b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00" * 8 + b";", "GIF header claims 65535x65535 = 4294836225 pixels, over max_pixels"),
+    ],
+)
 def test_decompression_bombs_are_refused_from_the_header(data: bytes, reason: str) -> None:
     with pytest.raises(ImageRefused, match=re.escape(reason)):
         check_image(data)
@@ -135,10 +153,12 @@ def test_empty_image_folder_names_the_folder(tmp_path: Path, layout: str) -> Non
         (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
     with pytest.raises(DataNotFoundError) as error:
         ImageFolderSource(str(tmp_path)).load()
-    expected = "holds no images (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp) in its class sub-folders cat" if layout == "empty class folders" \
+    expected = (
+        "holds no images (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp) in its class sub-folders cat"
+        if layout == "empty class folders"
         else "has no class sub-folders"
+    )
     assert one_line(error).startswith(f"data.source.root: {tmp_path / 'train'} {expected}")
-
 
 
 def sequences(**override: Any) -> dict[str, Any]:
@@ -160,14 +180,17 @@ def absurd_npz(path: Path, name: str, others: dict[str, np.ndarray]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"train_x": np.array([[["a"]]] * 4)}, "array train_x has dtype <U1; allowed: bool, int, uint or float arrays (no strings, objects or records)"),
-    ({"test_y": np.array(["cat", None], dtype=object)}, "array test_y has dtype object; allowed: bool, int, uint or float arrays"),
-    ({"train_y": np.array([0, 1, 2**40, 1])}, f"array train_y holds label {2**40}; labels must be class indices 0..{MAX_CLASSES - 1}"),
-    ({"test_y": np.array([0, -3])}, "array test_y holds label -3; labels must be class indices 0..999999 (num_classes is the largest + 1)"),
-    ({"train_x": np.where(np.arange(24).reshape(4, 3, 2) >= 18, np.nan, 0.0)}, "array train_x holds NaN/inf values (6 of 24): fix or drop those samples"),
-    ({"train_y": np.arange(3)}, "train_x holds 4 samples but train_y 3 labels"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train_x": np.array([[["a"]]] * 4)}, "array train_x has dtype <U1; allowed: bool, int, uint or float arrays (no strings, objects or records)"),
+        ({"test_y": np.array(["cat", None], dtype=object)}, "array test_y has dtype object; allowed: bool, int, uint or float arrays"),
+        ({"train_y": np.array([0, 1, 2**40, 1])}, f"array train_y holds label {2**40}; labels must be class indices 0..{MAX_CLASSES - 1}"),
+        ({"test_y": np.array([0, -3])}, "array test_y holds label -3; labels must be class indices 0..999999 (num_classes is the largest + 1)"),
+        ({"train_x": np.where(np.arange(24).reshape(4, 3, 2) >= 18, np.nan, 0.0)}, "array train_x holds NaN/inf values (6 of 24): fix or drop those samples"),
+        ({"train_y": np.arange(3)}, "train_x holds 4 samples but train_y 3 labels"),
+    ],
+)
 def test_sequence_arrays_refuse_bad_arrays_in_one_line(tmp_path: Path, override: dict[str, Any], message: str) -> None:
     np.savez(tmp_path / "s.npz", **sequences(**override))
     with pytest.raises(UserError) as error:
@@ -197,12 +220,15 @@ def graph(**override: Any) -> dict[str, np.ndarray]:
     return {"x": np.eye(4, dtype=np.float32), "edge_index": np.array([[0, 1, 2], [1, 2, 3]]), "y": np.array([0, 1, 0, 1]), **override}
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"x": np.array([[1.0, np.nan]] * 4)}, "array x holds NaN/inf values (4 of 8)"),
-    ({"y": np.array([0, 1, 2**40, 1])}, f"array y holds label {2**40}; labels must be class indices"),
-    ({"y": np.array(["a", "b", "a", "b"])}, "array y has dtype <U1; allowed: bool, int, uint or float arrays"),
-    ({"train_mask": np.ones(3, bool)}, "array train_mask must be (4,) flags, one per node, got shape (3,)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"x": np.array([[1.0, np.nan]] * 4)}, "array x holds NaN/inf values (4 of 8)"),
+        ({"y": np.array([0, 1, 2**40, 1])}, f"array y holds label {2**40}; labels must be class indices"),
+        ({"y": np.array(["a", "b", "a", "b"])}, "array y has dtype <U1; allowed: bool, int, uint or float arrays"),
+        ({"train_mask": np.ones(3, bool)}, "array train_mask must be (4,) flags, one per node, got shape (3,)"),
+    ],
+)
 def test_graph_arrays_refuse_bad_arrays_in_one_line(tmp_path: Path, override: dict[str, Any], message: str) -> None:
     np.savez(tmp_path / "g.npz", **graph(**override))
     with pytest.raises(UserError) as error:
@@ -216,7 +242,6 @@ def test_absurd_graph_header_is_refused(tmp_path: Path) -> None:
         GraphArrays(str(path)).load()
 
 
-
 def test_over_long_csv_field_names_the_file_and_row(tmp_path: Path) -> None:
     import csv
 
@@ -225,8 +250,10 @@ def test_over_long_csv_field_names_the_file_and_row(tmp_path: Path) -> None:
 
     path = tmp_path / "t.csv"
     path.write_text('text,label\nfine,a\n"' + "x" * (csv.field_size_limit() + 1) + '",b\nalso fine,a\n')
-    expected = (f"{path}: row 2 (starting at line 3): a field longer than {csv.field_size_limit()} characters; an unclosed quote makes the rest of "
-                "the file one field: check the file's quoting")
+    expected = (
+        f"{path}: row 2 (starting at line 3): a field longer than {csv.field_size_limit()} characters; an unclosed quote makes the rest of "
+        "the file one field: check the file's quoting"
+    )
     with pytest.raises(UserError) as error:
         TextFiles(str(path)).load()
     assert one_line(error) == expected
@@ -259,18 +286,21 @@ def test_gif_frame_bomb_is_refused_counting_frames_times_screen_pixels() -> None
     assert check_image(gif(40, 40, 1), max_pixels=2000) == (40, 40)
 
 
-@pytest.mark.parametrize("data, reason", [
-    (gif(4, 3, 1, tail=b""), "GIF ends at byte 42 without its trailer (truncated?)"),
-    (gif(4, 3, 1, tail=b"\x00\x3b"), "GIF has block 0x00 at byte 42; allowed: 0x21 (extension), 0x2C (image), 0x3B (trailer)"),
-    (gif(4, 3, [b"\x02\x09\x44\x01\x00"]), "GIF image block's data runs past the end of the file (truncated?)"),
-    (gif(4, 3, [b"\x0c\x02\x44\x01\x00"]), "GIF frame 1's LZW minimum code size is 12 (allowed: 2..8)"),
-    (gif(4, 3, 0), "GIF holds no image"),
-    (gif(4, 3, 1, size=(0, 3)), "GIF frame 1 at byte 27 is 0x3 pixels"),
-    (gif(4, 3, 1, table=False), "GIF frame 1 has no colour table (neither global nor local)"),
-    (gif(4, 3, 1)[:30], "GIF image descriptor at byte 27 is truncated"),
-    (gif(4, 3, 1)[:12], "GIF is shorter than its header"),
-    (b"GIF89a" + struct.pack("<HH", 0, 3) + b"\x00" * 3 + b"\x3b", "GIF header claims 0x3 pixels"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (gif(4, 3, 1, tail=b""), "GIF ends at byte 42 without its trailer (truncated?)"),
+        (gif(4, 3, 1, tail=b"\x00\x3b"), "GIF has block 0x00 at byte 42; allowed: 0x21 (extension), 0x2C (image), 0x3B (trailer)"),
+        (gif(4, 3, [b"\x02\x09\x44\x01\x00"]), "GIF image block's data runs past the end of the file (truncated?)"),
+        (gif(4, 3, [b"\x0c\x02\x44\x01\x00"]), "GIF frame 1's LZW minimum code size is 12 (allowed: 2..8)"),
+        (gif(4, 3, 0), "GIF holds no image"),
+        (gif(4, 3, 1, size=(0, 3)), "GIF frame 1 at byte 27 is 0x3 pixels"),
+        (gif(4, 3, 1, table=False), "GIF frame 1 has no colour table (neither global nor local)"),
+        (gif(4, 3, 1)[:30], "GIF image descriptor at byte 27 is truncated"),
+        (gif(4, 3, 1)[:12], "GIF is shorter than its header"),
+        (b"GIF89a" + struct.pack("<HH", 0, 3) + b"\x00" * 3 + b"\x3b", "GIF header claims 0x3 pixels"),
+    ],
+)
 def test_broken_gif_block_sequences_are_refused(data: bytes, reason: str) -> None:
     with pytest.raises(ImageRefused, match=re.escape(reason)):
         check_image(data)
@@ -290,7 +320,8 @@ def test_animated_gif_in_a_folder_is_its_first_frame_and_a_frame_bomb_is_skipped
     assert first[:, 0, 0].tolist() == [0, 0, 0] and white[:, 0, 0].tolist() == [255, 255, 255]  # the first frame's pixel, not the last's
     assert dataset.skipped == 1 and [str(w.message) for w in caught if "skipping" in str(w.message)] == [
         f"skipping unreadable image {tmp_path / 'bomb.gif'}: GIF holds 2 frames of a 40x40 screen = 3200 pixels decoded, over max_pixels=2000 "
-        "(a decompression bomb?)"]
+        "(a decompression bomb?)"
+    ]
     exitcode, report = decode_in_child([tmp_path / "animated.gif"])  # the default max_pixels, in a child process
     assert exitcode == 0 and report == (0, [(3, 1, 2)], [])
 
@@ -323,23 +354,30 @@ def test_malformed_wordnet_lines_are_skipped_and_counted_naming_the_first(tmp_pa
     with caplog.at_level(logging.WARNING):
         glosses, lexfiles, lemmas = parse_wordnet_glosses(root)
     assert glosses == ["that which is perceived"] * 2 + ["a verb", "a adj", "a adv"] and lexfiles == [3, 3, 31, 32, 33] and lemmas[0] == ["entity"]
-    assert (f"{root / 'data.noun'}: skipped 3 line(s) that are not WordNet synset lines (first: line 3: word count 'zz' is not a hexadecimal "
-            "count of the words on the line)") in caplog.text
-    for body, first in [("00001740 03 n zz entity 0 | that which is perceived\n", "line 2: word count 'zz' is not a hexadecimal count"),
-                        ("garbage\n", "line 2: not 'offset lex_filenum ss_type w_cnt word lex_id ... | gloss'"),
-                        ("00002 99 n 01 x 0 000 | a gloss\n", "line 2: lexicographer file '99' is not a number 0..44")]:
+    assert (
+        f"{root / 'data.noun'}: skipped 3 line(s) that are not WordNet synset lines (first: line 3: word count 'zz' is not a hexadecimal "
+        "count of the words on the line)"
+    ) in caplog.text
+    for body, first in [
+        ("00001740 03 n zz entity 0 | that which is perceived\n", "line 2: word count 'zz' is not a hexadecimal count"),
+        ("garbage\n", "line 2: not 'offset lex_filenum ss_type w_cnt word lex_id ... | gloss'"),
+        ("00002 99 n 01 x 0 000 | a gloss\n", "line 2: lexicographer file '99' is not a number 0..44"),
+    ]:
         root = wordnet(tmp_path / "bad", body)
         with pytest.raises(UserError) as error:
             WordNetGlosses(root=str(root)).load()
         assert one_line(error).startswith(f"data.source.root: {root / 'data.noun'} holds no WordNet synset line ({first}")
 
 
-@pytest.mark.parametrize("line, why", [
-    ("00001740 03 n zz entity 0 000 | bad hex", "invalid literal for int() with base 16: 'zz'"),
-    ("00001740 03 n", "list index out of range"),
-    ("00001740 03 n 01 entity 0 009 @ 00000001 n 0000 | too few pointers", "1 words and 9 pointers do not fit its 11 fields"),
-    ("00001740 77 n 01 entity 0 000 | not a noun file", "lexicographer file 77 is not a noun file (03..28)"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("00001740 03 n zz entity 0 000 | bad hex", "invalid literal for int() with base 16: 'zz'"),
+        ("00001740 03 n", "list index out of range"),
+        ("00001740 03 n 01 entity 0 009 @ 00000001 n 0000 | too few pointers", "1 words and 9 pointers do not fit its 11 fields"),
+        ("00001740 77 n 01 entity 0 000 | not a noun file", "lexicographer file 77 is not a noun file (03..28)"),
+    ],
+)
 def test_malformed_wordnet_noun_line_is_one_error_naming_the_file_and_line(tmp_path: Path, line: str, why: str) -> None:
     root = wordnet(tmp_path, WORDNET_LINE.format(offset=1, lexfile=3, word="entity", gloss="a thing") + line + "\n")
     with pytest.raises(UserError) as error:

@@ -101,8 +101,12 @@ def test_end_to_end_on_fixture(tmp_path: Path, data: str) -> None:
         "cifar10": [f"data.source.root={make_cifar(tmp_path / 'c')}"],
         "stl10": [f"data.source.root={make_stl10(tmp_path / 's')}", "data.batch_size=8"],
         "image_folder": [f"data.source.root={make_image_folder(tmp_path / 'f', corrupt=1)}", "data.source.image_size=32", "data.batch_size=8"],
-        "unlabeled_folder": [f"data.source.root={make_image_folder(tmp_path / 'u')}/train", f"data.source.probe.root={make_image_folder(tmp_path / 'l')}",
-                             "data.source.probe.image_size=32", "data.batch_size=8"],
+        "unlabeled_folder": [
+            f"data.source.root={make_image_folder(tmp_path / 'u')}/train",
+            f"data.source.probe.root={make_image_folder(tmp_path / 'l')}",
+            "data.source.probe.image_size=32",
+            "data.batch_size=8",
+        ],
     }
     limits = ["data.source.train_limit=null", "data.source.test_limit=null"]
     metrics = run(compose_config([f"data={data}", *limits, *roots[data]], tmp_path / "run"))
@@ -112,6 +116,8 @@ def test_end_to_end_on_fixture(tmp_path: Path, data: str) -> None:
 
 
 def test_unlabeled_probe_ignores_missing_labels(tmp_path: Path) -> None:
-    cfg = compose_config(["data=stl10", f"data.source.root={make_stl10(tmp_path)}", "data.batch_size=8", "data.source.train_limit=null",
-                          "data.source.test_limit=null"], tmp_path / "run")
+    cfg = compose_config(
+        ["data=stl10", f"data.source.root={make_stl10(tmp_path)}", "data.batch_size=8", "data.source.train_limit=null", "data.source.test_limit=null"],
+        tmp_path / "run",
+    )
     assert build(cfg).datamodule.splits.pretrain_set[0][1] == -1

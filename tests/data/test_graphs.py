@@ -38,8 +38,12 @@ def test_dgi_loss_equals_torch_geometrics_deep_graph_infomax_loss() -> None:
     torch.manual_seed(0)
     x, edge_index, _ = karate()
     encoder = GCNEncoder(x.shape[1], hidden_dim=16)
-    reference = DeepGraphInfomax(16, encoder=lambda x, ei: encoder.embed(x, ei), summary=lambda z, *a, **k: torch.sigmoid(z.mean(dim=0)),
-                                 corruption=lambda x, ei: (x[torch.randperm(len(x))], ei))
+    reference = DeepGraphInfomax(
+        16,
+        encoder=lambda x, ei: encoder.embed(x, ei),
+        summary=lambda z, *a, **k: torch.sigmoid(z.mean(dim=0)),
+        corruption=lambda x, ei: (x[torch.randperm(len(x))], ei),
+    )
     ours = DeepGraphInfomaxLoss(16)
     with torch.no_grad():
         ours.weight.copy_(reference.weight)

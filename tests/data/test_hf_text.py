@@ -27,7 +27,7 @@ def test_hf_tokenizer_shifts_the_models_ids_by_three_and_pads_with_zero(hf_dir: 
     ids = tokenizer("the animal is a person")
     expected = reference("the animal is a person")["input_ids"]  # [CLS] ... [SEP], the model's own framing
     assert ids[: len(expected)].tolist() == [i + 3 for i in expected]
-    assert (ids[len(expected):] == PAD).all() and ids.shape == (12,) and tokenizer.vocab_size == len(reference) + 3
+    assert (ids[len(expected) :] == PAD).all() and ids.shape == (12,) and tokenizer.vocab_size == len(reference) + 3
     assert tokenizer.decode(ids) == "the animal is a person"
     long = tokenizer.encode_batch(["the " * 40])
     assert long.shape == (1, 12) and long[0, -1].item() == reference.sep_token_id + 3  # truncated, [SEP] kept
@@ -76,8 +76,18 @@ def test_hf_encoder_refuses_another_tokenizers_ids_and_missing_folders(hf_dir: P
 def test_simcse_trains_a_local_hf_model_and_probes_it(hf_dir: Path, tmp_path: Path) -> None:
     from ssl_train.run import run
 
-    cfg = compose_config(["method=simcse", "backbone=hf_text", "tokenizer=hf", f"tokenizer.path={hf_dir}", "tokenizer.max_length=24",
-                          "data.source.train_limit=64", "data.source.test_limit=32"], tmp_path)
+    cfg = compose_config(
+        [
+            "method=simcse",
+            "backbone=hf_text",
+            "tokenizer=hf",
+            f"tokenizer.path={hf_dir}",
+            "tokenizer.max_length=24",
+            "data.source.train_limit=64",
+            "data.source.test_limit=32",
+        ],
+        tmp_path,
+    )
     assert cfg.backbone.path == str(hf_dir)  # follows tokenizer.path
     metrics = run(cfg)
     assert metrics["backbone"] == "HFTextEncoder" and metrics["steps"] == 2

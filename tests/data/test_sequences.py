@@ -165,15 +165,25 @@ def test_sequence_arrays_read_npz_and_folders_and_say_what_is_wrong(tmp_path: Pa
         SequenceArrays(str(tmp_path / "missing.npz")).load()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["method=cpc"], "method=cpc takes sequence/waveform data, but data=default holds images; data options for sequence/waveform data: "
-                      "seq_fashion_mnist, sequence_arrays"),
-    (["data=seq_fashion_mnist", "backbone=recurrent"], "augment=byol_asymmetric takes image data, but data=seq_fashion_mnist holds sequences; "
-                                                      "augment options for sequence data: audio, sequence"),
-    (["data=seq_fashion_mnist"], "backbone=small_resnet takes image data, but data=seq_fashion_mnist holds sequences; "
-                                 "backbone options for sequence data: recurrent"),
-    (["method=simclr", "head=cpc_predictions"], "head=cpc_predictions predicts future time steps for method=cpc"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["method=cpc"],
+            "method=cpc takes sequence/waveform data, but data=default holds images; data options for sequence/waveform data: "
+            "seq_fashion_mnist, sequence_arrays",
+        ),
+        (
+            ["data=seq_fashion_mnist", "backbone=recurrent"],
+            "augment=byol_asymmetric takes image data, but data=seq_fashion_mnist holds sequences; augment options for sequence data: audio, sequence",
+        ),
+        (
+            ["data=seq_fashion_mnist"],
+            "backbone=small_resnet takes image data, but data=seq_fashion_mnist holds sequences; backbone options for sequence data: recurrent",
+        ),
+        (["method=simclr", "head=cpc_predictions"], "head=cpc_predictions predicts future time steps for method=cpc"),
+    ],
+)
 def test_impossible_combinations_stop_with_one_line_naming_what_fits(overrides: list[str], message: str, tmp_path: Path) -> None:
     from hydra import initialize_config_dir  # group choices come from Hydra's runtime config, as under the CLI
     from hydra.core.hydra_config import HydraConfig

@@ -91,8 +91,7 @@ def test_wordnet_unlabeled_glosses_join_pretraining_but_never_the_test_ones(tmp_
     test_gloss, train_gloss = embedded.test[0][0], embedded.train[0][0]
     for i, part in enumerate(("noun", "verb", "adj", "adv")):
         glosses = [test_gloss, train_gloss, f"a new {part} gloss", f"a new {part} gloss"] if part == "noun" else [f"a new {part} gloss"]
-        (tmp_path / f"data.{part}").write_text("  1 licence header\n" + "".join(
-            f"{j:08d} {i + 3:02d} n 01 word 0 000 | {g}\n" for j, g in enumerate(glosses)))
+        (tmp_path / f"data.{part}").write_text("  1 licence header\n" + "".join(f"{j:08d} {i + 3:02d} n 01 word 0 000 | {g}\n" for j, g in enumerate(glosses)))
     splits = WordNetGlosses(train_limit=20, test_limit=5, unlabeled=str(tmp_path)).load()
     assert len(splits.train) == 20 and len(splits.test) == 5  # the probe's splits are the embedded ones, unchanged
     pretrain = [splits.pretrain_set[i] for i in range(len(splits.pretrain_set))]
@@ -149,13 +148,16 @@ def test_text_views_apply_one_edit_per_view_and_tokenise() -> None:
         TextViews(ByteTokenizer(64), recipe={"shuffle": 0.1}, synonyms=None)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2),
-    lambda: TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2, downsample=1, pooling="cls"),
-    lambda: TransformerTextEncoder(300, width=32, depth=1, heads=2),
-    lambda: CharCNNEncoder(ByteTokenizer.vocab_size, embed_dim=16, channels=8),
-    lambda: NGramBagEncoder(ByteTokenizer.vocab_size, dim=16, buckets=512),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2),
+        lambda: TransformerTextEncoder(ByteTokenizer.vocab_size, width=32, depth=1, heads=2, downsample=1, pooling="cls"),
+        lambda: TransformerTextEncoder(300, width=32, depth=1, heads=2),
+        lambda: CharCNNEncoder(ByteTokenizer.vocab_size, embed_dim=16, channels=8),
+        lambda: NGramBagEncoder(ByteTokenizer.vocab_size, dim=16, buckets=512),
+    ],
+)
 def test_text_encoders_ignore_padding(make) -> None:
     torch.manual_seed(0)
     encoder = make().eval()
@@ -226,14 +228,25 @@ def test_simcse_head_is_the_reference_pooler_mlp_at_the_encoder_width(tmp_path: 
     assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.Tanh] and head[0].weight.shape == (48, 48) and head.out_dim == 48
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["data=wordnet_glosses"], "augment=byol_asymmetric takes image data, but data=wordnet_glosses holds texts; augment options for text data: "
-                               "text_crop, text_eda, text_identity"),
-    (["method=simcse", "backbone=small_resnet"], "backbone=small_resnet takes image data, but data=wordnet_glosses holds texts; "
-                                                 "backbone options for text data: char_cnn, hf_text, ngram_bag, transformer_small"),
-    (["method=clip", "data=default"], "method=clip takes image_text data, but data=default holds images; data options for image_text data: "
-                                      "caption_folder, caption_table, fmnist_captions"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data=wordnet_glosses"],
+            "augment=byol_asymmetric takes image data, but data=wordnet_glosses holds texts; augment options for text data: text_crop, text_eda, text_identity",
+        ),
+        (
+            ["method=simcse", "backbone=small_resnet"],
+            "backbone=small_resnet takes image data, but data=wordnet_glosses holds texts; "
+            "backbone options for text data: char_cnn, hf_text, ngram_bag, transformer_small",
+        ),
+        (
+            ["method=clip", "data=default"],
+            "method=clip takes image_text data, but data=default holds images; data options for image_text data: "
+            "caption_folder, caption_table, fmnist_captions",
+        ),
+    ],
+)
 def test_text_and_pair_mismatches_stop_with_one_line_naming_what_fits(overrides: list[str], message: str, tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig

@@ -28,8 +28,9 @@ def test_an_export_naming_the_old_module_still_builds() -> None:
 
 
 def test_a_stored_config_naming_the_old_module_reads_as_the_new_one() -> None:
-    cfg = stored_config({"backbone": {"_target_": "ssl_train.text_encoders.CharCNNEncoder"},
-                         "text_encoder": {"_target_": "ssl_train.text_encoders.CharCNNEncoder"}}, "old.ckpt")
+    cfg = stored_config(
+        {"backbone": {"_target_": "ssl_train.text_encoders.CharCNNEncoder"}, "text_encoder": {"_target_": "ssl_train.text_encoders.CharCNNEncoder"}}, "old.ckpt"
+    )
     assert cfg.backbone._target_ == cfg.text_encoder._target_ == "ssl_train.encoders.text.CharCNNEncoder"
 
 

@@ -41,8 +41,9 @@ def test_timm_vit_tokens_pooling_and_other_sizes() -> None:
 
 def test_timm_state_dict_keeps_timm_key_names() -> None:
     vit = tiny_vit()
-    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=1, img_size=28, patch_size=4, depth=2,
-                                  dynamic_img_size=True)
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=1, img_size=28, patch_size=4, depth=2, dynamic_img_size=True
+    )
     reference.load_state_dict(vit.portable_module.state_dict())  # strict: the same keys and shapes
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(reference.eval()(x), vit.eval()(x))
@@ -136,8 +137,10 @@ def test_sincos_positions_are_distinct_and_bounded() -> None:
 
 
 def test_layer_decay_follows_block_depth() -> None:
-    assert [layer_of(n, 6) for n in ("model.cls_token", "model.patch_embed.proj.weight", "model.blocks.0.attn.qkv.weight",
-                                     "model.blocks.5.mlp.fc2.bias", "model.norm.weight")] == [0, 0, 1, 6, 7]
+    assert [
+        layer_of(n, 6)
+        for n in ("model.cls_token", "model.patch_embed.proj.weight", "model.blocks.0.attn.qkv.weight", "model.blocks.5.mlp.fc2.bias", "model.norm.weight")
+    ] == [0, 0, 1, 6, 7]
     vit = tiny_vit()  # 2 blocks: embeddings x 0.5^3, block 0 x 0.5^2, block 1 x 0.5, norm x 1
     groups = layer_decay_groups(vit, lr=1.0, weight_decay=0.05, layer_decay=0.5)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
@@ -195,8 +198,9 @@ def test_vit_checkpoint_evaluates_and_exports_with_timm_keys(tmp_path: Path) -> 
     assert card["encoder"]["image_size"] == 28 and card["encoder"]["name"] == "vit_tiny_patch16_224"
     from safetensors.torch import load_file
 
-    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=1, img_size=28, patch_size=4, depth=2,
-                                  dynamic_img_size=True)
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=1, img_size=28, patch_size=4, depth=2, dynamic_img_size=True
+    )
     reference.load_state_dict(load_file(str(Path(card["export_dir"]) / "model.safetensors")))
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(reference.eval()(x), encoder.eval()(x))

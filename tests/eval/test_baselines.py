@@ -115,6 +115,6 @@ def test_probe_with_more_dimensions_than_samples_matches_the_wide_solution() -> 
     wide = LogisticRegressionProblem(x, y, 3)
     assert wide.basis.shape[1] <= 30  # the Gram route: at most n directions
     reference = LogisticRegressionProblem(torch.cat([x, torch.zeros(60, 80)]), torch.cat([y, y, y]), 3)  # n > d route, same span
-    assert torch.allclose(wide.eigenvalues.sort().values, (reference.eigenvalues * 90 / 30).sort().values[-len(wide.eigenvalues):], rtol=1e-3)
+    assert torch.allclose(wide.eigenvalues.sort().values, (reference.eigenvalues * 90 / 30).sort().values[-len(wide.eigenvalues) :], rtol=1e-3)
     model = wide.fit(1e-3, max_iter=200)
     assert (model(x).argmax(1) == y).float().mean() == 1.0  # separable in 80 dimensions

@@ -134,8 +134,9 @@ def test_eval_entry_evaluates_both_towers_of_a_clip_checkpoint_as_the_run_did(tm
         assert metrics[key] == pytest.approx(trained[key], abs=1e-6), key  # same weights, same test pairs, same tokenizer
     with pytest.raises(UserError, match="need an image-text checkpoint"):
         run(compose_config(["probe=false", "baseline=false"], tmp_path / "simclr"))
-        probe_checkpoint(compose_config([f"ckpt_path={tmp_path / 'simclr' / 'checkpoints' / 'last.ckpt'}", "eval=[zero_shot]"], tmp_path / "e2",
-                                        config_name="probe"))
+        probe_checkpoint(
+            compose_config([f"ckpt_path={tmp_path / 'simclr' / 'checkpoints' / 'last.ckpt'}", "eval=[zero_shot]"], tmp_path / "e2", config_name="probe")
+        )
 
 
 def test_eval_entry_probes_a_text_checkpoint(tmp_path: Path) -> None:

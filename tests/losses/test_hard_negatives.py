@@ -54,7 +54,7 @@ def test_hard_negative_weighting_raises_the_loss_of_close_negatives_and_is_off_a
     logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / 0.2
     rows = []
     for i in range(12):
-        negatives = torch.cat([logits[i, :i], logits[i, i + 1:]])
+        negatives = torch.cat([logits[i, :i], logits[i, i + 1 :]])
         weights = (1.0 * negatives).exp() / (1.0 * negatives).exp().mean()
         rows.append(-logits[i, i] + torch.log(logits[i, i].exp() + (weights * negatives.exp()).sum()))
     assert torch.allclose(InfoNCELoss(0.2, hard_negative_beta=1.0)(q, k), torch.stack(rows).mean(), rtol=1e-5)
@@ -72,7 +72,7 @@ def test_m_per_class_batches_hold_batch_over_m_classes_m_times_each() -> None:
     order = list(sampler)
     assert len(order) == len(sampler) == (60 // 12) * 12
     for start in range(0, len(order), 12):
-        counts = Counter(labels[order[start: start + 12]].tolist())
+        counts = Counter(labels[order[start : start + 12]].tolist())
         assert len(counts) == 3 and set(counts.values()) == {4}
     sampler.set_epoch(1)
     assert list(sampler) != order  # a new draw per epoch, fixed by (seed, epoch)
@@ -87,7 +87,7 @@ def test_m_per_class_shards_each_global_batch_into_balanced_device_batches() -> 
     mine, theirs = list(single), list(other)
     assert len(mine) == len(theirs) == (60 // 16) * 8
     for start in range(0, len(mine), 8):
-        for part in (mine[start: start + 8], theirs[start: start + 8]):
+        for part in (mine[start : start + 8], theirs[start : start + 8]):
             assert set(Counter(labels[part].tolist()).values()) == {2} and len(set(labels[part].tolist())) == 4
     single.resume_at(0, 1)
     assert list(single) == mine[8:]  # a resumed run continues after the batches it already trained on

@@ -26,7 +26,7 @@ def reference_sigreg(x: torch.Tensor, a: torch.Tensor, t_max: float = 3.0, knots
     gauss = torch.exp(-0.5 * t**2)
     stats = []
     for k in range(a.shape[1]):
-        projected = (x.double() @ a[:, k].double())
+        projected = x.double() @ a[:, k].double()
         ecf = torch.stack([torch.exp(1j * projected * s).mean() for s in t])
         err = (ecf - gauss).abs().square() * gauss
         stats.append(torch.trapz(err, t) * len(x))
@@ -106,8 +106,9 @@ def test_two_ranks_equal_one_process() -> None:
 
     g = torch.Generator().manual_seed(2)
     views = [torch.randn(8, 6, generator=g) for _ in range(4)]
-    verdicts = verify({"lejepa": Case(LeJEPALoss(lambd=0.5, num_slices=16), views, call=_multi_view),
-                       "lejepa_pair": Case(LeJEPALoss(lambd=0.5, num_slices=16), views[:2])})
+    verdicts = verify(
+        {"lejepa": Case(LeJEPALoss(lambd=0.5, num_slices=16), views, call=_multi_view), "lejepa_pair": Case(LeJEPALoss(lambd=0.5, num_slices=16), views[:2])}
+    )
     for verdict in verdicts.values():
         assert verdict.verdict == EQUAL, verdict.line()
 

@@ -43,6 +43,7 @@ def dist(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # --- InfoNCE -----------------------------------------------------------------------------------------
 
+
 def test_infonce_in_batch_matches_loop() -> None:
     q, k, t = torch.randn(5, 4).double(), torch.randn(5, 4).double(), 0.3
     expected = 0.0
@@ -65,6 +66,7 @@ def test_infonce_with_explicit_negatives_matches_loop() -> None:
 
 
 # --- NT-Xent variants ---------------------------------------------------------------------------------
+
 
 def _ntxent_variant_loop(z_a: torch.Tensor, z_b: torch.Tensor, t: float, decoupled: bool, tau_plus: float) -> float:
     z = [unit(v) for v in torch.cat([z_a, z_b]).double()]
@@ -90,6 +92,7 @@ def test_ntxent_dcl_and_debiased_match_loop(decoupled: bool, tau_plus: float) ->
 
 # --- SupCon --------------------------------------------------------------------------------------------
 
+
 def test_supcon_matches_loop() -> None:
     z_a, z_b, labels, t = torch.randn(6, 4), torch.randn(6, 4), torch.tensor([0, 1, 0, 2, 1, 0]), 0.2
     z = [unit(v) for v in torch.cat([z_a, z_b]).double()]
@@ -113,6 +116,7 @@ def test_supcon_requires_labels() -> None:
 
 
 # --- Barlow Twins, VICReg -----------------------------------------------------------------------------
+
 
 def test_barlow_twins_matches_paper_pseudocode() -> None:
     z_a, z_b, lam = torch.randn(16, 5).double(), torch.randn(16, 5).double(), 0.0051
@@ -155,6 +159,7 @@ def test_vicreg_matches_loop() -> None:
 
 # --- DINO ---------------------------------------------------------------------------------------------
 
+
 def test_dino_loss_matches_loop_and_updates_center() -> None:
     student = [torch.randn(4, 6) for _ in range(3)]
     teacher = [torch.randn(4, 6) for _ in range(2)]
@@ -191,6 +196,7 @@ def test_dino_teacher_temperature_warmup() -> None:
 
 # --- SwAV ---------------------------------------------------------------------------------------------
 
+
 def test_sinkhorn_gives_equipartitioned_codes() -> None:
     scores = F.normalize(torch.randn(64, 8), dim=1) @ F.normalize(torch.randn(8, 8), dim=1).T
     codes = sinkhorn(scores, epsilon=0.05, iterations=50)
@@ -214,6 +220,7 @@ def test_swav_loss_matches_loop() -> None:
 
 
 # --- Margin contrastive, triplet, NCE -----------------------------------------------------------------
+
 
 def test_margin_contrastive_matches_loop() -> None:
     z_a, z_b, m = torch.randn(4, 3), torch.randn(4, 3), 1.0
@@ -274,6 +281,7 @@ def test_nce_matches_loop() -> None:
 
 # --- shared properties --------------------------------------------------------------------------------
 
+
 def _pair_losses() -> dict[str, Callable[[], torch.nn.Module]]:
     """Every loss of ssl_train.losses.__all__ that scores two (N, D) views, built with its defaults (a required width: 8),
     so a new loss is covered without being listed; plus the decoupled NT-Xent (DCL) and every-triplet mining."""
@@ -281,8 +289,11 @@ def _pair_losses() -> dict[str, Callable[[], torch.nn.Module]]:
     for name in losses.__all__:
         loss_class = getattr(losses, name)
         if is_pair_loss(loss_class):
-            required = [p.name for p in inspect.signature(loss_class).parameters.values()
-                        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            required = [
+                p.name
+                for p in inspect.signature(loss_class).parameters.values()
+                if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
             found[name] = functools.partial(loss_class, **dict.fromkeys(required, 8))
     return {**found, "TripletLoss": lambda: TripletLoss(mining="all"), "DCL": lambda: NTXentLoss(0.5, decoupled=True)}
 
@@ -316,18 +327,28 @@ def test_symmetric_losses_are_invariant_to_view_swap(name: str) -> None:
     assert _call(loss, z_a, z_b).item() == pytest.approx(_call(loss, z_b, z_a).item(), abs=1e-5)
 
 
-@pytest.mark.parametrize(("factory", "message"), [
-    (lambda: InfoNCELoss(0), "temperature"), (lambda: SupConLoss(-1), "temperature"), (lambda: BarlowTwinsLoss(-1), "lambda"),
-    (lambda: VICRegLoss(-1), "weights"), (lambda: TripletLoss(mining="hardest"), "mining"), (lambda: ContrastiveMarginLoss(0), "margin"),
-    (lambda: NCELoss(0), "temperature"), (lambda: DINOLoss(4, student_temp=0), "temperatures"), (lambda: SwAVLoss(epsilon=0), "epsilon"),
-    (lambda: NTXentLoss(debiased_tau_plus=1.0), "tau_plus"),
-])
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda: InfoNCELoss(0), "temperature"),
+        (lambda: SupConLoss(-1), "temperature"),
+        (lambda: BarlowTwinsLoss(-1), "lambda"),
+        (lambda: VICRegLoss(-1), "weights"),
+        (lambda: TripletLoss(mining="hardest"), "mining"),
+        (lambda: ContrastiveMarginLoss(0), "margin"),
+        (lambda: NCELoss(0), "temperature"),
+        (lambda: DINOLoss(4, student_temp=0), "temperatures"),
+        (lambda: SwAVLoss(epsilon=0), "epsilon"),
+        (lambda: NTXentLoss(debiased_tau_plus=1.0), "tau_plus"),
+    ],
+)
 def test_losses_validate_arguments(factory, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         factory()
 
 
 # --- NT-Xent and negative cosine similarity against loops; descent -------------------------------------------------
+
 
 def ntxent_naive(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> float:
     """SimCLR eq. (1) written as a loop over the 2N anchors with explicit sums (no matrix tricks)."""

@@ -44,8 +44,7 @@ def test_siglip_equals_open_clip_sigliploss() -> None:
     g = torch.Generator().manual_seed(1)
     image, text = torch.randn(12, 16, generator=g), torch.randn(12, 16, generator=g)
     normalize = torch.nn.functional.normalize
-    reference = open_clip_loss.SigLipLoss()(normalize(image, dim=1), normalize(text, dim=1),
-                                            logit_scale=torch.tensor(10.0), logit_bias=torch.tensor(-10.0))
+    reference = open_clip_loss.SigLipLoss()(normalize(image, dim=1), normalize(text, dim=1), logit_scale=torch.tensor(10.0), logit_bias=torch.tensor(-10.0))
     torch.testing.assert_close(SigLIPLoss()(image, text), reference, atol=1e-5, rtol=1e-5)
 
 

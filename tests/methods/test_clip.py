@@ -23,11 +23,13 @@ from tests.optional import require
 def test_clip_loss_equals_open_clip_cliploss_on_the_same_inputs() -> None:
     require("open_clip")
     import open_clip.loss as open_clip_loss
+
     torch.manual_seed(0)
     image, text = torch.randn(12, 16), torch.randn(12, 16)
     ours = CLIPLoss(init_temperature=0.07)
-    reference = open_clip_loss.ClipLoss()(torch.nn.functional.normalize(image, dim=1), torch.nn.functional.normalize(text, dim=1),
-                                          logit_scale=torch.tensor(1 / 0.07))
+    reference = open_clip_loss.ClipLoss()(
+        torch.nn.functional.normalize(image, dim=1), torch.nn.functional.normalize(text, dim=1), logit_scale=torch.tensor(1 / 0.07)
+    )
     assert torch.allclose(ours(image, text), reference, atol=1e-5)
 
 
@@ -80,8 +82,10 @@ def test_caption_folder_pairs_images_with_their_txt_and_counts_the_rest(tmp_path
 def test_caption_table_groups_captions_by_image_and_skips_missing_files(tmp_path: Path) -> None:
     _write_images(tmp_path / "img", ["x", "y", "z"])
     table = tmp_path / "pairs.csv"
-    table.write_text("image,caption,label\nimg/x.png,a red square,red\nimg/x.png,a crimson block,red\nimg/y.png,a blue one,blue\n"
-                     "img/gone.png,lost,blue\nimg/z.png,,blue\nimg/z.png,a green tile,green\n")
+    table.write_text(
+        "image,caption,label\nimg/x.png,a red square,red\nimg/x.png,a crimson block,red\nimg/y.png,a blue one,blue\n"
+        "img/gone.png,lost,blue\nimg/z.png,,blue\nimg/z.png,a green tile,green\n"
+    )
     splits = CaptionTable(str(table), label_column="label", image_size=8, test_fraction=0.3).load()
     pairs = {tuple(c): label for (_, c), label in [splits.train[i] for i in range(len(splits.train))] + [splits.test[i] for i in range(len(splits.test))]}
     assert pairs == {("a red square", "a crimson block"): 2, ("a blue one",): 0, ("a green tile",): 1}  # labels in sorted order
@@ -138,8 +142,9 @@ def test_clip_builds_two_towers_trains_a_step_and_is_evaluated_zero_shot(tmp_pat
     out = method([images, tokens], torch.zeros(32, dtype=torch.long))
     out["loss"].backward()
     assert method.loss.logit_scale.grad is not None and method.text_projection.weight.grad.abs().sum() > 0
-    metrics = evaluate_two_tower(method, datamodule.test_pairs(), datamodule.splits.tokenizer, datamodule.splits.class_names,
-                                 {"zero_shot": ZeroShotClassifier()})
+    metrics = evaluate_two_tower(
+        method, datamodule.test_pairs(), datamodule.splits.tokenizer, datamodule.splits.class_names, {"zero_shot": ZeroShotClassifier()}
+    )
     assert metrics["zero_shot_chance"] == pytest.approx(0.1) and method.training
     # the same top-1 computed here, one prompt and one image at a time: a class is the renormalised mean of its 3 prompts'
     # normalised text embeddings, an image takes the class of highest cosine
@@ -148,12 +153,17 @@ def test_clip_builds_two_towers_trains_a_step_and_is_evaluated_zero_shot(tmp_pat
     with torch.no_grad():
         classes = []
         for name in names:
-            prompts = [torch.nn.functional.normalize(method.encode_text(tokenizer.encode_batch([template.format(name.lower())]))[0], dim=0)
-                       for template in ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")]
+            prompts = [
+                torch.nn.functional.normalize(method.encode_text(tokenizer.encode_batch([template.format(name.lower())]))[0], dim=0)
+                for template in ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+            ]
             classes.append(torch.nn.functional.normalize(torch.stack(prompts).mean(0), dim=0))
         pairs = datamodule.test_pairs()
-        hits = [int(torch.argmax(classes_x @ torch.nn.functional.normalize(method.encode_image(image[None])[0], dim=0))) == int(label)
-                for classes_x in [torch.stack(classes)] for (image, _), label in (pairs[i] for i in range(len(pairs)))]
+        hits = [
+            int(torch.argmax(classes_x @ torch.nn.functional.normalize(method.encode_image(image[None])[0], dim=0))) == int(label)
+            for classes_x in [torch.stack(classes)]
+            for (image, _), label in (pairs[i] for i in range(len(pairs)))
+        ]
     method.train()
     assert len(hits) == 64 and metrics["zero_shot_top1"] == pytest.approx(sum(hits) / len(hits))
     assert metrics["zero_shot_top1"] <= metrics["zero_shot_top5"]

@@ -100,8 +100,7 @@ def test_dino_last_layer_frozen_in_first_epoch_and_weight_normalised_like_the_of
         reference.parametrizations.weight.original0.fill_(1)  # g = 1, as the official head sets it
         reference.parametrizations.weight.original1.copy_(head.last_layer.weight)
     x = torch.randn(4, 8)
-    torch.testing.assert_close(torch.nn.functional.linear(x, head.last_layer_norm * torch.nn.functional.normalize(head.last_layer.weight, dim=1)),
-                               reference(x))
+    torch.testing.assert_close(torch.nn.functional.linear(x, head.last_layer_norm * torch.nn.functional.normalize(head.last_layer.weight, dim=1)), reference(x))
     assert head.last_layer_norm.requires_grad and not DINOHead(16, 32, 8, 20, norm_last_layer=True).last_layer_norm.requires_grad
     method = DINOMethod(_backbone(), head, DINOLoss(out_dim=20), freeze_last_layer_epochs=1)
     method(_views(sizes=(16, 16, 8)))["loss"].backward()
@@ -165,8 +164,13 @@ HEADS = sorted(p.stem for p in (CONFIG_DIR / "head").glob("*.yaml"))
 def test_every_method_with_every_head_steps_or_says_why(method: str, head: str, tmp_path: Path) -> None:
     """One optimizer step of `method=<m> head=<h>` on a tiny batch, or one clear line naming what does not fit."""
     try:
-        data = {"cpc": ["data=seq_fashion_mnist"], "dgi": ["data=fmnist_knn_graph"], "grace": ["data=fmnist_knn_graph"],
-                "simcse": ["data=wordnet_glosses"], "clip": ["data=fmnist_captions"]}.get(method, [])
+        data = {
+            "cpc": ["data=seq_fashion_mnist"],
+            "dgi": ["data=fmnist_knn_graph"],
+            "grace": ["data=fmnist_knn_graph"],
+            "simcse": ["data=wordnet_glosses"],
+            "clip": ["data=fmnist_captions"],
+        }.get(method, [])
         built = build(compose_config([f"method={method}", *data, f"head={head}", "data.batch_size=8"], tmp_path))
     except UserError as error:
         assert "\n" not in str(error) and "head" in str(error), str(error)
@@ -211,6 +215,7 @@ def test_reference_recipes_in_the_method_configs(tmp_path: Path) -> None:
     assert not isinstance(list(mocov3.predictor.modules())[-1], torch.nn.BatchNorm1d)  # the ResNet predictor: no last BN
     assert mocov3.loss.factor == pytest.approx(2 * 0.2)
     from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         assert compose("train", overrides=["trainer=ddp"]).trainer.sync_batchnorm is True
         assert compose("train", overrides=["trainer=ddp_cpu"]).trainer.sync_batchnorm is False
@@ -240,6 +245,7 @@ def test_swav_queue_joins_sinkhorn_once_full_after_its_start_step_and_lives_in_t
 
 
 # --- SimCLR and BYOL: gradients, the target's EMA rule, encode_views -----------------------------------------------
+
 
 def _byol(**kwargs) -> TargetNetworkMethod:
     backbone = SmallResNet(in_channels=1, widths=(8, 16))
@@ -364,8 +370,7 @@ def test_checkpoints_from_before_the_ema_component_load_and_old_method_settings_
     with torch.no_grad():
         for p in method.target.parameters():
             p.add_(1.0)
-    old_keys = {k.replace("target.backbone.", "target_backbone.").replace("target.projector.", "target_projector."): v
-                for k, v in method.state_dict().items()}
+    old_keys = {k.replace("target.backbone.", "target_backbone.").replace("target.projector.", "target_projector."): v for k, v in method.state_dict().items()}
     fresh = _byol(momentum_base=0.9)
     fresh.load_state_dict(old_keys)  # keys written before EMATarget: target_backbone.* / target_projector.*
     for key, value in method.state_dict().items():
@@ -373,8 +378,14 @@ def test_checkpoints_from_before_the_ema_component_load_and_old_method_settings_
     moco = current_method_settings({"_target_": "ssl_train.methods.TargetNetworkMethod", "queue_size": 4096})
     assert moco["queue"] == {"_target_": "ssl_train.methods.queue.FeatureQueue", "_partial_": True, "size": 4096, "random_init": True}
     assert current_method_settings({"_target_": "ssl_train.methods.TargetNetworkMethod", "queue_size": 0})["queue"] is None
-    dino = {"_target_": "ssl_train.methods.DINOMethod", "ibot_weight": 0.0, "ibot_teacher_temp": 0.07, "ibot_mask_ratio": [0.1, 0.5],
-            "ibot_masked_share": 0.5, "koleo_weight": 0.0}
+    dino = {
+        "_target_": "ssl_train.methods.DINOMethod",
+        "ibot_weight": 0.0,
+        "ibot_teacher_temp": 0.07,
+        "ibot_mask_ratio": [0.1, 0.5],
+        "ibot_masked_share": 0.5,
+        "koleo_weight": 0.0,
+    }
     assert with_current_targets({"method": dino})["method"] == {"_target_": "ssl_train.methods.DINOMethod", "koleo_weight": 0.0}
     ibot = current_method_settings({**dino, "ibot_weight": 1.0})
     assert ibot["_target_"] == "ssl_train.methods.ibot.IBOTMethod" and ibot["patch_weight"] == 1.0 and ibot["mask_ratio_range"] == [0.1, 0.5]

@@ -18,7 +18,6 @@ from tests.optional import require
 require("timm")
 
 
-
 def test_lora_trains_adapters_only_and_saves_a_loadable_adapter(tmp_path: Path) -> None:
     require("peft")
     import peft
@@ -121,8 +120,9 @@ def test_simmim_vit_replaces_masked_embeddings_and_a_cnn_learns_to_fill_blocks()
     assert method.mask_token.grad.abs().sum() > 0 and out["features"].shape == (2, 192) and abs(out["logs"]["masked_fraction"] - 30 / 49) < 1e-6
 
     torch.manual_seed(0)
-    cnn = SimMIMMethod(SmallResNet(in_channels=1, widths=(8, 16)), nn.Identity(), MaskedPixelLoss(norm_pix=False, l1=True), image_size=28,
-                       channels=1, mask_patch_size=7)
+    cnn = SimMIMMethod(
+        SmallResNet(in_channels=1, widths=(8, 16)), nn.Identity(), MaskedPixelLoss(norm_pix=False, l1=True), image_size=28, channels=1, mask_patch_size=7
+    )
     assert cnn.stride == 4  # a 7 x 7 last feature map: the 1x1 conv + pixel shuffle restore 28 x 28
     smooth = torch.nn.functional.avg_pool2d(torch.randn(16, 1, 28, 28), 7, 1, 3) * 3  # low-frequency images: masked blocks are predictable
     optimizer = torch.optim.Adam(cnn.parameters(), lr=3e-3)
@@ -179,8 +179,9 @@ def test_ijepa_predicts_targets_from_context_and_moves_its_target_encoder() -> N
 
     torch.manual_seed(0)
     vit = tiny_vit()
-    method = IJEPAMethod(vit, nn.Identity(), LatentPredictionLoss(), image_size=28, channels=1, predictor_dim=32, predictor_depth=1, predictor_heads=2,
-                         momentum_base=0.5)
+    method = IJEPAMethod(
+        vit, nn.Identity(), LatentPredictionLoss(), image_size=28, channels=1, predictor_dim=32, predictor_depth=1, predictor_heads=2, momentum_base=0.5
+    )
     out = method([torch.randn(4, 1, 28, 28)])
     out["loss"].backward()
     assert out["features"].shape == (4, 192) and out["logs"]["context_patches"] + out["logs"]["target_patches"] <= 49  # disjoint
@@ -319,8 +320,10 @@ def test_vit_backbones_clip_gradients_by_default_and_the_recipes_compose(tmp_pat
     assert build(vit).trainer.gradient_clip_val == 3.0
     dino = compose_config(["experiment=dino_vit_tiny"], tmp_path / "d")
     assert dino.optim.optimizer._target_ == "torch.optim.AdamW" and "clip_lr" not in dino.optim.optimizer and dino.optim.weight_decay_end == 0.4
-    moco = compose_config(["experiment=mocov3_vit_small", "backbone.patch_size=4", "+backbone.model_kwargs.depth=1", "trainer.accelerator=cpu",
-                           "trainer.precision=32-true"], tmp_path / "e")
+    moco = compose_config(
+        ["experiment=mocov3_vit_small", "backbone.patch_size=4", "+backbone.model_kwargs.depth=1", "trainer.accelerator=cpu", "trainer.precision=32-true"],
+        tmp_path / "e",
+    )
     built = build(moco)
     patch = built.backbone.model.patch_embed.proj
     assert not patch.weight.requires_grad and isinstance(built.method.predictor[-1], nn.BatchNorm1d)
@@ -336,8 +339,11 @@ def test_simmim_ijepa_runs_from_the_configs_and_lora_evaluates_a_checkpoint(tmp_
     ijepa = run(compose_config([*quiet, "method=ijepa", "backbone.model_kwargs.depth=2"], tmp_path / "ijepa"))
     assert simmim["steps"] == cnn["steps"] == ijepa["steps"] == 2 and simmim["method"] == "simmim" and ijepa["method"] == "ijepa"
     require("peft")
-    cfg = compose_config([f"ckpt_path={tmp_path / 'ijepa' / 'checkpoints' / 'last.ckpt'}", "eval=lora", "eval.lora.epochs=1",
-                          "eval.lora.max_train_samples=64"], tmp_path / "lora", config_name="probe")  # the run's own 128 / 64 images
+    cfg = compose_config(
+        [f"ckpt_path={tmp_path / 'ijepa' / 'checkpoints' / 'last.ckpt'}", "eval=lora", "eval.lora.epochs=1", "eval.lora.max_train_samples=64"],
+        tmp_path / "lora",
+        config_name="probe",
+    )  # the run's own 128 / 64 images
     metrics = probe_checkpoint(cfg)
     assert metrics["lora_trainable_params"] == 2 * (8 * 192 + 576 * 8) + 192 * 10 + 10 and 0.0 < metrics["lora_top1"]
     assert (tmp_path / "lora" / "lora_adapter" / "adapter_model.safetensors").is_file()

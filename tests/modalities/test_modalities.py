@@ -46,8 +46,7 @@ def test_a_source_that_leaves_its_kinds_input_unset_is_refused() -> None:
 
 def test_each_kind_reads_its_own_fields_of_the_input_spec() -> None:
     spec = InputSpec(channels=3, size=32, length=64, features=5, nodes=100, vocab_size=259)
-    assert [(k.in_channels(spec), k.size(spec)) for k in KINDS.values()] == [
-        (3, 32), (5, 64), (5, 64), (5, 100), (259, 64), (3, 32)]
+    assert [(k.in_channels(spec), k.size(spec)) for k in KINDS.values()] == [(3, 32), (5, 64), (5, 64), (5, 100), (259, 64), (3, 32)]
 
 
 def test_what_differs_between_kinds() -> None:

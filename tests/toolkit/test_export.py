@@ -43,8 +43,13 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def embeddings_in_a_clean_interpreter(export_dir: Path, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
     torch.save(x, tmp_path / "x.pt")
-    done = subprocess.run([sys.executable, "-I", "-c", CLEAN_INTERPRETER, str(export_dir), str(tmp_path / "x.pt"), str(tmp_path / "z.pt")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", CLEAN_INTERPRETER, str(export_dir), str(tmp_path / "x.pt"), str(tmp_path / "z.pt")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return torch.load(tmp_path / "z.pt")
 
@@ -84,8 +89,16 @@ def test_model_card_shows_the_probe_beside_the_baselines(small_checkpoint: Path,
 
 def test_model_card_front_matter_and_body_resist_hostile_names() -> None:
     method = "simclr]\nlicense: mit\nevil: [x <script>alert(1)</script> `<img src=x onerror=alert(1)>` [a](javascript:alert(1))"
-    config = {"method": method, "data": "Data<script>", "modality": "image", "encoder": {"_target_": "ssl_train.encoders.resnet.SmallResNet"}, "out_dim": 8,
-              "input": {"channels": 1, "image_size": 28, "mean": [0.5], "std": [0.25]}, "checkpoint": "/runs/`<script>`/last.ckpt", "commit": "<b>c</b>"}
+    config = {
+        "method": method,
+        "data": "Data<script>",
+        "modality": "image",
+        "encoder": {"_target_": "ssl_train.encoders.resnet.SmallResNet"},
+        "out_dim": 8,
+        "input": {"channels": 1, "image_size": 28, "mean": [0.5], "std": [0.25]},
+        "checkpoint": "/runs/`<script>`/last.ckpt",
+        "commit": "<b>c</b>",
+    }
     card = model_card(config, None, {"ssl_train": "import ssl_train"})
     assert card.startswith("---\nlibrary_name: ssl_train\n")
     front, body = card.removeprefix("---\n").split("\n---\n", 1)

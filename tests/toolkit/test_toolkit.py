@@ -90,6 +90,7 @@ def test_embedding_map_of_a_single_sample_is_a_point_not_an_error() -> None:
 
 # --- checkpoints of sequence, audio and graph runs -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("method", "data"), [("cpc", "seq_fashion_mnist"), ("cpc", "spoken_digits"), ("grace", "fmnist_knn_graph")])
 def test_embed_search_and_map_work_on_checkpoints_beyond_images(method: str, data: str, tmp_path: Path) -> None:
     extra = ["data.source.train_limit=200", "data.source.test_limit=50"] if data == "fmnist_knn_graph" else []

@@ -24,8 +24,14 @@ from ssl_train.tracking.training_pictures import batch_view_grid
 from tests.fixtures import compose_config
 from tests.optional import browser
 
-THREE_EPOCHS = ["baseline=false", "eval=[linear,knn]", "trainer.max_epochs=3", "callbacks.online_eval.every_n_epochs=1",
-                "callbacks.pictures.every_n_epochs=2", "callbacks.history.every_n_steps=1"]
+THREE_EPOCHS = [
+    "baseline=false",
+    "eval=[linear,knn]",
+    "trainer.max_epochs=3",
+    "callbacks.online_eval.every_n_epochs=1",
+    "callbacks.pictures.every_n_epochs=2",
+    "callbacks.history.every_n_steps=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +73,10 @@ def test_history_of_a_preempted_then_resumed_run_has_each_step_once(tmp_path: Pa
 
 def test_view_grid_shows_each_sample_in_a_row_de_normalised() -> None:
     mean, std = (0.5,), (0.25,)
-    first = torch.zeros(4, 1, 8, 8)                      # de-normalised: 0.5 -> 128
-    second = torch.full((4, 1, 4, 4), 2.0)               # a smaller (multi-crop) view: 0.5 + 2 * 0.25 = 1.0 -> 255, scaled to 8 px
+    first = torch.zeros(4, 1, 8, 8)  # de-normalised: 0.5 -> 128
+    second = torch.full((4, 1, 4, 4), 2.0)  # a smaller (multi-crop) view: 0.5 + 2 * 0.25 = 1.0 -> 255, scaled to 8 px
     grid = batch_view_grid([first, second], mean, std, samples=3)
-    assert grid.shape == (3, 3 * 10 + 2, 2 * 10 + 2)     # 3 rows (samples) x 2 columns (views), 2 px padding
+    assert grid.shape == (3, 3 * 10 + 2, 2 * 10 + 2)  # 3 rows (samples) x 2 columns (views), 2 px padding
     assert grid[:, 2:10, 2:10].unique().tolist() == [128] and grid[:, 2:10, 12:20].unique().tolist() == [255]
 
 
@@ -164,8 +170,21 @@ def test_report_escapes_metrics_config_and_title() -> None:
 @pytest.mark.needs("chromium")
 def test_report_renders_in_a_headless_browser(finished_run: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
-    done = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400",
-                           f"--screenshot={shot}", (finished_run / "report.html").resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            (finished_run / "report.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert shot.is_file(), done.stderr[-2000:]
     image = decode_png(read_file(str(shot)))
     assert image.shape[1:] == (2400, 1200)

@@ -42,8 +42,12 @@ def test_logger_group_builds_one_logger_per_chosen_tracker(tmp_path: Path) -> No
     built = build_loggers(cfg.logger, lambda node, **extra: (node["_target_"].rsplit(".", 1)[1], extra))
     assert built == [("TensorBoardLogger", {}), ("AppendingCSVLogger", {})]
     # a resumed W&B / MLflow tracker is handed the stored run id; TensorBoard gets nothing
-    nodes = {"tensorboard": cfg.logger.tensorboard, "wandb": {"_target_": "ssl_train.tracking.trackers.wandb_logger"},
-             "mlflow": {"_target_": "ssl_train.tracking.trackers.mlflow_logger"}, "off": None}
+    nodes = {
+        "tensorboard": cfg.logger.tensorboard,
+        "wandb": {"_target_": "ssl_train.tracking.trackers.wandb_logger"},
+        "mlflow": {"_target_": "ssl_train.tracking.trackers.mlflow_logger"},
+        "off": None,
+    }
     built = build_loggers(nodes, lambda node, **extra: extra, {"wandb": "abc", "mlflow": "f00"})
     assert built == [{}, {"id": "abc"}, {"run_id": "f00"}]
     with pytest.raises(UserError, match=r"logger.bad is not a logger config"):
