@@ -50,7 +50,7 @@ def test_missing_data_is_one_line(tmp_path: Path) -> None:
     assert f"data=fashion_mnist: data.source.root: folder {tmp_path}/nowhere does not exist" in out.stderr
 
 
-def test_train_then_probe_checkpoint(tmp_path: Path) -> None:
+def test_train_then_evaluate_checkpoint(tmp_path: Path) -> None:
     out = cli(*TINY_DATA, *TINY_MODEL, *TINY_RUN, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "linear probe top-1" in out.stdout

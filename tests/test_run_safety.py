@@ -18,7 +18,7 @@ from ssl_train.callbacks import Preempted
 from ssl_train.checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from ssl_train.errors import UserError
 from ssl_train.eval import protocol as protocol_module
-from ssl_train.eval.checkpoint import probe_checkpoint
+from ssl_train.eval.checkpoint import evaluate_checkpoint
 from ssl_train.run import run
 from ssl_train.run_dir import TRAINING_DONE, exclusive_run_dir, fresh_dir, keep_or_write_new, write_new
 from tests.fixtures import REPO, compose_config
@@ -144,7 +144,7 @@ def test_evaluating_a_checkpoint_never_writes_through_a_symlink(tmp_path: Path) 
     (ckpt_dir / "metrics.json").symlink_to(victims[0])  # dangling: would create the victim if followed
     (ckpt_dir / "metrics-1.json").symlink_to(victims[1])
     cfg = compose_config([f"ckpt_path={ckpt_dir / 'last.ckpt'}", "eval=[linear]", "eval.linear.max_iter=10"], tmp_path / "probe", config_name="probe")
-    metrics = probe_checkpoint(cfg)
+    metrics = evaluate_checkpoint(cfg)
     assert not any(os.path.lexists(v) for v in victims)
     assert json.loads((ckpt_dir / "metrics-2.json").read_text()) == metrics == json.loads((tmp_path / "probe" / "metrics.json").read_text())
 

@@ -23,7 +23,7 @@ from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint
 from ssl_train.cli import report_user_errors
 from ssl_train.errors import UserError
-from ssl_train.eval.checkpoint import load_encoder, probe_checkpoint
+from ssl_train.eval.checkpoint import encoder_from_checkpoint, evaluate_checkpoint
 from ssl_train.portable import load_encoder as load_export
 from ssl_train.run import run
 from ssl_train.toolkit.__main__ import main as toolkit
@@ -91,7 +91,7 @@ def entries(ckpt: Path, out: Path) -> dict[str, Callable[[], Any]]:
     """Every entry that reads a checkpoint's stored config: the eval CLI, the toolkit commands."""
     eval_cfg = compose_config([f"ckpt_path={ckpt}", "eval=[linear]"], out / "eval", config_name="probe")
     toolkit_args = {"export": [], "embed": [], "search": [], "anomaly": ["--holdout-class", "0"], "map": ["--method", "pca"], "views": []}
-    found: dict[str, Callable[[], Any]] = {"eval": lambda: probe_checkpoint(eval_cfg)}
+    found: dict[str, Callable[[], Any]] = {"eval": lambda: evaluate_checkpoint(eval_cfg)}
     for command, extra in toolkit_args.items():
         found[command] = lambda command=command, extra=extra: toolkit([command, "--ckpt", str(ckpt), "--out", str(out / command), *extra])
     return found
@@ -292,7 +292,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_crafted_checkpoint_does_not_run_code(tmp_path: Path) -> None:
     marker, crafted = tmp_path / "marker", tmp_path / "crafted.ckpt"
     torch.save({"state_dict": {}, "payload": WritesMarkerWhenUnpickled(marker)}, crafted)
-    for load in (lambda: read_checkpoint(crafted), lambda: load_encoder(crafted)):
+    for load in (lambda: read_checkpoint(crafted), lambda: encoder_from_checkpoint(crafted)):
         with pytest.raises(UserError, match=r"names code \(_?io.open\) that it needs to load.*refused.*trust_checkpoint=true"):
             load()
     assert not marker.exists()
@@ -315,7 +315,7 @@ def test_stored_config_targets_outside_the_registry_are_refused(trained_checkpoi
     tampered = tmp_path / "tampered.ckpt"
     torch.save(checkpoint, tampered)
     with pytest.raises(UserError, match=r"stored config key head._target_: 'os.system' is not a component that ssl_train's configs build under head"):
-        load_encoder(tampered, features="projector")
+        encoder_from_checkpoint(tampered, features="projector")
     assert is_allowed("ssl_train.heads.MLP", "head") and is_allowed("ssl_train.encoders.resnet.SmallResNet", "backbone")
     assert not is_allowed("ssl_train.heads.MLP", "backbone.widths")  # exact names where the configs build them, not anywhere
     assert not any(
@@ -355,7 +355,7 @@ def test_bad_checkpoint_files_stop_with_one_line(trained_checkpoint: Path, tmp_p
     }
     for path, message in expected.items():
         with pytest.raises(UserError, match=message) as caught:
-            load_encoder(path)
+            encoder_from_checkpoint(path)
         assert "\n" not in str(caught.value)
 
 
@@ -365,7 +365,7 @@ def test_weights_of_another_backbone_version_stop_with_one_line(trained_checkpoi
     other = tmp_path / "other.ckpt"
     torch.save(checkpoint, other)
     with pytest.raises(UserError, match=r"its backbone weights do not fit the backbone its config builds \(size mismatch for .*another version") as caught:
-        load_encoder(other)
+        encoder_from_checkpoint(other)
     assert "\n" not in str(caught.value)
     with pytest.raises(UserError, match=r"its weights do not fit this run's model"):  # resuming it into a run with the original widths
         run(compose_config([*QUIET, "backbone.widths=[8,32]", f"ckpt_path={trained_checkpoint}"], tmp_path / "resume"))

@@ -184,8 +184,9 @@ class SSLDataModule(pl.LightningDataModule):
             raise UserError(f"zero-shot and retrieval evaluation need image-caption data (e.g. data=fmnist_captions); this data holds {s.modality} samples")
         return TransformedDataset(s.test, PairForEvaluation(self.image_eval_transform(), tokenizer or s.tokenizer))
 
-    def probe_datasets(self) -> tuple[Dataset, Dataset]:
-        """(train, test) with the deterministic evaluation transform, for the offline probe."""
+    def evaluation_datasets(self) -> tuple[Dataset, Dataset]:
+        """(train, test) with the deterministic evaluation transform: what every evaluator (after training, online,
+        python -m ssl_train.eval), the planner and the toolkit read."""
         transform = self._eval_transform()
         return TransformedDataset(self.splits.train, transform), TransformedDataset(self.splits.test, transform)
 

@@ -1,4 +1,4 @@
-"""Evaluate a saved encoder (`python -m ssl_train.eval ckpt_path=PATH [eval=[linear,knn]] [data=...]`): load it, probe it, write metrics."""
+"""Evaluate a saved encoder (`python -m ssl_train.eval ckpt_path=PATH [eval=[linear,knn]] [data=...]`): load it, evaluate it, write metrics."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 FEATURES = ("backbone", "projector")
 
 
-def load_encoder(
+def encoder_from_checkpoint(
     ckpt_path: str | Path,
     features: str = "backbone",
     trust: bool = False,
@@ -119,19 +119,19 @@ def checkpoint_pair_scores(
     return protocol.pair_scores(load_method(ckpt_path, train_cfg, train_splits, trust), train_splits.tokenizer)
 
 
-def probe_checkpoint(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint on its own training data, or on `data=...` when given; write metrics.json beside it."""
     launch = launch or Launch()
     validate(cfg)
     with claimed_run_dir(Path(cfg.paths.output_dir), launch.hydra_files) as metrics_path, chosen_options(launch.choices):
-        return _probe(cfg, metrics_path)
+        return _evaluate(cfg, metrics_path)
 
 
-def _probe(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
+def _evaluate(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
     """Load, evaluate with the shared protocol (trained scores, views' alignment and LiDAR, raw-input baseline), write, say."""
     ckpt_path, trust = Path(cfg.ckpt_path).expanduser(), bool(cfg.get("trust_checkpoint", False))
     own_targets = [*targets_in(cfg), *cfg.get("trusted_targets", [])]  # what the user's own eval config builds is trusted
-    encoder, train_cfg = load_encoder(ckpt_path, cfg.get("eval_features", "backbone"), trust, own_targets)
+    encoder, train_cfg = encoder_from_checkpoint(ckpt_path, cfg.get("eval_features", "backbone"), trust, own_targets)
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     protocol = configured_protocol(cfg, datamodule, evaluation_device(), data_cfg)

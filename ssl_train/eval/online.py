@@ -47,10 +47,10 @@ class OnlineEvaluation(pl.Callback):
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if not hasattr(datamodule, "probe_datasets"):  # fit() given bare dataloaders: nothing labelled to evaluate on
+        if not hasattr(datamodule, "evaluation_datasets"):  # fit() given bare dataloaders: nothing labelled to evaluate on
             rank_zero_warn("callbacks.online_eval needs an SSLDataModule (trainer.fit(..., datamodule=...)); skipped")
             return
-        train_set, test_set = datamodule.probe_datasets()
+        train_set, test_set = datamodule.evaluation_datasets()
         train_set = Subset(train_set, range(min(len(train_set), self.max_train_samples)))
         encoder, device = pl_module.method.backbone, pl_module.device
         train_x, train_y = extract_features(encoder, train_set, datamodule.eval_batch_size, device)

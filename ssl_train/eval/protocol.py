@@ -86,7 +86,7 @@ class EvaluationProtocol:
         """Every feature / encoder evaluator (or only `evaluators`) on the frozen `encoder`: {'linear_top1': ..., ...}."""
         dm = self.datamodule
         chosen = self.evaluators if evaluators is None else evaluators
-        train_set, test_set = dm.probe_datasets()
+        train_set, test_set = dm.evaluation_datasets()
         return evaluate_encoder(encoder, train_set, test_set, dm.splits.num_classes, chosen, self.device, dm.eval_batch_size)
 
     def pair_scores(self, model: nn.Module, tokenizer: Any = None) -> dict[str, float]:

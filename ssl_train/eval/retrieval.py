@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ssl_train.toolkit.search import knn_search, recall_at_k
+from ssl_train.toolkit.search import knn_search, label_recall_at_k
 
 
 def map_at_r(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor, chunk: int = 256) -> float:
@@ -50,6 +50,6 @@ class LabelRetrieval:
         if self.max_queries:
             test_x, test_y = test_x[: self.max_queries], test_y[: self.max_queries]
         _, indices = knn_search(test_x, train_x, max(self.ks))
-        recalls = recall_at_k(test_y, train_y, indices, self.ks)
+        recalls = label_recall_at_k(test_y, train_y, indices, self.ks)
         recall = {f"recall_at_{k}": recalls[f"recall@{k}"] for k in self.ks if f"recall@{k}" in recalls}
         return {"map_at_r": map_at_r(test_x, test_y, train_x, train_y), **recall}

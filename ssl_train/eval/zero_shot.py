@@ -50,9 +50,10 @@ class ZeroShotClassifier:
         }
 
 
-def recall_at_k(scores: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """Recall@k for queries (rows) whose match is the same-index column; a candidate that ties the match's score
-    (an identical caption) does not push it down."""
+def paired_recall_at_k(scores: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
+    """Paired recall@k for queries (rows) whose one match is the same-index column (its pair); a candidate that ties
+    the match's score (an identical caption) does not push it down. Not ssl_train.toolkit.label_recall_at_k (any
+    neighbour with the query's label counts)."""
     correct = scores.diagonal()[:, None]
     rank = (scores > correct).sum(1)
     return {k: float((rank < k).float().mean()) for k in ks}
@@ -76,8 +77,8 @@ class RetrievalEvaluator:
         class_names: Sequence[str],
     ) -> dict[str, float]:
         scores = image_embeddings @ caption_embeddings.T
-        out = {f"image_to_text_r{k}": v for k, v in recall_at_k(scores, self.ks).items()}
-        out.update({f"text_to_image_r{k}": v for k, v in recall_at_k(scores.T, self.ks).items()})
+        out = {f"image_to_text_r{k}": v for k, v in paired_recall_at_k(scores, self.ks).items()}
+        out.update({f"text_to_image_r{k}": v for k, v in paired_recall_at_k(scores.T, self.ks).items()})
         return out
 
 

@@ -1,5 +1,5 @@
 """The planner's estimates beside the calibration: the evaluation's time (the configured evaluators and the baselines the
-cache lacks, timed on an even subset of the probe sets and scaled to their size), memory, and the largest batch that fits."""
+cache lacks, timed on an even subset of the evaluation sets and scaled to their size), memory, and the largest batch that fits."""
 
 from __future__ import annotations
 
@@ -25,16 +25,16 @@ MiB = 2**20
 
 
 def even_subset(dataset: Dataset, size: int) -> Dataset:
-    """`size` samples spread evenly over `dataset` (probe sets may be ordered by class)."""
+    """`size` samples spread evenly over `dataset` (evaluation sets may be ordered by class)."""
     n = len(dataset)  # type: ignore[arg-type]
     return dataset if size >= n else Subset(dataset, [i * n // size for i in range(size)])
 
 
 def timed_evaluation(encoder: nn.Module, datamodule: Any, evaluators: dict[str, Any], device: torch.device, samples: int) -> float:
-    """Seconds for `evaluators` on `encoder` over the whole probe sets, from a run on `samples` of them scaled by size."""
+    """Seconds for `evaluators` on `encoder` over the whole evaluation sets, from a run on `samples` of them scaled by size."""
     if not evaluators:
         return 0.0
-    train, test = datamodule.probe_datasets()
+    train, test = datamodule.evaluation_datasets()
     n_train, n_test = len(train), len(test)
     m_train = min(n_train, max(1, samples * n_train // (n_train + n_test)))
     m_test = min(n_test, max(1, samples - m_train))

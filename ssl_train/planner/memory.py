@@ -11,7 +11,7 @@ import torch
 from ssl_train.planner.estimate import MiB, step_memory, system_available
 from ssl_train.verify_dist_config import training_batch
 
-MAX_DOUBLINGS, MAX_STEP_S, HEADROOM = 6, 4.0, 0.9  # up to 64x the smallest probe; stop once a step takes 4 s; keep 10 % free
+MAX_DOUBLINGS, MAX_STEP_S, HEADROOM = 6, 4.0, 0.9  # up to 64x the smallest batch tried; stop once a step takes 4 s; keep 10 % free
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class BatchFit:
     def describe(self) -> str:
         """How the figure was found, in a few words."""
         how = "extrapolated" if self.extrapolated else "measured"
-        return f"{how}; probed up to {self.measured_up_to}: {self.bytes_per_image / MiB:.2f} MiB per image, {self.available / 2**30:.1f} GiB available"
+        return f"{how}; tried up to {self.measured_up_to}: {self.bytes_per_image / MiB:.2f} MiB per image, {self.available / 2**30:.1f} GiB available"
 
 
 def available_memory(device: torch.device) -> int:
@@ -38,7 +38,7 @@ def available_memory(device: torch.device) -> int:
 
 
 def largest_batch(built: Any, per_device: int, device: torch.device) -> BatchFit | None:
-    """Probe the method on real views, doubling from a quarter of the configured per-device batch; None when it cannot run."""
+    """Search batch sizes: the method's step on real views, doubling from a quarter of the configured per-device batch; None when it cannot run."""
     try:
         views, labels = training_batch(built.datamodule)
     except Exception:  # graph data and the like: no batch of rows to grow

@@ -24,13 +24,13 @@ from ssl_train.data.datamodule import SSLDataModule, TransformedDataset
 from ssl_train.data.folders import ImageFileDataset, list_images
 from ssl_train.data.views import eval_transform
 from ssl_train.errors import UserError
-from ssl_train.eval.checkpoint import load_encoder
+from ssl_train.eval.checkpoint import encoder_from_checkpoint
 from ssl_train.eval.linear_probe import extract_features
 from ssl_train.run_dir import fresh_dir
 from ssl_train.toolkit.anomaly import auroc, knn_anomaly_scores, mahalanobis_scores
 from ssl_train.toolkit.export import export_backbone
 from ssl_train.toolkit.pictures import attention_grid, save_map, view_grid
-from ssl_train.toolkit.search import knn_search, recall_at_k
+from ssl_train.toolkit.search import knn_search, label_recall_at_k
 
 
 def _datamodule(args: argparse.Namespace, train_cfg: Any, views: Any = None) -> SSLDataModule:
@@ -42,7 +42,7 @@ def _datamodule(args: argparse.Namespace, train_cfg: Any, views: Any = None) -> 
 
 def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Any, list[str] | None]:
     """{'train': (x, y), 'test': (x, y)} features of the chosen data (or {'images': ...} for --images) and the run config."""
-    encoder, train_cfg = load_encoder(args.ckpt, trust=args.trust_checkpoint)
+    encoder, train_cfg = encoder_from_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule = _datamodule(args, train_cfg)
     if getattr(args, "images", None):
@@ -52,7 +52,7 @@ def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, t
         s = datamodule.splits
         dataset = TransformedDataset(ImageFileDataset(paths, [-1] * len(paths), s.input_spec.channels), eval_transform(s.mean, s.std, s.input_spec.size))
         return {"images": extract_features(encoder, dataset, 256, device)}, train_cfg, [str(p) for p in paths]
-    train, test = datamodule.probe_datasets()
+    train, test = datamodule.evaluation_datasets()
     if args.limit:
         train, test = Subset(train, range(min(args.limit, len(train)))), Subset(test, range(min(args.limit, len(test))))
     return {"train": extract_features(encoder, train, 256, device), "test": extract_features(encoder, test, 256, device)}, train_cfg, None
@@ -87,7 +87,7 @@ def cmd_search(args: argparse.Namespace) -> dict:
     out = _out(args, "search")
     np.save(out / "neighbours.npy", idx.numpy())
     np.save(out / "similarities.npy", sims.numpy())
-    result = {"out": str(out), "queries": len(queries), "gallery": len(gallery), **recall_at_k(query_y, gallery_y, idx, (1, 5, args.k))}
+    result = {"out": str(out), "queries": len(queries), "gallery": len(gallery), **label_recall_at_k(query_y, gallery_y, idx, (1, 5, args.k))}
     (out / "recall.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -113,7 +113,7 @@ def cmd_map(args: argparse.Namespace) -> dict:
 
 
 def cmd_views(args: argparse.Namespace) -> dict:
-    _, train_cfg = load_encoder(args.ckpt, trust=args.trust_checkpoint)
+    _, train_cfg = encoder_from_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     datamodule = _datamodule(args, train_cfg, views=instantiate("augment", train_cfg.augment))
     s, views = datamodule.splits, datamodule.views()
     images = [s.pretrain_set[i][0] for i in range(min(args.count, len(s.pretrain_set)))]
@@ -126,12 +126,12 @@ def cmd_views(args: argparse.Namespace) -> dict:
 
 
 def cmd_attention(args: argparse.Namespace) -> dict:
-    encoder, train_cfg = load_encoder(args.ckpt, trust=args.trust_checkpoint)
+    encoder, train_cfg = encoder_from_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     if not callable(getattr(encoder, "cls_attention", None)):
         raise UserError(f"attention: the checkpoint's encoder ({type(encoder).__name__}) is not a vision transformer; train with backbone=vit_tiny / vit_small")
     datamodule = _datamodule(args, train_cfg)
     s = datamodule.splits
-    _, test = datamodule.probe_datasets()
+    _, test = datamodule.evaluation_datasets()
     images = torch.stack([test[i][0] for i in range(min(args.count, len(test)))])
     attention = encoder.eval().cls_attention(images)
     out = _out(args, "attention")

@@ -21,7 +21,7 @@ from ssl_train.build import build_datamodule
 from ssl_train.encoders import resnet
 from ssl_train.encoders.resnet import TorchvisionResNet
 from ssl_train.errors import UserError
-from ssl_train.eval.checkpoint import input_of, load_encoder
+from ssl_train.eval.checkpoint import encoder_from_checkpoint, input_of
 from ssl_train.metrics import EPOCHS, GLOBAL_BATCH_SIZE, KNN_TOP1, LINEAR_TOP1, RANDOM_INIT_LINEAR_TOP1, RAW_INPUT_LINEAR_TOP1, STEPS
 from ssl_train.modalities import modality as kind_named
 from ssl_train.modalities.check import modalities_of
@@ -88,8 +88,8 @@ def _code_block(code: str, language: str = "python") -> list[str]:
     return [fence + language, code, fence]
 
 
-def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: dict[str, str]) -> str:
-    """README.md with Hugging Face front matter: what was trained on what, the probe figures beside both baselines, how to load."""
+def model_card(config: dict[str, Any], figures: dict[str, Any] | None, snippets: dict[str, str]) -> str:
+    """README.md with Hugging Face front matter: what was trained on what, the run's figures (its metrics.json) beside both baselines, how to load."""
     method, data, modality = config["method"] or "?", config["data"] or "?", config["modality"]
     one_line = lambda value: " ".join(str(value).splitlines())  # a tag is one line; safe_dump quotes the rest
     front_matter = {
@@ -107,16 +107,16 @@ def model_card(config: dict[str, Any], probe: dict[str, Any] | None, snippets: d
         "",
         f"Self-supervised with ssl_train: method {_md_code(method)} on data {_md_code(data)}"
         + (
-            f", {_md_number(probe.get(EPOCHS))} epochs ({_md_number(probe.get(STEPS))} steps, global batch {_md_number(probe.get(GLOBAL_BATCH_SIZE))})"
-            if probe
+            f", {_md_number(figures.get(EPOCHS))} epochs ({_md_number(figures.get(STEPS))} steps, global batch {_md_number(figures.get(GLOBAL_BATCH_SIZE))})"
+            if figures
             else ""
         )
         + ".",
         "",
     ]
-    if probe:
+    if figures:
         rows = [
-            (label, probe.get(key))
+            (label, figures.get(key))
             for label, key in (
                 ("linear probe top-1", LINEAR_TOP1),
                 ("kNN (k=20) top-1", KNN_TOP1),
@@ -175,7 +175,7 @@ def export_backbone(
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     ckpt_path = Path(ckpt_path).expanduser()
-    encoder, cfg = load_encoder(ckpt_path, trust=trust)
+    encoder, cfg = encoder_from_checkpoint(ckpt_path, trust=trust)
     encoder.eval()
     out = fresh_dir(Path(out_dir) if out_dir else ckpt_path.parent / "export")
     state = {k: v.contiguous() for k, v in portable_module(encoder).state_dict().items()}
@@ -198,7 +198,7 @@ def export_backbone(
         weights_file = "backbone.pt"
         torch.save(state, out / weights_file)
     run_metrics = ckpt_path.parent.parent / METRICS_FILE
-    probe = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
+    figures = json.loads(run_metrics.read_text()) if run_metrics.is_file() else None
     config = {
         "library": "ssl_train",
         "encoder": spec,
@@ -210,7 +210,7 @@ def export_backbone(
         "data": cfg.data.source.get("_target_", "?").rsplit(".", 1)[-1],
         "checkpoint": str(ckpt_path.resolve()),
         "commit": git_commit(),
-        "probe": probe,
+        "probe": figures,  # the run's metrics.json, under the key exports have always used
         "training_config": OmegaConf.to_container(cfg, resolve=False),
     }
     snippets = how_to_load(encoder, spec, weights_file)
@@ -233,5 +233,5 @@ def export_backbone(
             )
             config["onnx"] = "backbone.onnx"
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
-    (out / CARD_FILE).write_text(model_card(config, probe, snippets))
+    (out / CARD_FILE).write_text(model_card(config, figures, snippets))
     return {**config, "export_dir": str(out)}

@@ -1,4 +1,4 @@
-"""Exact cosine nearest-neighbour search in torch (FAISS when installed) and recall@k."""
+"""Exact cosine nearest-neighbour search in torch (FAISS when installed) and label recall@k."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def knn_search(queries: torch.Tensor, gallery: torch.Tensor, k: int, use_faiss: 
     return torch.cat(sims), torch.cat(idx)
 
 
-def recall_at_k(query_labels: torch.Tensor, gallery_labels: torch.Tensor, indices: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Fraction of queries with at least one same-label gallery item among their top k (k in ks)."""
+def label_recall_at_k(query_labels: torch.Tensor, gallery_labels: torch.Tensor, indices: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Label recall@k: the fraction of queries with at least one same-label gallery item among their top k (k in ks).
+    Not ssl_train.eval.zero_shot.paired_recall_at_k, where each query has one matching item (its pair)."""
     hits = gallery_labels[indices] == query_labels[:, None]
     return {f"recall@{k}": hits[:, :k].any(dim=1).float().mean().item() for k in ks if k <= indices.shape[1]}

@@ -84,10 +84,10 @@ class TrainingPictures(pl.Callback):
         if not trainer.is_global_zero or ((epoch + 1) % self.every_n_epochs and not last):
             return
         datamodule = getattr(trainer, "datamodule", None)
-        if not hasattr(datamodule, "probe_datasets"):
+        if not hasattr(datamodule, "evaluation_datasets"):
             return
         with torch.random.fork_rng():  # pictures must not change the training run's random stream
-            test = datamodule.probe_datasets()[1]
+            test = datamodule.evaluation_datasets()[1]
             test = Subset(test, range(min(len(test), self.max_points)))
             features, labels = extract_features(pl_module.method.backbone, test, datamodule.eval_batch_size, pl_module.device)
             coords, _ = embedding_map(features, self.map_method)

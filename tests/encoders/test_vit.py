@@ -188,12 +188,12 @@ def test_mae_run_and_a_timm_cnn_run_from_the_configs(tmp_path: Path) -> None:
 
 
 def test_vit_checkpoint_evaluates_and_exports_with_timm_keys(tmp_path: Path) -> None:
-    from ssl_train.eval.checkpoint import load_encoder
+    from ssl_train.eval.checkpoint import encoder_from_checkpoint
     from ssl_train.toolkit import export_backbone
 
     run(compose_config([*QUIET, "backbone=vit_tiny", "backbone.model_kwargs.depth=2"], tmp_path / "run"))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    encoder, _ = load_encoder(ckpt)
+    encoder, _ = encoder_from_checkpoint(ckpt)
     card = export_backbone(ckpt, tmp_path / "export")
     assert card["encoder"]["image_size"] == 28 and card["encoder"]["name"] == "vit_tiny_patch16_224"
     from safetensors.torch import load_file

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ssl_train.errors import UserError
-from ssl_train.eval.checkpoint import probe_checkpoint
+from ssl_train.eval.checkpoint import evaluate_checkpoint
 from ssl_train.eval.linear_probe import LinearProbe, LogisticRegressionProblem, topk_accuracy
 from ssl_train.run import run
 from tests.fixtures import compose_config
@@ -58,7 +58,7 @@ def test_probe_entry_on_saved_checkpoint(tmp_path: Path) -> None:
     run(compose_config(["probe=false", "baseline=false"], tmp_path / "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     cfg = compose_config([f"ckpt_path={ckpt}", "eval.linear.max_iter=10"], tmp_path / "probe", config_name="probe")
-    metrics = probe_checkpoint(cfg)
+    metrics = evaluate_checkpoint(cfg)
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text()) == metrics
     assert metrics["method"] == "simclr" and (metrics["linear_top1"] * 64).is_integer()  # an accuracy over the 64 test images
 
@@ -66,7 +66,7 @@ def test_probe_entry_on_saved_checkpoint(tmp_path: Path) -> None:
 def test_probe_entry_rejects_missing_checkpoint(tmp_path: Path) -> None:
     cfg = compose_config([f"ckpt_path={tmp_path / 'none.ckpt'}"], tmp_path / "probe", config_name="probe")
     with pytest.raises(UserError, match="ckpt_path: no checkpoint at"):
-        probe_checkpoint(cfg)
+        evaluate_checkpoint(cfg)
 
 
 def test_sgd_linear_probe_learns_band_images() -> None:
@@ -85,12 +85,12 @@ def test_eval_entry_with_chosen_evaluators_and_projector_features(tmp_path: Path
     run(compose_config(["probe=false", "baseline=false"], tmp_path / "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     cfg = compose_config([f"ckpt_path={ckpt}", "eval=[knn,repr]", "eval_features=projector"], tmp_path / "eval", config_name="probe")
-    metrics = probe_checkpoint(cfg)
+    metrics = evaluate_checkpoint(cfg)
     assert "knn_k20_top1" in metrics and "repr_rankme" in metrics and "linear_top1" not in metrics
     assert metrics["repr_alignment"] > 0  # positive pairs from the run's own view pipeline: two different views
     assert "raw_input_knn_k20_top1" in metrics and "raw_input_linear_top1" not in metrics  # the baseline, with the chosen evaluators
     assert json.loads((ckpt.parent / "metrics.json").read_text()) == metrics  # written beside the checkpoint
-    second = probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[knn]"], tmp_path / "eval2", config_name="probe"))
+    second = evaluate_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[knn]"], tmp_path / "eval2", config_name="probe"))
     assert "repr_alignment" not in second
     assert (ckpt.parent / "metrics-1.json").is_file()  # the first result is kept
 
@@ -129,12 +129,12 @@ def test_eval_entry_evaluates_both_towers_of_a_clip_checkpoint_as_the_run_did(tm
     trained = run(compose_config(["method=clip", "text_encoder.width=32", "text_encoder.heads=2", "baseline=false"], tmp_path / "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     same_probe = ["eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]  # the run's (tiny) protocol
-    metrics = probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[zero_shot,retrieval,linear]", *same_probe], tmp_path / "eval", config_name="probe"))
+    metrics = evaluate_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[zero_shot,retrieval,linear]", *same_probe], tmp_path / "eval", config_name="probe"))
     for key in ("zero_shot_top1", "zero_shot_top5", "retrieval_image_to_text_r1", "retrieval_text_to_image_r5", "linear_top1"):
         assert metrics[key] == pytest.approx(trained[key], abs=1e-6), key  # same weights, same test pairs, same tokenizer
     with pytest.raises(UserError, match="need an image-text checkpoint"):
         run(compose_config(["probe=false", "baseline=false"], tmp_path / "simclr"))
-        probe_checkpoint(
+        evaluate_checkpoint(
             compose_config([f"ckpt_path={tmp_path / 'simclr' / 'checkpoints' / 'last.ckpt'}", "eval=[zero_shot]"], tmp_path / "e2", config_name="probe")
         )
 
@@ -143,7 +143,7 @@ def test_eval_entry_probes_a_text_checkpoint(tmp_path: Path) -> None:
     trained = run(compose_config(["method=simcse", "backbone.width=32", "backbone.heads=2", "baseline=false"], tmp_path / "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     same_probe = ["eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]
-    metrics = probe_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[linear]", *same_probe], tmp_path / "eval", config_name="probe"))
+    metrics = evaluate_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[linear]", *same_probe], tmp_path / "eval", config_name="probe"))
     assert metrics["linear_top1"] == pytest.approx(trained["linear_top1"], abs=1e-6) and "raw_input_linear_top1" in metrics
 
 

@@ -15,7 +15,7 @@ from ssl_train.data.captions import CLASS_PHRASES, CaptionedFashionMNIST, Captio
 from ssl_train.data.datasets import FASHION_MNIST_CLASSES
 from ssl_train.data.tokenizers import ByteTokenizer
 from ssl_train.errors import UserError
-from ssl_train.eval.zero_shot import RetrievalEvaluator, ZeroShotClassifier, recall_at_k
+from ssl_train.eval.zero_shot import RetrievalEvaluator, ZeroShotClassifier, paired_recall_at_k
 from ssl_train.losses import CLIPLoss
 from tests.optional import require
 
@@ -117,9 +117,9 @@ def test_zero_shot_picks_the_class_whose_prompts_match_and_reports_chance() -> N
         ZeroShotClassifier(["no placeholder"])
 
 
-def test_recall_at_k_ranks_the_true_pair_and_lets_identical_captions_tie() -> None:
+def test_paired_recall_at_k_ranks_the_true_pair_and_lets_identical_captions_tie() -> None:
     scores = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.5, 0.5], [0.3, 0.9, 0.1]])  # query 1 ties with 2; query 2's match ranks 3rd
-    assert recall_at_k(scores, (1, 2, 3)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
+    assert paired_recall_at_k(scores, (1, 2, 3)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
     out = RetrievalEvaluator((1, 2)).evaluate_two_tower(torch.eye(2), torch.eye(2), torch.zeros(2), None, [])
     assert out == {"image_to_text_r1": 1.0, "image_to_text_r2": 1.0, "text_to_image_r1": 1.0, "text_to_image_r2": 1.0}
 
@@ -167,7 +167,7 @@ def test_clip_builds_two_towers_trains_a_step_and_is_evaluated_zero_shot(tmp_pat
     method.train()
     assert len(hits) == 64 and metrics["zero_shot_top1"] == pytest.approx(sum(hits) / len(hits))
     assert metrics["zero_shot_top1"] <= metrics["zero_shot_top5"]
-    probe_x, _ = datamodule.probe_datasets()[1][0]
+    probe_x, _ = datamodule.evaluation_datasets()[1][0]
     assert probe_x.shape == (1, 28, 28) and probe_x.dtype == torch.float32  # the image probes read the image of a pair
 
 

@@ -330,7 +330,7 @@ def test_vit_backbones_clip_gradients_by_default_and_the_recipes_compose(tmp_pat
 
 
 def test_simmim_ijepa_runs_from_the_configs_and_lora_evaluates_a_checkpoint(tmp_path: Path) -> None:
-    from ssl_train.eval.checkpoint import probe_checkpoint
+    from ssl_train.eval.checkpoint import evaluate_checkpoint
     from ssl_train.run import run
 
     quiet = ["probe=false", "baseline=false"]
@@ -344,6 +344,6 @@ def test_simmim_ijepa_runs_from_the_configs_and_lora_evaluates_a_checkpoint(tmp_
         tmp_path / "lora",
         config_name="probe",
     )  # the run's own 128 / 64 images
-    metrics = probe_checkpoint(cfg)
+    metrics = evaluate_checkpoint(cfg)
     assert metrics["lora_trainable_params"] == 2 * (8 * 192 + 576 * 8) + 192 * 10 + 10 and 0.0 < metrics["lora_top1"]
     assert (tmp_path / "lora" / "lora_adapter" / "adapter_model.safetensors").is_file()

@@ -14,7 +14,7 @@ import yaml
 
 import ssl_train
 from ssl_train.errors import UserError
-from ssl_train.eval.checkpoint import load_encoder as load_checkpoint_encoder
+from ssl_train.eval.checkpoint import encoder_from_checkpoint
 from ssl_train.run import run
 from ssl_train.toolkit import export_backbone
 from ssl_train.toolkit.export import model_card
@@ -66,7 +66,7 @@ def test_export_loads_everywhere_with_the_same_embeddings(arch: str, small_check
     files = {p.name for p in export_dir.iterdir()}
     assert {"model.safetensors", "config.json", "README.md"} <= files and ("modeling.py" in files) == (arch == "small_resnet")
     x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    trained, _ = load_checkpoint_encoder(ckpt)
+    trained, _ = encoder_from_checkpoint(ckpt)
     expected = trained.eval()(x)
     torch.testing.assert_close(ssl_train.load_encoder(export_dir)(x), expected, rtol=0, atol=1e-6)  # no Hydra
     torch.testing.assert_close(embeddings_in_a_clean_interpreter(export_dir, x, tmp_path), expected, rtol=0, atol=1e-6)  # no ssl_train
@@ -115,7 +115,7 @@ def test_torch_format_and_torchscript(small_checkpoint: Path, tmp_path: Path) ->
     card = export_backbone(small_checkpoint, tmp_path / "export", fmt="torch", torchscript=True)
     export_dir = Path(card["export_dir"])
     state = torch.load(export_dir / "backbone.pt", weights_only=True)
-    trained, _ = load_checkpoint_encoder(small_checkpoint)
+    trained, _ = encoder_from_checkpoint(small_checkpoint)
     assert state.keys() == trained.state_dict().keys()
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(torch.jit.load(str(export_dir / "backbone.torchscript.pt"))(x), trained.eval()(x))
@@ -131,7 +131,7 @@ def test_backbone_weights_start_from_given_weights(source: str, small_checkpoint
     from ssl_train.build import build
 
     backbone = build(cfg).backbone
-    trained, _ = load_checkpoint_encoder(small_checkpoint)
+    trained, _ = encoder_from_checkpoint(small_checkpoint)
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(backbone.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
@@ -151,7 +151,7 @@ def test_continued_pretraining_from_an_export_changes_the_weights(small_checkpoi
     export_dir = Path(export_backbone(small_checkpoint, tmp_path / "export")["export_dir"])
     metrics = run(compose_config([*QUIET, f"backbone.weights={export_dir}"], tmp_path / "run"))
     assert metrics["steps"] == 2
-    after, _ = load_checkpoint_encoder(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    after, _ = encoder_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     before = ssl_train.load_encoder(export_dir)
     assert not torch.equal(after.state_dict()["net.0.weight"], before.state_dict()["net.0.weight"])
 
@@ -162,7 +162,7 @@ def test_a_checkpoint_written_before_the_encoders_moved_still_loads(small_checkp
     assert checkpoint["ssl_train_config"]["backbone"]["_target_"] == "ssl_train.encoders.resnet.SmallResNet"
     checkpoint["ssl_train_config"]["backbone"]["_target_"] = "ssl_train.backbones.SmallResNet"
     torch.save(checkpoint, tmp_path / "old.ckpt")
-    encoder, cfg = load_checkpoint_encoder(tmp_path / "old.ckpt")
+    encoder, cfg = encoder_from_checkpoint(tmp_path / "old.ckpt")
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert cfg.backbone._target_ == "ssl_train.encoders.resnet.SmallResNet"
-    torch.testing.assert_close(encoder.eval()(x), load_checkpoint_encoder(small_checkpoint)[0].eval()(x))
+    torch.testing.assert_close(encoder.eval()(x), encoder_from_checkpoint(small_checkpoint)[0].eval()(x))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssl_train.run import run
-from ssl_train.toolkit import auroc, knn_anomaly_scores, knn_search, mahalanobis_scores, recall_at_k, render_scatter
+from ssl_train.toolkit import auroc, knn_anomaly_scores, knn_search, label_recall_at_k, mahalanobis_scores, render_scatter
 from ssl_train.toolkit.__main__ import main as toolkit
 from tests.fixtures import compose_config
 
@@ -29,7 +29,7 @@ def test_search_finds_itself_and_recall() -> None:
     sims, idx = knn_search(gallery[:10] + 1e-3, gallery, k=3, use_faiss=False)
     assert idx[:, 0].tolist() == list(range(10)) and sims.shape == (10, 3)
     labels = torch.arange(50) % 5
-    assert recall_at_k(labels[:10], labels, idx, ks=(1,)) == {"recall@1": 1.0}
+    assert label_recall_at_k(labels[:10], labels, idx, ks=(1,)) == {"recall@1": 1.0}
 
 
 def test_auroc_matches_pairwise_definition() -> None:
