@@ -129,7 +129,9 @@ def test_eval_entry_evaluates_both_towers_of_a_clip_checkpoint_as_the_run_did(tm
     trained = run(compose_config(["method=clip", "text_encoder.width=32", "text_encoder.heads=2", "baseline=false"], tmp_path / "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     same_probe = ["eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]"]  # the run's (tiny) protocol
-    metrics = evaluate_checkpoint(compose_config([f"ckpt_path={ckpt}", "eval=[zero_shot,retrieval,linear]", *same_probe], tmp_path / "eval", config_name="probe"))
+    metrics = evaluate_checkpoint(
+        compose_config([f"ckpt_path={ckpt}", "eval=[zero_shot,retrieval,linear]", *same_probe], tmp_path / "eval", config_name="probe")
+    )
     for key in ("zero_shot_top1", "zero_shot_top5", "retrieval_image_to_text_r1", "retrieval_text_to_image_r5", "linear_top1"):
         assert metrics[key] == pytest.approx(trained[key], abs=1e-6), key  # same weights, same test pairs, same tokenizer
     with pytest.raises(UserError, match="need an image-text checkpoint"):
