@@ -19,11 +19,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from ssl_train.composed import CONFIG_DIR  # the one home of the config tree's path (re-exported: tests import it from here)
 from tests.optional import require_what_config_needs
 
 REPO = Path(__file__).resolve().parents[1]
-
-CONFIG_DIR = REPO / "configs"
 
 TINY_DATA = [
     "data.source.train_limit=128",
