@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -50,11 +51,13 @@ def _features(args: argparse.Namespace) -> tuple[dict[str, tuple[torch.Tensor, t
         if not paths:
             raise UserError(f"--images: no image files under {args.images}")
         s = datamodule.splits
-        dataset = TransformedDataset(ImageFileDataset(paths, [-1] * len(paths), s.input_spec.channels), eval_transform(s.mean, s.std, s.input_spec.size))
+        dataset = TransformedDataset(
+            ImageFileDataset(paths, [-1] * len(paths), cast(int, s.input_spec.channels)), eval_transform(s.mean, s.std, s.input_spec.size)
+        )
         return {"images": extract_features(encoder, dataset, 256, device)}, train_cfg, [str(p) for p in paths]
     train, test = datamodule.evaluation_datasets()
     if args.limit:
-        train, test = Subset(train, range(min(args.limit, len(train)))), Subset(test, range(min(args.limit, len(test))))
+        train, test = Subset(train, range(min(args.limit, len(cast(Sized, train))))), Subset(test, range(min(args.limit, len(cast(Sized, test)))))
     return {"train": extract_features(encoder, train, 256, device), "test": extract_features(encoder, test, 256, device)}, train_cfg, None
 
 
@@ -116,9 +119,9 @@ def cmd_views(args: argparse.Namespace) -> dict:
     _, train_cfg = encoder_from_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     datamodule = _datamodule(args, train_cfg, views=instantiate("augment", train_cfg.augment))
     s, views = datamodule.splits, datamodule.views()
-    images = [s.pretrain_set[i][0] for i in range(min(args.count, len(s.pretrain_set)))]
+    images = [s.pretrain_set[i][0] for i in range(min(args.count, len(cast(Sized, s.pretrain_set))))]
     if not s.fixed_size:
-        channels, size = s.input_spec.channels, s.input_spec.size
+        channels, size = cast(int, s.input_spec.channels), cast(int, s.input_spec.size)  # image data: both set
         images = [eval_transform((0.0,) * channels, (1 / 255,) * channels, round(size / 0.875))(im).round().to(torch.uint8) for im in images]
     out = _out(args, "views")
     write_png(view_grid(views, images, s.mean, s.std), str(out / "views.png"))
@@ -132,8 +135,9 @@ def cmd_attention(args: argparse.Namespace) -> dict:
     datamodule = _datamodule(args, train_cfg)
     s = datamodule.splits
     _, test = datamodule.evaluation_datasets()
-    images = torch.stack([test[i][0] for i in range(min(args.count, len(test)))])
-    attention = encoder.eval().cls_attention(images)
+    images = torch.stack([test[i][0] for i in range(min(args.count, len(cast(Sized, test))))])
+    vit: Any = encoder  # a ViT: its cls_attention, checked above
+    attention = vit.eval().cls_attention(images)
     out = _out(args, "attention")
     write_png(attention_grid(images, attention, s.mean, s.std), str(out / "attention.png"))
     np.save(out / "attention.npy", attention.numpy())
