@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from ssl_train.constraints import Count
 from ssl_train.data.sampling import ResumableSampler
 from ssl_train.errors import UserError
 from ssl_train.metrics import PROBE_ONLINE_TOP1, TRAIN_IMAGES_PER_S, TRAIN_LOSS
@@ -257,7 +258,7 @@ class StepProgressBar(TQDMProgressBar):
     (every `refresh_rate` steps). Lightning turns every `prog_bar=True` value into a Python number after every batch,
     which makes the host wait for the GPU at each step; values logged without prog_bar stay on the device until here."""
 
-    def __init__(self, refresh_rate: int = 10, shown: Sequence[str] = (TRAIN_LOSS, PROBE_ONLINE_TOP1)) -> None:
+    def __init__(self, refresh_rate: Count = 10, shown: Sequence[str] = (TRAIN_LOSS, PROBE_ONLINE_TOP1)) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self.shown = tuple(shown)
 

@@ -4,7 +4,8 @@ below (`temperature: Temperature`). validate.py reads them from the signatures, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 
@@ -53,6 +54,54 @@ POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE, FRACTION = (
     Number(low=0, high=1),
 )
 OPEN_FRACTION = Number(low=0, high=1, open_low=True, open_high=True)
+SEED = Number(integer=True, low=0, high=2**32 - 1)  # numpy's seed range
+LIMIT = Number(integer=True, low=1, nullable=True)  # an optional cap (samples, queries); None: no cap
+BELOW_ONE = Number(low=0, high=1, open_high=True)  # a rate where 1 would drop or smooth everything
+ABOVE_ZERO = Number(low=0, high=1, open_low=True)  # a share where 0 would keep nothing
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule that is not a range: `test(value)` says whether it holds, `allowed` what the value must be."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+
+    def problem(self, value: Any) -> str | None:
+        """None if `value` passes the test, else what it must be."""
+        return None if self.test(value) else self.allowed
+
+
+@dataclass(frozen=True)
+class FieldsOf:
+    """Marks a mapping parameter whose keys are the fields of `recipe` (a dataclass): each is checked by its annotation."""
+
+    recipe: type
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Rules a constructor places on the settings of the component it is given (a predictor must name its width)."""
+
+    rules: Mapping[str, Number] = field(default_factory=dict)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_ints(value: Any) -> bool:
+    return isinstance(value, list | tuple) and bool(value) and all(POSITIVE_INT.problem(v) is None for v in value)
+
+
+def _crop_scale(value: Any) -> bool:
+    pair = isinstance(value, list | tuple) and len(value) == 2 and all(_is_number(v) for v in value)
+    return pair and 0 < value[0] <= value[1] <= 1
+
+
+CROP_SCALE = Check(_crop_scale, "a pair [low, high] with 0 < low <= high <= 1")
+WIDTHS = Check(_positive_ints, "a non-empty list of integers >= 1")
+NEIGHBOURS = Check(lambda v: POSITIVE_INT.problem(v) is None or _positive_ints(v), "an integer >= 1 or a list of them")
 
 Temperature = Annotated[float, TEMPERATURE]
 LearningRate = Annotated[float, LEARNING_RATE]
@@ -64,3 +113,15 @@ Positive = Annotated[float, POSITIVE]
 NonNegative = Annotated[float, NON_NEGATIVE]
 Fraction = Annotated[float, FRACTION]
 OpenFraction = Annotated[float, OPEN_FRACTION]
+Real = Annotated[float, Number()]  # any finite number (a log ratio)
+WarmupEpochs = Annotated[float, WARMUP_EPOCHS]
+OptionalWeightDecay = Annotated[float | None, Number(low=0, high=10, nullable=True)]
+Seed = Annotated[int, SEED]
+Limit = Annotated[int | None, LIMIT]
+BelowOne = Annotated[float, BELOW_ONE]
+AboveZero = Annotated[float, ABOVE_ZERO]
+CropScale = Annotated[tuple[float, float], CROP_SCALE]
+Widths = Annotated[tuple[int, ...], WIDTHS]
+Neighbours = Annotated[Sequence[int], NEIGHBOURS]
+ViewCount = Annotated[int, Number(integer=True, low=2)]  # a spread needs two views of an image
+TokenLength = Annotated[int, Number(integer=True, low=3)]  # [BOS], one token, [EOS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_train.constraints import PositiveInt
+from ssl_train.constraints import Limit, PositiveInt
 from ssl_train.losses.precision import float32_linear
 
 LAST_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -23,7 +23,7 @@ class MLP(nn.Sequential):
         self,
         in_dim: int,
         hidden_dim: PositiveInt = 512,
-        out_dim: int | None = 128,  # null: the encoder's width (a head's; a predictor's follows the head's): checked by name in validate.py
+        out_dim: Limit = 128,  # null: the encoder's width (a head's; a method that takes a predictor refuses null there: Settings)
         num_layers: PositiveInt = 2,
         batch_norm: bool = True,
         last_batch_norm: bool = False,

@@ -9,6 +9,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ssl_train.constraints import Fraction, LearningRate, OptionalWeightDecay, Positive, PositiveInt, WarmupEpochs, WeightDecay
 from ssl_train.errors import UserError
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
@@ -60,11 +61,11 @@ class LARS(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable,
-        lr: float,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        trust_coefficient: float = 0.001,
-        eps: float = 1e-8,
+        lr: LearningRate,
+        momentum: Fraction = 0.9,
+        weight_decay: WeightDecay = 0.0,
+        trust_coefficient: Positive = 0.001,
+        eps: Positive = 1e-8,
         clip_lr: bool = False,
     ) -> None:
         if lr <= 0:
@@ -135,13 +136,13 @@ class OptimRecipe:
         self,
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scaling: str = "linear",
-        base_batch_size: int = 256,
-        warmup_epochs: float = 1.0,
-        min_lr_ratio: float = 0.0,
+        base_batch_size: PositiveInt = 256,
+        warmup_epochs: WarmupEpochs = 1.0,
+        min_lr_ratio: Fraction = 0.0,
         exclude_bias_and_norm: bool = True,
-        online_probe_lr: float = 0.1,
+        online_probe_lr: LearningRate = 0.1,
         no_decay_names: Sequence[str] = (),
-        weight_decay_end: float | None = None,
+        weight_decay_end: OptionalWeightDecay = None,
     ) -> None:
         if not isinstance(optimizer, partial):
             raise UserError("optim.optimizer must be a partial (set `_partial_: true`)")

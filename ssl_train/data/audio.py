@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from ssl_train.constraints import Limit, PositiveInt
 from ssl_train.data.datasets import Splits, limited
 from ssl_train.data.sequences import sequence_splits
 from ssl_train.errors import DataNotFoundError, UserError
@@ -53,7 +54,7 @@ class SpokenDigits:
 
     modalities = ("waveform",)
 
-    def __init__(self, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, train_limit: Limit = None, test_limit: Limit = None) -> None:
         self.train_limit, self.test_limit = train_limit, test_limit
 
     def load(self) -> Splits:
@@ -85,10 +86,10 @@ class AudioFolder:
         root: str,
         train_dir: str = "train",
         test_dir: str = "test",
-        sample_rate: int = 8000,
-        length: int = 8000,
-        train_limit: int | None = None,
-        test_limit: int | None = None,
+        sample_rate: PositiveInt = 8000,
+        length: PositiveInt = 8000,
+        train_limit: Limit = None,
+        test_limit: Limit = None,
     ) -> None:
         self.root, self.train_dir, self.test_dir = Path(root).expanduser(), train_dir, test_dir
         self.sample_rate, self.length, self.train_limit, self.test_limit = sample_rate, length, train_limit, test_limit

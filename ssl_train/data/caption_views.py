@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ssl_train.constraints import PositiveInt
 from ssl_train.data.recipes import ViewRecipe, with_overrides
 
 # open_clip's training transform: RandomResizedCrop(scale=(0.9, 1.0)), no colour or flip augmentation
@@ -28,7 +29,7 @@ class ImageCaptionViews:
     def __init__(
         self,
         tokenizer: Callable[[str], torch.Tensor],
-        size: int,
+        size: PositiveInt,
         mean: Sequence[float],
         std: Sequence[float],
         recipe: Mapping | None = None,

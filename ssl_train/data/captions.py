@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_train.constraints import Limit, OpenFraction, PositiveInt
 from ssl_train.data.datasets import FASHION_MNIST_CLASSES, ImageArrayDataset, InputSpec, Splits, channel_stats, embedded_arrays
 from ssl_train.data.folders import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, check_max_pixels
 from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS
@@ -130,7 +131,7 @@ class CaptionedFashionMNIST:
 
     modalities = ("image_text",)
 
-    def __init__(self, captions_per_image: int = 3, train_limit: int | None = None, test_limit: int | None = None, tokenizer: Any = None) -> None:
+    def __init__(self, captions_per_image: PositiveInt = 3, train_limit: Limit = None, test_limit: Limit = None, tokenizer: Any = None) -> None:
         if captions_per_image < 1:
             raise UserError(f"data.source.captions_per_image must be >= 1, got {captions_per_image}")
         self.captions_per_image, self.train_limit, self.test_limit, self.tokenizer = captions_per_image, train_limit, test_limit, tokenizer
@@ -179,15 +180,15 @@ class CaptionFolder:
     def __init__(
         self,
         root: str,
-        image_size: int = 224,
-        channels: int = 3,
-        test_fraction: float = 0.2,
+        image_size: PositiveInt = 224,
+        channels: PositiveInt = 3,
+        test_fraction: OpenFraction = 0.2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         tokenizer: Any = None,
-        train_limit: int | None = None,
-        test_limit: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        train_limit: Limit = None,
+        test_limit: Limit = None,
+        max_pixels: PositiveInt = DEFAULT_MAX_PIXELS,
     ) -> None:
         if not 0 < test_fraction < 1:
             raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
@@ -238,15 +239,15 @@ class CaptionTable:
         image_column: str = "image",
         caption_column: str = "caption",
         label_column: str | None = None,
-        image_size: int = 224,
-        channels: int = 3,
-        test_fraction: float = 0.2,
+        image_size: PositiveInt = 224,
+        channels: PositiveInt = 3,
+        test_fraction: OpenFraction = 0.2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         tokenizer: Any = None,
-        train_limit: int | None = None,
-        test_limit: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        train_limit: Limit = None,
+        test_limit: Limit = None,
+        max_pixels: PositiveInt = DEFAULT_MAX_PIXELS,
     ) -> None:
         if not 0 < test_fraction < 1:
             raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")

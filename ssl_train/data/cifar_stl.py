@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from ssl_train.constraints import Limit, PositiveInt
 from ssl_train.data.datasets import ImageArrayDataset, Splits, limited, make_splits
 from ssl_train.data.safe_pickle import read_data_pickle
 from ssl_train.errors import DataNotFoundError, UserError
@@ -32,7 +33,7 @@ class CIFARSource:
     """CIFAR-10 or CIFAR-100 (Krizhevsky 2009) from the official python version: <root>/cifar-10-batches-py/ or
     <root>/cifar-100-python/ (the folder the .tar.gz unpacks to; `root` may also be that folder itself)."""
 
-    def __init__(self, root: str, num_classes: int = 10, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, root: str, num_classes: PositiveInt = 10, train_limit: Limit = None, test_limit: Limit = None) -> None:
         if num_classes not in CIFAR_LAYOUT:
             raise UserError(f"data.source.num_classes must be 10 or 100, got {num_classes}")
         self.root, self.num_classes = Path(root).expanduser(), num_classes
@@ -88,7 +89,7 @@ class STL10Source:
 
     SPLITS = ("unlabeled", "train+unlabeled", "train")
 
-    def __init__(self, root: str, pretrain_split: str = "unlabeled", train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, root: str, pretrain_split: str = "unlabeled", train_limit: Limit = None, test_limit: Limit = None) -> None:
         if pretrain_split not in self.SPLITS:
             raise UserError(f"data.source.pretrain_split must be one of {self.SPLITS}, got {pretrain_split!r}")
         self.root, self.pretrain_split = Path(root).expanduser(), pretrain_split

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from ssl_train import dist
+from ssl_train.constraints import BelowOne, Count, Limit, PositiveInt
 from ssl_train.data.datasets import Splits, carve_validation
 from ssl_train.data.sampling import MPerClassSampler, ResumableSampler, loader_generator
 from ssl_train.data.transformed import PairForEvaluation, TransformedDataset
@@ -63,15 +64,15 @@ class SSLDataModule(pl.LightningDataModule):
     def __init__(
         self,
         source: Any,
-        batch_size: int = 256,
-        num_workers: int = 1,
-        eval_batch_size: int = 512,
+        batch_size: PositiveInt = 256,
+        num_workers: Count = 1,
+        eval_batch_size: PositiveInt = 512,
         pin_memory: bool = False,
         shuffle: bool = True,
-        validation_fraction: float = 0.0,
+        validation_fraction: BelowOne = 0.0,
         views: Callable[..., Callable] | None = None,
-        world_size: int = 1,
-        m_per_class: int | None = None,
+        world_size: PositiveInt = 1,
+        m_per_class: Limit = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ssl_train.constraints import Limit
 from ssl_train.errors import DataNotFoundError, UserError
 
 DEBIAN_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -178,7 +179,7 @@ def limited(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int
 class IdxSource:
     """A dataset in idx files (Fashion-MNIST, MNIST): train-*-idx?-ubyte[.gz] and t10k-*-idx?-ubyte[.gz] under `root`."""
 
-    def __init__(self, root: str, name: str = "fashion_mnist", hint: str = "", train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, root: str, name: str = "fashion_mnist", hint: str = "", train_limit: Limit = None, test_limit: Limit = None) -> None:
         self.root, self.name, self.hint = Path(root).expanduser(), name, hint
         self.train_limit, self.test_limit = train_limit, test_limit
 
@@ -197,7 +198,7 @@ class EmbeddedFashionMNIST:
     Rebuild it with scripts/make_embedded_dataset.py.
     """
 
-    def __init__(self, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, train_limit: Limit = None, test_limit: Limit = None) -> None:
         self.train_limit, self.test_limit = train_limit, test_limit
 
     def load(self) -> Splits:

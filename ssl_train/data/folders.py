@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
+from ssl_train.constraints import Limit, PositiveInt
 from ssl_train.data.datasets import InputSpec, Splits, limited
 from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS, check_image, first_gif_frame
 from ssl_train.errors import DataNotFoundError, UserError
@@ -135,13 +136,13 @@ class ImageFolderSource:
         root: str,
         train_dir: str = "train",
         test_dir: str = "val",
-        image_size: int = 224,
-        channels: int = 3,
+        image_size: PositiveInt = 224,
+        channels: PositiveInt = 3,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
-        train_limit: int | None = None,
-        test_limit: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        train_limit: Limit = None,
+        test_limit: Limit = None,
+        max_pixels: PositiveInt = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.max_pixels = check_max_pixels(max_pixels)
         self.root, self.train_dir, self.test_dir = Path(root).expanduser(), train_dir, test_dir
@@ -170,7 +171,7 @@ class UnlabeledFolderSource:
     """Pretrain on unlabeled images (a flat/recursive folder, or a text file listing one path per line);
     the probe uses the labelled `probe` source (e.g. an ImageFolderSource), which also sets size and statistics."""
 
-    def __init__(self, root: str, probe: Any, train_limit: int | None = None, test_limit: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, root: str, probe: Any, train_limit: Limit = None, test_limit: Limit = None, max_pixels: PositiveInt = DEFAULT_MAX_PIXELS) -> None:
         self.max_pixels = check_max_pixels(max_pixels)
         if test_limit is not None:
             raise UserError("data.source.test_limit: the probe's splits come from data.source.probe; set data.source.probe.test_limit")

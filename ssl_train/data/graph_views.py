@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
+from ssl_train.constraints import FieldsOf, Fraction, PositiveInt
 from ssl_train.data.graphs import NodeBatch
 from ssl_train.data.recipes import ViewList, recipes_per_view
 
@@ -16,9 +18,9 @@ from ssl_train.data.recipes import ViewList, recipes_per_view
 class GraphViewRecipe:
     """The knobs of one graph view (GRACE's Cora settings are drop_edge 0.2 / 0.4, mask_feature 0.3 / 0.4)."""
 
-    drop_edge: float = 0.2  # probability of removing each (undirected) edge
-    drop_node: float = 0.0  # probability of removing a node's edges (GraphCL's node dropping; the node stays)
-    mask_feature: float = 0.3  # probability of zeroing each feature column, for every node at once
+    drop_edge: Fraction = 0.2  # probability of removing each (undirected) edge
+    drop_node: Fraction = 0.0  # probability of removing a node's edges (GraphCL's node dropping; the node stays)
+    mask_feature: Fraction = 0.3  # probability of zeroing each feature column, for every node at once
 
 
 class BatchedGraphView(nn.Module):
@@ -52,11 +54,11 @@ class GraphViews:
 
     def __init__(
         self,
-        size: int,
+        size: PositiveInt,
         mean: Sequence[float],
         std: Sequence[float],
-        num_global: int = 2,
-        recipe: Mapping | None = None,
+        num_global: PositiveInt = 2,
+        recipe: Annotated[Mapping | None, FieldsOf(GraphViewRecipe)] = None,
         per_view: Sequence[Mapping] | None = None,
         fixed_size: bool = True,
     ) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_train.constraints import Limit, OpenFraction, PositiveInt
 from ssl_train.data.array_files import check_finite, check_labels, read_npz
 from ssl_train.data.datasets import EMBEDDED_FILE, InputSpec, Splits
 from ssl_train.errors import DataNotFoundError, UserError
@@ -134,7 +135,7 @@ class FashionMNISTKNNGraph:
 
     modalities = ("graph",)
 
-    def __init__(self, k: int = 10, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, k: PositiveInt = 10, train_limit: Limit = None, test_limit: Limit = None) -> None:
         if k < 1:
             raise UserError(f"data.source.k must be >= 1, got {k}")
         self.k, self.train_limit, self.test_limit = k, train_limit, test_limit
@@ -207,11 +208,11 @@ class WordNetNouns:
     def __init__(
         self,
         root: str = WORDNET_ROOT,
-        feature_dim: int = 512,
-        train_fraction: float = 0.5,
-        node_limit: int | None = None,
-        train_limit: int | None = None,
-        test_limit: int | None = None,
+        feature_dim: PositiveInt = 512,
+        train_fraction: OpenFraction = 0.5,
+        node_limit: Limit = None,
+        train_limit: Limit = None,
+        test_limit: Limit = None,
     ) -> None:
         if not 0 < train_fraction < 1:
             raise UserError(f"data.source.train_fraction must be in (0, 1), got {train_fraction}")
@@ -244,7 +245,7 @@ class GraphArrays:
 
     modalities = ("graph",)
 
-    def __init__(self, path: str, train_fraction: float = 0.5, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, path: str, train_fraction: OpenFraction = 0.5, train_limit: Limit = None, test_limit: Limit = None) -> None:
         if not 0 < train_fraction < 1:
             raise UserError(f"data.source.train_fraction must be in (0, 1), got {train_fraction}")
         self.path, self.train_fraction, self.train_limit, self.test_limit = Path(path).expanduser(), train_fraction, train_limit, test_limit

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from ssl_train.constraints import CropScale, Fraction, NonNegative
+
 
 @dataclass(frozen=True)
 class ViewRecipe:
@@ -23,13 +25,13 @@ class ViewRecipe:
     colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8 (SimCLR appendix A: strength 0.5 for CIFAR), grayscale p=0.2, flip p=0.5.
     """
 
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    flip_prob: float = 0.5
-    jitter_strength: float = 1.0  # multiplies (brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1)
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.0
-    solarize_prob: float = 0.0
+    crop_scale: CropScale = (0.2, 1.0)
+    flip_prob: Fraction = 0.5
+    jitter_strength: NonNegative = 1.0  # multiplies (brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1)
+    jitter_prob: Fraction = 0.8
+    grayscale_prob: Fraction = 0.2
+    blur_prob: Fraction = 0.0
+    solarize_prob: Fraction = 0.0
 
     def build(self, size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
         """The per-sample transform: uint8 (C, H, W) tensor in, normalised float32 view out."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_train.constraints import Count, CropScale, FieldsOf, Fraction, NonNegative, PositiveInt
 from ssl_train.data.recipes import ViewList, recipes_per_view
 
 
@@ -22,13 +24,13 @@ from ssl_train.data.recipes import ViewList, recipes_per_view
 class SequenceViewRecipe:
     """The knobs of one sequence view. Values are applied in this order; 0 / (1, 1) turns a step off."""
 
-    crop_scale: tuple[float, float] = (0.6, 1.0)  # fraction of the length in the random window, resampled to full length
+    crop_scale: CropScale = (0.6, 1.0)  # fraction of the length in the random window, resampled to full length
     speed: tuple[float, float] = (1.0, 1.0)  # extra time-stretch factor range around the centre (audio: 0.9-1.1)
     gain_db: tuple[float, float] = (0.0, 0.0)  # amplitude gain range in dB (before standardising)
-    noise_std: float = 0.1  # Gaussian noise, in units of the data's per-feature std
-    shift: float = 0.0  # circular shift by up to this fraction of the length, either way
-    time_masks: int = 1  # number of masked spans (set to the mean, i.e. 0 once standardised)
-    time_mask_fraction: float = 0.1  # the longest span, as a fraction of the length
+    noise_std: NonNegative = 0.1  # Gaussian noise, in units of the data's per-feature std
+    shift: Fraction = 0.0  # circular shift by up to this fraction of the length, either way
+    time_masks: Count = 1  # number of masked spans (set to the mean, i.e. 0 once standardised)
+    time_mask_fraction: Fraction = 0.1  # the longest span, as a fraction of the length
 
 
 def _uniform(n: int, bounds: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -105,11 +107,11 @@ class SequenceViews:
 
     def __init__(
         self,
-        size: int,
+        size: PositiveInt,
         mean: Sequence[float],
         std: Sequence[float],
-        num_global: int = 2,
-        recipe: Mapping | None = None,
+        num_global: PositiveInt = 2,
+        recipe: Annotated[Mapping | None, FieldsOf(SequenceViewRecipe)] = None,
         per_view: Sequence[Mapping] | None = None,
         fixed_size: bool = True,
     ) -> None:

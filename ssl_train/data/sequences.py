@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_train.constraints import Limit
 from ssl_train.data.array_files import check_finite, check_labels, read_npy, read_npz
 from ssl_train.data.datasets import InputSpec, Splits, embedded_arrays, limited
 from ssl_train.errors import DataNotFoundError, UserError
@@ -71,7 +72,7 @@ class SequentialFashionMNIST:
 
     modalities = ("sequence",)
 
-    def __init__(self, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, train_limit: Limit = None, test_limit: Limit = None) -> None:
         self.train_limit, self.test_limit = train_limit, test_limit
 
     def load(self) -> Splits:
@@ -88,7 +89,7 @@ class SequenceArrays:
     KEYS = ("train_x", "train_y", "test_x", "test_y")
     modalities = ("sequence", "waveform")
 
-    def __init__(self, path: str, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    def __init__(self, path: str, train_limit: Limit = None, test_limit: Limit = None) -> None:
         self.path, self.train_limit, self.test_limit = Path(path).expanduser(), train_limit, test_limit
 
     def _read(self) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_train.constraints import Limit, OpenFraction
 from ssl_train.data.datasets import InputSpec, Splits
 from ssl_train.data.tokenizers import byte_tokenizer
 from ssl_train.errors import DataNotFoundError, UserError
@@ -258,10 +259,10 @@ class TextFiles:
         unlabeled: str | None = None,
         text_column: str = "text",
         label_column: str = "label",
-        test_fraction: float = 0.2,
+        test_fraction: OpenFraction = 0.2,
         tokenizer: TokenizerFactory | None = None,
-        train_limit: int | None = None,
-        test_limit: int | None = None,
+        train_limit: Limit = None,
+        test_limit: Limit = None,
     ) -> None:
         self.train_limit, self.test_limit = train_limit, test_limit
         if not 0 < test_fraction < 1:
@@ -382,8 +383,8 @@ class WordNetGlosses:
     def __init__(
         self,
         root: str | None = None,
-        train_limit: int | None = None,
-        test_limit: int | None = None,
+        train_limit: Limit = None,
+        test_limit: Limit = None,
         tokenizer: TokenizerFactory | None = None,
         unlabeled: str | None = None,
     ) -> None:

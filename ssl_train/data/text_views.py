@@ -17,10 +17,11 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
+from ssl_train.constraints import Count, CropScale, FieldsOf, Fraction, NonNegative, PositiveInt
 from ssl_train.data.recipes import recipes_per_view
 from ssl_train.data.text import load_synonyms
 
@@ -38,11 +39,11 @@ STOP_WORDS = frozenset(
 class TextViewRecipe:
     """The knobs of one text view; 0 (or (1, 1) for the crop) turns an edit off."""
 
-    synonym_fraction: float = 0.0  # EDA alpha_sr: fraction of the words replaced by a WordNet synonym
-    insert_fraction: float = 0.0  # EDA alpha_ri: synonyms inserted, as a fraction of the words
-    swap_fraction: float = 0.0  # EDA alpha_rs: word pairs swapped, as a fraction of the words
-    delete_prob: float = 0.0  # EDA p_rd: each word deleted with this probability (one always stays)
-    crop_scale: tuple[float, float] = (1.0, 1.0)  # a random span of this fraction of the words
+    synonym_fraction: NonNegative = 0.0  # EDA alpha_sr: fraction of the words replaced by a WordNet synonym
+    insert_fraction: NonNegative = 0.0  # EDA alpha_ri: synonyms inserted, as a fraction of the words
+    swap_fraction: NonNegative = 0.0  # EDA alpha_rs: word pairs swapped, as a fraction of the words
+    delete_prob: Fraction = 0.0  # EDA p_rd: each word deleted with this probability (one always stays)
+    crop_scale: CropScale = (1.0, 1.0)  # a random span of this fraction of the words
     compose: bool = False  # False: one enabled edit per view (EDA); True: every enabled edit in turn
 
 
@@ -134,11 +135,11 @@ class TextViews:
     def __init__(
         self,
         tokenizer: Any,
-        size: int = 0,
+        size: Count = 0,
         mean: Sequence[float] = (),
         std: Sequence[float] = (),
-        num_global: int = 2,
-        recipe: Mapping | None = None,
+        num_global: PositiveInt = 2,
+        recipe: Annotated[Mapping | None, FieldsOf(TextViewRecipe)] = None,
         per_view: Sequence[Mapping] | None = None,
         synonyms: str | None = "auto",
         fixed_size: bool = True,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ssl_train.constraints import PositiveInt, TokenLength
 from ssl_train.errors import DataNotFoundError, UserError
 
 PAD, BOS, EOS = 0, 1, 2
@@ -194,12 +195,14 @@ class HFTokenizer:
         return self.tokenizer.decode([int(i) - HF_ID_OFFSET for i in ids.tolist() if int(i) != PAD], skip_special_tokens=True)
 
 
-def byte_tokenizer(corpus: Sequence[str] = (), max_length: int = 128) -> ByteTokenizer:
+def byte_tokenizer(corpus: Sequence[str] = (), max_length: TokenLength = 128) -> ByteTokenizer:
     """`tokenizer=bytes`: the byte tokenizer (the corpus is not needed)."""
     return ByteTokenizer(max_length)
 
 
-def bpe_tokenizer(corpus: Sequence[str] = (), vocab_size: int = 4000, max_length: int = 64, min_frequency: int = 2, path: str | None = None) -> BPETokenizer:
+def bpe_tokenizer(
+    corpus: Sequence[str] = (), vocab_size: PositiveInt = 4000, max_length: TokenLength = 64, min_frequency: PositiveInt = 2, path: str | None = None
+) -> BPETokenizer:
     """`tokenizer=bpe`: a BPE learned from the training texts, or read from `path` (a tokenizer.json saved earlier)."""
     if path:
         return BPETokenizer.from_file(path, max_length)
@@ -210,6 +213,6 @@ def bpe_tokenizer(corpus: Sequence[str] = (), vocab_size: int = 4000, max_length
     return BPETokenizer.train(corpus, vocab_size, max_length, min_frequency)
 
 
-def hf_tokenizer(corpus: Sequence[str] = (), path: str | None = None, max_length: int = 128) -> HFTokenizer:
+def hf_tokenizer(corpus: Sequence[str] = (), path: str | None = None, max_length: TokenLength = 128) -> HFTokenizer:
     """`tokenizer=hf`: the Hugging Face tokenizer in the local folder `path` (the corpus is not needed)."""
     return HFTokenizer(path, max_length)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated
 
 import torch
 from torchvision.transforms import v2
 
+from ssl_train.constraints import Count, FieldsOf, PositiveInt
 from ssl_train.data.recipes import ViewRecipe, recipes_per_view, with_overrides
 
 
@@ -28,15 +30,15 @@ class MultiViewTransform:
 
     def __init__(
         self,
-        size: int,
+        size: PositiveInt,
         mean: Sequence[float],
         std: Sequence[float],
-        num_global: int = 2,
-        recipe: Mapping | None = None,
+        num_global: PositiveInt = 2,
+        recipe: Annotated[Mapping | None, FieldsOf(ViewRecipe)] = None,
         per_view: Sequence[Mapping] | None = None,
-        num_local: int = 0,
-        local_size: int = 12,
-        local: Mapping | None = None,
+        num_local: Count = 0,
+        local_size: PositiveInt = 12,
+        local: Annotated[Mapping | None, FieldsOf(ViewRecipe)] = None,
         on_device: bool | str = "auto",
         fixed_size: bool = False,
     ) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssl_train.constraints import PositiveInt
+
 
 class GCNEncoder(nn.Module):
     """Graph convolutional network (Kipf & Welling 2017) with PReLU: DGI's transductive encoder (one 512-unit layer on
@@ -15,7 +17,7 @@ class GCNEncoder(nn.Module):
 
     modalities = ("graph",)
 
-    def __init__(self, in_channels: int, hidden_dim: int = 512, num_layers: int = 1) -> None:
+    def __init__(self, in_channels: PositiveInt, hidden_dim: PositiveInt = 512, num_layers: PositiveInt = 1) -> None:
         super().__init__()
         from ssl_train.data.graphs import require_torch_geometric
 

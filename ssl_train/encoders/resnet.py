@@ -6,6 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
+from ssl_train.constraints import Limit, PositiveInt, Widths
+
 NORMS = ("batch", "group")
 
 
@@ -50,12 +52,12 @@ class SmallResNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        widths: tuple[int, ...] = (32, 64, 128),
-        blocks_per_stage: int = 1,
-        stem_stride: int = 2,
+        in_channels: PositiveInt = 3,
+        widths: Widths = (32, 64, 128),
+        blocks_per_stage: PositiveInt = 1,
+        stem_stride: PositiveInt = 2,
         norm: str = "batch",
-        pool_size: int = 1,
+        pool_size: PositiveInt = 1,
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -110,7 +112,12 @@ class TorchvisionResNet(nn.Module):
     needs_image_size = True  # build_encoder passes the data's image size (small_image_stem=auto reads it)
 
     def __init__(
-        self, arch: str = "resnet18", in_channels: int = 3, small_image_stem: bool | str = False, zero_init_residual: bool = True, image_size: int | None = None
+        self,
+        arch: str = "resnet18",
+        in_channels: PositiveInt = 3,
+        small_image_stem: bool | str = False,
+        zero_init_residual: bool = True,
+        image_size: Limit = None,
     ) -> None:
         super().__init__()
         allowed = ("resnet18", "resnet34", "resnet50", "resnet101")

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ssl_train.constraints import PositiveInt
+
 FRONTENDS = ("auto", "steps", "conv", "logmel")
 
 
@@ -108,15 +110,15 @@ class RecurrentEncoder(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
+        in_channels: PositiveInt,
         modality: str = "sequence",
         frontend: str = "auto",
-        step_dim: int = 128,
-        context_dim: int = 128,
+        step_dim: PositiveInt = 128,
+        context_dim: PositiveInt = 128,
         pooling: str = "mean",
         conv_strides: Sequence[int] = (5, 4, 2, 2, 2),
         conv_kernels: Sequence[int] = (10, 8, 4, 4, 4),
-        sample_rate: int = 8000,
+        sample_rate: PositiveInt = 8000,
     ) -> None:
         super().__init__()
         if frontend not in FRONTENDS:

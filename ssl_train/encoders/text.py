@@ -14,6 +14,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from ssl_train.constraints import BelowOne, Positive, PositiveInt
 from ssl_train.data.tokenizers import HF_ID_OFFSET, PAD, ByteTokenizer, hashed_ngrams, import_transformers, load_hf_tokenizer, local_hf_folder
 from ssl_train.errors import UserError
 
@@ -41,13 +42,13 @@ class TransformerTextEncoder(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        width: int = 128,
-        depth: int = 2,
-        heads: int = 4,
-        mlp_ratio: float = 4.0,
-        dropout: float = 0.1,
-        max_positions: int = 512,
+        in_channels: PositiveInt,
+        width: PositiveInt = 128,
+        depth: PositiveInt = 2,
+        heads: PositiveInt = 4,
+        mlp_ratio: Positive = 4.0,
+        dropout: BelowOne = 0.1,
+        max_positions: PositiveInt = 512,
         pooling: str = "mean",
         downsample: int | str = "auto",
     ) -> None:
@@ -102,7 +103,13 @@ class CharCNNEncoder(nn.Module):
     modalities = ("text",)
 
     def __init__(
-        self, in_channels: int, embed_dim: int = 64, channels: int = 128, kernel_sizes: Sequence[int] = (3, 5, 7), depth: int = 2, dropout: float = 0.1
+        self,
+        in_channels: PositiveInt,
+        embed_dim: PositiveInt = 64,
+        channels: PositiveInt = 128,
+        kernel_sizes: Sequence[int] = (3, 5, 7),
+        depth: PositiveInt = 2,
+        dropout: BelowOne = 0.1,
     ) -> None:
         super().__init__()
         if not kernel_sizes or depth < 1:
@@ -140,7 +147,7 @@ class HFTextEncoder(nn.Module):
 
     modalities = ("text",)
 
-    def __init__(self, in_channels: int, path: str | None = None, pretrained: bool = True, pooling: str = "mean") -> None:
+    def __init__(self, in_channels: PositiveInt, path: str | None = None, pretrained: bool = True, pooling: str = "mean") -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"backbone.pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -197,7 +204,9 @@ class NGramBagEncoder(nn.Module):
 
     modalities = ("text",)
 
-    def __init__(self, in_channels: int, dim: int = 256, buckets: int = 65536, orders: Sequence[int] = (1, 2, 3, 4), dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: PositiveInt, dim: PositiveInt = 256, buckets: PositiveInt = 65536, orders: Sequence[int] = (1, 2, 3, 4), dropout: BelowOne = 0.1
+    ) -> None:
         super().__init__()
         if not orders or min(orders) < 1 or buckets < 2:
             raise ValueError(f"backbone.orders must be n-gram lengths >= 1 and buckets >= 2, got {list(orders)}, {buckets}")

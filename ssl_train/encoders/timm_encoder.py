@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from ssl_train.constraints import BelowOne, Limit, PositiveInt
 from ssl_train.errors import UserError
 
 VIT_ONLY_KWARGS = ("img_size", "patch_size", "dynamic_img_size")
@@ -92,10 +93,10 @@ class TimmEncoder(nn.Module):
     def __init__(
         self,
         name: str,
-        in_channels: int = 3,
-        image_size: int = 224,
-        patch_size: int | None = None,
-        drop_path_rate: float = 0.0,
+        in_channels: PositiveInt = 3,
+        image_size: PositiveInt = 224,
+        patch_size: Limit = None,
+        drop_path_rate: BelowOne = 0.0,
         global_pool: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         freeze_patch_embed: bool = False,

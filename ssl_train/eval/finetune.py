@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
+from ssl_train.constraints import AboveZero, BelowOne, CropScale, LearningRate, Limit, NonNegative, PositiveInt, Seed, WarmupEpochs, WeightDecay
 from ssl_train.eval.linear_probe import extract_features, topk_accuracy
 from ssl_train.eval.sgd_probe import _Augmented
 
@@ -57,18 +57,18 @@ class FineTune:
 
     def __init__(
         self,
-        epochs: int = 5,
-        lr: float = 4e-3,
-        batch_size: int = 32,
-        weight_decay: float = 0.05,
-        layer_decay: float = 0.75,
-        label_smoothing: float = 0.0,
-        warmup_epochs: float = 1.0,
-        crop_scale: Sequence[float] = (0.9, 1.0),
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        max_train_samples: int | None = None,
-        seed: int = 0,
+        epochs: PositiveInt = 5,
+        lr: LearningRate = 4e-3,
+        batch_size: PositiveInt = 32,
+        weight_decay: WeightDecay = 0.05,
+        layer_decay: AboveZero = 0.75,
+        label_smoothing: BelowOne = 0.0,
+        warmup_epochs: WarmupEpochs = 1.0,
+        crop_scale: CropScale = (0.9, 1.0),
+        mixup_alpha: NonNegative = 0.0,
+        cutmix_alpha: NonNegative = 0.0,
+        max_train_samples: Limit = None,
+        seed: Seed = 0,
     ) -> None:
         if epochs < 1 or lr <= 0 or not 0 < layer_decay <= 1:
             raise ValueError(f"eval.finetune: epochs >= 1, lr > 0 and 0 < layer_decay <= 1 required, got {epochs}, {lr}, {layer_decay}")

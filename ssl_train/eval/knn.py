@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
+
+from ssl_train.constraints import Neighbours, PositiveInt, Temperature
 
 
 class KNNClassifier:
@@ -15,7 +15,7 @@ class KNNClassifier:
     Wu et al. 2018 / DINO. Computed in chunks of test samples, exact (no approximation).
     """
 
-    def __init__(self, k: Sequence[int] = (20, 200), temperature: float = 0.07, chunk_size: int = 1024) -> None:
+    def __init__(self, k: Neighbours = (20, 200), temperature: Temperature = 0.07, chunk_size: PositiveInt = 1024) -> None:
         if not k or min(k) < 1:
             raise ValueError(f"eval.knn.k must be a non-empty list of positive ints, got {k}")
         if temperature <= 0:

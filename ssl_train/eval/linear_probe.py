@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_train.constraints import Count, OpenFraction, PositiveInt, Seed
 from ssl_train.data.datamodule import collate_of
 from ssl_train.errors import UserError
 
@@ -107,11 +108,11 @@ class LinearProbe:
     def __init__(
         self,
         l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
-        holdout_fraction: float = 0.1,
-        max_iter: int = 50,
-        seed: int = 0,
-        search_max_iter: int = 10,
-        extend_grid: int = 3,
+        holdout_fraction: OpenFraction = 0.1,
+        max_iter: PositiveInt = 50,
+        seed: Seed = 0,
+        search_max_iter: PositiveInt = 10,
+        extend_grid: Count = 3,
     ) -> None:
         if not l2_grid:
             raise ValueError("eval.l2_grid must hold at least one value")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ssl_train.constraints import BelowOne, CropScale, LearningRate, Limit, NonNegative, Positive, PositiveInt, Seed, WarmupEpochs, WeightDecay
 from ssl_train.errors import UserError
 from ssl_train.eval.finetune import FineTune
 from ssl_train.run_dir import fresh_dir
@@ -50,22 +51,22 @@ class LoRAFineTune(FineTune):
 
     def __init__(
         self,
-        rank: int = 8,
-        alpha: float = 16.0,
-        dropout: float = 0.0,
+        rank: PositiveInt = 8,
+        alpha: Positive = 16.0,
+        dropout: BelowOne = 0.0,
         target_modules: Sequence[str] | None = None,
         adapter_dir: str | None = None,
-        epochs: int = 5,
-        lr: float = 5e-3,
-        batch_size: int = 128,
-        weight_decay: float = 0.0,
-        label_smoothing: float = 0.1,
-        warmup_epochs: float = 1.0,
-        crop_scale: Sequence[float] = (0.5, 1.0),
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        max_train_samples: int | None = None,
-        seed: int = 0,
+        epochs: PositiveInt = 5,
+        lr: LearningRate = 5e-3,
+        batch_size: PositiveInt = 128,
+        weight_decay: WeightDecay = 0.0,
+        label_smoothing: BelowOne = 0.1,
+        warmup_epochs: WarmupEpochs = 1.0,
+        crop_scale: CropScale = (0.5, 1.0),
+        mixup_alpha: NonNegative = 0.0,
+        cutmix_alpha: NonNegative = 0.0,
+        max_train_samples: Limit = None,
+        seed: Seed = 0,
     ) -> None:
         super().__init__(
             epochs=epochs,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ssl_train.constraints import NonNegative, PositiveInt
 from ssl_train.eval.linear_probe import LinearProbe
 
 
@@ -30,8 +31,8 @@ class LowShotProbe:
         fractions: Sequence[float] = (0.01, 0.1),
         shots: Sequence[int] = (1, 5, 10),
         seeds: Sequence[int] = (0, 1, 2),
-        l2: float = 1e-3,
-        max_iter: int = 50,
+        l2: NonNegative = 1e-3,
+        max_iter: PositiveInt = 50,
     ) -> None:
         if any(not 0 < f < 1 for f in fractions) or any(k < 1 for k in shots) or not seeds:
             raise ValueError(f"eval.low_shot: fractions in (0, 1), shots >= 1 and at least one seed; got {list(fractions)}, {list(shots)}, {list(seeds)}")

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ssl_train.constraints import NonNegative
+
 log = logging.getLogger(__name__)
 
 
@@ -142,7 +144,7 @@ def representation_metrics(z: torch.Tensor, z_positive: torch.Tensor | None = No
 class RepresentationMetrics:
     """Evaluator wrapper (same interface as LinearProbe/KNNClassifier) reporting metrics of the test features."""
 
-    def __init__(self, collapse_threshold: float = 0.01) -> None:
+    def __init__(self, collapse_threshold: NonNegative = 0.01) -> None:
         self.collapse_threshold = collapse_threshold
 
     def evaluate_features(self, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int) -> dict[str, float]:

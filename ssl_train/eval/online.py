@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Subset
 
+from ssl_train.constraints import Count, PositiveInt, Temperature, ViewCount
 from ssl_train.eval.knn import KNNClassifier
 from ssl_train.eval.linear_probe import extract_features
 from ssl_train.eval.metrics import representation_metrics
@@ -21,13 +22,13 @@ class OnlineEvaluation(pl.Callback):
 
     def __init__(
         self,
-        every_n_epochs: int = 2,
-        k: int = 20,
-        temperature: float = 0.07,
-        max_train_samples: int = 5000,
-        pairs: int = 512,
-        lidar_samples: int = 256,
-        lidar_views: int = 8,
+        every_n_epochs: PositiveInt = 2,
+        k: PositiveInt = 20,
+        temperature: Temperature = 0.07,
+        max_train_samples: PositiveInt = 5000,
+        pairs: PositiveInt = 512,
+        lidar_samples: Count = 256,
+        lidar_views: ViewCount = 8,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"callbacks.online_eval.every_n_epochs must be >= 1, got {every_n_epochs}")

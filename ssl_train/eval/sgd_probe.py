@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from ssl_train.constraints import CropScale, LearningRate, PositiveInt, Seed, WeightDecay
 from ssl_train.eval.linear_probe import extract_features, topk_accuracy
 
 
@@ -31,7 +31,13 @@ class SGDLinearProbe:
     cosine schedule, lr scaled by batch/256); report top-1/top-5 on un-augmented test images. Deterministic per seed."""
 
     def __init__(
-        self, epochs: int = 10, lr: float = 0.1, batch_size: int = 256, weight_decay: float = 0.0, crop_scale: Sequence[float] = (0.5, 1.0), seed: int = 0
+        self,
+        epochs: PositiveInt = 10,
+        lr: LearningRate = 0.1,
+        batch_size: PositiveInt = 256,
+        weight_decay: WeightDecay = 0.0,
+        crop_scale: CropScale = (0.5, 1.0),
+        seed: Seed = 0,
     ) -> None:
         if epochs < 1 or lr <= 0:
             raise ValueError(f"eval.sgd_linear: epochs >= 1 and lr > 0 required, got {epochs}, {lr}")

@@ -18,7 +18,7 @@ class BarlowTwinsLoss(nn.Module):
     `scale_loss` multiplies the result (solo-learn uses 0.1 for CIFAR-sized runs; 1 is the paper).
     """
 
-    def __init__(self, lambda_offdiag: LossWeight = 0.0051, gather_distributed: bool = False, eps: float = 1e-5, scale_loss: Positive = 1.0) -> None:
+    def __init__(self, lambda_offdiag: LossWeight = 0.0051, gather_distributed: bool = False, eps: Positive = 1e-5, scale_loss: Positive = 1.0) -> None:
         super().__init__()
         if lambda_offdiag < 0 or scale_loss <= 0:
             raise ValueError(f"BarlowTwinsLoss: lambda_offdiag must be >= 0 and scale_loss > 0, got {lambda_offdiag}, {scale_loss}")

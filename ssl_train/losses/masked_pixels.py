@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_train.constraints import Positive
 from ssl_train.losses.precision import float32
 
 
@@ -17,7 +18,7 @@ class MaskedPixelLoss(nn.Module):
     0 = visible. Visible patches never count, as in the reference's forward_loss.
     """
 
-    def __init__(self, norm_pix: bool = True, l1: bool = False, eps: float = 1e-6) -> None:
+    def __init__(self, norm_pix: bool = True, l1: bool = False, eps: Positive = 1e-6) -> None:
         super().__init__()
         self.norm_pix, self.l1, self.eps = norm_pix, l1, eps
 

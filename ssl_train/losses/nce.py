@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_train.constraints import Temperature
+from ssl_train.constraints import Real, Temperature
 from ssl_train.losses.precision import float32
 
 
@@ -19,7 +19,7 @@ class NCELoss(nn.Module):
     negative_keys (K, D) shared by all queries; without them the other rows' positive keys are the noise.
     """
 
-    def __init__(self, temperature: Temperature = 0.1, log_noise_ratio: float = 0.0) -> None:
+    def __init__(self, temperature: Temperature = 0.1, log_noise_ratio: Real = 0.0) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"NCELoss: temperature must be > 0, got {temperature}")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_train import dist
-from ssl_train.constraints import NonNegative, Temperature
+from ssl_train.constraints import BelowOne, NonNegative, Temperature
 from ssl_train.losses.precision import float32
 
 
@@ -43,7 +43,7 @@ class NTXentLoss(nn.Module):
         temperature: Temperature = 0.5,
         gather_distributed: bool = False,
         decoupled: bool = False,
-        debiased_tau_plus: float = 0.0,
+        debiased_tau_plus: BelowOne = 0.0,
         hard_negative_beta: NonNegative = 0.0,
     ) -> None:
         super().__init__()

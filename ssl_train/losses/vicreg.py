@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_train.constraints import LossWeight
+from ssl_train.constraints import LossWeight, Positive
 from ssl_train.losses.pairs import float_pair
 from ssl_train.losses.precision import float32
 
@@ -26,7 +26,7 @@ class VICRegLoss(nn.Module):
         sim_weight: LossWeight = 25.0,
         var_weight: LossWeight = 25.0,
         cov_weight: LossWeight = 1.0,
-        eps: float = 1e-4,
+        eps: Positive = 1e-4,
         gather_distributed: bool = False,
         variance_mean: bool = True,
     ) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from ssl_train.constraints import PositiveInt
+from ssl_train.constraints import POSITIVE_INT, PositiveInt, Settings
 from ssl_train.methods.common import encode_views, pairs_over_views
 from ssl_train.methods.queue import FeatureQueue
 from ssl_train.protocols import takes, width_of
@@ -50,7 +51,7 @@ class NNCLRMethod(nn.Module):
         backbone: nn.Module,
         projector: nn.Module,
         loss: nn.Module,
-        predictor: Callable[..., nn.Module],
+        predictor: Annotated[Callable[..., nn.Module], Settings({"out_dim": POSITIVE_INT})],
         support_set_size: PositiveInt = 4096,
         name: str = "nnclr",
     ) -> None:

@@ -4,11 +4,12 @@ target network, an EMA of itself or itself (BYOL, SimSiam, MoCo v2, MoCo v3)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from ssl_train.constraints import Count, Fraction, PositiveInt
+from ssl_train.constraints import POSITIVE_INT, Count, Fraction, PositiveInt, Settings
 from ssl_train.methods.common import encode_views, pairs_over_views
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.queue import FeatureQueue
@@ -32,7 +33,7 @@ class TargetNetworkMethod(nn.Module):
         backbone: nn.Module,
         projector: nn.Module,
         loss: nn.Module,
-        predictor: Callable[..., nn.Module] | None = None,
+        predictor: Annotated[Callable[..., nn.Module] | None, Settings({"out_dim": POSITIVE_INT})] = None,
         momentum_base: Fraction = 0.99,
         momentum_final: Fraction = 1.0,
         use_target_network: bool = True,

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ssl_train.constraints import PositiveInt
 from ssl_train.metrics import PROBE_PREFIX, TRAIN_PREFIX, VAL_PREFIX
 from ssl_train.run_dir import append_line, replace_atomically
 
@@ -41,7 +42,7 @@ class MetricHistory(pl.Callback):
 
     TRAINING_PREFIXES, EVALUATION_PREFIX = (TRAIN_PREFIX, PROBE_PREFIX), VAL_PREFIX
 
-    def __init__(self, path: str, every_n_steps: int = 5) -> None:
+    def __init__(self, path: str, every_n_steps: PositiveInt = 5) -> None:
         if every_n_steps < 1:
             raise ValueError(f"callbacks.history.every_n_steps must be >= 1, got {every_n_steps}")
         self.path, self.every_n_steps = Path(path), every_n_steps

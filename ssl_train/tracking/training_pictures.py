@@ -14,6 +14,7 @@ from torch.utils.data import Subset
 from torchvision.io import encode_png
 from torchvision.utils import make_grid
 
+from ssl_train.constraints import PositiveInt
 from ssl_train.eval.linear_probe import extract_features
 from ssl_train.run_dir import replace_atomically
 from ssl_train.toolkit.pictures import embedding_map, render_scatter
@@ -54,7 +55,9 @@ class TrainingPictures(pl.Callback):
     umap-learn is installed and map_method=auto or umap; tsne) of up to `max_points` test-split features coloured by label.
     Both go to `out_dir` and, as images, to every tracker that shows images."""
 
-    def __init__(self, out_dir: str, every_n_epochs: int = 5, map_method: str = "auto", max_points: int = 2000, grid_samples: int = 8) -> None:
+    def __init__(
+        self, out_dir: str, every_n_epochs: PositiveInt = 5, map_method: str = "auto", max_points: PositiveInt = 2000, grid_samples: PositiveInt = 8
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"callbacks.pictures.every_n_epochs must be >= 1, got {every_n_epochs}")
         if map_method not in ("auto", "pca", "umap", "tsne"):
