@@ -20,7 +20,7 @@ from ssl_train.callbacks import ConfigInCheckpoint, ResumeState
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
-from ssl_train.launch import group_choice  # the options the command line chose, for error lines
+from ssl_train.launch import group_choice, method_name_of  # the options the command line chose (error lines), the method's name
 from ssl_train.modalities import modality
 from ssl_train.modalities.check import check_fits, modalities_of
 from ssl_train.module import SSLModule
@@ -143,7 +143,8 @@ def build_method(cfg: DictConfig, splits: Any, initial_weights: bool = True) -> 
             f"head={group_choice('head')} predicts future time steps for method=cpc; method={group_choice('method')} needs a vector head "
             "(projector, byol_projector, mlp3_last_bn, wide_projector, dino)"
         )
-    extra: dict[str, Any] = {"name": group_choice("method")} if takes(method_class, "name") and group_choice("method") != "?" else {}
+    name = method_name_of(cfg)  # the option chosen, stored in the config by the run (older checkpoints: method.name)
+    extra: dict[str, Any] = {"name": name} if takes(method_class, "name") and name is not None else {}
     if takes(method_class, "image_size"):  # masked modelling: the patch grid of the data's images
         extra.update(image_size=kind.size(spec), channels=kind.in_channels(spec))
     if takes(method_class, "text_encoder"):

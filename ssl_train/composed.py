@@ -16,11 +16,14 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
-    """configs/<config_name>.yaml with `overrides`, as Hydra composes it; a bad override raises Hydra's own error."""
+    """configs/<config_name>.yaml with `overrides`, as Hydra composes it, with `method_name` the method option Hydra chose
+    (as `python -m ssl_train` stores it); a bad override raises Hydra's own error."""
     from hydra import compose, initialize_config_dir  # here: reading CONFIG_DIR (ssl_train.trust, load_encoder) needs no Hydra
 
+    from ssl_train.launch import from_composed
+
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name, overrides=overrides)
+        return from_composed(compose(config_name, overrides=overrides, return_hydra_config=True))
 
 
 def compose_run_config(overrides: list[str], output_dir: Path | str | None = None, extra: list[str] | None = None) -> DictConfig:

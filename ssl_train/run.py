@@ -17,7 +17,7 @@ from ssl_train.build import Built, build
 from ssl_train.callbacks import Preemption
 from ssl_train.checkpoint_io import read_checkpoint
 from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, summary_line
-from ssl_train.launch import Launch, chosen_options, group_choice
+from ssl_train.launch import Launch, chosen_options, group_choice, method_name_of, with_method_name
 from ssl_train.modalities import modality
 from ssl_train.run_dir import ResumePoint, claimed_run_dir, resume_point, save_resolved_config, write_metrics
 from ssl_train.tracking.report import write_report
@@ -29,6 +29,7 @@ from ssl_train.validate import validate
 def run(cfg: DictConfig, launch: Launch | None = None) -> dict[str, Any]:
     """Pretrain the configured method, then evaluate its encoder beside both baselines; returns (and writes) the metrics."""
     launch = launch or Launch()
+    cfg = with_method_name(cfg, launch.choices)  # stored with the config: export and checkpoint evaluation read it
     validate(cfg)  # before anything is created on disk
     output_dir = Path(cfg.paths.output_dir)
     with claimed_run_dir(output_dir, launch.hydra_files) as metrics_path, chosen_options(launch.choices):
@@ -76,7 +77,7 @@ def describe(cfg: DictConfig, built: Built, output_dir: Path) -> dict[str, Any]:
     """What the run is, metrics.json's first keys: method, backbone, data, seed, batch and learning rate, where, which split."""
     batch_size = built.datamodule.batch_size
     described = {
-        key.METHOD: cfg.method.get("name", group_choice("method")),
+        key.METHOD: method_name_of(cfg) or component_name("method", cfg.method),
         key.BACKBONE: component_name("backbone", cfg.backbone),
         key.DATA: component_name("data", cfg.data),
         key.SEED: cfg.seed,

@@ -17,6 +17,7 @@ from torch import nn
 from ssl_train.build import build_datamodule, build_method, check_components_fit, instantiate
 from ssl_train.composed import compose_run_config
 from ssl_train.errors import UserError
+from ssl_train.launch import method_name_of
 from ssl_train.validate import validate
 
 BATCH = 16  # 2 ranks x 8 rows: enough rows for batch-wide terms, cheap on a CPU
@@ -132,7 +133,7 @@ def subject_of(overrides: list[str]) -> Subject:
             rows=rows,
             rebuild=partial(rebuilt, tuple(overrides), True),
         )
-    name = f"method {cfg.method.get('name', cfg.method._target_)}"
+    name = f"method {method_name_of(cfg) or cfg.method._target_}"
     return Subject(
         name,
         f"{name} (loss {cfg.loss._target_}) {where}",

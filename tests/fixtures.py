@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from ssl_train.composed import CONFIG_DIR  # the one home of the config tree's path (re-exported: tests import it from here)
+from ssl_train.launch import from_composed
 from tests.optional import require_what_config_needs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,9 +55,9 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         own_cache = any(o.startswith("paths.cache_dir=") for o in overrides)
         paths = [f"paths.output_dir={output_dir}"] + ([] if own_cache else [f"paths.cache_dir={output_dir}/cache"])
-        cfg = compose(config_name, overrides=shrink + list(overrides) + paths)
+        cfg = from_composed(compose(config_name, overrides=shrink + list(overrides) + paths, return_hydra_config=True))  # method_name as the CLI stores it
         if tiny and config_name == "train" and cfg.backbone.get("_target_", "").endswith("SmallResNet"):  # the one the method or user chose
-            cfg = compose(config_name, overrides=shrink + TINY_MODEL + list(overrides) + paths)
+            cfg = from_composed(compose(config_name, overrides=shrink + TINY_MODEL + list(overrides) + paths, return_hydra_config=True))
     require_what_config_needs(cfg)  # a config that needs a Debian package or an extra this machine lacks: skipped, naming it
     return cfg
 

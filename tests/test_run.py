@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from ssl_train.errors import UserError
 from ssl_train.run import run
@@ -24,6 +25,7 @@ OTHER_MODALITY = {
     "mae": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
     "simmim": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
     "ijepa": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
+    "ibot": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
 }
 
 
@@ -66,6 +68,7 @@ def test_run_writes_metrics_and_checkpoints(method: str, tmp_path: Path) -> None
         for key in ("zero_shot_top1", "zero_shot_chance", "random_init_zero_shot_top1", "retrieval_image_to_text_r1", "retrieval_text_to_image_r10"):
             assert key in written, key
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert OmegaConf.load(tmp_path / "run" / "config_resolved.yaml").method_name == method  # export and evaluation read it there
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "config_resolved.yaml").is_file()
 

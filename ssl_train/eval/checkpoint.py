@@ -16,7 +16,7 @@ from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
 from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, summary_line
-from ssl_train.launch import Launch, chosen_options
+from ssl_train.launch import Launch, chosen_options, method_name_of
 from ssl_train.metrics import CKPT_PATH, EVAL_FEATURES, METHOD
 from ssl_train.modalities import modality
 from ssl_train.modalities.check import modalities_of
@@ -113,7 +113,7 @@ def checkpoint_pair_scores(
     if not any(modality(kind).captioned for kind in modalities_of(train_cfg.method) or ()):  # a method of captioned data (CLIP)
         raise UserError(
             f"eval={','.join(evaluators)}: {'/'.join(evaluators)} need an image-text checkpoint (method=clip); "
-            f"{ckpt_path} holds method={train_cfg.method.get('name')}"
+            f"{ckpt_path} holds method={method_name_of(train_cfg)}"
         )
     train_splits = protocol.datamodule.splits if on_training_data else build_datamodule(train_cfg.data).splits
     return protocol.pair_scores(load_method(ckpt_path, train_cfg, train_splits, trust), train_splits.tokenizer)
@@ -138,7 +138,7 @@ def _evaluate(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
     result = checkpoint_pair_scores(ckpt_path, train_cfg, protocol, trust, on_training_data=cfg.get("data") is None) | protocol.trained(encoder)
     metrics = {
         CKPT_PATH: str(ckpt_path.resolve()),
-        METHOD: train_cfg.method.get("name"),
+        METHOD: method_name_of(train_cfg),
         EVAL_FEATURES: cfg.get("eval_features", "backbone"),
         **result,
         **protocol.view_scores(encoder),

@@ -23,6 +23,7 @@ from torch import nn
 from ssl_train.build import build, build_evaluators
 from ssl_train.composed import compose_run_config
 from ssl_train.eval.protocol import evaluation_device
+from ssl_train.launch import method_name_of
 from ssl_train.planner.calibrate import Calibration, calibrate
 from ssl_train.planner.estimate import EvaluationEstimate, evaluation_estimate, peak_rss, process_age
 from ssl_train.planner.memory import BatchFit, largest_batch
@@ -144,7 +145,7 @@ def table(
     """The plan as lines: what runs, the predicted time and its parts, throughput, memory, the largest batch."""
     total = sum(parts.values())
     lines = [
-        f"[plan] {cfg.method.get('name', '?')} on {class_name(cfg.data)} with {class_name(cfg.backbone)}: "
+        f"[plan] {method_name_of(cfg) or '?'} on {class_name(cfg.data)} with {class_name(cfg.backbone)}: "
         f"{shape.epochs} epochs x {shape.steps_per_epoch} steps = {shape.total_steps} steps of {shape.global_batch} "
         f"({shape.devices} device(s) x {shape.per_device})"
     ]

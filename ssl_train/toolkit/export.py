@@ -22,6 +22,7 @@ from ssl_train.encoders import resnet
 from ssl_train.encoders.resnet import TorchvisionResNet
 from ssl_train.errors import UserError
 from ssl_train.eval.checkpoint import encoder_from_checkpoint, input_of
+from ssl_train.launch import method_name_of
 from ssl_train.metrics import EPOCHS, GLOBAL_BATCH_SIZE, KNN_TOP1, LINEAR_TOP1, RANDOM_INIT_LINEAR_TOP1, RAW_INPUT_LINEAR_TOP1, STEPS
 from ssl_train.modalities import modality as kind_named
 from ssl_train.modalities.check import modalities_of
@@ -206,7 +207,7 @@ def export_backbone(
         "modality": modality,
         "out_dim": int(width_of(encoder)),
         "input": kind.export_input(splits),
-        "method": cfg.method.get("name"),
+        "method": method_name_of(cfg),
         "data": cfg.data.source.get("_target_", "?").rsplit(".", 1)[-1],
         "checkpoint": str(ckpt_path.resolve()),
         "commit": git_commit(),

@@ -84,6 +84,7 @@ def test_model_card_shows_the_probe_beside_the_baselines(small_checkpoint: Path,
     assert f"| raw input, same linear probe | {metrics['raw_input_linear_top1']:.4f} |" in readme
     assert f"| random-init encoder, same linear probe | {metrics['random_init_linear_top1']:.4f} |" in readme
     assert card["encoder"]["_target_"] == "ssl_train.encoders.resnet.SmallResNet" and card["encoder"]["in_channels"] == 1
+    assert card["method"] == metrics["method"] == "simclr"  # the option chosen, from the stored config (no method.name there)
     assert export_backbone(small_checkpoint, tmp_path / "export")["export_dir"].endswith("export-1")  # never overwritten
 
 
