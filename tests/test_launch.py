@@ -18,10 +18,16 @@ def test_method_files_do_not_name_themselves() -> None:
     assert not named
 
 
-@pytest.mark.parametrize(("overrides", "name"), [
-    ([], "simclr"), (["method=ibot"], "ibot"), (["method=tico"], "tico"), (["experiment=dino_vit_tiny"], "dino"),
-    (["experiment=simcse_ngram_wordnet"], "simcse"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ([], "simclr"),
+        (["method=ibot"], "ibot"),
+        (["method=tico"], "tico"),
+        (["experiment=dino_vit_tiny"], "dino"),
+        (["experiment=simcse_ngram_wordnet"], "simcse"),
+    ],
+)
 def test_a_composed_config_names_the_method_hydra_chose(overrides: list[str], name: str, tmp_path: Path) -> None:
     """Outside a Hydra app (plan, verify_dist, the toolkit) the compose API's choices name it, as the command line's do."""
     assert method_name_of(compose_run_config(overrides, tmp_path)) == name
