@@ -6,7 +6,10 @@ import torch
 import torchvision
 from torch import nn
 
-from ssl_train.constraints import Limit, PositiveInt, Widths
+try:  # validate.py reads these annotations; an export ships this file as modeling.py, where ssl_train is absent
+    from ssl_train.constraints import Limit, PositiveInt, Widths  # noqa: F401 - names of the (string) annotations below
+except ImportError:  # the annotations stay unevaluated strings (from __future__ import annotations): nothing to bind
+    pass
 
 NORMS = ("batch", "group")
 
