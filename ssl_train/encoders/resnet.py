@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 try:  # validate.py reads these annotations; an export ships this file as modeling.py, where ssl_train is absent
-    from ssl_train.constraints import Limit, PositiveInt, Widths  # noqa: F401 - names of the (string) annotations below
+    from ssl_train.constraints import Limit, PositiveInt, Widths
 except ImportError:  # the annotations stay unevaluated strings (from __future__ import annotations): nothing to bind
     pass
 
