@@ -273,7 +273,7 @@ class CaptionTable:
             raise DataNotFoundError(f"data.source.path: {self.path} lists no readable image-caption pair ({skips.total()} skipped)")
         class_names = sorted({label for _, label in by_image.values()})
         paths = list(by_image)
-        captions = [tuple(by_image[p][0]) for p in paths]
+        captions_per_image = [tuple(by_image[p][0]) for p in paths]
         labels = [class_names.index(by_image[p][1]) for p in paths]
-        train, test = _split_pairs(paths, captions, labels, self.test_fraction, self.channels, self.limits, self.max_pixels)
+        train, test = _split_pairs(paths, captions_per_image, labels, self.test_fraction, self.channels, self.limits, self.max_pixels)
         return pair_splits(train, test, self.mean, self.std, self.channels, self.image_size, class_names, self.tokenizer, fixed_size=False)

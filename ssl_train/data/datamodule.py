@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sized
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.transforms import v2
 
 from ssl_train import dist
@@ -31,10 +31,11 @@ VIEW_PATHS = {
 def collate_of(dataset: Dataset) -> Callable | None:
     """The collate function a dataset brings (graph nodes batch into a NodeBatch), looking through Subset and
     TransformedDataset wrappers; None: torch's default (stacking tensors)."""
-    while dataset is not None:
-        if callable(getattr(dataset, "collate", None)):
-            return dataset.collate  # type: ignore[union-attr]
-        dataset = getattr(dataset, "dataset", None) or getattr(dataset, "base", None)
+    node: Any = dataset  # the dataset, then each one it wraps
+    while node is not None:
+        if callable(getattr(node, "collate", None)):
+            return node.collate
+        node = getattr(node, "dataset", None) or getattr(node, "base", None)
     return None
 
 
@@ -43,7 +44,7 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     if isinstance(dataset, Subset):
         return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
     if hasattr(dataset, "labels"):
-        return torch.as_tensor(dataset.labels, dtype=torch.long)  # type: ignore[attr-defined]
+        return torch.as_tensor(dataset.labels, dtype=torch.long)
     inner = getattr(dataset, "base", None) or getattr(dataset, "dataset", None) or getattr(dataset, "images", None)
     if inner is None:
         raise UserError(f"data.m_per_class: {type(dataset).__name__} does not expose its labels")
@@ -100,8 +101,9 @@ class SSLDataModule(pl.LightningDataModule):
             splits = self.source.load()
             modality(splits.modality, "data.source").check_spec(splits.input_spec, "data.source")  # an unknown kind is refused here
             splits = carve_validation(splits, self.validation_fraction) if self.validation_fraction else splits
-            if self.per_device_batch_size > len(splits.pretrain_set):
-                raise UserError(f"data.batch_size={self.batch_size} is larger than the train split ({len(splits.pretrain_set)} images)")
+            train_size = len(cast(Sized, splits.pretrain_set))
+            if self.per_device_batch_size > train_size:
+                raise UserError(f"data.batch_size={self.batch_size} is larger than the train split ({train_size} images)")
             self._splits = splits
         return self._splits
 
@@ -117,7 +119,8 @@ class SSLDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         """Training: a ResumableSampler (order fixed by the run's seed and the epoch; per process under DDP) and the
         loader's own generator, so a resumed run continues the uninterrupted one. Evaluation: in order."""
-        sampler, generator = None, None
+        sampler: Sampler | None = None
+        generator = None
         if train:
             seed = torch.initial_seed()  # the run's seed (seed_everything), the same for an interrupted run and its resumption
             if self.m_per_class:

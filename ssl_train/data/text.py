@@ -92,7 +92,7 @@ TokenizerFactory = Callable[..., Any]
 class TextDataset(Dataset):
     """Texts with int64 labels held in memory; returns (text, label). `skipped` counts the rows left out when read."""
 
-    def __init__(self, texts: Sequence[str], labels: Sequence[int] | torch.Tensor, skipped: int = 0) -> None:
+    def __init__(self, texts: Sequence[str], labels: Sequence[int] | torch.Tensor | np.ndarray, skipped: int = 0) -> None:
         if len(texts) != len(labels):
             raise ValueError(f"TextDataset: {len(texts)} texts but {len(labels)} labels")
         self.texts, self.labels, self.skipped = list(texts), torch.as_tensor(labels, dtype=torch.long), skipped
@@ -214,10 +214,10 @@ def read_records(path: Path, columns: Sequence[str]) -> tuple[list[dict[str, str
         missing = [c for c, v in values.items() if not v]
         if missing:
             skips.reasons[f"no {missing[0]!r}"] += 1
-        elif any(SURROGATES.search(v) for v in values.values()):
+        elif any(SURROGATES.search(v) for v in values.values() if v is not None):
             skips.reasons["not UTF-8"] += 1
         else:
-            rows.append(values)
+            rows.append({c: v for c, v in values.items() if v is not None})  # all of them: none is missing
     skips.report()
     return rows, skips
 

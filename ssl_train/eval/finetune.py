@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Sized
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -107,11 +109,15 @@ class FineTune:
         """AdamW over `groups` (each keeps its own lr) with warm-up then cosine, on augmented (and optionally mixed) images."""
         generator = torch.Generator().manual_seed(self.seed)
         if self.max_train_samples:
-            train_set = Subset(train_set, torch.randperm(len(train_set), generator=generator)[: self.max_train_samples].tolist())
+            train_set = Subset(train_set, torch.randperm(len(cast(Sized, train_set)), generator=generator)[: self.max_train_samples].tolist())
         size = train_set[0][0].shape[-1]
         augment = v2.Compose([v2.RandomResizedCrop(size, scale=self.crop_scale, antialias=True), v2.RandomHorizontalFlip()])
         loader = DataLoader(
-            _Augmented(train_set, augment), batch_size=self.batch_size, shuffle=True, drop_last=len(train_set) > self.batch_size, generator=generator
+            _Augmented(train_set, augment),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(cast(Sized, train_set)) > self.batch_size,
+            generator=generator,
         )
         for group in groups:
             group["base_lr"] = group["lr"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -47,13 +49,14 @@ class OnlineEvaluation(pl.Callback):
             self._evaluate(trainer, pl_module)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set outside Trainer.__init__
         if not hasattr(datamodule, "evaluation_datasets"):  # fit() given bare dataloaders: nothing labelled to evaluate on
             rank_zero_warn("callbacks.online_eval needs an SSLDataModule (trainer.fit(..., datamodule=...)); skipped")
             return
         train_set, test_set = datamodule.evaluation_datasets()
         train_set = Subset(train_set, range(min(len(train_set), self.max_train_samples)))
-        encoder, device = pl_module.method.backbone, pl_module.device
+        method: Any = pl_module.method  # an SSLModule's method
+        encoder, device = method.backbone, pl_module.device
         train_x, train_y = extract_features(encoder, train_set, datamodule.eval_batch_size, device)
         test_x, test_y = extract_features(encoder, test_set, datamodule.eval_batch_size, device)
         scores = self.knn.evaluate_features(train_x, train_y, test_x, test_y, datamodule.splits.num_classes)

@@ -86,13 +86,14 @@ class TrainingPictures(pl.Callback):
         last = epoch + 1 == trainer.max_epochs
         if not trainer.is_global_zero or ((epoch + 1) % self.every_n_epochs and not last):
             return
-        datamodule = getattr(trainer, "datamodule", None)
+        datamodule: Any = getattr(trainer, "datamodule", None)
         if not hasattr(datamodule, "evaluation_datasets"):
             return
         with torch.random.fork_rng():  # pictures must not change the training run's random stream
             test = datamodule.evaluation_datasets()[1]
             test = Subset(test, range(min(len(test), self.max_points)))
-            features, labels = extract_features(pl_module.method.backbone, test, datamodule.eval_batch_size, pl_module.device)
+            method: Any = pl_module.method  # an SSLModule's method
+            features, labels = extract_features(method.backbone, test, datamodule.eval_batch_size, pl_module.device)
             coords, _ = embedding_map(features, self.map_method)
         picture = render_scatter(coords, labels if bool((labels >= 0).any()) else None)
         self.out_dir.mkdir(parents=True, exist_ok=True)
