@@ -13,6 +13,14 @@ from ssl_train.constraints import Positive, Temperature
 from ssl_train.losses.precision import float32
 
 
+def normalised_pair(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor, loss_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check (N, D) image and text embeddings of equal shape and L2-normalise their rows: the input of CLIP's and SigLIP's losses."""
+    if image_embeddings.shape != text_embeddings.shape or image_embeddings.ndim != 2:
+        shapes = f"{tuple(image_embeddings.shape)}, {tuple(text_embeddings.shape)}"
+        raise ValueError(f"{loss_name} expects (N, D) image and text embeddings of equal shape, got {shapes}")
+    return F.normalize(image_embeddings, dim=1), F.normalize(text_embeddings, dim=1)
+
+
 class CLIPLoss(nn.Module):
     """(CE(image -> its caption among all captions) + CE(caption -> its image among all images)) / 2.
 
@@ -40,10 +48,7 @@ class CLIPLoss(nn.Module):
 
     @float32
     def forward(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        if image_embeddings.shape != text_embeddings.shape or image_embeddings.ndim != 2:
-            shapes = f"{tuple(image_embeddings.shape)}, {tuple(text_embeddings.shape)}"
-            raise ValueError(f"CLIPLoss expects (N, D) image and text embeddings of equal shape, got {shapes}")
-        image, text = F.normalize(image_embeddings.float(), dim=1), F.normalize(text_embeddings.float(), dim=1)
+        image, text = normalised_pair(image_embeddings.float(), text_embeddings.float(), "CLIPLoss")
         all_image, all_text, offset = image, text, 0
         if self.gather_distributed and dist.is_distributed():
             all_image, all_text, offset = dist.gather_with_grad(image), dist.gather_with_grad(text), dist.rank() * len(image)

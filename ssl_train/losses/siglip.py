@@ -11,6 +11,7 @@ from torch import nn
 
 from ssl_train import dist
 from ssl_train.constraints import Number, Positive
+from ssl_train.losses.clip import normalised_pair
 from ssl_train.losses.precision import float32
 
 Bias = Annotated[float, Number(low=-100, high=100)]  # SigLIP starts at -10 so that the many negative pairs begin near 0
@@ -51,10 +52,7 @@ class SigLIPLoss(nn.Module):
 
     @float32
     def forward(self, image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        if image_embeddings.shape != text_embeddings.shape or image_embeddings.ndim != 2:
-            shapes = f"{tuple(image_embeddings.shape)}, {tuple(text_embeddings.shape)}"
-            raise ValueError(f"SigLIPLoss expects (N, D) image and text embeddings of equal shape, got {shapes}")
-        image, text = F.normalize(image_embeddings, dim=1), F.normalize(text_embeddings, dim=1)
+        image, text = normalised_pair(image_embeddings, text_embeddings, "SigLIPLoss")
         all_text, offset = text, 0
         if self.gather_distributed and dist.is_distributed():
             all_text, offset = dist.gather_with_grad(text), dist.rank() * len(image)
