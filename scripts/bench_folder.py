@@ -25,6 +25,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from bench_throughput import QUIET_OVERRIDES  # the quiet overrides every benchmark takes
 from torchvision.io import encode_jpeg
 
 from ssl_train.build import build
@@ -33,16 +34,7 @@ from ssl_train.data.datasets import EmbeddedFashionMNIST
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = [
-    "trainer.limit_val_batches=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "probe=false",
-    "baseline=false",
-    "~logger",
-    "callbacks.model_checkpoint=null",
-    "callbacks.last_checkpoint=null",
-    "callbacks.lr_monitor=null",
-    "callbacks.online_eval=null",
+    *QUIET_OVERRIDES,
     "callbacks.pictures=null",
     "callbacks.history=null",
     "callbacks.preemption=null",

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from bench_throughput import PeakMemory, SteadyThroughput  # the same meters as the throughput benchmark
+from bench_throughput import QUIET_OVERRIDES, PeakMemory, SteadyThroughput  # the same meters and quiet overrides as the throughput benchmark
 
 from ssl_train.build import build, use_compile
 from ssl_train.composed import compose_run_config
@@ -58,16 +58,7 @@ def recipe_overrides(experiment: str, root: Path, steps: int, out: str, dry_run:
         f"data.source.root={root}",
         "trainer.max_epochs=1",
         f"trainer.limit_train_batches={steps}",
-        "trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "probe=false",
-        "baseline=false",
-        "~logger",
-        "callbacks.model_checkpoint=null",
-        "callbacks.last_checkpoint=null",
-        "callbacks.lr_monitor=null",
-        "callbacks.online_eval=null",
+        *QUIET_OVERRIDES,
         f"paths.output_dir={out}",
     ]
     if dry_run:  # one 4 px-patch block at 32 px, 8 images a batch, on the CPU in fp32

@@ -33,6 +33,20 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_train.build import build
 from ssl_train.composed import compose_run_config
 
+# the overrides every benchmark run takes: no validation, progress bar, summary, probe, baseline, logger or checkpoints
+QUIET_OVERRIDES = [
+    "trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "probe=false",
+    "baseline=false",
+    "~logger",
+    "callbacks.model_checkpoint=null",
+    "callbacks.last_checkpoint=null",
+    "callbacks.lr_monitor=null",
+    "callbacks.online_eval=null",
+]
+
 PRESETS = {
     # (method, backbone, precision, augmentation path, num_workers, global batch)
     "cpu": [
@@ -131,16 +145,7 @@ def compose_row(
         f"data.batch_size={batch}",
         "trainer.max_epochs=1",
         f"trainer.limit_train_batches={steps}",
-        "trainer.limit_val_batches=0",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "probe=false",
-        "baseline=false",
-        "~logger",
-        "callbacks.model_checkpoint=null",
-        "callbacks.last_checkpoint=null",
-        "callbacks.lr_monitor=null",
-        "callbacks.online_eval=null",
+        *QUIET_OVERRIDES,
     ]
     if dry_run:  # a GPU row on the CPU with tiny inputs: checks the row composes, builds and steps
         overrides += ["trainer.accelerator=cpu", "data.source.train_limit=64", "data.source.test_limit=16"]
