@@ -11,13 +11,12 @@ from torch import nn
 from ssl_train.constraints import Count, Fraction, LossWeight, Number, PositiveInt, Temperature
 from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.methods.common import encode_views
-from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.masks import beit_block_masks
-from ssl_train.methods.multicrop import KoLeoTerm, check_dino_parts, freeze_last_layer
+from ssl_train.methods.multicrop import DINOParts
 from ssl_train.protocols import is_vit
 
 
-class IBOTMethod(nn.Module):
+class IBOTMethod(DINOParts):
     """iBOT (Zhou et al., ICLR 2022; bytedance/ibot): DINO (an EMA teacher, DINOLoss on the class token, the same head)
     plus a patch term. Each global view of each image is masked block-wise (BEiT's masks; with probability `masked_share`
     at a ratio ~ U(mask_ratio_range), else not at all: the reference's `--pred_ratio 0 0.3 --pred_ratio_var 0 0.2`), the
@@ -47,8 +46,7 @@ class IBOTMethod(nn.Module):
         masked_share: Annotated[float, Number(low=0, high=1, open_low=True)] = 0.5,
         name: str = "ibot",
     ) -> None:
-        super().__init__()
-        projector, loss = check_dino_parts(projector, loss)
+        super().__init__(backbone, projector, loss, name, (momentum_base, momentum_final), num_global_views, freeze_last_layer_epochs, koleo_weight)
         if not is_vit(backbone):
             raise ValueError(f"method={name} masks patch tokens and needs a ViT backbone (backbone=vit_tiny), got {type(backbone).__name__}")
         low, high = float(mask_ratio_range[0]), float(mask_ratio_range[-1])
@@ -57,17 +55,11 @@ class IBOTMethod(nn.Module):
                 f"iBOT: method.mask_ratio_range must be [low, high] with 0 <= low <= high < 1 and method.masked_share in (0, 1], "
                 f"got {list(mask_ratio_range)} and {masked_share}"
             )
-        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
-        self.teacher = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector)
-        self._register_load_state_dict_pre_hook(
-            renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}), with_module=True
-        )  # DINOMethod with ibot_weight > 0 before the split
-        self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
-        self.koleo = KoLeoTerm(koleo_weight)
         self.patch_weight, self.masked_share, self.mask_ratio = patch_weight, masked_share, (low, high)
         self.mask_token = nn.Parameter(torch.zeros(self.backbone.out_dim))  # the reference's masked_embed, zeros at init
+        head, dino = self.projector, self.loss  # the DINOHead and DINOLoss check_dino_parts passed
         self.patch_loss = IBOTPatchLoss(
-            projector.out_dim, loss.student_temp, patch_teacher_temp, loss.warmup_teacher_temp, loss.warmup_teacher_temp_steps, loss.center_momentum
+            head.out_dim, dino.student_temp, patch_teacher_temp, dino.warmup_teacher_temp, dino.warmup_teacher_temp_steps, dino.center_momentum
         )
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
@@ -103,8 +95,3 @@ class IBOTMethod(nn.Module):
         self.teacher.follow(step, max_steps, backbone=self.backbone, projector=self.projector)
         self.loss.set_step(step)
         self.patch_loss.set_step(step)
-
-    def on_after_backward(self, step: int, epoch: int) -> None:
-        """No gradient for the head's last layer in the first epoch(s), as DINO."""
-        if epoch < self.freeze_last_layer_epochs:
-            freeze_last_layer(self.projector)

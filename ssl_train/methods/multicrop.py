@@ -53,7 +53,38 @@ class KoLeoTerm(nn.Module):
         return loss + self.weight * koleo
 
 
-class DINOMethod(nn.Module):
+class DINOParts(nn.Module):
+    """What DINO and iBOT set up alike: the student (backbone + DINOHead), its EMA teacher (older checkpoints' keys
+    renamed), the global-view count, the head's last-layer freezing and the KoLeo term."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        loss: nn.Module,
+        name: str,
+        momentum: tuple[float, float],
+        num_global_views: int,
+        freeze_last_layer_epochs: int,
+        koleo_weight: float,
+    ) -> None:
+        super().__init__()
+        projector, loss = check_dino_parts(projector, loss)
+        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+        self.teacher = EMATarget(momentum[0], momentum[1], backbone=backbone, projector=projector)
+        self._register_load_state_dict_pre_hook(
+            renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}), with_module=True
+        )  # iBOT: DINOMethod with ibot_weight > 0 before the split
+        self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
+        self.koleo = KoLeoTerm(koleo_weight)
+
+    def on_after_backward(self, step: int, epoch: int) -> None:
+        """The official `cancel_gradients_last_layer`: no gradient for the head's last layer in the first epoch(s)."""
+        if epoch < self.freeze_last_layer_epochs:
+            freeze_last_layer(self.projector)
+
+
+class DINOMethod(DINOParts):
     """DINO (Caron et al., ICCV 2021): the student (backbone + DINO head) matches an EMA teacher's centred,
     sharpened output of the other global views, from every view (global and local crops).
 
@@ -75,15 +106,7 @@ class DINOMethod(nn.Module):
         koleo_weight: LossWeight = 0.0,
         name: str = "dino",
     ) -> None:
-        super().__init__()
-        projector, loss = check_dino_parts(projector, loss)
-        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
-        self.teacher = EMATarget(momentum_base, momentum_final, backbone=backbone, projector=projector)
-        self._register_load_state_dict_pre_hook(
-            renamed_keys({"teacher_backbone.": "teacher.backbone.", "teacher_projector.": "teacher.projector."}), with_module=True
-        )
-        self.num_global_views, self.freeze_last_layer_epochs = num_global_views, freeze_last_layer_epochs
-        self.koleo = KoLeoTerm(koleo_weight)
+        super().__init__(backbone, projector, loss, name, (momentum_base, momentum_final), num_global_views, freeze_last_layer_epochs, koleo_weight)
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         num_global = min(self.num_global_views, len(views))
@@ -107,11 +130,6 @@ class DINOMethod(nn.Module):
         """EMA teacher update and teacher-temperature schedule, both pure functions of the step."""
         self.teacher.follow(step, max_steps, backbone=self.backbone, projector=self.projector)
         self.loss.set_step(step)
-
-    def on_after_backward(self, step: int, epoch: int) -> None:
-        """The official `cancel_gradients_last_layer`: no gradient for the head's last layer in the first epoch(s)."""
-        if epoch < self.freeze_last_layer_epochs:
-            freeze_last_layer(self.projector)
 
 
 class SwAVMethod(nn.Module):
