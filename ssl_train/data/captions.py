@@ -169,6 +169,13 @@ def _split_pairs(
     return part(train_order), part(test_order)
 
 
+def split_settings(test_fraction: float, train_limit: Limit, test_limit: Limit, max_pixels: int) -> tuple[tuple[Limit, Limit], int]:
+    """Check a caption folder's or table's test_fraction and max_pixels; returns its (train, test) limits and max_pixels."""
+    if not 0 < test_fraction < 1:
+        raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
+    return (train_limit, test_limit), check_max_pixels(max_pixels)
+
+
 class CaptionFolder:
     """Images with a caption file of the same name beside them (`dog.jpg` + `dog.txt`, one caption per line) under
     `root`. In class sub-folders (`root/<class>/...`) the folder names are the labels (linear probe, zero-shot
@@ -190,9 +197,7 @@ class CaptionFolder:
         test_limit: Limit = None,
         max_pixels: PositiveInt = DEFAULT_MAX_PIXELS,
     ) -> None:
-        if not 0 < test_fraction < 1:
-            raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
-        self.limits, self.max_pixels = (train_limit, test_limit), check_max_pixels(max_pixels)
+        self.limits, self.max_pixels = split_settings(test_fraction, train_limit, test_limit, max_pixels)
         self.root, self.image_size, self.channels, self.test_fraction = Path(root).expanduser(), image_size, channels, test_fraction
         self.mean, self.std, self.tokenizer = tuple(mean), tuple(std), tokenizer
 
@@ -249,9 +254,7 @@ class CaptionTable:
         test_limit: Limit = None,
         max_pixels: PositiveInt = DEFAULT_MAX_PIXELS,
     ) -> None:
-        if not 0 < test_fraction < 1:
-            raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
-        self.limits, self.max_pixels = (train_limit, test_limit), check_max_pixels(max_pixels)
+        self.limits, self.max_pixels = split_settings(test_fraction, train_limit, test_limit, max_pixels)
         self.path, self.columns = Path(path).expanduser(), (image_column, caption_column, label_column)
         self.image_size, self.channels, self.test_fraction, self.tokenizer = image_size, channels, test_fraction, tokenizer
         self.mean, self.std = tuple(mean), tuple(std)
