@@ -12,7 +12,7 @@ from torch import nn
 from ssl_train.constraints import Count, Fraction, PositiveInt
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.masks import block_shape, multiblock_masks
-from ssl_train.methods.patches import sincos_2d
+from ssl_train.methods.patches import sincos_2d, transformer_blocks
 from ssl_train.protocols import is_vit
 
 
@@ -24,13 +24,11 @@ class JEPAPredictor(nn.Module):
 
     def __init__(self, in_dim: int, num_patches: int, dim: int = 96, depth: int = 2, heads: int = 4) -> None:
         super().__init__()
-        from timm.models.vision_transformer import Block
-
         grid = int(math.isqrt(num_patches))
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.zeros(dim), std=0.02))
         self.register_buffer("positions", sincos_2d(dim, grid), persistent=False)
-        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)))
+        self.blocks = transformer_blocks(dim, depth, heads)
         self.norm = nn.LayerNorm(dim)
         self.project = nn.Linear(dim, in_dim)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from ssl_train.constraints import OpenFraction, PositiveInt
 from ssl_train.methods.masks import random_masking
-from ssl_train.methods.patches import patchify, sincos_2d
+from ssl_train.methods.patches import patchify, sincos_2d, transformer_blocks
 from ssl_train.protocols import is_vit
 
 
@@ -25,8 +25,6 @@ class MAEDecoder(nn.Module):
 
     def __init__(self, in_dim: int, num_patches: int, patch_pixels: int, dim: int = 128, depth: int = 2, heads: int = 4, prefix_tokens: int = 1) -> None:
         super().__init__()
-        from timm.models.vision_transformer import Block
-
         grid = int(math.isqrt(num_patches))
         if grid * grid != num_patches:
             raise ValueError(f"MAEDecoder: {num_patches} patches are not a square grid")
@@ -34,7 +32,7 @@ class MAEDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         positions = torch.cat([torch.zeros(prefix_tokens, dim), sincos_2d(dim, grid)])[None]
         self.register_buffer("positions", positions, persistent=False)
-        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)))
+        self.blocks = transformer_blocks(dim, depth, heads)
         self.norm = nn.LayerNorm(dim)
         self.predict = nn.Linear(dim, patch_pixels)
         self.prefix_tokens = prefix_tokens

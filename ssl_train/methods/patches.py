@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -38,3 +39,10 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
         torch.cos(rows.flatten()[:, None] * omega),
     ]
     return torch.cat(parts, dim=1).float()
+
+
+def transformer_blocks(dim: int, depth: int, heads: int) -> nn.Sequential:
+    """`depth` timm ViT blocks of width `dim` (MLP ratio 4, qkv bias): the narrow transformer of MAE's decoder and I-JEPA's predictor."""
+    from timm.models.vision_transformer import Block
+
+    return nn.Sequential(*(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)))
