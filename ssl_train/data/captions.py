@@ -23,7 +23,8 @@ from ssl_train.constraints import Limit, OpenFraction, PositiveInt
 from ssl_train.data.datasets import FASHION_MNIST_CLASSES, ImageArrayDataset, InputSpec, Splits, channel_stats, embedded_arrays
 from ssl_train.data.folders import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, check_max_pixels
 from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS
-from ssl_train.data.text import SkipCount, read_embedded_glosses, read_records
+from ssl_train.data.text import read_embedded_glosses
+from ssl_train.data.text_records import SkipCount, read_records
 from ssl_train.data.tokenizers import byte_tokenizer
 from ssl_train.errors import DataNotFoundError, UserError
 

@@ -30,7 +30,8 @@ from ssl_train.data.graphs import GraphArrays, WordNetNouns, parse_wordnet_nouns
 from ssl_train.data.image_guard import ImageRefused, check_image, first_gif_frame
 from ssl_train.data.safe_pickle import loads_data_pickle
 from ssl_train.data.sequences import SequenceArrays
-from ssl_train.data.text import TextFiles, WordNetGlosses, parse_wordnet_glosses, read_rows
+from ssl_train.data.text import TextFiles, WordNetGlosses, parse_wordnet_glosses
+from ssl_train.data.text_records import read_rows
 from ssl_train.errors import DataNotFoundError, UserError
 from tests.fixtures import chunk, crashing_png, decode_in_child, make_cifar, one_line, png
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_train.data.text import LEXNAMES, TextFiles, WordNetGlosses, read_rows, synonym_table
+from ssl_train.data.text import LEXNAMES, TextFiles, WordNetGlosses, synonym_table
+from ssl_train.data.text_records import read_rows
 from ssl_train.data.text_views import STOP_WORDS, TextEdits, TextViewRecipe, TextViews
 from ssl_train.data.tokenizers import BOS, EOS, PAD, BPETokenizer, ByteTokenizer, bpe_tokenizer
 from ssl_train.encoders.text import CharCNNEncoder, NGramBagEncoder, TransformerTextEncoder
