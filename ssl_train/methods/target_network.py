@@ -15,6 +15,15 @@ from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.queue import FeatureQueue
 
 
+def in_groups(encoder: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, groups: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    """`encoder` applied to each group of rows of x on its own (its own BatchNorm statistics), rows put back in x's order."""
+    if not groups:
+        return encoder(x)
+    order = torch.cat(list(groups))
+    encoded = torch.cat([encoder(x[g]) for g in groups])
+    return encoded[torch.argsort(order)]
+
+
 class TargetNetworkMethod(nn.Module):
     """Online network predicts the target network's projection of another view; the target gets no gradients.
 
@@ -56,28 +65,39 @@ class TargetNetworkMethod(nn.Module):
         )
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
-        """Target projections; with `shuffle_bn_splits` (training), computed on random sub-batches and put back in order:
-        MoCo's shuffled BN on one device (each sub-batch's BatchNorm statistics differ from the queries' full batch)."""
+        """Target projections of one view, encoded in the key groups of `shuffle_bn_groups` when training with splits."""
         encode = lambda images: self.target["projector"](self.target["backbone"](images))  # type: ignore[index]
+        groups = self.shuffle_bn_groups(len(x), x.device)
+        return in_groups(encode, x, groups[1]) if groups else encode(x)
+
+    def shuffle_bn_groups(self, n: int, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """MoCo's shuffled BN on one device (None when off, in eval, or under 2 images a group): the query groups are
+        `shuffle_bn_splits` consecutive runs of the batch (one GPU's batch each in the reference); each run is shuffled
+        and dealt round-robin into as many key groups, so a key group holds about one image of every query group and
+        never the whole group its own query was normalised with (the reference's key shuffle across GPUs)."""
         splits = self.shuffle_bn_splits
-        if not splits or not self.training or len(x) < 2 * splits:
-            return encode(x)
-        order = torch.randperm(len(x), device=x.device)
-        shuffled = torch.cat([encode(chunk) for chunk in x[order].chunk(splits)])
-        return shuffled[torch.argsort(order)]
+        if not splits or not self.training or n < 2 * splits:
+            return None
+        queries = list(torch.arange(n, device=device).tensor_split(splits))
+        dealt = torch.cat([run[torch.randperm(len(run), device=device)] for run in queries])
+        return queries, [dealt[j::splits] for j in range(splits)]
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         if len(views) < 2:
             raise ValueError(f"{self.name} needs at least 2 views per image, got {len(views)}")
         num_global = min(self.num_global_views, len(views))
-        features = encode_views(self.backbone, views)
+        groups = self.shuffle_bn_groups(len(views[0]), views[0].device) if isinstance(views[0], torch.Tensor) else None
+        if groups:  # split BN: each view on its own, queries in their groups, keys in theirs (as moco's two forwards)
+            features = [in_groups(self.backbone, v, groups[0]) for v in views]
+        else:
+            features = encode_views(self.backbone, views)
         projections = [self.projector(h) for h in features]
         predictions = [self.predictor(z) for z in projections]
         if self.target is None:  # SimSiam: the online projections themselves, detached (one forward, BN updated once)
             targets = [z.detach() for z in projections[:num_global]]
         else:
             with torch.no_grad():
-                targets = encode_views(self._target, views[:num_global])
+                targets = [self._target(v) for v in views[:num_global]] if groups else encode_views(self._target, views[:num_global])
         pairs = [(j, i) for i, j in pairs_over_views(num_global, len(views), symmetric=True)]  # (prediction, target)
         extra = {"negative_keys": self.queue.get()} if self.queue is not None else {}
         total = sum(self.loss(predictions[p], targets[t].detach(), **extra) for p, t in pairs)
