@@ -16,6 +16,8 @@ from typing import Any
 from ssl_train.metrics import TRAIN_LOSS, VAL_EMBEDDING_STD, VAL_KNN_TOP1, VAL_RANKME
 
 SCHEMA = 1
+ALARM_KEY = "reference_alarm"  # the early alarm's line in a history.jsonl record (tracking.alarm writes it, the report shows it)
+BAND_FILE = "reference_band.json"  # the matched band's copy in a run directory (callbacks.reference_alarm.band_copy), for the report
 PACKAGE_BANDS = Path(__file__).resolve().parents[1] / "references"  # ssl_train/references/<method>.<data>.json (package data)
 EVALUATED = (VAL_KNN_TOP1, VAL_RANKME, VAL_EMBEDDING_STD)  # logged at each online evaluation: one point per evaluation
 REQUIRED = VAL_KNN_TOP1

@@ -40,15 +40,16 @@ from ssl_train.metrics import (
 from ssl_train.run_dir import METRICS_FILE, replace_atomically
 from ssl_train.tracking.history import FILE as HISTORY_FILE
 from ssl_train.tracking.history import read_history, series
+from ssl_train.tracking.reference import ALARM_KEY, BAND_FILE, Band, BandError, read_band
 
 REPORT_FILE, SUMMARY_FILE = "report.html", "summary.html"
 VIEWS_FILE, MAP_PATTERN = "views.png", "embedding_map-epoch{epoch:03d}.png"  # written by tracking.training_pictures
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
-CURVES = (  # (title, [(label, history key)])
-    ("Training loss", [(TRAIN_LOSS, TRAIN_LOSS)]),
-    ("Online linear probe top-1", [("train batches", PROBE_ONLINE_TOP1), ("test split", VAL_ONLINE_TOP1)]),
-    ("kNN top-1 (test split)", [("k=20", VAL_KNN_TOP1)]),
-    ("Effective rank", [("RankMe", VAL_RANKME), ("LiDAR", VAL_LIDAR)]),
+CURVES = (  # (title, [(label, history key)], the reference band's curve drawn behind them)
+    ("Training loss", [(TRAIN_LOSS, TRAIN_LOSS)], TRAIN_LOSS),
+    ("Online linear probe top-1", [("train batches", PROBE_ONLINE_TOP1), ("test split", VAL_ONLINE_TOP1)], None),
+    ("kNN top-1 (test split)", [("k=20", VAL_KNN_TOP1)], VAL_KNN_TOP1),
+    ("Effective rank", [("RankMe", VAL_RANKME), ("LiDAR", VAL_LIDAR)], VAL_RANKME),
 )
 HEADLINE = (  # (label, metrics.json key)
     ("linear probe top-1", LINEAR_TOP1),
@@ -70,7 +71,7 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-variant-numeric:tabular-nums}th{background:#f4f4f4}
 th.sortable{cursor:pointer}.grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:.85em;color:#555}
 img.pixels{image-rendering:pixelated;border:1px solid #ddd}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.8em;max-height:40em}
-.muted{color:#777}"""
+.muted{color:#777}.alarm{color:#b00}"""
 
 
 def _esc(value: Any) -> str:
@@ -87,13 +88,21 @@ def _fmt(value: Any) -> str:
     return _esc(value)
 
 
-def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, float]]]], width: int = 500, height: int = 260) -> str:
-    """An inline SVG line chart of (x, y) series with min/max axis labels and a legend; '' when there is nothing to draw."""
+def line_chart(
+    title: str,
+    lines: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    width: int = 500,
+    height: int = 260,
+    band: Sequence[tuple[float, float, float]] = (),
+    band_label: str = "reference",
+) -> str:
+    """An inline SVG line chart of (x, y) series with min/max axis labels and a legend; '' when there is nothing to draw.
+    `band` ((x, low, high) points) is shaded behind the lines, with its middle dashed."""
     lines = [(label, points) for label, points in lines if points]
     if not lines:
         return ""
-    xs = [x for _, pts in lines for x, _ in pts]
-    ys = [y for _, pts in lines for _, y in pts]
+    xs = [x for _, pts in lines for x, _ in pts] + [x for x, _, _ in band]
+    ys = [y for _, pts in lines for _, y in pts] + [y for _, low, high in band for y in (low, high)]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + abs(y0) * 0.1 + 1e-6)
     left, right, top, bottom = 56, 12, 28, 34
@@ -110,6 +119,12 @@ def line_chart(title: str, lines: Sequence[tuple[str, Sequence[tuple[float, floa
         f'<text x="{width - right}" y="{height - bottom + 14}" font-size="10" text-anchor="end">{x1:.0f}</text>',
         f'<text x="{(left + width - right) / 2:.0f}" y="{height - 6}" font-size="10" text-anchor="middle">optimizer step</text>',
     ]
+    if band:
+        outline = [(x, high) for x, _, high in band] + [(x, low) for x, low, _ in reversed(band)]
+        parts.append(f'<polygon fill="#999" fill-opacity="0.25" stroke="none" points="{" ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in outline)}"/>')
+        middle = " ".join(f"{sx(x):.1f},{sy((low + high) / 2):.1f}" for x, low, high in band)
+        parts.append(f'<polyline fill="none" stroke="#777" stroke-width="1" stroke-dasharray="4 3" points="{middle}"/>')
+        parts.append(f'<text x="{width - right - 4}" y="{top + 12 + 13 * len(lines)}" font-size="11" text-anchor="end" fill="#777">{_esc(band_label)}</text>')
     for i, (label, points) in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
@@ -138,12 +153,39 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
     return "<table>" + "".join(f"<tr><th>{_esc(label)}</th><td>{_fmt(value)}</td></tr>" for label, value in rows) + "</table>"
 
 
-def render_report(metrics: Mapping[str, Any], config_text: str, history: list[dict[str, Any]], pictures_dir: Path | None, title: str) -> str:
-    """The report page as a string (no file access beyond reading the PNGs under `pictures_dir`)."""
+def band_points(reference: Band | None, key: str | None, steps: Any) -> list[tuple[float, float, float]]:
+    """The reference band of one curve as (optimizer step, mean - spread, mean + spread), its fractions scaled by this run's steps."""
+    curve = reference.curves.get(key) if reference is not None and key is not None else None
+    if curve is None or not isinstance(steps, int | float) or steps <= 0:
+        return []
+    return [(f * steps, m - s, m + s) for f, m, s in zip(curve.fraction, curve.mean, curve.spread, strict=True)]
+
+
+def reference_note(reference: Band | None, history: list[dict[str, Any]]) -> str:
+    """The early alarm's lines (history.jsonl), or which band the curves are drawn against; '' without a band."""
+    alarms = [str(r[ALARM_KEY]) for r in history if r.get(ALARM_KEY)]
+    if alarms:
+        return "".join(f'<p class="alarm"><strong>{_esc(line)}</strong></p>' for line in alarms)
+    if reference is None:
+        return ""
+    return (
+        f'<p class="muted">shaded: the reference band of this recipe (mean ± spread over seeds {_esc(list(reference.seeds))}, '
+        f"{_esc(reference.measured_on)}); no early alarm</p>"
+    )
+
+
+def render_report(
+    metrics: Mapping[str, Any], config_text: str, history: list[dict[str, Any]], pictures_dir: Path | None, title: str, reference: Band | None = None
+) -> str:
+    """The report page as a string (no file access beyond reading the PNGs under `pictures_dir`); `reference`: the
+    recipe's band (tracking.reference), drawn behind the loss, kNN and RankMe curves."""
     headline = [(label, metrics[key]) for label, key in HEADLINE if key in metrics]
     if metrics.get(INITIAL_WEIGHTS):
         headline = [(label.replace("random-init", "initial (backbone.weights)"), value) for label, value in headline]
-    charts = [line_chart(name, [(label, series(history, key)) for label, key in lines]) for name, lines in CURVES]
+    charts = [
+        line_chart(name, [(label, series(history, key)) for label, key in lines], band=band_points(reference, band_key, metrics.get(STEPS)))
+        for name, lines, band_key in CURVES
+    ]
     charts = [c for c in charts if c]
     pictures = []
     if pictures_dir is not None and pictures_dir.is_dir():
@@ -160,6 +202,7 @@ def render_report(metrics: Mapping[str, Any], config_text: str, history: list[di
         "<h2>Results</h2>",
         _table(headline) if headline else '<p class="muted">no probe in this run</p>',
         "<h2>Curves</h2>",
+        reference_note(reference, history),
         '<div class="grid">' + "".join(charts) + "</div>" if charts else '<p class="muted">no history.jsonl</p>',
         "<h2>Pictures</h2>",
         '<div class="grid">' + "".join(pictures) + "</div>" if pictures else '<p class="muted">no pictures</p>',
@@ -182,8 +225,12 @@ def write_report(run_dir: Path) -> Path:
     config_path = run_dir / "config_resolved.yaml"
     config_text = config_path.read_text() if config_path.is_file() else ""
     title = f"ssl_train run: {metrics.get(METHOD, '?')} on {metrics.get(DATA, '?')}"
+    try:  # the band callbacks.reference_alarm matched, read as data; a damaged copy only loses the shading
+        reference = read_band(run_dir / BAND_FILE) if (run_dir / BAND_FILE).is_file() else None
+    except BandError:
+        reference = None
     path = run_dir / REPORT_FILE
-    replace_atomically(path, render_report(metrics, config_text, read_history(run_dir / HISTORY_FILE), run_dir / "pictures", title))
+    replace_atomically(path, render_report(metrics, config_text, read_history(run_dir / HISTORY_FILE), run_dir / "pictures", title, reference))
     return path
 
 
