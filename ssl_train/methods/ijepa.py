@@ -12,7 +12,7 @@ from torch import nn
 from ssl_train.constraints import Count, Fraction, PositiveInt
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.masks import block_shape, multiblock_masks
-from ssl_train.methods.patches import sincos_2d, transformer_blocks
+from ssl_train.methods.patches import final_token_norm, sincos_2d, transformer_blocks
 from ssl_train.protocols import is_vit
 
 
@@ -76,7 +76,8 @@ class IJEPAMethod(nn.Module):
         if not is_vit(backbone):
             raise ValueError(f"method={name} needs a vision transformer backbone (backbone=vit_tiny, vit_small), got {type(backbone).__name__}")
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
-        self.target = EMATarget(momentum_base, momentum_final, "linear", encoder=backbone)
+        self.encoder_norm = final_token_norm(backbone)  # the reference encoder's `self.norm` (timm's is a no-op with global_pool avg)
+        self.target = EMATarget(momentum_base, momentum_final, "linear", encoder=backbone, encoder_norm=self.encoder_norm)
         self._register_load_state_dict_pre_hook(renamed_keys({"target_encoder.": "target.encoder."}), with_module=True)
         self.grid = image_size // self.backbone.patch_size
         self.masking: dict[str, Any] = {
@@ -101,11 +102,11 @@ class IJEPAMethod(nn.Module):
         prefix = self.backbone.model.num_prefix_tokens
         with torch.no_grad():
             target_encoder: Any = self.target["encoder"]  # the EMA copy of the ViT
-            full = target_encoder.tokens(images)[:, prefix:]
+            full = self.target["encoder_norm"](target_encoder.tokens(images))[:, prefix:]
             full = nn.functional.layer_norm(full, full.shape[-1:])
             targets = torch.cat([torch.gather(full, 1, t[..., None].expand(-1, -1, full.shape[-1])) for t in target_idx])
         tokens = self.backbone.tokens(images, context_idx)
-        predictions = self.predictor(tokens[:, prefix:], context_idx, target_idx)
+        predictions = self.predictor(self.encoder_norm(tokens)[:, prefix:], context_idx, target_idx)
         loss = self.loss(predictions, targets)
         return {
             "loss": loss,
@@ -116,4 +117,4 @@ class IJEPAMethod(nn.Module):
     @torch.no_grad()
     def on_optimizer_step(self, step: int, max_steps: int) -> None:
         """EMA update of the target encoder with the reference's linear momentum schedule."""
-        self.target.follow(step, max_steps, encoder=self.backbone)
+        self.target.follow(step, max_steps, encoder=self.backbone, encoder_norm=self.encoder_norm)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ssl_train.constraints import OpenFraction, PositiveInt
 from ssl_train.methods.masks import random_masking
-from ssl_train.methods.patches import patchify, sincos_2d, transformer_blocks
+from ssl_train.methods.patches import final_token_norm, patchify, sincos_2d, transformer_blocks
 from ssl_train.protocols import is_vit
 
 
@@ -86,6 +86,7 @@ class MAEMethod(nn.Module):
         self.patch, self.channels = self.backbone.patch_size, channels
         num_patches = self.backbone.num_patches(image_size)
         random_masking(1, num_patches, mask_ratio)  # a ratio that keeps none or masks none stops here, at build
+        self.encoder_norm = final_token_norm(backbone)  # the reference's encoder `self.norm` (timm's is a no-op with global_pool avg)
         self.decoder = MAEDecoder(
             self.backbone.out_dim,
             num_patches,
@@ -101,5 +102,5 @@ class MAEMethod(nn.Module):
         target = patchify(images, self.patch)
         keep, mask, restore = random_masking(images.shape[0], target.shape[1], self.mask_ratio, images.device)
         tokens = self.backbone.tokens(images, keep)
-        loss = self.loss(self.decoder(tokens, restore), target, mask)
+        loss = self.loss(self.decoder(self.encoder_norm(tokens), restore), target, mask)
         return {"loss": loss, "features": self.backbone.pool(tokens).detach(), "logs": {"visible_patches": float(keep.shape[1])}}

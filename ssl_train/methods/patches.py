@@ -41,6 +41,15 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()
 
 
+def final_token_norm(backbone: nn.Module) -> nn.Module:
+    """The per-token LayerNorm a ViT encoder ends with (MAE's and I-JEPA's `self.norm`), for the tokens handed to a decoder
+    or predictor when the timm ViT has none: with global_pool avg timm makes its per-token norm a no-op and normalises the
+    pooled vector instead (fc_norm). Identity when the ViT already normalises its tokens (or has no final norm at all)."""
+    model = getattr(backbone, "model", None)
+    moved = isinstance(getattr(model, "norm", None), nn.Identity) and not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity)
+    return nn.LayerNorm(int(getattr(backbone, "out_dim", 0)), eps=1e-6) if moved else nn.Identity()
+
+
 def transformer_blocks(dim: int, depth: int, heads: int) -> nn.Sequential:
     """`depth` timm ViT blocks of width `dim` (MLP ratio 4, qkv bias): the narrow transformer of MAE's decoder and I-JEPA's predictor."""
     from timm.models.vision_transformer import Block
