@@ -8,9 +8,28 @@ from typing import cast
 import torch
 from torch import nn
 
-from ssl_train.heads import MutualInformationNet
 from ssl_train.losses.dgi import DeepGraphInfomaxLoss
 from ssl_train.protocols import FeatureMapEncoder, GraphEncoder, width_of
+
+
+class LocalMutualInformationNet(nn.Module):
+    """DIM's local MI network (the reference's MI1x1ConvNet, rdevon/DIM mi_networks.py), per location of (N, C, L) maps:
+    LayerNorm over channels of [Conv1x1-BN-ReLU-Conv1x1 (x) + shortcut (x)], the bias-free shortcut starting as a noisy
+    identity (weight U(-0.01, 0.01), 1 on the diagonal) when out_dim >= in_dim, so each location's code starts as its features."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.block = nn.Sequential(nn.Conv1d(in_dim, out_dim, 1, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True), nn.Conv1d(out_dim, out_dim, 1))
+        self.shortcut = nn.Conv1d(in_dim, out_dim, 1, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+        if out_dim >= in_dim:
+            with torch.no_grad():
+                self.shortcut.weight.uniform_(-0.01, 0.01)
+                self.shortcut.weight[torch.arange(in_dim), torch.arange(in_dim), 0] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm((self.block(x) + self.shortcut(x)).transpose(1, 2)).transpose(1, 2)
 
 
 class DeepInfoMaxMethod(nn.Module):
@@ -20,7 +39,8 @@ class DeepInfoMaxMethod(nn.Module):
 
     The backbone exposes its stages (`stages(x)` -> feature maps, `pool(last)` -> y); `local_stage` picks the map (-2:
     the one before the last, 7 x 7 for 28 px inputs in the small ResNet). `projector` encodes y for the score
-    (the reference's global MI network); the local MI network is built here from the chosen map's width. The prior
+    (the reference's global MI network); the local MI network (LocalMutualInformationNet) is built here from the chosen
+    map's width. The prior
     matching term (adversarial, gamma = 0.1 in the paper) is not included: it shapes the marginal of y, and the
     paper's classification results come from the local term.
     """
@@ -35,7 +55,7 @@ class DeepInfoMaxMethod(nn.Module):
         if not -len(widths) <= local_stage < len(widths):
             raise ValueError(f"method.local_stage={local_stage} is not a stage of the backbone ({len(widths)} stages)")
         self.backbone, self.projector, self.loss, self.local_stage, self.name = backbone, projector, loss, local_stage, name
-        self.local_net = MutualInformationNet(widths[local_stage], width_of(projector), per_location=True)
+        self.local_net = LocalMutualInformationNet(widths[local_stage], width_of(projector))
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         maps = self.backbone.stages(views[0])

@@ -72,3 +72,22 @@ def test_dim_method_trains_backbone_through_the_local_and_global_paths() -> None
     assert method.local_net.out_dim == 12 and method.local_net.in_dim == 8  # the map before the last stage
     with pytest.raises(ValueError, match="local_stage=5"):
         DeepInfoMaxMethod(backbone, MutualInformationNet(16, 12), DeepInfoMaxLoss(), local_stage=5)
+
+
+def test_local_mi_network_is_the_references_layer_normalised_1x1_net_with_an_identity_like_shortcut() -> None:
+    from ssl_train.methods.infomax import LocalMutualInformationNet
+
+    torch.manual_seed(0)
+    net = LocalMutualInformationNet(4, 6)
+    weight = net.shortcut.weight[..., 0]  # (out, in)
+    torch.testing.assert_close(weight[:4, :4].diagonal(), torch.ones(4))  # a noisy identity: 1 on the diagonal
+    off_diagonal = weight.masked_select(~torch.eye(6, 4, dtype=torch.bool))
+    assert net.shortcut.bias is None and off_diagonal.abs().max() <= 0.01 and off_diagonal.abs().max() > 0
+    x = 5 * torch.randn(3, 4, 7) + 2  # (N, C, L)
+    out = net(x)
+    block, shortcut = net.block(x), torch.einsum("oc,ncl->nol", weight, x)
+    expected = F.layer_norm((block + shortcut).transpose(1, 2), (6,)).transpose(1, 2)  # the LayerNorm over channels, per location
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out.mean(1), torch.zeros(3, 7), atol=1e-5, rtol=0)
+    wider_in = LocalMutualInformationNet(6, 4)  # out < in: no identity to start from, the default init stays
+    assert wider_in.shortcut.weight.abs().max() < 1.0
