@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 
-def encode_views(encoder: Callable[[torch.Tensor], torch.Tensor], views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Run `encoder` once per group of consecutive same-sized views (global crops, then local crops); views that are not
-    tensors (graph views: NodeBatch) are encoded one by one."""
-    if not all(isinstance(v, torch.Tensor) for v in views):
+def encode_views(encoder: Callable[[torch.Tensor], torch.Tensor], views: Sequence[torch.Tensor], per_view: bool = False) -> list[torch.Tensor]:
+    """Run `encoder` once per group of consecutive same-sized views (global crops, then local crops: one BatchNorm batch
+    for the group), or with `per_view` once per view (each view normalised with its own BatchNorm statistics, as the
+    references' separate forwards); views that are not tensors (graph views: NodeBatch) are encoded one by one."""
+    if per_view or not all(isinstance(v, torch.Tensor) for v in views):
         return [encoder(v) for v in views]
     outputs: list[torch.Tensor] = []
     start = 0

@@ -19,18 +19,22 @@ class SiameseMethod(nn.Module):
 
     SimCLR (Chen et al., ICML 2020) is this with NT-Xent. With more than two views (multi-crop) each global
     view is paired with every later view. Losses that use labels (SupCon) get them as a third argument.
+    `per_view_bn`: the backbone encodes each view on its own (its own BatchNorm statistics) instead of all same-sized views
+    in one batch.
     """
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_global_views: PositiveInt = 2, name: str = "siamese") -> None:
+    def __init__(
+        self, backbone: nn.Module, projector: nn.Module, loss: nn.Module, num_global_views: PositiveInt = 2, per_view_bn: bool = False, name: str = "siamese"
+    ) -> None:
         super().__init__()
-        self.backbone, self.projector, self.loss = backbone, projector, loss
+        self.backbone, self.projector, self.loss, self.per_view_bn = backbone, projector, loss, per_view_bn
         self.num_global_views, self.name = num_global_views, name
         self.loss_takes_labels = takes(loss.forward, "labels")  # SupCon, and the margin / triplet losses with uses_labels
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         if len(views) < 2:
             raise ValueError(f"{self.name} needs at least 2 views per image, got {len(views)}")
-        features = encode_views(self.backbone, views)
+        features = encode_views(self.backbone, views, self.per_view_bn)
         projections = [self.projector(h) for h in features]
         pairs = pairs_over_views(min(self.num_global_views, len(views)), len(views), symmetric=False)
         extra = [labels] if self.loss_takes_labels else []
@@ -43,7 +47,8 @@ class NNCLRMethod(nn.Module):
     support set of past projections; loss(NN(z_i), predictor(z_j)) with in-batch negatives, symmetrised.
 
     The support set (a FeatureQueue of `support_set_size`) is updated with the first view's projections.
-    Until it holds anything, a projection is its own neighbour (plain SimCLR-with-predictor).
+    Until it holds anything, a projection is its own neighbour (plain SimCLR-with-predictor). `per_view_bn`: each
+    view through the backbone on its own (its own BatchNorm statistics).
     """
 
     def __init__(
@@ -53,10 +58,11 @@ class NNCLRMethod(nn.Module):
         loss: nn.Module,
         predictor: Annotated[Callable[..., nn.Module], Settings({"out_dim": POSITIVE_INT})],
         support_set_size: PositiveInt = 4096,
+        per_view_bn: bool = False,
         name: str = "nnclr",
     ) -> None:
         super().__init__()
-        self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
+        self.backbone, self.projector, self.loss, self.name, self.per_view_bn = backbone, projector, loss, name, per_view_bn
         self.predictor = predictor(in_dim=width_of(projector))
         self.support_set = FeatureQueue(support_set_size, width_of(projector))
 
@@ -72,7 +78,7 @@ class NNCLRMethod(nn.Module):
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         if len(views) != 2:
             raise ValueError(f"{self.name} uses exactly 2 views, got {len(views)}")
-        features = encode_views(self.backbone, views)
+        features = encode_views(self.backbone, views, self.per_view_bn)
         z = [self.projector(h) for h in features]
         p = [self.predictor(v) for v in z]
         neighbours = [self.nearest_neighbour(v) for v in z]

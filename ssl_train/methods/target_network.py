@@ -32,9 +32,10 @@ class TargetNetworkMethod(nn.Module):
     `use_target_network=False` the target is the online network itself under stop-gradient (SimSiam,
     Chen & He 2021). Without a predictor and with a `queue` (a FeatureQueue factory, `_partial_` in the config) and
     InfoNCE this is MoCo v2 (He et al. 2020; Chen et al. 2020): the queue of past target projections supplies the
-    negatives, and `shuffle_bn_splits` gives the key encoder shuffled BN. With a predictor,
+    negatives, and `shuffle_bn_splits` gives the key encoder shuffled BN (each view then on its own). With a predictor,
     InfoNCE and in-batch negatives it is MoCo v3 (Chen, Xie & He, ICCV 2021). The loss is symmetrised over
-    view pairs: loss(prediction of view j, target of global view i) for all j != i.
+    view pairs: loss(prediction of view j, target of global view i) for all j != i. `per_view_bn`: online and target
+    networks encode each view on its own (its own BatchNorm statistics, the references' separate forwards).
     """
 
     def __init__(
@@ -49,12 +50,13 @@ class TargetNetworkMethod(nn.Module):
         num_global_views: PositiveInt = 2,
         queue: Callable[..., FeatureQueue] | None = None,
         shuffle_bn_splits: Count = 0,
+        per_view_bn: bool = False,
         name: str = "distill",
     ) -> None:
         super().__init__()
         if shuffle_bn_splits < 0 or (shuffle_bn_splits and not use_target_network):
             raise ValueError(f"method.shuffle_bn_splits must be >= 0 and needs a target network, got {shuffle_bn_splits}")
-        self.shuffle_bn_splits = shuffle_bn_splits
+        self.shuffle_bn_splits, self.per_view_bn = shuffle_bn_splits, per_view_bn
         self.backbone, self.projector, self.loss = backbone, projector, loss
         self.predictor = predictor(in_dim=projector.out_dim) if predictor is not None else nn.Identity()
         self.queue = queue(dim=projector.out_dim) if queue is not None else None
@@ -90,14 +92,14 @@ class TargetNetworkMethod(nn.Module):
         if groups:  # split BN: each view on its own, queries in their groups, keys in theirs (as moco's two forwards)
             features = [in_groups(self.backbone, v, groups[0]) for v in views]
         else:
-            features = encode_views(self.backbone, views)
+            features = encode_views(self.backbone, views, self.per_view_bn)
         projections = [self.projector(h) for h in features]
         predictions = [self.predictor(z) for z in projections]
         if self.target is None:  # SimSiam: the online projections themselves, detached (one forward, BN updated once)
             targets = [z.detach() for z in projections[:num_global]]
         else:
             with torch.no_grad():
-                targets = [self._target(v) for v in views[:num_global]] if groups else encode_views(self._target, views[:num_global])
+                targets = [self._target(v) for v in views[:num_global]] if groups else encode_views(self._target, views[:num_global], self.per_view_bn)
         pairs = [(j, i) for i, j in pairs_over_views(num_global, len(views), symmetric=True)]  # (prediction, target)
         extra = {"negative_keys": self.queue.get()} if self.queue is not None else {}
         total = sum(self.loss(predictions[p], targets[t].detach(), **extra) for p, t in pairs)

@@ -68,3 +68,40 @@ def test_mocov2_split_bn_returns_keys_in_the_batch_order() -> None:
     method.eval()  # running statistics: no batch dependence, no groups
     assert method.shuffle_bn_groups(16, x.device) is None
     torch.testing.assert_close(method._target(x), encode(x))
+
+
+def _per_view_methods(per_view_bn: bool) -> dict[str, nn.Module]:
+    from ssl_train.encoders.resnet import SmallResNet
+    from ssl_train.losses import BarlowTwinsLoss, NegativeCosineSimilarity
+    from ssl_train.methods import NNCLRMethod, SiameseMethod
+
+    backbone = lambda: SmallResNet(in_channels=1, widths=(8, 16))  # BatchNorm in every block
+    predictor = partial(MLP, hidden_dim=16, out_dim=8)
+    return {
+        "byol": TargetNetworkMethod(backbone(), MLP(16, 32, 8), NegativeCosineSimilarity(), predictor=predictor, per_view_bn=per_view_bn),
+        "barlow_twins": SiameseMethod(backbone(), MLP(16, 32, 8), BarlowTwinsLoss(), per_view_bn=per_view_bn),
+        "nnclr": NNCLRMethod(backbone(), MLP(16, 32, 8), InfoNCELoss(0.1), predictor=predictor, per_view_bn=per_view_bn),
+    }
+
+
+def _first_view_outputs(method: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What the projector (and a target network's projector) makes of the first view."""
+    seen: list[torch.Tensor] = []
+    projectors = [method.projector] + ([method.target["projector"]] if getattr(method, "target", None) is not None else [])
+    handles = [p.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone())) for p in projectors]
+    method(views)
+    for handle in handles:
+        handle.remove()
+    return [seen[i] for i in range(0, len(seen), 2)]  # per projector: view 0 first, then view 1
+
+
+def test_per_view_bn_normalises_each_view_with_its_own_statistics() -> None:
+    torch.manual_seed(0)
+    first, second, other_second = torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16), 3 * torch.randn(8, 1, 16, 16) + 2
+    for per_view_bn in (True, False):
+        for name, method in _per_view_methods(per_view_bn).items():
+            with torch.no_grad():
+                a, b = _first_view_outputs(method, [first, second]), _first_view_outputs(method, [first, other_second])
+            same = all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b, strict=True))
+            assert same == per_view_bn, name  # shared BN: replacing view 2 moves view 1's statistics, hence its output
+            assert len(a) == (2 if name == "byol" else 1)  # BYOL's target network too
