@@ -68,12 +68,15 @@ class NNCLRMethod(nn.Module):
 
     @torch.no_grad()
     def nearest_neighbour(self, z: torch.Tensor) -> torch.Tensor:
-        """The support-set vector with the highest cosine similarity to each row of z (z itself if the set is empty)."""
+        """The support-set vector with the highest cosine similarity to each row of z (z itself if the set is empty); the
+        search in fp32 even under autocast (bf16 similarities tie or swap neighbours closer than ~0.004)."""
         support = self.support_set.get()
         if len(support) == 0:
             return z.detach()
-        z_unit, support_unit = nn.functional.normalize(z.float(), dim=1), nn.functional.normalize(support.float(), dim=1)
-        return support[(z_unit @ support_unit.T).argmax(dim=1)].to(z.dtype)
+        with torch.autocast(z.device.type, enabled=False):
+            z_unit, support_unit = nn.functional.normalize(z.float(), dim=1), nn.functional.normalize(support.float(), dim=1)
+            nearest = (z_unit @ support_unit.T).argmax(dim=1)
+        return support[nearest].to(z.dtype)
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         if len(views) != 2:
