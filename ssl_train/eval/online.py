@@ -39,12 +39,14 @@ class OnlineEvaluation(pl.Callback):
             raise ValueError(f"callbacks.online_eval.lidar_views must be >= 2 (views per surrogate class), got {lidar_views}")
         self.k, self.max_train_samples, self.pairs = k, max_train_samples, pairs
         self.lidar_samples, self.lidar_views = lidar_samples, lidar_views
+        self.evaluated_epoch: int | None = None  # the last epoch evaluated: ssl_train.best_checkpoint compares val/* only then
 
     @torch.no_grad()
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         last_epoch = trainer.current_epoch + 1 == trainer.max_epochs
         if (trainer.current_epoch + 1) % self.every_n_epochs and not last_epoch or not trainer.is_global_zero:
             return
+        self.evaluated_epoch = trainer.current_epoch
         with torch.random.fork_rng():  # evaluation must not change the training run's random stream
             self._evaluate(trainer, pl_module)
 

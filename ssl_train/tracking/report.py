@@ -252,8 +252,9 @@ def report_href(job: str) -> str | None:
     return f"{quote(job, safe='')}/{REPORT_FILE}" if _is_folder_name(job) else None
 
 
-def render_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str) -> str:
-    """A sortable table (click a header; inline script, no network), one row per job; a row whose 'report' is true links <job>/report.html."""
+def render_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], title: str, sections: str = "") -> str:
+    """A sortable table (click a header; inline script, no network), one row per job; a row whose 'report' is true links
+    <job>/report.html; then `sections`, HTML made and escaped by the caller (the sweep's best-by and over-seeds tables)."""
     head = "".join(f'<th class="sortable">{_esc(c)}</th>' for c in columns)
     body = []
     for row in rows:
@@ -269,7 +270,7 @@ def render_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], ti
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{STYLE}</style></head>'
         f'<body><h1>{_esc(title)}</h1><p class="muted">{len(rows)} job(s); click a column header to sort</p>'
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table><script>{SORT_SCRIPT}</script></body></html>\n"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{sections}<script>{SORT_SCRIPT}</script></body></html>\n"
     )
 
 
@@ -281,9 +282,9 @@ def _has_report(sweep_dir: Path, job: str) -> bool:
     return folder.parent == sweep_dir and folder.resolve().parent == sweep_dir.resolve() and (folder / REPORT_FILE).is_file()
 
 
-def write_summary_html(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+def write_summary_html(sweep_dir: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], sections: str = "") -> Path:
     """<sweep_dir>/summary.html; each job's name links to its report.html when the job is a folder directly under sweep_dir holding one."""
     linked = [{**row, "report": _has_report(sweep_dir, str(row["job"]))} for row in rows]
     path = sweep_dir / SUMMARY_FILE
-    replace_atomically(path, render_summary(linked, columns, f"ssl_train sweep {sweep_dir.name}"))
+    replace_atomically(path, render_summary(linked, columns, f"ssl_train sweep {sweep_dir.name}", sections))
     return path

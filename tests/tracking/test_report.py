@@ -142,9 +142,12 @@ def test_sweep_summary_escapes_hostile_job_folders(tmp_path: Path) -> None:
     assert not any(":" in h or h.startswith(("/", ".")) for h in hrefs)  # no scheme, nothing outside the sweep
     assert page.count("<script>") == page.count("</script>") == 1 and "&lt;script&gt;alert(1)" in page  # only the page's own sort script
     assert "<img" not in page and 'data-value="&quot;&gt;&lt;script&gt;' in page  # a quote cannot leave the attribute
-    table = (sweep / "summary.md").read_text().splitlines()
+    summary = (sweep / "summary.md").read_text()
+    table = summary.split("\n\n")[0].splitlines()  # the jobs' table; the best-by section follows
     assert len({len(re.split(r"(?<!\\)\|", line)) for line in table}) == 1 and len(table) == 2 + len(HOSTILE_JOBS)  # same column count everywhere
-    text = "".join(table)
+    best_by = summary.split("## Best by\n\n")[1].splitlines()
+    assert len({len(re.split(r"(?<!\\)\|", line)) for line in best_by}) == 1 and len(best_by) == 3  # header, rule, the probe's row
+    text = summary
     assert "<script>" not in text and "</script>" not in text and "<img" not in text and any(line.startswith("| a\\|b | ") for line in table)
 
 
