@@ -14,6 +14,11 @@ overrides stops the benchmark with a message: pass another --out). Prints (and w
 random-init encoder, the margin over the stronger baseline, wall time and images/s; draws <out>/quality_curves.png
 (online kNN top-1 on the evaluation split against training seconds, one line per method, one panel per budget;
 needs matplotlib: pip install -e '.[bench]').
+
+`--seeds N` runs every row with seeds 0..N-1 (seed 0 is the default run, in the same folder as without --seeds; seed s
+in <row>-seed<s> with `seed=s`) and adds a table over seeds: mean ± std and the 95 % Student-t interval of linear and
+kNN top-1, and the margin over the stronger baseline as a paired difference (same seed) with a verdict ("within seed
+noise" or "better by X ± Y points"). `--compare A B` (repeatable) adds A's linear top-1 minus B's, paired by seed.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ssl_train.composed import CONFIG_DIR
+from ssl_train.eval.seeds import interval, mean_std, paired_difference, summarize, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD_DIR = CONFIG_DIR / "method"
@@ -79,24 +86,76 @@ def recorded_overrides(run_dir: Path) -> list[str] | None:
     return [o for o in yaml.safe_load(path.read_text()) or [] if o != QUIET]
 
 
-def run_one(row: str, budget: str, out: Path, extra: list[str]) -> dict:
-    """Run one row into <out>/<budget>/<row>, or read it there when finished with the same overrides (a rerun resumes)."""
-    run_dir = out / budget / row.replace(":", "_")
-    overrides = [*row_overrides(row, budget), *extra]
+def run_one(row: str, budget: str, out: Path, extra: list[str], seed: int = 0) -> dict:
+    """Run one row into <out>/<budget>/<row> (seed s > 0: <row>-seed<s>, with seed=s), or read it there when finished with
+    the same overrides (a rerun resumes)."""
+    run_dir = out / budget / (row.replace(":", "_") + (f"-seed{seed}" if seed else ""))
+    overrides = [*row_overrides(row, budget), *([f"seed={seed}"] if seed else []), *extra]
     if not (run_dir / "metrics.json").is_file():
-        command = [sys.executable, "-m", "ssl_train", *row_overrides(row, budget), f"hydra.run.dir={run_dir}", QUIET, *extra]
+        command = [sys.executable, "-m", "ssl_train", *overrides[: len(overrides) - len(extra)], f"hydra.run.dir={run_dir}", QUIET, *extra]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     recorded = recorded_overrides(run_dir)
     if recorded is not None and recorded != overrides:
         sys.exit(f"bench_quality: {run_dir} holds a run of {' '.join(recorded)!r}, not {' '.join(overrides)!r}; pass another --out (the finished run is kept)")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {**metrics, "budget": budget, "run_dir": str(run_dir), "row": row, "overrides": overrides}
+    return {**metrics, "budget": budget, "run_dir": str(run_dir), "row": row, "overrides": overrides, "seed": seed}
 
 
 def margin(m: dict) -> float:
     """Linear top-1 minus the stronger of the two baselines (raw pixels, random-init encoder), in points."""
-    return 100 * (m["linear_top1"] - max(m.get("raw_input_linear_top1", 0.0), m.get("random_init_linear_top1", 0.0)))
+    return 100 * (m["linear_top1"] - stronger_baseline(m))
+
+
+def linear_top1(m: dict) -> float:
+    return m["linear_top1"]
+
+
+def knn_top1(m: dict) -> float:
+    return m["knn_k20_top1"]
+
+
+def stronger_baseline(m: dict) -> float:
+    """The linear top-1 of the stronger baseline (raw pixels or the random-init encoder) of the same run."""
+    return max(m.get("raw_input_linear_top1", 0.0), m.get("random_init_linear_top1", 0.0))
+
+
+def by_seed(rows: list[dict], row: str, budget: str, score: Callable[[dict], float]) -> dict[int, float]:
+    """{seed: score} of one row and budget."""
+    return {m["seed"]: score(m) for m in rows if m["row"] == row and m["budget"] == budget}
+
+
+def seed_table(rows: list[dict]) -> str:
+    """One line per row and budget over its seeds: mean ± std and 95 % t interval of linear and kNN top-1, and the margin
+    over the stronger baseline (paired: each seed's run against its own baselines) with a verdict."""
+    lines = [
+        "| method | budget | seeds | linear top-1 mean ± std | 95 % interval | kNN top-1 (k=20) mean ± std | 95 % interval "
+        "| vs stronger baseline, paired (points, 95 %) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row, budget in dict.fromkeys((m["row"], m["budget"]) for m in rows):
+        linear = summarize(list(by_seed(rows, row, budget, linear_top1).values()))
+        knn = summarize(list(by_seed(rows, row, budget, knn_top1).values()))
+        gap = paired_difference(by_seed(rows, row, budget, linear_top1), by_seed(rows, row, budget, stronger_baseline))
+        assert gap is not None  # the same runs on both sides
+        half = f" ± {100 * gap.half_width:.2f}" if gap.n > 1 else ""
+        lines.append(
+            f"| {paper(row.partition(':')[0])}{' (' + row.partition(':')[2] + ')' if ':' in row else ''} | {budget} | {linear.n} "
+            f"| {mean_std(linear)} | {interval(linear)} | {mean_std(knn)} | {interval(knn)} | {100 * gap.mean:+.2f}{half} | {verdict(gap)} |"
+        )
+    return "\n".join(lines)
+
+
+def comparisons(rows: list[dict], pairs: list[list[str]]) -> str:
+    """For each (A, B) and budget both ran: A's linear top-1 minus B's on their shared seeds, mean ± t interval, verdict."""
+    lines = []
+    for a, b in pairs:
+        for budget in dict.fromkeys(m["budget"] for m in rows):
+            gap = paired_difference(by_seed(rows, a, budget, linear_top1), by_seed(rows, b, budget, linear_top1))
+            if gap is not None:
+                half = f" ± {100 * gap.half_width:.2f}" if gap.n > 1 else ""
+                lines.append(f"- {budget}: {a} - {b}, linear top-1 on {gap.n} shared seed(s): {100 * gap.mean:+.2f}{half} points: {verdict(gap)}")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -173,16 +232,25 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=IMAGE_METHODS + BEYOND_IMAGES)
     parser.add_argument("--budgets", nargs="+", default=["quick"], choices=list(BUDGETS))
     parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "quality")
+    parser.add_argument("--seeds", type=int, default=1, help="run each row with seeds 0..N-1 and add the table over seeds")
+    parser.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"), help="paired difference of two rows over seeds")
     parser.add_argument("extra", nargs="*", help="hydra overrides applied to every run")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
     rows = []
     for budget in args.budgets:
         for row in args.methods:
             if budget != "quick" and row.partition(":")[0] not in IMAGE_METHODS:
                 continue  # the full-data budgets are Fashion-MNIST image runs
-            rows.append(run_one(row, budget, args.out, args.extra))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            for seed in range(args.seeds):
+                rows.append(run_one(row, budget, args.out, args.extra, seed))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
+    if args.seeds > 1:
+        text += f"\n\nOver {args.seeds} seeds (0..{args.seeds - 1}; interval: Student t, 95 %):\n\n" + seed_table(rows)
+    if args.compare:
+        text += "\n\nPaired differences (same seeds):\n\n" + comparisons(rows, args.compare)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality_table.md").write_text(text + "\n")
     print(text)

@@ -95,3 +95,53 @@ def test_gpu_recipes_dry_run_on_cpu() -> None:
     assert len(rows) == 4 and not any("failed" in r for r in rows), rows  # each printed as measured, then in the final table
     assert {r.split("`")[1] for r in rows} == {"experiment=dino_vit_small", "experiment=mocov3_vit_small"}
     assert all(r.split("|")[5].strip() == "off" and r.rstrip().endswith("|") for r in rows)  # no torch.compile on the CPU
+
+
+def write_seed_runs(out: Path) -> None:
+    """Finished quick-budget runs of simclr and byol at seeds 0, 1, 2 (seed 0 in the folder a run without --seeds uses)."""
+    for method, linear, knn in (("simclr", (0.80, 0.82, 0.84), (0.75, 0.75, 0.78)), ("byol", (0.79, 0.815, 0.83), (0.74, 0.76, 0.77))):
+        for seed in range(3):
+            run_dir = out / "quick" / (method + (f"-seed{seed}" if seed else ""))
+            (run_dir / ".hydra").mkdir(parents=True)
+            (run_dir / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n" + (f"- seed={seed}\n" if seed else ""))
+            metrics = {
+                "method": method,
+                "linear_top1": linear[seed],
+                "knn_k20_top1": knn[seed],
+                "raw_input_linear_top1": 0.78 + seed / 100,  # the stronger baseline at every seed
+                "raw_input_knn_k20_top1": 0.7,
+                "random_init_linear_top1": 0.70,
+                "random_init_knn_k20_top1": 0.6,
+                "wall_time_s": 100.0,
+                "train_images_per_s": 1000.0,
+            }
+            (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_quality_over_seeds_mean_interval_and_paired_verdicts(tmp_path: Path) -> None:
+    bench = load_script("bench_quality")
+    write_seed_runs(tmp_path)
+    rows = [bench.run_one(method, "quick", tmp_path, [], seed) for method in ("simclr", "byol") for seed in range(3)]
+    assert rows[1]["overrides"] == ["method=simclr", "seed=1"] and "`method=simclr seed=1`" in bench.table(rows[1:2])
+    simclr, byol = bench.seed_table(rows).splitlines()[2:]
+    # simclr: linear .80 .82 .84 (std .02, half width 4.3027 x .02 / sqrt 3 = .0497); margins over raw .78 .79 .80:
+    # 2, 3, 4 points -> 3.00 ± 4.3027 / sqrt 3 = 2.48, an interval above 0
+    assert "| quick | 3 | 0.8200 ± 0.0200 | [0.7703, 0.8697] | 0.7600 ± 0.0173 |" in simclr
+    assert simclr.endswith("| +3.00 ± 2.48 | better by 3.00 ± 2.48 points |")
+    # byol: margins 1, 2.5, 3 points -> 2.17 ± 2.59: the interval holds 0
+    assert byol.endswith("| +2.17 ± 2.59 | within seed noise |")
+    # simclr - byol per seed: 1, 0.5, 1 points -> 0.83 ± 4.3027 x 0.2887 / sqrt 3 = 0.72
+    assert bench.comparisons(rows, [["simclr", "byol"]]) == (
+        "- quick: simclr - byol, linear top-1 on 3 shared seed(s): +0.83 ± 0.72 points: better by 0.83 ± 0.72 points"
+    )
+
+
+def test_quality_seeds_from_the_command_line_on_finished_runs(tmp_path: Path) -> None:
+    """The script's own --seeds / --compare path, reading finished runs (nothing trains)."""
+    write_seed_runs(tmp_path)
+    command = [sys.executable, "scripts/bench_quality.py", "--methods", "simclr", "byol", "--seeds", "3", "--compare", "simclr", "byol", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = (tmp_path / "quality_table.md").read_text()
+    assert "Over 3 seeds (0..2; interval: Student t, 95 %):" in written and "better by 0.83 ± 0.72 points" in written
+    assert written.count("`method=simclr") == 3 and not any(line.startswith("+ ") for line in done.stdout.splitlines())  # read, none run
