@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ssl_train.errors import UserError
+from ssl_train.sharded_checkpoint import SHARDS_KEY, gathered
 
 TRUST_HINT = "trust_checkpoint=true (toolkit: --trust-checkpoint)"
 
@@ -41,6 +42,8 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False, key: str = "ck
         raise UserError(f"{key}: {path} is truncated or corrupted, not a readable torch checkpoint ({first_line(error)})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{key}: {path} is not a Lightning/ssl_train checkpoint (no 'state_dict' in it)")
+    if SHARDS_KEY in checkpoint:  # trainer=fsdp's sharded checkpoint: its weights gathered whole from the shard folder
+        return gathered(path, checkpoint, trust=trust)
     return checkpoint
 
 

@@ -84,6 +84,8 @@ class TimmEncoder(nn.Module):
     `dynamic_img_size`, so position embeddings are interpolated when evaluated at another size; they also expose
     their tokens (`tokens(images, keep)`), which masked modelling (MAE) needs. `drop_path_rate`: stochastic depth.
     `freeze_patch_embed`: keep the patch projection at its random init (MoCo v3's stop-grad-conv1, for stability).
+    `grad_checkpointing`: timm's activation checkpointing (set_grad_checkpointing), also in `tokens`: less memory, one
+    more forward of the blocks in backward.
     The wrapped model's state dict keeps timm's own key names (`timm.create_model(name, ...).load_state_dict` takes
     an export as is)."""
 
@@ -100,6 +102,7 @@ class TimmEncoder(nn.Module):
         global_pool: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         freeze_patch_embed: bool = False,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         timm = _timm()
@@ -139,6 +142,8 @@ class TimmEncoder(nn.Module):
             if not self.is_vit:
                 raise UserError(f"backbone.freeze_patch_embed=true: timm model {name!r} has no patch embedding (a CNN); set it to false")
             model.patch_embed.requires_grad_(False)
+        if grad_checkpointing:  # activation checkpointing: blocks' activations recomputed in backward, not kept (memory for compute)
+            model.set_grad_checkpointing(True)
 
     @property
     def portable_module(self) -> nn.Module:
@@ -167,7 +172,8 @@ class TimmEncoder(nn.Module):
         if keep is not None:
             prefix, patches = x[:, : vit.num_prefix_tokens], x[:, vit.num_prefix_tokens :]
             x = torch.cat([prefix, torch.gather(patches, 1, keep[..., None].expand(-1, -1, x.shape[-1]))], dim=1)
-        x = vit.blocks(vit.norm_pre(x))
+        x = vit.norm_pre(x)
+        x = _timm().models.checkpoint_seq(vit.blocks, x) if vit.grad_checkpointing and torch.is_grad_enabled() else vit.blocks(x)
         return vit.norm(x)
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def cosine_momentum(step: int, max_steps: int, base: float, final: float = 1.0) -> float:
@@ -25,11 +26,24 @@ def linear_momentum(step: int, max_steps: int, base: float, final: float = 1.0) 
 SCHEDULES = {"cosine": cosine_momentum, "linear": linear_momentum}
 
 
+def local_shard(name: str, target: torch.Tensor, online: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of a parameter pair this process holds. Under trainer=fsdp (ssl_train.fsdp) both are DTensors sharded the
+    same way (a teacher is a copy of its student, wrapped by the same rule), so their local shards are the same rows and
+    the update needs no communication; anything else (one side gathered or laid out differently) is refused."""
+    if not isinstance(target, DTensor) and not isinstance(online, DTensor):
+        return target, online
+    if not (isinstance(target, DTensor) and isinstance(online, DTensor) and target.placements == online.placements and target.shape == online.shape):
+        raise RuntimeError(f"EMA update of {name}: the target and online parameters are not sharded alike ({type(target).__name__}, {type(online).__name__})")
+    return target.to_local(), online.to_local()
+
+
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, for parameters and float buffers (BN stats)."""
-    for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+    """target <- momentum * target + (1 - momentum) * online, for parameters and float buffers (BN stats); on local shards
+    when the modules are sharded (FSDP2)."""
+    for (name, t), o in zip(target.named_parameters(), online.parameters(), strict=True):
+        t_local, o_local = local_shard(name, t, o)
+        t_local.mul_(momentum).add_(o_local.detach(), alpha=1 - momentum)
     for buffer, source in zip(target.buffers(), online.buffers(), strict=True):
         if buffer.dtype.is_floating_point:
             buffer.mul_(momentum).add_(source.detach(), alpha=1 - momentum)

@@ -1,0 +1,173 @@
+"""Sharded checkpoints of trainer=fsdp: `NAME.ckpt` is an ordinary checkpoint file holding everything but the weights
+and optimizer state (epoch, step, callbacks, config, schedulers) and the name of a sibling folder `NAME.ckpt.shards-*`
+where every rank wrote its shards with torch.distributed.checkpoint (DCP).
+
+- Atomic like AtomicCheckpointIO: the shards go to a new folder first; then the file is replaced atomically to name it,
+  then older folders are removed. A reader sees the old file and its old shards or the new file and its new shards.
+- Everything that reads checkpoints as data (export, evaluation, load_encoder, backbone.weights) gets the full state
+  dict gathered from the shards (`gathered`, on one process), so a sharded run exports the same `model.safetensors`.
+- Read as data only: DCP unpickles its `.metadata` and non-tensor items with plain pickle; here the metadata pickle may
+  name only DCP's own metadata classes and the non-tensor items are read with torch.load(weights_only=True), unless
+  the user trusts the file (trust_checkpoint=true).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from ssl_train.errors import UserError
+
+SHARDS_KEY = "ssl_train_shards"  # in the checkpoint file: the name of its shard folder, a sibling of the file
+TRUST_HINT = "trust_checkpoint=true (toolkit: --trust-checkpoint)"
+# what the pickle of a DCP `.metadata` file may name (module -> names): DCP's dataclasses, torch sizes, dtypes and layouts
+METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": None,  # any name of that module: its dataclasses and enums
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size", *(name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype))},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles a DCP metadata file, refusing any global outside METADATA_GLOBALS (a payload naming os.system, eval, ...)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = METADATA_GLOBALS.get(module, set())
+        if allowed is not None and name not in allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not DCP metadata")
+        return super().find_class(module, name)
+
+
+class DataReader(FileSystemReader):
+    """FileSystemReader whose metadata is read with _MetadataUnpickler."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as stream:
+            metadata = _MetadataUnpickler(stream).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _load_bytes_as_data(planner: DefaultLoadPlanner, read_item: Any, value: io.BytesIO) -> None:
+    """DefaultLoadPlanner.load_bytes with torch.load(weights_only=True): non-tensor items are plain values, never code."""
+    obj = torch.load(value, weights_only=True)
+    if planner.flatten_state_dict:
+        set_element(planner.original_state_dict, planner.mappings[read_item.dest_index.fqn], obj)
+    else:
+        planner.state_dict[read_item.dest_index.fqn] = obj
+
+
+class DataLoadPlanner(DefaultLoadPlanner):
+    load_bytes = _load_bytes_as_data
+
+
+class DataEmptyLoadPlanner(_EmptyStateDictLoadPlanner):
+    load_bytes = _load_bytes_as_data
+
+
+def _reader(folder: Path, trust: bool) -> FileSystemReader:
+    return FileSystemReader(folder) if trust else DataReader(folder)
+
+
+def shards_of(path: Path, meta: dict[str, Any], trust: bool = False) -> Path:
+    """The shard folder a checkpoint file names, its metadata checked to be data (unless `trust`); one line when it is
+    missing or names code."""
+    folder = path.parent / Path(str(meta[SHARDS_KEY])).name  # a bare name: never a path elsewhere
+    if not (folder / ".metadata").is_file():
+        raise UserError(f"{path} is a sharded checkpoint whose shards {folder} are missing: keep the folder next to the file")
+    if not trust:
+        try:
+            with open(folder / ".metadata", "rb") as stream:
+                _MetadataUnpickler(stream).load()
+        except pickle.UnpicklingError as error:
+            raise UserError(
+                f"{path}: its shard metadata names code ({error}), and unpickling it would run that code: refused. "
+                f"If you trust where it came from, add {TRUST_HINT}"
+            ) from None
+        except (EOFError, ValueError, TypeError, AttributeError) as error:
+            raise UserError(f"{path}: its shard metadata {folder / '.metadata'} is truncated or corrupted ({type(error).__name__})") from None
+    return folder
+
+
+def is_sharded(path: Any, trust: bool = False) -> bool:
+    """Whether `path` is the checkpoint file of a sharded checkpoint (it names a shard folder)."""
+    file = Path(path)
+    if not file.is_file():
+        return False
+    meta = torch.load(file, map_location="cpu", mmap=True, weights_only=not trust)
+    return isinstance(meta, dict) and SHARDS_KEY in meta
+
+
+def gathered(path: Path, meta: dict[str, Any], trust: bool = False) -> dict[str, Any]:
+    """The checkpoint `meta` read from `path` with its full state dict gathered from the shards, in this one process."""
+    state: dict[str, Any] = {}
+    try:
+        _load_state_dict(
+            state,
+            storage_reader=_reader(shards_of(path, meta, trust), trust),
+            planner=(_EmptyStateDictLoadPlanner if trust else DataEmptyLoadPlanner)(keys={"state_dict"}),
+            no_dist=True,
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise UserError(f"{path}: its shards are unreadable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    return {**{k: v for k, v in meta.items() if k != SHARDS_KEY}, "state_dict": state.get("state_dict", {})}
+
+
+def remove_shards(path: Any, keep: str | None = None) -> None:
+    """Remove the shard folders of checkpoint file `path` (all, or all but `keep`)."""
+    file = Path(path)
+    for folder in file.parent.glob(f"{file.name}.shards-*"):
+        if folder.name != keep and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def save(strategy: Any, checkpoint: dict[str, Any], filepath: Any) -> None:
+    """Every rank writes its shards of the weights and optimizer states to a new folder; then rank 0 writes the checkpoint
+    file naming it (strategy.checkpoint_io: atomic, records the step) and removes the older folders."""
+    path = Path(strategy.broadcast(str(filepath)))
+    name = strategy.broadcast(f"{path.name}.shards-{checkpoint.get('global_step', 0)}-{time.time_ns()}")
+    state = {"state_dict": checkpoint.pop("state_dict")}
+    state.update({f"optimizer_{i}": optimizer for i, optimizer in enumerate(checkpoint.pop("optimizer_states", []))})
+    dcp.save(state, checkpoint_id=path.parent / name)
+    strategy.barrier("sharded_checkpoint.save")
+    if strategy.is_global_zero:
+        strategy.checkpoint_io.save_checkpoint({**checkpoint, "state_dict": {}, SHARDS_KEY: name}, path)
+        remove_shards(path, keep=name)
+    strategy.barrier("sharded_checkpoint.saved")
+
+
+def load(strategy: Any, filepath: Any) -> dict[str, Any]:
+    """Resume: each rank reads its shards of the weights and optimizer states into the sharded model and optimizers;
+    returns the rest of the checkpoint (epoch, step, callbacks, schedulers) as Lightning restores it."""
+    path = Path(strategy.broadcast(str(filepath)))
+    trust = bool(getattr(strategy.checkpoint_io, "trust", False))
+    meta = torch.load(path, map_location="cpu", weights_only=not trust)
+    folder, model = shards_of(path, meta, trust), strategy.model
+    planner = DefaultLoadPlanner if trust else DataLoadPlanner
+    module_state = {"state_dict": get_model_state_dict(model)}
+    dcp.load(module_state, storage_reader=_reader(folder, trust), planner=planner())
+    model.load_state_dict(module_state["state_dict"], strict=strategy.lightning_module.strict_loading)
+    for i, optimizer in enumerate(strategy.optimizers):
+        optimizer_state = {f"optimizer_{i}": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(optimizer_state, storage_reader=_reader(folder, trust), planner=planner())
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state[f"optimizer_{i}"], options=StateDictOptions(cpu_offload=True))
+    return {k: v for k, v in meta.items() if k not in (SHARDS_KEY, "state_dict")}
