@@ -35,3 +35,8 @@ check throughput_compiled "${COMPILED_LIMIT:-80}" python scripts/bench_throughpu
 check folder "${FOLDER_LIMIT:-50}" python scripts/bench_folder.py --images 3000 --rows per-sample:8 hybrid:8 --override trainer=gpu data.batch_size=256
 check vit_recipes "${VIT_LIMIT:-100}" python scripts/bench_recipes.py
 check ddp_one_gpu "${DDP_LIMIT:-35}" python -m ssl_train trainer=ddp trainer.devices=1 trainer.max_epochs=1 trainer.limit_train_batches=20 probe=false baseline=false paths.output_dir=/tmp/gpu_checks/ddp
+# trainer=fsdp (issue 45; equivalence with DDP is tested on 2 gloo CPU processes, tests/test_fsdp_equivalence.py): FSDP2 on
+# one GPU (NCCL, bf16-mixed: bf16 gathers, fp32 reduce), DINO ViT-S (4 px patches, 28 px) with activation checkpointing, a sharded
+# last.ckpt, then its export (the gathered state dict -> model.safetensors)
+check fsdp_one_gpu "${FSDP_LIMIT:-60}" python -m ssl_train trainer=fsdp trainer.devices=1 method=dino backbone=vit_small backbone.patch_size=4 ++backbone.grad_checkpointing=true trainer.max_epochs=1 trainer.limit_train_batches=10 probe=false baseline=false paths.output_dir=/tmp/gpu_checks/fsdp
+check fsdp_export "${FSDP_EXPORT_LIMIT:-30}" python -m ssl_train.toolkit export --ckpt /tmp/gpu_checks/fsdp/checkpoints/last.ckpt --out /tmp/gpu_checks/fsdp_export
