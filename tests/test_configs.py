@@ -83,7 +83,8 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
     return []
 
 
-NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp"), ("experiment", "dino_vit_small"), ("experiment", "mocov3_vit_small")}
+VIT_SMALL_RECIPES = {("experiment", p.stem) for p in (CONFIG_DIR / "experiment").glob("*_vit_small.yaml")}  # the ViT-S GPU recipes
+NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp"), *VIT_SMALL_RECIPES}
 # options for sequence data, composed with the pieces that fit them (an image default would stop with one line)
 SEQUENCE_OPTIONS = {
     ("data", "seq_fashion_mnist"),
@@ -143,7 +144,7 @@ PAIR_OPTIONS = {
 }
 PAIR_CONTEXT = ["method=clip"]
 # the 224 px ViT-S/16 recipe, dry-run on the 28 px test data with 4 px patches and one block (tests/encoders/test_vit.py runs it at 224 px)
-VIT_GPU_OPTIONS = {("backbone", "vit_small"), ("experiment", "dino_vit_small"), ("experiment", "mocov3_vit_small")}
+VIT_GPU_OPTIONS = {("backbone", "vit_small"), *VIT_SMALL_RECIPES}
 VIT_GPU_CONTEXT = ["backbone.patch_size=4", "+backbone.model_kwargs.depth=1"]
 GRAPH_CONTEXT = ["method=dgi", "data=fmnist_knn_graph", "data.source.train_limit=200", "data.source.test_limit=50"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,9 @@ from torch import nn
 from ssl_train import dist
 from ssl_train.constraints import Count, Fraction, PositiveInt, Temperature
 from ssl_train.losses.precision import float32
+from ssl_train.losses.swav import sinkhorn
+
+CENTERINGS = ("centering", "sinkhorn_knopp")
 
 
 class DINOLoss(nn.Module):
@@ -22,7 +25,10 @@ class DINOLoss(nn.Module):
     teacher_outputs, a list of G tensors (N, K) for the global views. The teacher temperature warms up
     linearly from `warmup_teacher_temp` to `teacher_temp` over `warmup_teacher_temp_steps` (set via
     `set_step`); the centre is an EMA (`center_momentum`) of the teacher outputs' batch mean, all-reduced
-    across ranks, updated after each forward.
+    across ranks, updated after each forward. `centering: sinkhorn_knopp` replaces centring + softmax by DINOv2's
+    Sinkhorn-Knopp teacher (Oquab et al. 2024; dinov2/loss/dino_clstoken_loss.py `sinkhorn_knopp_teacher`): SwAV's
+    equal-partition codes of exp(t / teacher_temp) over all global views of the global batch, `sinkhorn_iterations`
+    rounds; the centre is then not used nor updated, as there.
     """
 
     # buffers (register_buffer below)
@@ -37,10 +43,15 @@ class DINOLoss(nn.Module):
         warmup_teacher_temp: Temperature = 0.04,
         warmup_teacher_temp_steps: Count = 0,
         center_momentum: Fraction = 0.9,
+        centering: Literal["centering", "sinkhorn_knopp"] = "centering",
+        sinkhorn_iterations: PositiveInt = 3,
     ) -> None:
         super().__init__()
         if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0 or not 0 <= center_momentum < 1:
             raise ValueError("DINOLoss: temperatures must be > 0 and 0 <= center_momentum < 1")
+        if centering not in CENTERINGS:
+            raise ValueError(f"loss.centering must be one of {', '.join(CENTERINGS)}, got {centering!r}")
+        self.centering, self.sinkhorn_iterations = centering, sinkhorn_iterations
         self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
         self.warmup_teacher_temp_steps, self.center_momentum = warmup_teacher_temp_steps, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -57,9 +68,17 @@ class DINOLoss(nn.Module):
             return self.teacher_temp
         return self.warmup_teacher_temp + step / self.warmup_teacher_temp_steps * (self.teacher_temp - self.warmup_teacher_temp)
 
+    @torch.no_grad()
+    def teacher_targets(self, teacher_output: torch.Tensor) -> torch.Tensor:
+        """The teacher's target distributions (rows of (M, K)): softmax((t - centre) / temp), or Sinkhorn-Knopp codes
+        of all M rows together (all ranks' rows with them) with `centering: sinkhorn_knopp`."""
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn(teacher_output.float(), self.current_teacher_temp, self.sinkhorn_iterations)
+        return F.softmax((teacher_output.float() - self.center) / self.current_teacher_temp, dim=-1)
+
     @float32
     def forward(self, student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        teacher_probs = [F.softmax((t.float().detach() - self.center) / self.current_teacher_temp, dim=-1) for t in teacher_outputs]
+        teacher_probs = self.teacher_targets(torch.cat([t.detach() for t in teacher_outputs])).split([len(t) for t in teacher_outputs])
         student_log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_outputs]
         total: Any = 0.0  # a Tensor from the first pair on
         pairs = 0
@@ -76,7 +95,9 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
-        """center <- m * center + (1 - m) * mean of teacher outputs over the global batch."""
+        """center <- m * center + (1 - m) * mean of teacher outputs over the global batch (centring only)."""
+        if self.centering != "centering":
+            return
         batch_sum = teacher_output.float().sum(0, keepdim=True)
         count = torch.tensor(float(len(teacher_output)), device=batch_sum.device)
         if dist.is_distributed():

@@ -23,6 +23,8 @@ class IBOTPatchLoss(DINOLoss):
     global view: the student's from the masked view, the teacher's from the unmasked one), masks, G tensors (N, L), 1 =
     masked. Its own centre (the reference's `center2`) is an EMA of each image's mean patch output, averaged over the
     global batch; the teacher temperature warms up as DINOLoss's does (the reference: 0.04 -> 0.07 for patches).
+    With `centering: sinkhorn_knopp` (DINOv2's iBOTPatchLoss.sinkhorn_knopp_teacher) the targets of the masked patches
+    are Sinkhorn-Knopp codes over all masked patches of all global views (and ranks); unmasked patches get none.
     """
 
     @float32
@@ -34,11 +36,27 @@ class IBOTPatchLoss(DINOLoss):
     ) -> torch.Tensor:
         if not len(student_patches) == len(teacher_patches) == len(masks) >= 1:
             raise ValueError("IBOTPatchLoss: one student output, teacher output and mask per global view")
+        targets = self.patch_targets(teacher_patches, masks)
         total: Any = 0.0  # a Tensor from the first view on
-        for student, teacher, mask in zip(student_patches, teacher_patches, masks, strict=True):
-            target = F.softmax((teacher.float().detach() - self.center) / self.current_teacher_temp, dim=-1)
+        for student, target, mask in zip(student_patches, targets, masks, strict=True):
             per_patch = (-target * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)  # (N, L)
             weight = mask.float()
             total = total + ((per_patch * weight).sum(dim=-1) / weight.sum(dim=-1).clamp(min=1.0)).mean()
         self.update_center(torch.cat([t.mean(dim=1) for t in teacher_patches]))
         return total / len(masks)
+
+    @torch.no_grad()
+    def patch_targets(self, teacher_patches: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The teacher's distribution per patch, (N, L, K) per view: centred softmax of every patch, or Sinkhorn-Knopp
+        codes of the masked patches together (zeros elsewhere: only masked patches enter the loss)."""
+        if self.centering != "sinkhorn_knopp":
+            return [self.teacher_targets(t.detach()) for t in teacher_patches]
+        chosen = [m.bool() for m in masks]
+        codes = self.teacher_targets(torch.cat([t.detach()[m] for t, m in zip(teacher_patches, chosen, strict=True)]))
+        targets, start = [], 0
+        for t, m in zip(teacher_patches, chosen, strict=True):
+            target = torch.zeros(t.shape, dtype=codes.dtype, device=codes.device)
+            target[m] = codes[start : start + int(m.sum())]
+            targets.append(target)
+            start += int(m.sum())
+        return targets

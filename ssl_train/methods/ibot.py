@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from ssl_train.constraints import Count, Fraction, LossWeight, Number, PositiveInt, Temperature
+from ssl_train.heads import DINOHead
 from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.methods.common import encode_views
+from ssl_train.methods.gram import GramAnchor
 from ssl_train.methods.masks import beit_block_masks
-from ssl_train.methods.multicrop import DINOParts
+from ssl_train.methods.multicrop import DINOParts, freeze_last_layer
 from ssl_train.protocols import is_vit
 
 
@@ -24,6 +27,13 @@ class IBOTMethod(DINOParts):
     for each masked patch matches the teacher's for the same patch unmasked (IBOTPatchLoss, teacher temperature
     `patch_teacher_temp`, warming up from the loss's warmup_teacher_temp over the same steps), weighted `patch_weight`
     (lambda2 = 1 there). The class-token term reads the student's masked global views, as in the reference. ViTs only.
+    `patch_head` (a DINOHead given all but in_dim; None: the class token's head, iBOT's shared head) gives the patch
+    term a head of its own with its own EMA teacher copy (DINOv2's ibot_separate_head). `gram_weight` > 0 adds DINOv3's
+    Gram anchoring on the global views' patch tokens (methods/gram.py, GramAnchor; `gram_loss` a GramLoss).
+
+    DINOv2 as published (Oquab et al. 2024; facebookresearch/dinov2 ssl_meta_arch.py) is this class configured
+    (configs/method/dinov2.yaml): a separate patch head, Sinkhorn-Knopp teachers for both terms (loss.centering), the
+    same teacher-temperature warm-up for both, KoLeo 0.1 on the class tokens, a ViT with layer scale and drop-path.
     """
 
     backbone: Any  # a ViT (protocols.is_vit): tokens, pool, patch_size, out_dim, model; nn.Module's __getattr__ would type them Tensor | Module
@@ -44,6 +54,12 @@ class IBOTMethod(DINOParts):
         patch_teacher_temp: Temperature = 0.07,
         mask_ratio_range: Sequence[float] = (0.1, 0.5),
         masked_share: Annotated[float, Number(low=0, high=1, open_low=True)] = 0.5,
+        patch_head: Callable[..., nn.Module] | None = None,
+        gram_weight: LossWeight = 0.0,
+        gram_start: Count = 0,
+        gram_refresh_every: Count = 0,
+        gram_max_updates: int | None = None,
+        gram_loss: nn.Module | None = None,
         name: str = "ibot",
     ) -> None:
         super().__init__(backbone, projector, loss, name, (momentum_base, momentum_final), num_global_views, freeze_last_layer_epochs, koleo_weight)
@@ -57,10 +73,24 @@ class IBOTMethod(DINOParts):
             )
         self.patch_weight, self.masked_share, self.mask_ratio = patch_weight, masked_share, (low, high)
         self.mask_token = nn.Parameter(torch.zeros(self.backbone.out_dim))  # the reference's masked_embed, zeros at init
-        head, dino = self.projector, self.loss  # the DINOHead and DINOLoss check_dino_parts passed
+        built = patch_head(in_dim=self.backbone.out_dim) if patch_head is not None else None
+        if built is not None and not isinstance(built, DINOHead):
+            raise ValueError(f"method.patch_head must build a DINOHead (ssl_train.heads.DINOHead), got {type(built).__name__}")
+        self.patch_head: DINOHead | None = built
+        if self.patch_head is not None:
+            self.teacher["patch_head"] = copy.deepcopy(self.patch_head).requires_grad_(False)
+        head, dino = self.patch_head or self.projector, self.loss  # the DINOHead and DINOLoss check_dino_parts passed
         self.patch_loss = IBOTPatchLoss(
-            head.out_dim, dino.student_temp, patch_teacher_temp, dino.warmup_teacher_temp, dino.warmup_teacher_temp_steps, dino.center_momentum
+            head.out_dim,
+            dino.student_temp,
+            patch_teacher_temp,
+            dino.warmup_teacher_temp,
+            dino.warmup_teacher_temp_steps,
+            dino.center_momentum,
+            dino.centering,
+            dino.sinkhorn_iterations,
         )
+        self.gram = GramAnchor(self.teacher["backbone"], gram_loss, gram_weight, gram_start, gram_refresh_every, gram_max_updates)
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         num_global = min(self.num_global_views, len(views))
@@ -73,12 +103,13 @@ class IBOTMethod(DINOParts):
         tokens = self.backbone.tokens(images, masked=masks, mask_token=self.mask_token)
         features = [*self.backbone.pool(tokens).chunk(num_global), *encode_views(self.backbone, views[num_global:])]
         student = [self.projector(h) for h in features]
-        student_patches = self.projector(tokens[:, prefix:]).chunk(num_global)
+        student_patches = (self.patch_head or self.projector)(tokens[:, prefix:]).chunk(num_global)
         with torch.no_grad():
             teacher_backbone: Any = self.teacher["backbone"]  # the EMA copy of the ViT
             teacher_tokens = teacher_backbone.tokens(images)
             teacher = self.teacher["projector"](teacher_backbone.pool(teacher_tokens)).chunk(num_global)
-            teacher_patches = self.teacher["projector"](teacher_tokens[:, prefix:]).chunk(num_global)
+            teacher_patch_head = self.teacher["patch_head"] if self.patch_head is not None else self.teacher["projector"]
+            teacher_patches = teacher_patch_head(teacher_tokens[:, prefix:]).chunk(num_global)
         patch_loss = self.patch_loss(student_patches, teacher_patches, masks.chunk(num_global))
         logs = {
             "momentum": self.teacher.momentum,
@@ -87,11 +118,20 @@ class IBOTMethod(DINOParts):
             "masked_fraction": float(masks.float().mean()),
         }
         loss = self.koleo.add_to(self.loss(student, teacher) + self.patch_weight * patch_loss, features[:num_global], logs)
+        loss = self.gram.add_to(loss, tokens[:, prefix:], images, logs)
         return {"loss": loss, "features": features[0].detach(), "logs": logs}
+
+    def on_after_backward(self, step: int, epoch: int) -> None:
+        """No gradient for the last layer of either head in the first epoch(s) (DINOv2: every `last_layer`)."""
+        super().on_after_backward(step, epoch)
+        if epoch < self.freeze_last_layer_epochs and self.patch_head is not None:
+            freeze_last_layer(self.patch_head)
 
     @torch.no_grad()
     def on_optimizer_step(self, step: int, max_steps: int) -> None:
-        """EMA teacher update and both teacher-temperature schedules, pure functions of the step."""
-        self.teacher.follow(step, max_steps, backbone=self.backbone, projector=self.projector)
+        """EMA teacher update (heads included), both teacher-temperature schedules, the Gram teacher's schedule."""
+        heads = {"patch_head": self.patch_head} if self.patch_head is not None else {}
+        self.teacher.follow(step, max_steps, backbone=self.backbone, projector=self.projector, **heads)
         self.loss.set_step(step)
         self.patch_loss.set_step(step)
+        self.gram.follow(step, self.teacher["backbone"])

@@ -17,7 +17,7 @@ from ssl_train.losses.precision import float32_linear
 from ssl_train.methods.common import encode_views
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.queue import FeatureQueue
-from ssl_train.protocols import width_of
+from ssl_train.protocols import is_vit, width_of
 
 
 def check_dino_parts(projector: nn.Module, loss: nn.Module) -> tuple[DINOHead, DINOLoss]:
@@ -82,6 +82,14 @@ class DINOParts(nn.Module):
         """The official `cancel_gradients_last_layer`: no gradient for the head's last layer in the first epoch(s)."""
         if epoch < self.freeze_last_layer_epochs:
             freeze_last_layer(self.projector)
+
+    def train(self, mode: bool = True) -> DINOParts:
+        """A ViT's teacher stays in eval mode: no drop-path (DINO builds its teacher without, DINOv2 calls teacher.eval());
+        a CNN's teacher follows the mode, its batch-norm on batch statistics as in DINO's ResNet runs."""
+        super().train(mode)
+        if is_vit(self.backbone):
+            self.teacher.eval()
+        return self
 
 
 class DINOMethod(DINOParts):
