@@ -84,7 +84,7 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
 
 
 VIT_SMALL_RECIPES = {("experiment", p.stem) for p in (CONFIG_DIR / "experiment").glob("*_vit_small.yaml")}  # the ViT-S GPU recipes
-NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp"), *VIT_SMALL_RECIPES}
+NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "fsdp"), *VIT_SMALL_RECIPES}
 # options for sequence data, composed with the pieces that fit them (an image default would stop with one line)
 SEQUENCE_OPTIONS = {
     ("data", "seq_fashion_mnist"),
