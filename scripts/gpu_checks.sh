@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks in ONE call of at most 8 minutes (the limits below add up to 470 s), each log in ${OUT:-gpu_checks_out}/:
+# The CUDA checks in ONE call of at most 10 minutes (the limits below add up to 560 s), each log in ${OUT:-gpu_checks_out}/:
 #   1. quickstart_gpu: the quick start on a GPU (trainer=gpu: bf16-mixed, compile=auto -> torch.compile on, views made
 #      on the device), linear probe beside both baselines
 #   2. sync_debug: 20 steady-state steps of that run under torch.cuda.set_sync_debug_mode("error") (scripts/sync_debug.py)
@@ -9,6 +9,8 @@
 #   6. vit_recipes: the ViT-S/16 GPU recipes end to end (experiment=dino_vit_small, mocov3_vit_small) on a synthetic
 #      folder of 224 px JPEGs: images/s and peak memory (scripts/bench_recipes.py)
 #   7. ddp_one_gpu: trainer=ddp (NCCL, SyncBatchNorm) on one GPU: the DDP code path, not a multi-GPU equivalence
+#   8. dino_v2_v3: the DINOv2 ViT-S/14 and DINOv3-style ViT-S/16 (+ Gram teacher) recipes end to end as in 6: a few
+#      steady-state steps, images/s and peak memory (experiment=dinov2_vit_small, dinov3_vit_small)
 # Run from the repository root on a CUDA machine with ssl_train and its vit extra installed: bash scripts/gpu_checks.sh
 set -u
 out=${OUT:-gpu_checks_out}
@@ -35,6 +37,7 @@ check throughput_compiled "${COMPILED_LIMIT:-80}" python scripts/bench_throughpu
 check folder "${FOLDER_LIMIT:-50}" python scripts/bench_folder.py --images 3000 --rows per-sample:8 hybrid:8 --override trainer=gpu data.batch_size=256
 check vit_recipes "${VIT_LIMIT:-100}" python scripts/bench_recipes.py
 check ddp_one_gpu "${DDP_LIMIT:-35}" python -m ssl_train trainer=ddp trainer.devices=1 trainer.max_epochs=1 trainer.limit_train_batches=20 probe=false baseline=false paths.output_dir=/tmp/gpu_checks/ddp
+check dino_v2_v3 "${DINOV2_LIMIT:-90}" python scripts/bench_recipes.py --experiments dinov2_vit_small dinov3_vit_small --steps 5 --warmup 3
 # trainer=fsdp (issue 45; equivalence with DDP is tested on 2 gloo CPU processes, tests/test_fsdp_equivalence.py): FSDP2 on
 # one GPU (NCCL, bf16-mixed: bf16 gathers, fp32 reduce), DINO ViT-S (4 px patches, 28 px) with activation checkpointing, a sharded
 # last.ckpt, then its export (the gathered state dict -> model.safetensors)

@@ -147,3 +147,16 @@ def test_gpu_recipes_compose_and_step_on_cpu_with_tiny_inputs(experiment: str, t
     method.on_optimizer_step(62500, 125000)
     out = method(views)
     assert torch.isfinite(out["loss"]) and ("gram" in out["logs"]) == (experiment == "dinov3_vit_small")
+
+
+@pytest.mark.slow  # a whole run: ~15 s on 2 shared cores
+def test_dinov2_with_gram_anchoring_trains_from_the_config(tmp_path: Path) -> None:
+    from ssl_train.run import run
+
+    overrides = ["probe=false", "baseline=false", "method=dinov2", "backbone.model_kwargs.depth=1"]
+    metrics = run(compose_config([*overrides, "method.gram_weight=1.0", "method.gram_start=1", "method.gram_refresh_every=1"], tmp_path))
+    assert metrics["method"] == "dinov2" and metrics["steps"] == 2
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    teacher, gram = "method.teacher.backbone.model.blocks.0.attn.qkv.weight", "method.gram.backbone.model.blocks.0.attn.qkv.weight"
+    assert int(state["method.gram.updates"]) == 1 and torch.equal(state[gram], state[teacher])  # copied at step 1, refreshed at 2
+    assert not torch.equal(state[teacher], state["method.backbone.model.blocks.0.attn.qkv.weight"])
