@@ -112,3 +112,21 @@ def test_the_shipped_bands_are_valid_and_name_their_own_recipe() -> None:
         band = read_band(path)
         assert path.name.startswith(f"{band.recipe['method']}.") and len(band.seeds) >= 3
         assert band.curves["val/knn_top1"].fraction[0] <= 0.25  # an evaluation early enough for the alarm
+
+
+@pytest.mark.slow
+def test_the_bench_dry_run_writes_a_valid_band_of_its_tiny_recipe(tmp_path: Path) -> None:
+    """scripts/bench_reference.py --dry-run: 2 seeds of a 4-epoch tiny SimCLR, a band file that reads back, the table printed."""
+    import subprocess
+    import sys
+
+    from tests.fixtures import REPO
+
+    done = subprocess.run(
+        [sys.executable, "scripts/bench_reference.py", "--dry-run", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    band = read_band(tmp_path / "bands" / "simclr.default.json")
+    assert band.seeds == (0, 1) and band.recipe["train_limit"] == 256 and band.recipe["max_epochs"] == 4
+    assert band.curves["val/knn_top1"].fraction == (0.25, 0.5, 0.75, 1.0)  # evaluated every epoch of 4
+    assert "| simclr | quick | 2 | 25 %:" in done.stdout
