@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
-from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from ssl_train.data.recipes import ViewRecipe
 
@@ -57,31 +56,55 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
     return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] == 3 else x
 
 
-def _blend(a: torch.Tensor, b: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    return (ratio[:, None, None, None] * a + (1 - ratio[:, None, None, None]) * b).clamp_(0, 1)
+BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2  # the blend ops of ColorJitter; hue is the fourth (HUE)
+HUE = 3
+_HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # HSV -> RGB: channel c = V - C * clamp(min(k, 4 - k), 0, 1), k = (offset + 6 h) mod 6
 
 
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, torch.zeros_like(x), f)
+def _colour_blend(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_brightness / adjust_contrast / adjust_saturation, each sample its own op (BRIGHTNESS,
+    CONTRAST, SATURATION) and factor, in one blend: all three mix the image with a one-channel target (black, the grey
+    mean, the grey image). A factor of 1 leaves a sample exactly as it is (torch.lerp returns its end at weight 1)."""
+    grey = _grayscale(x)
+    op = op[:, None, None, None]
+    target = torch.where(op == BRIGHTNESS, 0.0, torch.where(op == CONTRAST, grey.mean(dim=(1, 2, 3), keepdim=True), grey))
+    return torch.lerp(target, x, factor[:, None, None, None]).clamp_(0, 1)
 
 
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), f)
-
-
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _grayscale(x).expand_as(x), f) if x.shape[1] == 3 else x
-
-
-def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """torchvision's adjust_hue (RGB -> HSV, hue + shift, -> RGB) per sample, without materialising HSV: the hue shift
+    keeps V (the max) and the chroma (max - min), so each channel is rebuilt from the shifted hue directly."""
     if x.shape[1] != 3:
         return x
-    hsv = _rgb_to_hsv(x)
-    hue = (hsv[:, 0] + f[:, None, None]) % 1.0
-    return _hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
+    r, g, b = x.unbind(1)
+    top, chroma = x.amax(dim=1), x.amax(dim=1) - x.amin(dim=1)
+    inverse = 1.0 / torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue6 = torch.where(top == r, (g - b) * inverse, torch.where(top == g, 2.0 + (b - r) * inverse, 4.0 + (r - g) * inverse))
+    offsets = torch.tensor(_HUE_CHANNEL_OFFSETS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + (hue6 + 6.0 * shift[:, None, None])[:, None], 6.0)
+    return top[:, None] - chroma[:, None] * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
-JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
+def apply_colour_jitter(x: torch.Tensor, applied: torch.Tensor, blend_factors: torch.Tensor, hue_shift: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """ColorJitter on a batch from its per-sample draws: `applied` (B,) bool, `blend_factors` (B, 3) for BRIGHTNESS,
+    CONTRAST, SATURATION, `hue_shift` (B,), `order` (B, 4) a permutation of the four ops per sample. Hue, the costly op,
+    runs once on the batch: each sample's blends before its hue, then hue, then its blends after (identity factors
+    elsewhere). Fixed shapes only: no boolean-mask indexing, no host-device sync, so a GPU keeps queuing."""
+    is_hue = order == HUE
+    hue_position = is_hue.to(torch.uint8).argmax(dim=1)  # how many blends come before the hue
+    blends = order.gather(1, torch.argsort(is_hue.to(torch.uint8), dim=1, stable=True)[:, :3])  # the 3 blends in order
+    colour = x.shape[1] == 3
+    for before_hue in (True, False):
+        for position in range(3):
+            op = blends[:, position]
+            active = applied & ((position < hue_position) if before_hue else (position >= hue_position))
+            if not colour:  # saturation leaves a one-channel image as it is
+                active = active & (op != SATURATION)
+            factor = torch.where(active, blend_factors.gather(1, op[:, None])[:, 0], 1.0)
+            x = _colour_blend(x, op, factor)
+        if before_hue and colour:
+            x = torch.where(applied[:, None, None, None], _hue(x, hue_shift), x)
+    return x
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -148,29 +171,10 @@ class BatchedView(nn.Module):
         """ColorJitter with probability jitter_prob, each sample with its own factors and its own random op order."""
         n, s, device = x.shape[0], self.recipe.jitter_strength, x.device
         applied = torch.rand(n, device=device) < self.recipe.jitter_prob
-        factors = [
-            _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
-            _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
-            _uniform(n, max(0.0, 1 - 0.4 * s), 1 + 0.4 * s, device),
-            _uniform(n, -0.1 * s, 0.1 * s, device),
-        ]
+        blend_factors = torch.empty(n, 3, device=device).uniform_(max(0.0, 1 - 0.4 * s), 1 + 0.4 * s)
+        hue_shift = _uniform(n, -0.1 * s, 0.1 * s, device)
         order = torch.rand(n, 4, device=device).argsort(dim=1)  # a random permutation of the 4 ops per sample
-        identity = (1.0, 1.0, 1.0, 0.0)  # the factor at which each op leaves an image as it is
-        for slot in range(4):
-            for op_index, op in enumerate(JITTER_OPS):
-                if op is _hue and x.shape[1] != 3:
-                    continue
-                rows = applied & (order[:, slot] == op_index)
-                # every sample goes through the op, at its own factor where drawn for this slot and at the identity factor
-                # elsewhere (the blends are then exact no-ops); the hue round trip is not, so it is kept only where drawn.
-                # Whole-batch ops keep shapes fixed: no boolean-mask indexing, no host-device sync (a GPU keeps queuing)
-                if op is _hue and x.device.type == "cpu":  # on a CPU a mask costs no sync, and hue on all rows 4x the work
-                    if rows.any():
-                        x[rows] = _hue(x[rows], factors[op_index][rows])
-                    continue
-                factor = torch.where(rows, factors[op_index], identity[op_index])
-                x = torch.where(rows[:, None, None, None], op(x, factor), x) if op is _hue else op(x, factor)
-        return x
+        return apply_colour_jitter(x, applied, blend_factors, hue_shift, order)
 
 
 class BatchedMultiView(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ssl_train.data.batched_views import BatchedView, _brightness, _contrast, _hue, _saturation, sample_crop_boxes
+from ssl_train.data.batched_views import BRIGHTNESS, CONTRAST, SATURATION, BatchedView, _colour_blend, _hue, apply_colour_jitter, sample_crop_boxes
 from ssl_train.data.loader_crops import TRIES, LoaderCrops, crop_box, resized_crop_uint8
 from ssl_train.data.recipes import ViewRecipe
 from ssl_train.data.views import MultiViewTransform
@@ -40,20 +40,46 @@ def test_flip_rate_and_independent_draws() -> None:
     assert flipped.float().mean().item() == pytest.approx(0.5, abs=0.03)
 
 
-@pytest.mark.parametrize(
-    ("ours", "theirs", "factor"),
-    [
-        (_brightness, TF.adjust_brightness, 1.3),
-        (_contrast, TF.adjust_contrast, 0.7),
-        (_saturation, TF.adjust_saturation, 1.2),
-        (_hue, TF.adjust_hue, 0.08),
-    ],
-)
-def test_each_jitter_op_matches_torchvision(ours, theirs, factor: float) -> None:
+TORCHVISION_JITTER = {BRIGHTNESS: TF.adjust_brightness, CONTRAST: TF.adjust_contrast, SATURATION: TF.adjust_saturation}
+
+
+@pytest.mark.parametrize(("op", "factor"), [(BRIGHTNESS, 1.3), (CONTRAST, 0.7), (SATURATION, 1.2)])
+def test_each_blend_op_matches_torchvision(op: int, factor: float) -> None:
     x = torch.rand(4, 3, 8, 8)
-    factors = torch.tensor([factor, 1.0, factor, 1.0]) if ours is not _hue else torch.tensor([factor, 0.0, -factor, 0.0])
-    expected = torch.stack([theirs(x[i], float(factors[i])) for i in range(4)])
-    torch.testing.assert_close(ours(x.clone(), factors), expected, atol=1e-4, rtol=0)
+    factors = torch.tensor([factor, 1.0, factor, 1.0])
+    expected = torch.stack([TORCHVISION_JITTER[op](x[i], float(factors[i])) for i in range(4)])
+    torch.testing.assert_close(_colour_blend(x.clone(), torch.full((4,), op), factors), expected, atol=1e-4, rtol=0)
+    assert torch.equal(_colour_blend(x.clone(), torch.full((4,), op), factors)[1], x[1])  # factor 1: exactly unchanged
+
+
+def test_hue_matches_torchvision_including_greys_and_extremes() -> None:
+    x = torch.rand(6, 3, 8, 8)
+    x[0] = 0.5  # grey: no hue
+    x[1, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    x[2, :, 0, 0] = torch.tensor([0.0, 0.0, 0.0])
+    shifts = torch.tensor([0.08, 0.0, -0.5, 0.5, -0.013, 0.3])
+    expected = torch.stack([TF.adjust_hue(x[i], float(shifts[i])) for i in range(6)])
+    torch.testing.assert_close(_hue(x, shifts), expected, atol=1e-5, rtol=0)
+
+
+def test_colour_jitter_equals_torchvision_in_each_samples_own_order() -> None:
+    """The batched jitter (hue once for the batch, blends before and after it) gives each sample exactly torchvision's
+    ops in that sample's drawn order, and leaves the samples not drawn unchanged; 1-channel images skip saturation."""
+    torch.manual_seed(0)
+    n = 48
+    for channels in (3, 1):
+        x = torch.rand(n, channels, 6, 6)
+        applied = torch.rand(n) < 0.75
+        factors, shifts = torch.empty(n, 3).uniform_(0.6, 1.4), torch.empty(n).uniform_(-0.1, 0.1)
+        order = torch.rand(n, 4).argsort(dim=1)
+        ops = {**TORCHVISION_JITTER, 3: TF.adjust_hue}
+        expected = []
+        for i in range(n):
+            image = x[i]
+            for op in order[i].tolist() if applied[i] else []:
+                image = ops[op](image, float(shifts[i] if op == 3 else factors[i, op]))
+            expected.append(image)
+        torch.testing.assert_close(apply_colour_jitter(x.clone(), applied, factors, shifts, order), torch.stack(expected), atol=1e-5, rtol=0)
 
 
 def test_jitter_factor_ranges_and_per_sample_order() -> None:
