@@ -291,3 +291,33 @@ def separable_images(n: int, generator: torch.Generator) -> torch.utils.data.Ten
     for i, c in enumerate(labels):
         images[i, :, 7 * c : 7 * c + 7] += 2.0  # class c: a bright band
     return torch.utils.data.TensorDataset(images, labels)
+
+
+def make_shards(root: Path, per_class: int = 12, shard_size: int = 6, corrupt: int = 0) -> Path:
+    """root/shards: a 4-class image folder (per_class x 4 train and val images of 40 px) written by `toolkit shard`."""
+    from ssl_train.toolkit.shard import shard_data
+
+    folder = make_image_folder(root / "folder", n_per_class=per_class, classes=4, size=40, corrupt=corrupt)
+    shard_data("image_folder", [f"data.source.root={folder}", "data.source.train_limit=null", "data.source.test_limit=null"], root / "shards", shard_size)
+    return root / "shards"
+
+
+def make_hf_dataset(root: Path, per_class: int = 6, classes: int = 4, captions: bool = False, corrupt: int = 0) -> Path:
+    """A `save_to_disk` DatasetDict (train, test) of 40 px PNGs in an Image column, a ClassLabel, optional captions."""
+    import datasets
+    from torchvision.io import encode_png
+
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"class_{c}" for c in range(classes)])}
+    splits = {}
+    for split, seed in (("train", 0), ("test", 1)):
+        images, labels = class_images(per_class * classes, 3, 40, seed)
+        rows: dict[str, list] = {"image": [{"bytes": encode_png(torch.from_numpy(im)).numpy().tobytes(), "path": None} for im in images]}
+        rows["label"] = [int(c) % classes for c in labels]
+        if split == "train":
+            for i in range(corrupt):
+                rows["image"][i] = {"bytes": b"\x89PNG\r\n\x1a\n broken", "path": None}
+        if captions:
+            rows["text"] = [f"a picture of class {c}" for c in rows["label"]]
+        splits[split] = datasets.Dataset.from_dict(rows, features=datasets.Features({**features, **({"text": datasets.Value("string")} if captions else {})}))
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    return root

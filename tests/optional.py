@@ -55,6 +55,8 @@ OPTIONAL: dict[str, Need] = {
     "transformers": Need(_module("transformers"), "pip install -e '.[hf]'"),
     "tokenizers": Need(_module("tokenizers"), "pip install -e '.[text]'"),
     "open_clip": Need(_module("open_clip"), "pip install open_clip_torch"),
+    "webdataset": Need(_module("webdataset"), "pip install -e '.[shards]'"),
+    "datasets": Need(_module("datasets"), "pip install -e '.[hfdata]'"),
     "wandb": Need(_module("wandb"), "pip install -e '.[trackers]'"),
     "mlflow": Need(_module("mlflow"), "pip install -e '.[trackers]'"),
 }
@@ -66,6 +68,9 @@ MODULE_NEEDS = {
     "ssl_train.data.graph_views": "torch_geometric",
     "ssl_train.encoders.timm_encoder": "timm",
     "ssl_train.eval.lora": "peft",
+    "ssl_train.data.shards": "webdataset",
+    "ssl_train.data.shard_stream": "webdataset",
+    "ssl_train.data.hf_datasets": "datasets",
 }
 
 

@@ -16,9 +16,11 @@ from tests.fixtures import (
     make_audio_folder,
     make_cifar,
     make_graph_arrays,
+    make_hf_dataset,
     make_hf_model,
     make_image_folder,
     make_sequence_arrays,
+    make_shards,
     make_stl10,
 )
 from tests.optional import require
@@ -78,6 +80,10 @@ def data_fixture(option: str, tmp_path: Path) -> list[str]:
         (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
         where = f"data.source.root={tmp_path / 'pairs'}" if option == "caption_folder" else f"data.source.path={tmp_path / 'pairs.csv'}"
         return [where, "data.source.image_size=16", "data.batch_size=4", "data.num_workers=0"]
+    if option in ("webdataset", "hf_dataset"):  # tar shards / a saved Hugging Face dataset of a tiny image folder
+        require("webdataset" if option == "webdataset" else "datasets")
+        where = f"data.source.urls={make_shards(tmp_path)}" if option == "webdataset" else f"data.source.path={make_hf_dataset(tmp_path / 'hf')}"
+        return [where, *no_limits]
     if option == "unlabeled_folder":
         return [f"data.source.root={make_image_folder(tmp_path / 'u')}/train", f"data.source.probe.root={make_image_folder(tmp_path / 'l')}", *no_limits]
     return []

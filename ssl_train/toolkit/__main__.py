@@ -1,4 +1,5 @@
-"""`python -m ssl_train.toolkit COMMAND --ckpt PATH [options]`: export, embed, search, anomaly, map, views, attention.
+"""`python -m ssl_train.toolkit COMMAND --ckpt PATH [options]`: export, embed, search, anomaly, map, views, attention;
+`python -m ssl_train.toolkit shard --data OPTION --out DIR`: a data option as WebDataset shards (ssl_train.toolkit.shard).
 
 Outputs go to a new folder beside the checkpoint (<ckpt dir>/<command>[-N]) unless --out is given; nothing is overwritten.
 Data defaults to the checkpoint's own training data; --data OPTION picks another config of configs/data
@@ -32,6 +33,7 @@ from ssl_train.toolkit.anomaly import auroc, knn_anomaly_scores, mahalanobis_sco
 from ssl_train.toolkit.export import export_backbone
 from ssl_train.toolkit.pictures import attention_grid, save_map, view_grid
 from ssl_train.toolkit.search import knn_search, label_recall_at_k
+from ssl_train.toolkit.shard import add_parser as add_shard_parser
 
 
 def _datamodule(args: argparse.Namespace, train_cfg: Any, views: Any = None) -> SSLDataModule:
@@ -184,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     commands.choices["map"].add_argument("--method", choices=["auto", "umap", "tsne", "pca"], default="auto")
     commands.choices["views"].add_argument("--count", type=int, default=8, help="how many images")
     commands.choices["attention"].add_argument("--count", type=int, default=8, help="how many test images")
+    add_shard_parser(commands)  # reads a data option, not a checkpoint
     return main
 
 
