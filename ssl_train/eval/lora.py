@@ -1,5 +1,7 @@
-"""LoRA fine-tuning evaluation (Hu et al., ICLR 2022): low-rank adapters on the encoder's layers plus a linear head are
-trained, the pretrained weights stay frozen — no forgetting, one small adapter per downstream task (the `peft` library)."""
+"""LoRA fine-tuning evaluation: low-rank adapters (LoRA, Hu et al., ICLR 2022, proposed for adapting language models;
+used here as a parameter-efficient alternative to eval=finetune, not a protocol of that paper) on the encoder's layers
+plus a linear head are trained, the pretrained weights stay frozen — no forgetting, one small adapter per downstream
+task (the `peft` library)."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ def _peft() -> Any:
 
 
 def lora_targets(encoder: nn.Module) -> list[str]:
-    """The layers LoRA adapts by default: a ViT's attention projections (`qkv`, as in the LoRA paper's W_q, W_v), else
-    every convolution and linear layer (CNNs)."""
+    """The layers LoRA adapts by default: a ViT's fused attention input projection `qkv` (W_q, W_k and W_v together; the
+    LoRA paper's GPT-3 runs adapt W_q and W_v only), else every convolution and linear layer (CNNs)."""
     names = [name for name, module in encoder.named_modules() if isinstance(module, nn.Linear) and name.split(".")[-1] == "qkv"]
     return names or [name for name, module in encoder.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
 

@@ -1,5 +1,7 @@
-"""Low-label evaluation: a linear probe on frozen features fitted on 1% / 10% of the train labels (the semi-supervised
-protocol of SimCLR and BYOL, class-balanced) and on k labelled samples per class, over fixed seeds: mean +- std."""
+"""Low-label evaluation: a linear probe on frozen features fitted on 1% / 10% of the train labels (class-balanced; SimCLR's
+and BYOL's label budgets, though their semi-supervised protocol fine-tunes the whole network: eval=finetune) and on k
+labelled samples per class, over fixed seeds: mean +- std (the frozen-feature low-shot protocol of MSN, Assran et al.,
+ECCV 2022: logistic regression on 1 / 2 / 5 images per class and 1% of the labels, over 3 splits)."""
 
 from __future__ import annotations
 
