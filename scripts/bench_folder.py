@@ -7,10 +7,13 @@ Then, in one run: SimCLR's defaults (`data=image_folder data.source.image_size=3
 for each path and loader setting (steady-state images/s after `--warmup` steps), and the ceiling: the same method and
 backbone stepping in a plain PyTorch loop on pre-made views of the same shapes (no loader, no augmentation).
 
+A `shards:N` row trains from the same images written once as WebDataset shards (`python -m ssl_train.toolkit shard`,
+1000 per shard) with `data=webdataset`: the hybrid path streamed from tar files instead of one file per image.
+
 The ceiling is measured before and after the rows (their mean is the reference); the run waits for a 1-minute load
 average below --quiet-load first.
 
-Run: python scripts/bench_folder.py [--images 5000] [--steps 30] [--warmup 5] [--rows per-sample:1 hybrid:1 hybrid:2 hybrid:0]
+Run: python scripts/bench_folder.py [--images 5000] [--steps 30] [--warmup 5] [--rows per-sample:1 hybrid:1 hybrid:2 hybrid:0 shards:2]
      [--override data.batch_size=128 ...]
 """
 
@@ -39,7 +42,7 @@ QUIET = [
     "callbacks.history=null",
     "callbacks.preemption=null",
 ]
-PATHS = {"per-sample": "false", "hybrid": "auto"}
+PATHS = {"per-sample": "false", "hybrid": "auto", "shards": "auto"}
 
 
 def make_folder(root: Path, n_train: int, n_val: int = 500, seed: int = 0) -> Path:
@@ -100,6 +103,23 @@ def overrides_for(root: Path, on_device: str, workers: int, steps: int, out: str
     ]
 
 
+def shards_of(root: Path) -> Path:
+    """The folder's images as WebDataset shards beside it (written once by the shard tool; needs pip install -e '.[shards]')."""
+    from ssl_train.toolkit.shard import shard_data
+
+    shards = root.with_name(root.name + "-shards")
+    if not (shards / "sizes.json").is_file():
+        limits = ["data.source.train_limit=null", "data.source.test_limit=null"]
+        shard_data("image_folder", [f"data.source.root={root}", *limits], shards, 1000)
+    return shards
+
+
+def as_shards(overrides: list[str], shards: Path) -> list[str]:
+    """A row's overrides reading the shards (data=webdataset) instead of the folder."""
+    swap = {"data=image_folder": "data=webdataset"}
+    return [swap.get(o, f"data.source.urls={shards}" if o.startswith("data.source.root=") else o) for o in overrides]
+
+
 def end_to_end(overrides: list[str], warmup: int) -> tuple[float, object]:
     """Steady-state training images/s of the config, and the built run (its first batch makes the ceiling's views)."""
     pl.seed_everything(0, verbose=False)
@@ -147,7 +167,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "ssl_train" / "bench_folder")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rows", nargs="*", default=["per-sample:1", "hybrid:1", "hybrid:2", "hybrid:0"], help="path:num_workers (per-sample or hybrid)")
+    parser.add_argument(
+        "--rows", nargs="*", default=["per-sample:1", "hybrid:1", "hybrid:2", "hybrid:0"], help="path:num_workers (per-sample, hybrid or shards)"
+    )
     parser.add_argument("--override", nargs="*", default=[], help="config overrides for every row and the ceiling")
     parser.add_argument("--quiet-load", type=float, default=0.7, help="start once the 1-minute load average is below this (waits up to --max-wait s)")
     parser.add_argument("--max-wait", type=float, default=600)
@@ -167,7 +189,8 @@ def main() -> None:
         rows = []
         for row in args.rows:
             path, workers = row.split(":")
-            rate, _ = end_to_end(overrides_for(root, PATHS[path], int(workers), args.warmup + args.steps, out, args.override), args.warmup)
+            overrides = overrides_for(root, PATHS[path], int(workers), args.warmup + args.steps, out, args.override)
+            rate, _ = end_to_end(as_shards(overrides, shards_of(root)) if path == "shards" else overrides, args.warmup)
             rows.append((f"{path}, {workers} worker(s)", rate, os.getloadavg()[0]))
             print(f"{rows[-1][0]}: {rate:.0f} images/s (load average {rows[-1][2]:.2f}, this run included)", flush=True)
         top, shapes = ceiling(ceiling_overrides, args.steps, args.warmup)
