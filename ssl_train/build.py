@@ -186,7 +186,7 @@ def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     checkpoint_io = AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))
     trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[checkpoint_io])
-    if cfg.trainer.get("sync_batchnorm") and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
+    if cfg.trainer.get("sync_batchnorm") and trainer.world_size > 1 and trainer.accelerator.__class__.__name__ == "CPUAccelerator":  # one process: a no-op
         raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); on CPU use backbone.norm=group")
     datamodule = build_datamodule(cfg.data, views=instantiate("augment", cfg.augment), world_size=trainer.world_size)
     check_components_fit(cfg, datamodule.splits.modality)
