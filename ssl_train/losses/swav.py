@@ -42,7 +42,9 @@ class SwAVLoss(nn.Module):
 
     Paper eq. (1)-(3). Inputs: scores, a list of V tensors (N, K) of prototype scores (cosine similarities;
     global views first); `num_global` views get codes by Sinkhorn-Knopp (`epsilon`, `sinkhorn_iterations`).
-    Optional `queue_scores` (list per global view of (Q, K)) extend the batch for Sinkhorn as in the paper.
+    Optional `queue_scores` (list per global view of (Q, K)) extend the batch for Sinkhorn as in the paper. Under DDP the
+    queue is the same on every rank (FeatureQueue gathers), so rank r adds rows r, r + world, ...: Sinkhorn, whose sums
+    run over all ranks, sees each queued row once, as the reference's per-rank queues of queue_length / world rows.
     """
 
     def __init__(self, temperature: Temperature = 0.1, epsilon: Positive = 0.05, sinkhorn_iterations: PositiveInt = 3) -> None:
@@ -60,7 +62,10 @@ class SwAVLoss(nn.Module):
         for i in range(num_global):
             s = scores[i].detach()
             if queue_scores is not None:
-                s = torch.cat([s, queue_scores[i].detach()])
+                queued = queue_scores[i].detach()
+                if dist.is_distributed():  # every rank holds the same gathered queue: each row joins Sinkhorn once
+                    queued = queued[dist.rank() :: dist.world_size()]
+                s = torch.cat([s, queued])
             codes = sinkhorn(s, self.epsilon, self.sinkhorn_iterations)[: len(scores[i])]
             for j, p in enumerate(scores):
                 if j == i:
