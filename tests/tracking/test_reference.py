@@ -107,10 +107,10 @@ def test_band_curves_are_mean_and_sample_spread_over_runs_at_shared_fractions() 
 
 def test_the_shipped_bands_are_valid_and_name_their_own_recipe() -> None:
     bands, problems = load_bands(PACKAGE_BANDS)
-    assert problems == []
+    assert problems == [] and (PACKAGE_BANDS / "simclr.default.json").is_file()  # the default recipe's band ships
     for path in PACKAGE_BANDS.glob("*.json"):
         band = read_band(path)
-        assert path.name.startswith(f"{band.recipe['method']}.") and len(band.seeds) >= 3
+        assert path.name.startswith(f"{band.recipe['method']}.") and len(band.seeds) >= 2  # a spread needs two seeds
         assert band.curves["val/knn_top1"].fraction[0] <= 0.25  # an evaluation early enough for the alarm
 
 
