@@ -47,7 +47,18 @@ def final_token_norm(backbone: nn.Module) -> nn.Module:
     pooled vector instead (fc_norm). Identity when the ViT already normalises its tokens (or has no final norm at all)."""
     model = getattr(backbone, "model", None)
     moved = isinstance(getattr(model, "norm", None), nn.Identity) and not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity)
-    return nn.LayerNorm(int(getattr(backbone, "out_dim", 0)), eps=1e-6) if moved else nn.Identity()
+    if not moved:
+        return nn.Identity()
+    norm = nn.LayerNorm(int(getattr(backbone, "out_dim", 0)), eps=1e-6)
+    norm._register_load_state_dict_pre_hook(_initial_values_where_missing, with_module=True)
+    return norm
+
+
+def _initial_values_where_missing(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """A checkpoint written before this norm existed (MAE and I-JEPA before it was added) loads with the norm's initial
+    values (weight 1, bias 0) instead of failing on missing keys; the backbone's features do not depend on it."""
+    for key, value in module.state_dict().items():
+        state_dict.setdefault(prefix + key, value)
 
 
 def transformer_blocks(dim: int, depth: int, heads: int) -> nn.Sequential:

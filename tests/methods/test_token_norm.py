@@ -10,6 +10,7 @@ from ssl_train.encoders.timm_encoder import TimmEncoder
 from ssl_train.losses import LatentPredictionLoss, MaskedPixelLoss
 from ssl_train.methods.ijepa import IJEPAMethod
 from ssl_train.methods.mae import MAEMethod
+from ssl_train.methods.patches import final_token_norm
 
 pytest.importorskip("timm")
 
@@ -45,3 +46,18 @@ def test_mae_decoder_and_ijepa_predictor_get_normalised_tokens(global_pool: str)
     if global_pool == "avg":
         assert mae.encoder_norm.weight.grad is not None and ijepa.encoder_norm.weight.grad is not None  # trained
         assert isinstance(ijepa.target["encoder_norm"], torch.nn.LayerNorm)  # the target encoder has its EMA copy
+
+
+def test_checkpoints_from_before_the_norm_still_load() -> None:
+    """A state dict without the encoder_norm keys (MAE and I-JEPA checkpoints written before it existed) loads strictly,
+    with the norm at its initial values; a stored norm is loaded as stored."""
+    torch.manual_seed(0)
+    norm = final_token_norm(_vit("avg"))
+    holder = torch.nn.ModuleDict({"encoder_norm": norm})
+    with torch.no_grad():
+        norm.weight.fill_(3.0)
+    holder.load_state_dict({}, strict=True)
+    assert isinstance(norm, torch.nn.LayerNorm) and torch.equal(norm.weight, torch.full_like(norm.weight, 3.0))  # kept: nothing stored
+    stored = {"encoder_norm.weight": torch.full_like(norm.weight, 2.0), "encoder_norm.bias": torch.zeros_like(norm.bias)}
+    holder.load_state_dict(stored, strict=True)
+    assert torch.equal(norm.weight, stored["encoder_norm.weight"])
