@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ssl_train.losses.dgi import DeepGraphInfomaxLoss
+from ssl_train.methods.legacy import local_network_before_its_norm
 from ssl_train.protocols import FeatureMapEncoder, GraphEncoder, width_of
 
 
@@ -23,6 +24,7 @@ class LocalMutualInformationNet(nn.Module):
         self.block = nn.Sequential(nn.Conv1d(in_dim, out_dim, 1, bias=False), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True), nn.Conv1d(out_dim, out_dim, 1))
         self.shortcut = nn.Conv1d(in_dim, out_dim, 1, bias=False)
         self.norm = nn.LayerNorm(out_dim)
+        self._register_load_state_dict_pre_hook(local_network_before_its_norm, with_module=True)
         if out_dim >= in_dim:
             with torch.no_grad():
                 self.shortcut.weight.uniform_(-0.01, 0.01)

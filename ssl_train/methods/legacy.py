@@ -3,7 +3,10 @@ settings the constructors take today, so an old run's config still builds its me
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: trust.py reads the settings rewrite without importing torch
+    from torch import nn
 
 QUEUE = "ssl_train.methods.queue.FeatureQueue"
 TARGET_NETWORK, DINO, IBOT = "ssl_train.methods.TargetNetworkMethod", "ssl_train.methods.DINOMethod", "ssl_train.methods.ibot.IBOTMethod"
@@ -27,3 +30,19 @@ def current_method_settings(method: dict[str, Any]) -> dict[str, Any]:
         if ibot["patch_weight"] > 0:
             method.update(ibot, _target_=IBOT)
     return method
+
+
+def initial_values_where_missing(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """A load_state_dict pre-hook (with_module=True) for a module added to a method after checkpoints of it were written
+    (MAE's and I-JEPA's final token norm, DIM's local network's norm): its missing keys take the module's current (initial)
+    values, so an old checkpoint still loads strictly; the backbone, what evaluation reads, is loaded as stored."""
+    for key, value in module.state_dict().items():
+        state_dict.setdefault(prefix + key, value)
+
+
+def local_network_before_its_norm(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """DIM checkpoints written before its local network became the reference's (a biased shortcut, no LayerNorm): the
+    shortcut's bias is dropped and the norm starts at its initial values."""
+    if prefix + "norm.weight" not in state_dict:
+        state_dict.pop(prefix + "shortcut.bias", None)
+    initial_values_where_missing(module, state_dict, prefix)

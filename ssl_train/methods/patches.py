@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ssl_train.methods.legacy import initial_values_where_missing
+
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, L, patch^2 * C) non-overlapping patches in row-major order, pixels of a patch (row, col, channel)."""
@@ -50,15 +52,8 @@ def final_token_norm(backbone: nn.Module) -> nn.Module:
     if not moved:
         return nn.Identity()
     norm = nn.LayerNorm(int(getattr(backbone, "out_dim", 0)), eps=1e-6)
-    norm._register_load_state_dict_pre_hook(_initial_values_where_missing, with_module=True)
+    norm._register_load_state_dict_pre_hook(initial_values_where_missing, with_module=True)  # MAE / I-JEPA checkpoints from before it
     return norm
-
-
-def _initial_values_where_missing(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
-    """A checkpoint written before this norm existed (MAE and I-JEPA before it was added) loads with the norm's initial
-    values (weight 1, bias 0) instead of failing on missing keys; the backbone's features do not depend on it."""
-    for key, value in module.state_dict().items():
-        state_dict.setdefault(prefix + key, value)
 
 
 def transformer_blocks(dim: int, depth: int, heads: int) -> nn.Sequential:

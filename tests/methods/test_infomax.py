@@ -12,6 +12,7 @@ from ssl_train.encoders.resnet import SmallResNet, TorchvisionResNet
 from ssl_train.heads import MutualInformationNet
 from ssl_train.losses import DeepInfoMaxLoss
 from ssl_train.methods import DeepInfoMaxMethod
+from ssl_train.methods.infomax import LocalMutualInformationNet
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +76,6 @@ def test_dim_method_trains_backbone_through_the_local_and_global_paths() -> None
 
 
 def test_local_mi_network_is_the_references_layer_normalised_1x1_net_with_an_identity_like_shortcut() -> None:
-    from ssl_train.methods.infomax import LocalMutualInformationNet
 
     torch.manual_seed(0)
     net = LocalMutualInformationNet(4, 6)
@@ -91,3 +91,16 @@ def test_local_mi_network_is_the_references_layer_normalised_1x1_net_with_an_ide
     torch.testing.assert_close(out.mean(1), torch.zeros(3, 7), atol=1e-5, rtol=0)
     wider_in = LocalMutualInformationNet(6, 4)  # out < in: no identity to start from, the default init stays
     assert wider_in.shortcut.weight.abs().max() < 1.0
+
+
+def test_local_network_loads_checkpoints_from_before_its_norm() -> None:
+    """A DIM checkpoint written with the earlier local network (biased shortcut, no norm) loads strictly: the shortcut's
+    weight and the block as stored, the bias dropped, the norm at its initial values."""
+    torch.manual_seed(0)
+    net = LocalMutualInformationNet(4, 8)
+    old = {k: torch.randn_like(v) for k, v in net.state_dict().items() if not k.startswith("norm.") and not k.endswith("num_batches_tracked")}
+    old["shortcut.bias"], old["block.1.num_batches_tracked"] = torch.randn(8), torch.tensor(3)
+    fresh = LocalMutualInformationNet(4, 8)
+    fresh.load_state_dict(old, strict=True)
+    assert torch.equal(fresh.shortcut.weight, old["shortcut.weight"]) and torch.equal(fresh.block[0].weight, old["block.0.weight"])
+    assert torch.equal(fresh.norm.weight, torch.ones(8)) and torch.equal(fresh.norm.bias, torch.zeros(8))
