@@ -171,7 +171,7 @@ def _split_pairs(
 
 
 def split_settings(test_fraction: float, train_limit: Limit, test_limit: Limit, max_pixels: int) -> tuple[tuple[Limit, Limit], int]:
-    """Check a caption folder's or table's test_fraction and max_pixels; returns its (train, test) limits and max_pixels."""
+    """Check a caption folder's, caption table's or HF dataset's test_fraction and max_pixels; returns its (train, test) limits and max_pixels."""
     if not 0 < test_fraction < 1:
         raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
     return (train_limit, test_limit), check_max_pixels(max_pixels)

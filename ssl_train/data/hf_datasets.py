@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from ssl_train.constraints import Limit, OpenFraction, PositiveInt
-from ssl_train.data.captions import PairDataset, pair_splits
+from ssl_train.data.captions import PairDataset, pair_splits, split_settings
 from ssl_train.data.datasets import InputSpec, Splits
-from ssl_train.data.folders import IMAGENET_MEAN, IMAGENET_STD, check_max_pixels
+from ssl_train.data.folders import IMAGENET_MEAN, IMAGENET_STD
 from ssl_train.data.image_bytes import EncodedImages
 from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS
 from ssl_train.errors import DataNotFoundError, UserError
@@ -89,13 +89,10 @@ class HFDatasetSource:
         test_limit: Limit = None,
         max_pixels: PositiveInt = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.max_pixels = check_max_pixels(max_pixels)
-        if not 0 < test_fraction < 1:
-            raise UserError(f"data.source.test_fraction must be in (0, 1), got {test_fraction}")
+        self.limits, self.max_pixels = split_settings(test_fraction, train_limit, test_limit, max_pixels)
         self.path, self.columns = Path(path).expanduser(), {"image_column": image_column, "label_column": label_column, "caption_column": caption_column}
         self.train_split, self.test_split, self.test_fraction = train_split, test_split, test_fraction
         self.image_size, self.channels, self.mean, self.std, self.tokenizer = image_size, channels, tuple(mean), tuple(std), tokenizer
-        self.limits = (train_limit, test_limit)
 
     def tables(self) -> tuple[Any, Any]:
         """(train, test) datasets.Dataset: the named splits, or train with test_fraction held out (fixed seed)."""
