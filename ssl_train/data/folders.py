@@ -8,80 +8,39 @@ place) and counted, never a crash mid-epoch. An animated GIF is served as its fi
 
 from __future__ import annotations
 
-import multiprocessing
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from ssl_train.constraints import Limit, PositiveInt
 from ssl_train.data.datasets import InputSpec, Splits, limited
-from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS, check_image, first_gif_frame
+from ssl_train.data.image_bytes import EncodedImages
+from ssl_train.data.image_guard import DEFAULT_MAX_PIXELS
 from ssl_train.errors import DataNotFoundError, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(EncodedImages):
     """Decode image files to uint8 (C, H, W) tensors; corrupt files are skipped (next file served) and counted.
 
-    A process-shared flag per file marks the bad ones (each warned about once, then skipped without decoding),
-    so skips inside DataLoader workers are visible to the trainer as `skipped`.
+    The skip-and-count logic (a process-shared flag per file, each bad one warned about once) is EncodedImages';
+    a file is read once, so the bytes checked are the bytes decoded.
     """
 
+    corrupt_hint = "is the dataset folder corrupt?"
+
     def __init__(self, paths: list[Path], labels: list[int], channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        if not paths:
-            raise UserError("an image folder split holds no images")
-        self.paths, self.labels, self.max_pixels = paths, labels, max_pixels
-        self.mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-        self._bad = multiprocessing.get_context("fork").Array("b", len(paths), lock=False)
+        super().__init__(labels, channels, max_pixels, "an image folder")
+        self.paths = paths
 
-    @property
-    def skipped(self) -> int:
-        """How many distinct files were found unreadable so far."""
-        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
+    def encoded(self, index: int) -> bytes:
+        return self.paths[index].read_bytes()
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def decode(self, index: int) -> torch.Tensor:
-        """The image file `index` as uint8 (C, H, W); ValueError (ImageRefused) when its bytes fail the structural checks."""
-        data = self.paths[index].read_bytes()  # read once: the bytes checked are the bytes decoded
-        check_image(data, self.max_pixels)
-        if data[:6] in (b"GIF87a", b"GIF89a"):  # an animated GIF is its first frame (as PIL-based loaders serve it), never (frames, C, H, W)
-            data = first_gif_frame(data)
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=self.mode)
-        if image.ndim != 3:
-            raise ValueError(f"decoded to shape {tuple(image.shape)}, not one (C, H, W) image")
-        return image
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        for attempt in range(min(len(self.paths), 50)):
-            i = (index + attempt) % len(self.paths)
-            if self._bad[i]:
-                continue
-            try:
-                return self.decode(i), self.labels[i]
-            except (RuntimeError, OSError, ValueError) as error:
-                self._bad[i] = 1
-                warnings.warn(f"skipping unreadable image {self.paths[i]}: {error}", stacklevel=2)
-        raise UserError(f"50 consecutive unreadable images from {self.paths[index]}: is the dataset folder corrupt?")
-
-    def __getstate__(self) -> dict[str, Any]:  # 'spawn' workers cannot share the fork array: they get a copy of the flags
-        state = dict(self.__dict__)
-        state["_bad"] = bytes(np.frombuffer(self._bad, dtype=np.int8).tobytes())
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        flags = state.pop("_bad")
-        self.__dict__.update(state)
-        self._bad = multiprocessing.get_context("fork").Array("b", len(self.paths), lock=False)
-        np.frombuffer(self._bad, dtype=np.int8)[:] = np.frombuffer(flags, dtype=np.int8)
+    def name(self, index: int) -> str:
+        return str(self.paths[index])
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -1,8 +1,10 @@
-"""Images held as encoded bytes (tar shards, Hugging Face datasets): decoded per sample through the image guard.
+"""Images read as encoded bytes (tar shards, Hugging Face datasets, image files): decoded per sample through the
+image guard.
 
 The bytes are checked by ssl_train.data.image_guard (structure, pixel count) before torchvision's native decoder sees
-them, exactly as image files are (ssl_train.data.folders); a refused or undecodable image is skipped with a warning
-(the next one served in its place) and counted, never a crash mid-epoch.
+them; a refused or undecodable image is skipped with a warning (the next one served in its place) and counted, never a
+crash mid-epoch. EncodedImages holds that logic once for every map-style image dataset (ssl_train.data.folders,
+shards, hf_datasets).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ DECODE_ERRORS = (RuntimeError, OSError, ValueError)  # ImageRefused is a ValueEr
 def decode_image_bytes(data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """An encoded image's bytes as uint8 (C, H, W), C = `channels` (1 or 3); ValueError when the guard refuses them."""
     check_image(data, max_pixels)
-    if data[:6] in (b"GIF87a", b"GIF89a"):  # an animated GIF is its first frame, as for image files
+    if data[:6] in (b"GIF87a", b"GIF89a"):  # an animated GIF is its first frame (as PIL-based loaders serve it), never (frames, C, H, W)
         data = first_gif_frame(data)
     image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY)
     if image.ndim != 3:
@@ -34,11 +36,14 @@ def decode_image_bytes(data: bytes, channels: int, max_pixels: int = DEFAULT_MAX
 
 
 class EncodedImages(Dataset):
-    """(image uint8 (C, H, W), label) from encoded bytes that a subclass reads by index (`encoded`); an image that
-    fails the guard or the decoder is skipped (the next one served), warned about once and counted in `skipped`.
+    """(image uint8 (C, H, W), label) from encoded bytes that a subclass reads by index (`encoded`: shard bytes, table
+    cells, image files); an image that fails the reader, the guard or the decoder is skipped (the next one served),
+    warned about once and counted in `skipped`.
 
     A process-shared flag per sample marks the bad ones, so skips inside DataLoader workers reach the trainer.
     """
+
+    corrupt_hint = "is the dataset corrupt?"  # ends the error raised after 50 unreadable images in a row
 
     def __init__(self, labels: list[int], channels: int, max_pixels: int, what: str) -> None:
         if not labels:
@@ -54,6 +59,10 @@ class EncodedImages(Dataset):
         """How a warning names sample `index`."""
         return f"{self.what} sample {index}"
 
+    def decode(self, index: int) -> torch.Tensor:
+        """Sample `index` as uint8 (C, H, W); OSError / RuntimeError / ValueError (ImageRefused) when it is unreadable."""
+        return decode_image_bytes(self.encoded(index), self.channels, self.max_pixels)
+
     @property
     def skipped(self) -> int:
         """How many distinct samples were found unreadable so far."""
@@ -68,11 +77,11 @@ class EncodedImages(Dataset):
             if self._bad[i]:
                 continue
             try:
-                return decode_image_bytes(self.encoded(i), self.channels, self.max_pixels), self.labels[i]
+                return self.decode(i), self.labels[i]
             except DECODE_ERRORS as error:
                 self._bad[i] = 1
                 warnings.warn(f"skipping unreadable image {self.name(i)}: {error}", stacklevel=2)
-        raise UserError(f"50 consecutive unreadable images from {self.name(index)}: is the dataset corrupt?")
+        raise UserError(f"50 consecutive unreadable images from {self.name(index)}: {self.corrupt_hint}")
 
     def __getstate__(self) -> dict[str, Any]:  # 'spawn' workers cannot share the fork array: they get a copy of the flags
         state = dict(self.__dict__)
