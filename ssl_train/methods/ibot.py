@@ -16,7 +16,7 @@ from ssl_train.methods.common import encode_views
 from ssl_train.methods.gram import GramAnchor
 from ssl_train.methods.masks import beit_block_masks
 from ssl_train.methods.multicrop import DINOParts, freeze_last_layer
-from ssl_train.protocols import is_vit
+from ssl_train.methods.patches import require_vit
 
 
 class IBOTMethod(DINOParts):
@@ -63,8 +63,7 @@ class IBOTMethod(DINOParts):
         name: str = "ibot",
     ) -> None:
         super().__init__(backbone, projector, loss, name, (momentum_base, momentum_final), num_global_views, freeze_last_layer_epochs, koleo_weight)
-        if not is_vit(backbone):
-            raise ValueError(f"method={name} masks patch tokens and needs a ViT backbone (backbone=vit_tiny), got {type(backbone).__name__}")
+        require_vit(backbone, name, "masks patch tokens")
         low, high = float(mask_ratio_range[0]), float(mask_ratio_range[-1])
         if not 0 <= low <= high < 1 or not 0 < masked_share <= 1:
             raise ValueError(

@@ -12,8 +12,7 @@ from torch import nn
 from ssl_train.constraints import Count, Fraction, PositiveInt
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.masks import block_shape, multiblock_masks
-from ssl_train.methods.patches import final_token_norm, sincos_2d, transformer_blocks
-from ssl_train.protocols import is_vit
+from ssl_train.methods.patches import final_token_norm, require_vit, sincos_2d, transformer_blocks
 
 
 class JEPAPredictor(nn.Module):
@@ -73,8 +72,7 @@ class IJEPAMethod(nn.Module):
         name: str = "ijepa",
     ) -> None:
         super().__init__()
-        if not is_vit(backbone):
-            raise ValueError(f"method={name} needs a vision transformer backbone (backbone=vit_tiny, vit_small), got {type(backbone).__name__}")
+        require_vit(backbone, name)
         self.backbone, self.projector, self.loss, self.name = backbone, projector, loss, name
         self.encoder_norm = final_token_norm(backbone)  # the reference encoder's `self.norm` (timm's is a no-op with global_pool avg)
         self.target = EMATarget(momentum_base, momentum_final, "linear", encoder=backbone, encoder_norm=self.encoder_norm)

@@ -11,8 +11,7 @@ from torch import nn
 
 from ssl_train.constraints import OpenFraction, PositiveInt
 from ssl_train.methods.masks import random_masking
-from ssl_train.methods.patches import final_token_norm, patchify, sincos_2d, transformer_blocks
-from ssl_train.protocols import is_vit
+from ssl_train.methods.patches import final_token_norm, patchify, require_vit, sincos_2d, transformer_blocks
 
 
 class MAEDecoder(nn.Module):
@@ -77,11 +76,7 @@ class MAEMethod(nn.Module):
         name: str = "mae",
     ) -> None:
         super().__init__()
-        if not is_vit(backbone):
-            raise ValueError(
-                f"method={name} needs a vision transformer backbone (backbone=vit_tiny, vit_small, or backbone=timm with a ViT name), "
-                f"got {type(backbone).__name__}"
-            )
+        require_vit(backbone, name)
         self.backbone, self.projector, self.loss, self.mask_ratio, self.name = backbone, projector, loss, mask_ratio, name
         self.patch, self.channels = self.backbone.patch_size, channels
         num_patches = self.backbone.num_patches(image_size)

@@ -12,7 +12,8 @@ from ssl_train.constraints import BelowOne, Count, Fraction, PositiveInt
 from ssl_train.methods.common import encode_views
 from ssl_train.methods.ema import EMATarget
 from ssl_train.methods.masks import random_masking
-from ssl_train.protocols import is_vit, width_of
+from ssl_train.methods.patches import require_vit
+from ssl_train.protocols import width_of
 
 
 class MSNMethod(nn.Module):
@@ -49,12 +50,7 @@ class MSNMethod(nn.Module):
     ) -> None:
         super().__init__()
         if mask_ratio > 0:
-            if not is_vit(backbone):
-                raise ValueError(
-                    f"method={name} drops patch tokens (method.mask_ratio={mask_ratio} > 0) and needs a ViT backbone "
-                    f"(backbone=vit_tiny), got {type(backbone).__name__}"
-                )
-            vit: Any = backbone  # a ViT (protocols.is_vit): num_patches
+            vit = require_vit(backbone, name, f"drops patch tokens (method.mask_ratio={mask_ratio} > 0)")
             random_masking(1, vit.num_patches(image_size), mask_ratio)  # a ratio that keeps no patch stops here, at build
         if num_prototypes < 2:
             raise ValueError(f"MSN: method.num_prototypes must be >= 2, got {num_prototypes}")

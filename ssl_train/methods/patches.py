@@ -1,13 +1,29 @@
-"""Patches of images and their fixed positions, shared by the ViT methods (MAE, SimMIM, I-JEPA)."""
+"""Patches of images and their fixed positions, shared by the ViT methods (MAE, SimMIM, I-JEPA, iBOT, MSN), and the
+check that a method's backbone is a ViT."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from ssl_train.methods.legacy import initial_values_where_missing
+from ssl_train.protocols import is_vit
+
+
+def require_vit(backbone: nn.Module, method: str, reason: str = "") -> Any:
+    """`backbone` (typed Any: its ViT attributes, tokens / patch_size / num_patches, nn.Module would type Tensor | Module)
+    when it is a ViT (protocols.is_vit); else one ValueError naming the method, `reason` (what it does with patches) and
+    the backbones allowed."""
+    if not is_vit(backbone):
+        why = f" {reason} and" if reason else ""
+        raise ValueError(
+            f"method={method}{why} needs a vision transformer backbone (a ViT: backbone=vit_tiny, vit_small, or backbone=timm "
+            f"with a ViT name), got {type(backbone).__name__}"
+        )
+    return backbone
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:

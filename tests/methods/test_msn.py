@@ -85,7 +85,7 @@ def test_msn_prototypes_start_uniform_in_the_references_range() -> None:
 def test_msn_refuses_masking_without_a_vit_and_a_single_view() -> None:
     cnn = nn.Sequential(nn.Flatten(), nn.Linear(784, 16))
     cnn.out_dim = 16
-    with pytest.raises(ValueError, match="needs a ViT backbone"):
+    with pytest.raises(ValueError, match="drops patch tokens .* and needs a vision transformer backbone"):
         MSNMethod(cnn, MLP(16, 8, 8), MSNLoss(), image_size=28, channels=1, mask_ratio=0.15)
     unmasked = MSNMethod(cnn, MLP(16, 8, 8), MSNLoss(), image_size=28, channels=1, mask_ratio=0.0)  # no masks: any encoder
     assert torch.isfinite(unmasked([torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)])["loss"])

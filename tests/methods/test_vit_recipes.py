@@ -284,7 +284,7 @@ def test_ibot_adds_the_masked_patch_distillation_to_dino_and_trains_the_mask_tok
     out["loss"].backward()
     assert method.mask_token.grad.abs().sum() > 0
     assert not hasattr(DINOMethod(vit, head, DINOLoss(out_dim=64)), "mask_token")  # plain DINO: no extra parameter
-    with pytest.raises(ValueError, match="masks patch tokens and needs a ViT"):
+    with pytest.raises(ValueError, match="masks patch tokens and needs a vision transformer backbone"):
         IBOTMethod(nn.Sequential(nn.Flatten(), nn.Linear(784, 192)), head, DINOLoss(out_dim=64))
 
 
