@@ -3,10 +3,13 @@ uniformity, alignment), its mode following the metric."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from ssl_train.constraints import Number
 from ssl_train.errors import UserError
 from ssl_train.eval.selection import CHECKPOINT_MODES, ONLINE_EVAL_MONITORS
 from ssl_train.metrics import VAL_LIDAR
@@ -24,7 +27,7 @@ class BestCheckpoint(ModelCheckpoint):
         filename: str,
         monitor: str | None,
         mode: str = "auto",
-        save_top_k: int = 1,
+        save_top_k: Annotated[int, Number(integer=True, low=-1)] = 1,  # -1: keep every checkpoint
         save_last: bool = False,
         auto_insert_metric_name: bool = False,
         save_on_train_epoch_end: bool | None = None,

@@ -26,6 +26,8 @@ OTHER_MODALITY = {
     "simmim": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
     "ijepa": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
     "ibot": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
+    "dinov2": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
+    "msn": ("default", "TimmEncoder", "EmbeddedFashionMNIST"),
 }
 
 

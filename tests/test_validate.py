@@ -76,7 +76,7 @@ def test_a_key_the_constructor_does_not_take_is_one_clear_line(tmp_path: Path) -
     with pytest.raises(
         UserError,
         match=r"^method.momentum: unknown setting; ssl_train.methods.SiameseMethod takes backbone, loss, name, "
-        r"num_global_views, projector$",
+        r"num_global_views, per_view_bn, projector$",
     ):
         validate(compose_config(["+method.momentum=0.9"], tmp_path))
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import torch
 from torch import nn
 
-from ssl_train.constraints import Count, Fraction, LossWeight, Number, PositiveInt, Temperature
+from ssl_train.constraints import Count, Fraction, Limit, LossWeight, Number, PositiveInt, Temperature
 from ssl_train.heads import DINOHead
 from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.methods.common import encode_views
@@ -58,7 +58,7 @@ class IBOTMethod(DINOParts):
         gram_weight: LossWeight = 0.0,
         gram_start: Count = 0,
         gram_refresh_every: Count = 0,
-        gram_max_updates: int | None = None,
+        gram_max_updates: Limit = None,
         gram_loss: nn.Module | None = None,
         name: str = "ibot",
     ) -> None:

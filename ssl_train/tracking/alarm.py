@@ -10,10 +10,11 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lightning.pytorch as pl
 
+from ssl_train.constraints import AboveZero, Fraction, NonNegative, Number
 from ssl_train.metrics import TRAIN_IMAGES_PER_S, TRAIN_LOSS, VAL_EMBEDDING_STD, VAL_KNN_TOP1, VAL_PREFIX, VAL_RANKME
 from ssl_train.run_dir import append_line, replace_atomically
 from ssl_train.tracking.history import MetricHistory
@@ -137,12 +138,12 @@ class ReferenceAlarm(pl.Callback):
         recipe: dict[str, Any],
         band_copy: str | None = None,
         bands_dir: str | None = None,
-        sigmas: float = 3.0,
-        margin: float = 0.02,
-        until_fraction: float = 0.25,
-        collapse_ratio: float = 0.5,
-        lr_ratio: float = 2.0,
-        loader_wait: float = 0.5,
+        sigmas: NonNegative = 3.0,
+        margin: Fraction = 0.02,
+        until_fraction: AboveZero = 0.25,
+        collapse_ratio: Fraction = 0.5,
+        lr_ratio: Annotated[float, Number(low=1, open_low=True)] = 2.0,  # a ratio of 1 would flag every run
+        loader_wait: Fraction = 0.5,
     ) -> None:
         if sigmas < 0 or margin < 0 or not 0 < until_fraction <= 1 or not 0 < collapse_ratio < 1 or lr_ratio <= 1 or not 0 < loader_wait <= 1:
             raise ValueError(
