@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
-from torch.distributed.checkpoint.metadata import StorageMeta
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
@@ -35,7 +36,16 @@ SHARDS_KEY = "ssl_train_shards"  # in the checkpoint file: the name of its shard
 TRUST_HINT = "trust_checkpoint=true (toolkit: --trust-checkpoint)"
 # what the pickle of a DCP `.metadata` file may name (module -> names): DCP's dataclasses, torch sizes, dtypes and layouts
 METADATA_GLOBALS = {
-    "torch.distributed.checkpoint.metadata": None,  # any name of that module: its dataclasses and enums
+    "torch.distributed.checkpoint.metadata": {  # its dataclasses and enums by name (the module also holds os, torch, ...)
+        "Metadata",
+        "MetadataIndex",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},
     "torch": {"Size", *(name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype))},
@@ -44,14 +54,39 @@ METADATA_GLOBALS = {
 }
 
 
+class CodeInPickle(pickle.UnpicklingError):
+    """A pickle names a global that is not data (os.system, eval, a module)."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles a DCP metadata file, refusing any global outside METADATA_GLOBALS (a payload naming os.system, eval, ...)."""
+    """Unpickles a DCP metadata file, refusing any global outside METADATA_GLOBALS (a payload naming os.system, eval, ...);
+    a dotted name (module.os.system: protocol 4 resolves attribute chains) is never one of them."""
 
     def find_class(self, module: str, name: str) -> Any:
-        allowed = METADATA_GLOBALS.get(module, set())
-        if allowed is not None and name not in allowed:
-            raise pickle.UnpicklingError(f"{module}.{name} is not DCP metadata")
+        if "." in name or name not in METADATA_GLOBALS.get(module, set()):
+            raise CodeInPickle(f"{module}.{name} is not DCP metadata")
         return super().find_class(module, name)
+
+
+def read_metadata_as_data(stream: Any) -> Metadata:
+    """A DCP `.metadata` pickle read as data: only DCP's metadata classes, and the result must be a Metadata whose
+    storage entries name files inside the shard folder (bare names, non-negative offsets and lengths)."""
+    metadata = _MetadataUnpickler(stream).load()
+    if not isinstance(metadata, Metadata):
+        raise ValueError(f"the metadata is a {type(metadata).__name__}, not DCP metadata")
+    check_storage_entries(metadata)
+    return metadata
+
+
+def check_storage_entries(metadata: Metadata) -> None:
+    """Every storage entry names a file of the shard folder itself (no path, no '..') and a non-negative byte range."""
+    for info in (metadata.storage_data or {}).values():
+        name, offset, length = getattr(info, "relative_path", None), getattr(info, "offset", None), getattr(info, "length", None)
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise ValueError(f"a storage entry names {name!r}, not a file of the shard folder")
+        for value in (offset, length):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"a storage entry of {name} has the byte range {offset!r}, {length!r}")
 
 
 class DataReader(FileSystemReader):
@@ -60,10 +95,10 @@ class DataReader(FileSystemReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
         path = self._get_metadata_path(kwargs.get("rank"))
         with self.fs.create_stream(path, "rb") as stream:
-            metadata = _MetadataUnpickler(stream).load()
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
+            metadata = read_metadata_as_data(stream)
+        storage_meta = metadata.storage_meta if metadata.storage_meta is not None else StorageMeta()
+        storage_meta.load_id = self.load_id
+        metadata.storage_meta = storage_meta
         return metadata
 
 
@@ -84,27 +119,38 @@ class DataEmptyLoadPlanner(_EmptyStateDictLoadPlanner):
     load_bytes = _load_bytes_as_data
 
 
+class TrustedReader(FileSystemReader):
+    """FileSystemReader for a trusted checkpoint (plain pickle), still reading only files inside the shard folder."""
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        check_storage_entries(metadata)
+        super().set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
+
+
 def _reader(folder: Path, trust: bool) -> FileSystemReader:
-    return FileSystemReader(folder) if trust else DataReader(folder)
+    return TrustedReader(folder) if trust else DataReader(folder)
 
 
 def shards_of(path: Path, meta: dict[str, Any], trust: bool = False) -> Path:
     """The shard folder a checkpoint file names, its metadata checked to be data (unless `trust`); one line when it is
     missing or names code."""
-    folder = path.parent / Path(str(meta[SHARDS_KEY])).name  # a bare name: never a path elsewhere
+    name = str(meta[SHARDS_KEY])
+    folder = path.parent / name
+    if not re.fullmatch(re.escape(path.name) + r"\.shards-[\w.-]+", name) or folder.is_symlink():  # a sibling folder, never a path elsewhere
+        raise UserError(f"{path} names the shard folder {name!r}: a sharded checkpoint's shards are the folder {path.name}.shards-* beside it")
     if not (folder / ".metadata").is_file():
         raise UserError(f"{path} is a sharded checkpoint whose shards {folder} are missing: keep the folder next to the file")
     if not trust:
         try:
             with open(folder / ".metadata", "rb") as stream:
-                _MetadataUnpickler(stream).load()
-        except pickle.UnpicklingError as error:
+                read_metadata_as_data(stream)
+        except CodeInPickle as error:
             raise UserError(
                 f"{path}: its shard metadata names code ({error}), and unpickling it would run that code: refused. "
                 f"If you trust where it came from, add {TRUST_HINT}"
             ) from None
-        except (EOFError, ValueError, TypeError, AttributeError) as error:
-            raise UserError(f"{path}: its shard metadata {folder / '.metadata'} is truncated or corrupted ({type(error).__name__})") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, RecursionError) as error:
+            raise UserError(f"{path}: its shard metadata {folder / '.metadata'} is truncated or corrupted ({type(error).__name__}: {error})") from None
     return folder
 
 
@@ -113,7 +159,10 @@ def is_sharded(path: Any, trust: bool = False) -> bool:
     file = Path(path)
     if not file.is_file():
         return False
-    meta = torch.load(file, map_location="cpu", mmap=True, weights_only=not trust)
+    try:
+        meta = torch.load(file, map_location="cpu", mmap=True, weights_only=not trust)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):  # not readable here: the checkpoint reader names why
+        return False
     return isinstance(meta, dict) and SHARDS_KEY in meta
 
 
@@ -127,7 +176,7 @@ def gathered(path: Path, meta: dict[str, Any], trust: bool = False) -> dict[str,
             planner=(_EmptyStateDictLoadPlanner if trust else DataEmptyLoadPlanner)(keys={"state_dict"}),
             no_dist=True,
         )
-    except (OSError, RuntimeError, ValueError, KeyError) as error:
+    except (OSError, RuntimeError, ValueError, KeyError, AssertionError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as error:
         raise UserError(f"{path}: its shards are unreadable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     return {**{k: v for k, v in meta.items() if k != SHARDS_KEY}, "state_dict": state.get("state_dict", {})}
 

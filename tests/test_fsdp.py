@@ -88,3 +88,35 @@ def test_missing_shards_are_named(tmp_path: Path) -> None:
     with pytest.raises(UserError) as error:
         read_checkpoint(path)
     assert "shards" in one_line(error) and "missing" in one_line(error)
+
+
+def test_shard_metadata_reaching_code_through_an_allowed_module_is_refused(tmp_path: Path) -> None:
+    """A protocol-4 pickle naming os.system as an attribute chain of DCP's metadata module (which imports os) runs nothing."""
+    path, _ = _sharded_checkpoint(tmp_path)
+    marker = tmp_path / "pwned"
+    command = f"touch {marker}".encode()
+    payload = b"\x80\x04ctorch.distributed.checkpoint.metadata\nos.system\nX" + len(command).to_bytes(4, "little") + command + b"\x85R."
+    (tmp_path / "last.ckpt.shards-1-7" / ".metadata").write_bytes(payload)
+    with pytest.raises(UserError) as error:
+        read_checkpoint(path)
+    assert not marker.exists() and "os.system is not DCP metadata" in one_line(error)
+
+
+def test_shard_entries_and_folder_names_stay_inside_the_checkpoint_folder(tmp_path: Path) -> None:
+    """Storage entries naming a file elsewhere (absolute or ../), and a checkpoint naming '..' as its shard folder, are one line."""
+    path, _ = _sharded_checkpoint(tmp_path)
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.pt"
+    torch.save({"w": torch.arange(4.0)}, secret)
+    metadata_path = tmp_path / "last.ckpt.shards-1-7" / ".metadata"
+    metadata = pickle.loads(metadata_path.read_bytes())
+    for escape in (str(secret), f"../../{secret.name}"):
+        for info in metadata.storage_data.values():
+            info.relative_path = escape
+        metadata_path.write_bytes(pickle.dumps(metadata))
+        with pytest.raises(UserError) as error:
+            read_checkpoint(path)
+        assert "not a file of the shard folder" in one_line(error)
+    torch.save({"state_dict": {}, SHARDS_KEY: "..", "global_step": 1}, path)
+    with pytest.raises(UserError) as error:
+        read_checkpoint(path)
+    assert "names the shard folder '..'" in one_line(error)
