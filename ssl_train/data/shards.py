@@ -33,6 +33,7 @@ from ssl_train.data.shard_stream import ShardStream
 from ssl_train.errors import DataNotFoundError, UserError
 
 SIZES_FILE, CLASSES_FILE = "sizes.json", "classes.json"
+MAX_CLASSES = 1_000_000  # a label at or above it is refused: the class names are range(max label + 1)
 
 
 def expand_shards(spec: str | Sequence[str], split: str, key: str) -> list[str]:
@@ -55,16 +56,32 @@ def expand_shards(spec: str | Sequence[str], split: str, key: str) -> list[str]:
     return urls
 
 
+def _read_json(url: str) -> Any:
+    """The JSON in `url` (read as data only); OSError when it does not open, UserError when it does not parse."""
+    with fsspec.open(url, "r") as handle:
+        text = handle.read()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:  # RecursionError: nesting deeper than the parser's stack
+        raise UserError(f"{url}: not valid JSON ({str(error)[:80] or type(error).__name__})") from None
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative int (a bool is not one; NaN / floats are not either)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def shard_sizes(urls: list[str], key: str) -> int:
     """Samples in `urls`, read from the sizes.json beside the first shard (open_clip's convention)."""
     sizes_url = posixpath.join(posixpath.dirname(urls[0]), SIZES_FILE)
     try:
-        with fsspec.open(sizes_url, "r") as handle:
-            sizes = json.load(handle)
-    except (OSError, ValueError) as error:
+        sizes = _read_json(sizes_url)
+    except (OSError, UnicodeDecodeError) as error:
         raise DataNotFoundError(
             f"data.source.num_samples: not given and {sizes_url} is unreadable ({error}); set data.source.num_samples=N (train samples)"
         ) from None
+    if not isinstance(sizes, dict) or not all(_is_count(v) for v in sizes.values()):
+        raise UserError(f"data.source.{key}: {sizes_url} must be a JSON object of shard name -> sample count (an integer >= 0); set data.source.num_samples=N")
     missing = [u for u in urls if posixpath.basename(u) not in sizes]
     if missing:
         raise UserError(f"data.source.{key}: {sizes_url} does not list {posixpath.basename(missing[0])}; set data.source.num_samples=N")
@@ -73,12 +90,22 @@ def shard_sizes(urls: list[str], key: str) -> int:
 
 def class_names(urls: list[str]) -> list[str] | None:
     """The class names in classes.json beside the shards, or None when there is none."""
+    url = posixpath.join(posixpath.dirname(urls[0]), CLASSES_FILE)
     try:
-        with fsspec.open(posixpath.join(posixpath.dirname(urls[0]), CLASSES_FILE), "r") as handle:
-            names = json.load(handle)
-    except (OSError, ValueError):
+        names = _read_json(url)
+    except FileNotFoundError:
         return None
-    return [str(n) for n in names] if isinstance(names, list) else None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"data.source: {url} is unreadable ({error}); it must be a JSON list of class names") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"data.source: {url} must be a JSON list of class names (strings), one per label")
+    return names
+
+
+def check_labels(labels: Sequence[int], where: str) -> None:
+    """Refuse a label the class list could not hold (range(max + 1) names would exhaust memory)."""
+    if labels and max(labels) >= MAX_CLASSES:
+        raise UserError(f"{where}: label {max(labels)} is too large; labels must be class indices 0 .. {MAX_CLASSES - 1}")
 
 
 def read_split(urls: list[str], limit: int | None, captioned: bool) -> tuple[list[bytes], list[int], list[tuple[str, ...]], list[str]]:
@@ -165,6 +192,7 @@ class ShardSource:
         labels = [*_images(train).labels, *_images(test).labels]
         if min(_images(test).labels) < 0:
             raise UserError(f"data.source: test samples without a .cls label in {test_urls[0]} ...; the probe needs labelled test shards")
+        check_labels(labels, f"data.source: the .cls labels of {train_urls[0]} ... / {test_urls[0]} ...")
         names = class_names(train_urls) or [str(c) for c in range(max(labels) + 1)]
         stream = ShardStream(train_urls, total, self.channels, self.max_pixels, self.captions, self.shuffle_buffer)
         if self.captions:

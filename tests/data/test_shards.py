@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import tarfile
 from collections import Counter
@@ -129,6 +130,36 @@ def test_probe_splits_and_errors(tmp_path: Path) -> None:
     (shards / "sizes.json").unlink()
     with pytest.raises(UserError, match="num_samples"):
         ShardSource(f"{shards}/train-{{000000..000007}}.tar", test_urls=f"{shards}/test-000000.tar").load()
+
+
+@pytest.mark.parametrize("bad", ["list", "string", "NaN", "6.5", "true", "-1", "deep"])
+def test_a_malformed_sizes_json_is_one_line_naming_it(tmp_path: Path, bad: str) -> None:
+    shards = write_shards(tmp_path)
+    names = sorted(p.name for p in shards.glob("train-*.tar"))  # every shard listed: only the value's type is wrong
+    sizes = {"list": json.dumps(names), "string": json.dumps(" ".join(names)), "deep": "[" * 200_000}
+    text = sizes.get(bad) or "{" + ", ".join(f'"{n}": {bad if i == 0 else 6}' for i, n in enumerate(names)) + "}"
+    (shards / "sizes.json").write_text(text)
+    with pytest.raises(UserError, match=r"sizes\.json"):
+        ShardSource(str(shards)).load()
+
+
+@pytest.mark.parametrize("names", ['{"0": "a"}', '"abcd"', "[1, 2, 3, 4]", "[" * 200_000, "not json"])
+def test_a_malformed_classes_json_is_one_line_naming_it(tmp_path: Path, names: str) -> None:
+    shards = write_shards(tmp_path)
+    (shards / "classes.json").write_text(names)
+    with pytest.raises(UserError, match=r"classes\.json"):
+        ShardSource(str(shards), image_size=32, probe_train_size=20).load()
+
+
+def test_a_huge_label_is_refused_before_naming_its_classes(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path, per_class=2, shard_size=4)
+    (shards / "classes.json").unlink()
+    with tarfile.open(shards / "test-000000.tar", "a") as tar:  # one more test sample whose label is 999999999999
+        member = tarfile.TarInfo("zzz.cls")
+        member.size = len(b"999999999999")
+        tar.addfile(member, io.BytesIO(b"999999999999"))
+    with pytest.raises(UserError, match=r"label 999999999999.* is too large.*0 \.\. 999999"):
+        ShardSource(str(shards), image_size=32, probe_train_size=4).load()
 
 
 def test_a_run_trains_from_shards_with_the_folder_command(tmp_path: Path) -> None:
