@@ -11,6 +11,7 @@ split, `test_fraction` of train is held out by a fixed seed (as caption tables d
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,19 +52,38 @@ def limited_rows(table: Any, limit: int | None, seed: int) -> Any:
     return table if limit is None else table.select(np.sort(np.random.default_rng(seed).permutation(len(table))[:limit]))
 
 
-class HFImages(EncodedImages):
-    """The images of a datasets.Dataset's `column` (Image feature read undecoded, or bytes), with their labels."""
+MAX_CLASSES = 1_000_000  # an integer label at or above it is refused: the class names are range(max label + 1)
 
-    def __init__(self, table: Any, column: str, labels: list[int], channels: int, max_pixels: int, what: str) -> None:
+
+def image_file(root: Path, name: str) -> Path:
+    """The image file a row names by `name` without its bytes: a relative path inside `root` (the dataset's folder)
+    that is a regular file, never a symlink, FIFO or device; OSError saying why otherwise (the image is then skipped)."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise OSError(f"its image path {name!r} is not relative to the dataset folder {root}")
+    path = root / relative
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise OSError(f"its image path {name!r} leaves the dataset folder {root}")
+    mode = path.lstat().st_mode  # lstat: a symlink is not followed
+    if not stat.S_ISREG(mode):
+        raise OSError(f"its image path {name!r} is not a regular file (a symlink, FIFO or device is never read)")
+    return path
+
+
+class HFImages(EncodedImages):
+    """The images of a datasets.Dataset's `column` (Image feature read undecoded, or bytes), with their labels; a row
+    with a path and no bytes is read only from a regular file inside `root` (the dataset's folder)."""
+
+    def __init__(self, table: Any, column: str, labels: list[int], channels: int, max_pixels: int, what: str, root: Path) -> None:
         super().__init__(labels, channels, max_pixels, what)
-        self.table, self.column = table, column
+        self.table, self.column, self.root = table, column, root
 
     def encoded(self, index: int) -> bytes:
         value = self.table[index][self.column]
         if isinstance(value, dict):  # an Image feature undecoded: {"bytes": ..., "path": ...}
             if value.get("bytes"):
                 return bytes(value["bytes"])
-            return Path(value["path"]).read_bytes() if value.get("path") else b""
+            return image_file(self.root, str(value["path"])).read_bytes() if value.get("path") else b""
         return bytes(value) if isinstance(value, bytes | bytearray) else b""
 
 
@@ -122,6 +142,11 @@ class HFDatasetSource:
         names = list(getattr(feature, "names", None) or [])
         if not names:
             values = [*train[label_column], *test[label_column]]
+            if not any(isinstance(v, str) for v in values) and int(max(values)) >= MAX_CLASSES:
+                largest = int(max(values))
+                raise UserError(
+                    f"data.source.label_column: {label_column!r} of {self.path} holds label {largest}; labels must be class indices 0 .. {MAX_CLASSES - 1}"
+                )
             names = [str(v) for v in sorted(set(values))] if any(isinstance(v, str) for v in values) else [str(c) for c in range(int(max(values)) + 1)]
         parts = []
         for what, table in (("train", train), ("test", test)):
@@ -129,7 +154,9 @@ class HFDatasetSource:
                 table = table.cast_column(image_column, Image(decode=False))  # bytes as stored: the guard checks them first
             raw = table[label_column]
             labels = [names.index(str(v)) if isinstance(v, str) else int(v) for v in raw]
-            images = HFImages(table, image_column, labels, self.channels, self.max_pixels, f"{self.path} [{what}] row")
+            images = HFImages(
+                table, image_column, labels, self.channels, self.max_pixels, f"{self.path} [{what}] row", self.path if self.path.is_dir() else self.path.parent
+            )
             if caption_column is None:
                 parts.append(images)
                 continue

@@ -16,7 +16,7 @@ from tests.optional import require
 require("datasets")
 import datasets  # noqa: E402
 
-from ssl_train.data.hf_datasets import HFDatasetSource  # noqa: E402
+from ssl_train.data.hf_datasets import HFDatasetSource, HFImages  # noqa: E402
 
 
 def test_saved_dataset_loads_its_splits_labels_and_images(tmp_path: Path) -> None:
@@ -48,6 +48,49 @@ def test_bad_column_or_split_is_one_line_naming_the_key_and_what_exists(tmp_path
         HFDatasetSource(str(root), test_split="val").load()
     with pytest.raises(UserError, match="does not exist"):
         HFDatasetSource(str(tmp_path / "nowhere")).load()
+
+
+def test_a_row_without_bytes_is_read_only_from_a_regular_file_inside_the_dataset(tmp_path: Path) -> None:
+    import os
+
+    from torchvision.io import encode_png
+
+    root, outside = tmp_path / "hf", tmp_path / "outside.png"
+    root.mkdir()
+    png = encode_png(torch.zeros(3, 4, 4, dtype=torch.uint8)).numpy().tobytes()
+    (root / "inside.png").write_bytes(png)
+    outside.write_bytes(png)
+    (root / "link.png").symlink_to(outside)
+    (root / "alias.png").symlink_to(root / "inside.png")
+    os.mkfifo(root / "fifo.png")
+    paths = ["inside.png", str(outside), "../outside.png", "link.png", "fifo.png", "/dev/zero", "alias.png"]
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": None, "path": p} for p in paths]}, features=datasets.Features({"image": datasets.Image(decode=False)})
+    )
+    images = HFImages(table, "image", [0] * len(paths), 3, 10**6, "rows", root)
+    assert torch.equal(images.decode(0), torch.zeros(3, 4, 4, dtype=torch.uint8))
+    for index, reason in (
+        (1, "not relative"),
+        (2, "not relative"),
+        (3, "leaves the dataset"),
+        (4, "not a regular file"),
+        (5, "not relative"),
+        (6, "not a regular file"),
+    ):
+        with pytest.raises(OSError, match=reason):
+            images.decode(index)
+    with pytest.warns(UserWarning, match=r"skipping unreadable image rows sample 1: its image path .*outside.png"):
+        assert torch.equal(images[1][0], images.decode(0))  # rows 1..6 skipped, row 0 served in their place
+    assert images.skipped == 6
+
+
+def test_a_huge_integer_label_is_refused_naming_the_column(tmp_path: Path) -> None:
+    saved = datasets.load_from_disk(str(make_hf_dataset(tmp_path / "hf")))
+    rows = {split: saved[split].cast_column("label", datasets.Value("int64")) for split in ("train", "test")}
+    rows["test"] = rows["test"].map(lambda row, i: {"label": 999_999_999_999 if i == 0 else row["label"]}, with_indices=True)
+    datasets.DatasetDict(rows).save_to_disk(str(tmp_path / "huge"))
+    with pytest.raises(UserError, match=r"data.source.label_column: 'label' of .*huge holds label 999999999999; .* 0 \.\. 999999"):
+        HFDatasetSource(str(tmp_path / "huge")).load()
 
 
 def test_captions_make_image_text_pairs(tmp_path: Path) -> None:
