@@ -149,8 +149,8 @@ def read_band(path: Path) -> Band:
     """The band in `path`; BandError (one line naming the file) when it is not readable JSON or not a valid band."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BandError(f"{path}: not a readable JSON file ({error})") from None
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError; RecursionError: too deeply nested
+        raise BandError(f"{path}: not a readable JSON file ({str(error)[:80] or type(error).__name__})") from None
     return parse_band(data, str(path))
 
 

@@ -80,6 +80,12 @@ def test_load_bands_keeps_the_valid_files_and_names_each_bad_one(tmp_path: Path)
         read_band(tmp_path / "truncated.json")
 
 
+def test_a_deeply_nested_band_file_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
+    (tmp_path / "deep.json").write_text("[" * 200_000)
+    with pytest.raises(BandError, match=r"deep.json: not a readable JSON file"):
+        read_band(tmp_path / "deep.json")
+
+
 def test_curve_interpolates_between_points_and_stays_silent_beyond_its_ends() -> None:
     curve = Curve((0.2, 0.4), (0.6, 0.8), (0.01, 0.03))
     assert curve.at(0.3) == pytest.approx((0.7, 0.02))
