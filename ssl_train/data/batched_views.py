@@ -77,7 +77,8 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 3:
         return x
     r, g, b = x.unbind(1)
-    top, chroma = x.amax(dim=1), x.amax(dim=1) - x.amin(dim=1)
+    top = x.amax(dim=1)
+    chroma = top - x.amin(dim=1)
     inverse = 1.0 / torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     hue6 = torch.where(top == r, (g - b) * inverse, torch.where(top == g, 2.0 + (b - r) * inverse, 4.0 + (r - g) * inverse))
     offsets = torch.tensor(_HUE_CHANNEL_OFFSETS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
