@@ -34,6 +34,7 @@ from ssl_train.errors import UserError
 
 SHARDS_KEY = "ssl_train_shards"  # in the checkpoint file: the name of its shard folder, a sibling of the file
 TRUST_HINT = "trust_checkpoint=true (toolkit: --trust-checkpoint)"
+PATH_CLASSES = {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"}
 # what the pickle of a DCP `.metadata` file may name (module -> names): DCP's dataclasses, torch sizes, dtypes and layouts
 METADATA_GLOBALS = {
     "torch.distributed.checkpoint.metadata": {  # its dataclasses and enums by name (the module also holds os, torch, ...)
@@ -49,7 +50,8 @@ METADATA_GLOBALS = {
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},
     "torch": {"Size", *(name for name in dir(torch) if isinstance(getattr(torch, name, None), torch.dtype))},
-    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},
+    "pathlib": PATH_CLASSES,
+    "pathlib._local": PATH_CLASSES,  # where Python 3.13 pickles its path classes from
     "collections": {"OrderedDict"},
 }
 
