@@ -52,8 +52,12 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: Sequence[float], d
     return torch.stack([top, left, h, w], dim=1)
 
 
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+HUE_CHUNK_ON_CPU = 64  # samples per hue pass on a CPU: its ~20 temporaries then stay in the core's cache (2x faster)
+
+
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] == 3 else x
+    return (GREY_WEIGHTS[0] * x[:, 0:1] + GREY_WEIGHTS[1] * x[:, 1:2] + GREY_WEIGHTS[2] * x[:, 2:3]) if x.shape[1] == 3 else x
 
 
 BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2  # the blend ops of ColorJitter; hue is the fourth (HUE)
@@ -63,19 +67,33 @@ _HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # HSV -> RGB: channel c = V - C * clamp(
 
 def _colour_blend(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_brightness / adjust_contrast / adjust_saturation, each sample its own op (BRIGHTNESS,
-    CONTRAST, SATURATION) and factor, in one blend: all three mix the image with a one-channel target (black, the grey
-    mean, the grey image). A factor of 1 leaves a sample exactly as it is (torch.lerp returns its end at weight 1)."""
-    grey = _grayscale(x)
-    op = op[:, None, None, None]
-    target = torch.where(op == BRIGHTNESS, 0.0, torch.where(op == CONTRAST, grey.mean(dim=(1, 2, 3), keepdim=True), grey))
-    return torch.lerp(target, x, factor[:, None, None, None]).clamp_(0, 1)
+    CONTRAST, SATURATION) and factor, as one per-sample colour matrix and offset (a batched matmul, then the clamp):
+    each op is factor * x + (1 - factor) * target with a target linear in the pixel (black, the grey image's mean, the
+    grey image). A factor of 1 gives the identity matrix and a zero offset: the sample is left exactly as it is."""
+    batch, channels = x.shape[:2]
+    grey = torch.tensor(GREY_WEIGHTS if channels == 3 else (1.0,), dtype=x.dtype, device=x.device)
+    factor = factor.to(x.dtype)
+    rest = 1.0 - factor
+    saturation = torch.where(op == SATURATION, rest, 0.0)[:, None, None] * grey.expand(channels, channels)
+    matrix = torch.diag_embed(factor[:, None].expand(batch, channels)) + saturation  # (B, C, C): row = output channel
+    pixels = x.reshape(batch, channels, -1)
+    mean_grey = pixels.mean(dim=2) @ grey  # the contrast target: the mean of the grey image
+    offset = torch.where(op == CONTRAST, rest * mean_grey, 0.0)[:, None, None].expand(batch, channels, 1)
+    return torch.baddbmm(offset, matrix, pixels).clamp_(0, 1).view_as(x)
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """torchvision's adjust_hue (RGB -> HSV, hue + shift, -> RGB) per sample, without materialising HSV: the hue shift
-    keeps V (the max) and the chroma (max - min), so each channel is rebuilt from the shifted hue directly."""
+    """torchvision's adjust_hue per sample; on a CPU in chunks of HUE_CHUNK_ON_CPU samples (cache-sized temporaries)."""
     if x.shape[1] != 3:
         return x
+    if x.device.type != "cpu" or len(x) <= HUE_CHUNK_ON_CPU:
+        return _hue_pass(x, shift)
+    return torch.cat([_hue_pass(part, s) for part, s in zip(x.split(HUE_CHUNK_ON_CPU), shift.split(HUE_CHUNK_ON_CPU), strict=True)])
+
+
+def _hue_pass(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """adjust_hue (RGB -> HSV, hue + shift, -> RGB) per sample, without materialising HSV: the hue shift keeps V (the
+    max) and the chroma (max - min), so each channel is rebuilt from the shifted hue directly."""
     r, g, b = x.unbind(1)
     top = x.amax(dim=1)
     chroma = top - x.amin(dim=1)

@@ -9,7 +9,18 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ssl_train.data.batched_views import BRIGHTNESS, CONTRAST, SATURATION, BatchedView, _colour_blend, _hue, apply_colour_jitter, sample_crop_boxes
+from ssl_train.data.batched_views import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE_CHUNK_ON_CPU,
+    SATURATION,
+    BatchedView,
+    _colour_blend,
+    _hue,
+    _hue_pass,
+    apply_colour_jitter,
+    sample_crop_boxes,
+)
 from ssl_train.data.loader_crops import TRIES, LoaderCrops, crop_box, resized_crop_uint8
 from ssl_train.data.recipes import ViewRecipe
 from ssl_train.data.views import MultiViewTransform
@@ -50,6 +61,22 @@ def test_each_blend_op_matches_torchvision(op: int, factor: float) -> None:
     expected = torch.stack([TORCHVISION_JITTER[op](x[i], float(factors[i])) for i in range(4)])
     torch.testing.assert_close(_colour_blend(x.clone(), torch.full((4,), op), factors), expected, atol=1e-4, rtol=0)
     assert torch.equal(_colour_blend(x.clone(), torch.full((4,), op), factors)[1], x[1])  # factor 1: exactly unchanged
+
+
+def test_blends_with_an_op_per_sample_match_torchvision_on_colour_and_grey_images() -> None:
+    """One batch mixing the three ops (the per-sample colour matrix), on RGB and one-channel images (saturation of a
+    one-channel image is its identity in torchvision, which the caller skips; brightness and contrast apply)."""
+    for channels, ops in ((3, [BRIGHTNESS, CONTRAST, SATURATION, CONTRAST, BRIGHTNESS, SATURATION]), (1, [BRIGHTNESS, CONTRAST] * 3)):
+        x = torch.rand(6, channels, 8, 8)
+        factors = torch.tensor([1.4, 0.6, 0.7, 1.3, 0.9, 1.1])
+        expected = torch.stack([TORCHVISION_JITTER[op](x[i], float(factors[i])) for i, op in enumerate(ops)])
+        torch.testing.assert_close(_colour_blend(x.clone(), torch.tensor(ops), factors), expected, atol=1e-5, rtol=0)
+
+
+def test_hue_in_cache_sized_chunks_equals_one_pass() -> None:
+    """On a CPU a large batch's hue runs in chunks of HUE_CHUNK_ON_CPU samples: bit for bit the one-pass result."""
+    x, shifts = torch.rand(2 * HUE_CHUNK_ON_CPU + 3, 3, 6, 6), torch.empty(2 * HUE_CHUNK_ON_CPU + 3).uniform_(-0.5, 0.5)
+    assert torch.equal(_hue(x, shifts), _hue_pass(x, shifts))
 
 
 def test_hue_matches_torchvision_including_greys_and_extremes() -> None:
