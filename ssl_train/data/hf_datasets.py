@@ -55,19 +55,24 @@ def limited_rows(table: Any, limit: int | None, seed: int) -> Any:
 MAX_CLASSES = 1_000_000  # an integer label at or above it is refused: the class names are range(max label + 1)
 
 
-def image_file(root: Path, name: str) -> Path:
-    """The image file a row names by `name` without its bytes: a relative path inside `root` (the dataset's folder)
-    that is a regular file, never a symlink, FIFO or device; OSError saying why otherwise (the image is then skipped)."""
+def read_image_file(root: Path, name: str) -> bytes:
+    """The bytes of the image file a row names by `name`: a relative path inside `root` (the dataset's folder) that is
+    a regular file, never a symlink, FIFO or device, checked on the opened file itself (O_NOFOLLOW, then fstat: no
+    window between the check and the read); OSError saying why otherwise (the image is then skipped)."""
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
         raise OSError(f"its image path {name!r} is not relative to the dataset folder {root}")
     path = root / relative
     if not path.resolve().is_relative_to(root.resolve()):
         raise OSError(f"its image path {name!r} leaves the dataset folder {root}")
-    mode = path.lstat().st_mode  # lstat: a symlink is not followed
-    if not stat.S_ISREG(mode):
-        raise OSError(f"its image path {name!r} is not a regular file (a symlink, FIFO or device is never read)")
-    return path
+    try:  # O_NONBLOCK: opening a FIFO never waits for a writer; O_NOFOLLOW: a symlink is never opened
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        raise OSError(f"its image path {name!r} is not a regular file ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"its image path {name!r} is not a regular file (a symlink, FIFO or device is never read)")
+        return handle.read()
 
 
 class HFImages(EncodedImages):
@@ -83,7 +88,7 @@ class HFImages(EncodedImages):
         if isinstance(value, dict):  # an Image feature undecoded: {"bytes": ..., "path": ...}
             if value.get("bytes"):
                 return bytes(value["bytes"])
-            return image_file(self.root, str(value["path"])).read_bytes() if value.get("path") else b""
+            return read_image_file(self.root, str(value["path"])) if value.get("path") else b""
         return bytes(value) if isinstance(value, bytes | bytearray) else b""
 
 
