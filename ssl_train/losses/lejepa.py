@@ -26,8 +26,9 @@ class LeJEPALoss(nn.Module):
     the official library's quadrature); averaged over directions and views. The global views enter both terms
     (lightly issue #2002). The directions come from a generator seeded with the step (a buffer, advanced by each
     training forward), as the official code does, so every rank draws the same ones and a resumed run continues.
-    Inputs: (N, D) embeddings (not normalised: SIGReg wants them N(0, I)). `forward(z_a, z_b)` takes two global views
-    (what SiameseMethod passes); `multi_view` any number of global and local views. Across ranks every view's rows are
+    Inputs: (N, D) embeddings (not normalised: SIGReg wants them N(0, I)). `forward(z_a, z_b, *more, num_global=2)`
+    takes every view, the first `num_global` global (what LeJEPAMethod passes; a pair is two global views); `multi_view`
+    the same as two lists. Across ranks every view's rows are
     gathered with gradients, so the empirical CF and N are the global batch's (the official code all-reduces the ECF).
     """
 
@@ -51,6 +52,7 @@ class LeJEPALoss(nn.Module):
         self.register_buffer("phi", torch.exp(-t.square() / 2), persistent=False)
         self.register_buffer("weights", weights * self.phi, persistent=False)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.terms: dict[str, torch.Tensor] = {}
         self._step = 0  # the buffer's value on the host: seeding reads it without a device sync
         self._register_load_state_dict_pre_hook(self._read_step)
 
@@ -72,8 +74,13 @@ class LeJEPALoss(nn.Module):
         return (gap @ self.weights).mean() * views.shape[1]
 
     @float32
-    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-        return self.multi_view([z_a, z_b])
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, *more_views: torch.Tensor, num_global: int = 2) -> torch.Tensor:
+        """The loss of views z_a, z_b, *more_views, each (N, D) for the same N images: the first `num_global` global,
+        the rest local crops (what LeJEPAMethod passes; a pair from SiameseMethod is two global views)."""
+        views = [z_a, z_b, *more_views]
+        if not 1 <= num_global <= len(views):
+            raise ValueError(f"LeJEPALoss: num_global must be in [1, {len(views)}] (the views given), got {num_global}")
+        return self.multi_view(views[:num_global], views[num_global:])
 
     @float32
     def multi_view(self, global_views: Sequence[torch.Tensor], local_views: Sequence[torch.Tensor] = ()) -> torch.Tensor:
@@ -87,7 +94,9 @@ class LeJEPALoss(nn.Module):
         stacked = stacked.transpose(0, 1)
         centers = stacked[: len(global_views)].mean(0)
         prediction = (centers - stacked).square().mean()
-        loss = (1 - self.lambd) * prediction + self.lambd * self.sigreg(stacked)
+        sigreg = self.sigreg(stacked)
+        self.terms = {"prediction": prediction.detach(), "sigreg": sigreg.detach()}  # the last call's two terms, for the logs
+        loss = (1 - self.lambd) * prediction + self.lambd * sigreg
         if self.training:
             self._step += 1
             self.step.fill_(self._step)

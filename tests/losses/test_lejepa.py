@@ -1,8 +1,9 @@
-"""LeJEPA: the loss against a transcription of the paper's algorithms (global views in both terms), its step-seeded
-directions, 2 ranks = 1 process, one training step of method=lejepa."""
+"""LeJEPA: the loss against transcriptions of the paper's algorithms and of the official code (global and local views
+in both terms), its step-seeded directions, 2 ranks = 1 process, one training step of method=lejepa on multi-crop views."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 from ssl_train.build import build
 from ssl_train.losses.lejepa import LeJEPALoss
+from ssl_train.methods.lejepa import LeJEPAMethod
+from ssl_train.verify_dist_config import training_batch
 from tests.fixtures import compose_config
 
 
@@ -46,6 +49,49 @@ def reference_lejepa(global_views: list[torch.Tensor], local_views: list[torch.T
     prediction /= len(views) * n
     sigreg = sum(reference_sigreg(v, a) for v in views) / len(views)
     return ((1 - lambd) * prediction + lambd * sigreg).float()
+
+
+def official_lejepa(global_views: list[torch.Tensor], local_views: list[torch.Tensor], lambd: float, step: int, slices: int) -> torch.Tensor:
+    """galilai-group/lejepa written out as loops: SlicingUnivariateTest's step-seeded directions, EppsPulley's half grid
+    t_j = j * 3 / 16 (17 points) with trapezoid weights doubled (dt at the ends, 2 dt inside) times exp(-t^2 / 2), the
+    statistic x N per view and slice, averaged; MINIMAL.md's inv_loss over all views against the global views' mean."""
+    views = global_views + local_views
+    n, d = views[0].shape
+    a = reference_directions(d, slices, step).double()
+    dt = 3.0 / 16
+    sigreg = 0.0
+    for v in views:
+        for k in range(slices):
+            x = [float(v[i].double() @ a[:, k]) for i in range(n)]
+            for j in range(17):
+                t = j * dt
+                cos_mean = sum(math.cos(xi * t) for xi in x) / n
+                sin_mean = sum(math.sin(xi * t) for xi in x) / n
+                weight = (dt if j in (0, 16) else 2 * dt) * math.exp(-(t**2) / 2)
+                sigreg += ((cos_mean - math.exp(-(t**2) / 2)) ** 2 + sin_mean**2) * weight * n
+    sigreg /= len(views) * slices
+    inv = 0.0
+    for v in views:
+        for i in range(n):
+            for c in range(d):
+                center = sum(float(g[i, c]) for g in global_views) / len(global_views)
+                inv += (center - float(v[i, c])) ** 2
+    inv /= len(views) * n * d
+    return torch.tensor((1 - lambd) * inv + lambd * sigreg, dtype=torch.float32)
+
+
+def test_two_global_and_six_local_views_equal_the_official_code_in_loops() -> None:
+    """Every view (2 global + 6 local) in both terms, as the official code: forward(*views, num_global=2) and multi_view."""
+    g = torch.Generator().manual_seed(4)
+    global_views = [torch.randn(10, 6, generator=g) for _ in range(2)]
+    local_views = [torch.randn(10, 6, generator=g) * 0.5 + 0.3 for _ in range(6)]
+    expected = official_lejepa(global_views, local_views, 0.05, 0, 12)
+    torch.testing.assert_close(LeJEPALoss(num_slices=12)(*global_views, *local_views, num_global=2), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(LeJEPALoss(num_slices=12).multi_view(global_views, local_views), expected, atol=1e-5, rtol=1e-4)
+    global_only = official_lejepa(global_views, [], 0.05, 0, 12)  # the local views change the loss: they are not dropped
+    assert abs(float(global_only) - float(expected)) > 1e-3
+    with pytest.raises(ValueError, match="num_global"):
+        LeJEPALoss()(*global_views, num_global=3)
 
 
 def test_lejepa_equals_the_reference_with_local_views_over_two_steps() -> None:
@@ -113,13 +159,22 @@ def test_two_ranks_equal_one_process() -> None:
         assert verdict.verdict == EQUAL, verdict.line()
 
 
-def test_method_lejepa_trains_a_step_from_its_config(tmp_path: Path) -> None:
-    built = build(compose_config(["method=lejepa"], tmp_path))
-    method, data = built.method, built.datamodule
-    assert type(method).__name__ == "SiameseMethod" and type(method.loss).__name__ == "LeJEPALoss"
-    images = torch.stack([data.splits.train[i][0] for i in range(8)])
-    views = built.module.batched_views(images) if built.module.batched_views is not None else [images, images]
-    out = method(views)
+def test_method_lejepa_trains_a_step_on_two_global_and_six_local_views(tmp_path: Path) -> None:
+    """method=lejepa's training batch (made as training makes it) has 2 global 28 px + 6 local 12 px views; the loss
+    receives all 8 embeddings with num_global=2, and the step's loss equals the loss of those embeddings."""
+    built = build(compose_config(["method=lejepa", "loss.num_slices=8"], tmp_path))  # 8 directions: the loops stay fast
+    method = built.method
+    assert isinstance(method, LeJEPAMethod) and isinstance(method.loss, LeJEPALoss)
+    views, labels = training_batch(built.datamodule)
+    assert [v.shape[-1] for v in views] == [28, 28] + [12] * 6
+    calls: list[tuple[tuple, dict]] = []
+    method.loss.register_forward_hook(lambda module, args, kwargs, out: calls.append((args, kwargs)), with_kwargs=True)
+    out = method(views, labels)
     out["loss"].backward()
-    assert torch.isfinite(out["loss"]) and any(p.grad is not None for p in method.backbone.parameters())
+    ((embeddings, kwargs),) = calls
+    assert len(embeddings) == 8 and kwargs == {"num_global": 2} and out["logs"]["num_local_views"] == 6.0
+    detached = [e.detach() for e in embeddings]
+    reference = official_lejepa(detached[:2], detached[2:], 0.05, 0, 8)
+    torch.testing.assert_close(out["loss"].detach(), reference, atol=1e-4, rtol=1e-4)
+    assert all(p.grad is not None for p in method.backbone.parameters() if p.requires_grad)
     assert int(method.loss.step) == 1
