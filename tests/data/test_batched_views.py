@@ -119,6 +119,7 @@ def test_jitter_factor_ranges_and_per_sample_order() -> None:
     assert len(set(brightness.tolist())) > 0.9 * N  # every sample its own draw, not one per batch
 
 
+@pytest.mark.slow  # thousands of per-sample torchvision pipelines: 30-45 s alone
 def test_whole_pipeline_moments_match_per_sample_path() -> None:
     torch.manual_seed(0)
     image = torch.zeros(3, 32, 32, dtype=torch.uint8)
@@ -175,6 +176,7 @@ def test_loader_resize_equals_torchvision_and_flip_rate() -> None:
     assert flipped[0].item() == pytest.approx(0.5, abs=0.03) and flipped[1].item() == 0.0
 
 
+@pytest.mark.slow  # thousands of per-sample torchvision pipelines: 30-45 s alone
 def test_hybrid_pipeline_moments_match_per_sample_path() -> None:
     """Loader crops + device ops of each view (two global views with their own recipes, one local crop) give the
     per-sample pipeline's distribution on a non-square image: channel means and stds, column and row profiles. Tolerances
