@@ -28,6 +28,9 @@ from ssl_train.errors import UserError
 ENCODER_ENTRY_POINTS = ("tokens", "cls_attention", "stages", "pool")
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16}  # trainer.precision -> the dtype FSDP gathers parameters in (fp32 gradients reduced)
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
+# callbacks that run the encoder on rank 0 alone during fit (class name -> its config key): a sharded encoder cannot, its
+# every forward is an all-gather the other ranks must join (rank 0 waited in it forever: the hang after an epoch's end)
+RANK_ZERO_ENCODER_CALLBACKS = {"OnlineEvaluation": "callbacks.online_eval", "TrainingPictures": "callbacks.pictures"}
 
 
 def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy:
@@ -37,6 +40,12 @@ def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy:
         raise UserError(f"trainer=fsdp: trainer.precision={precision} is not supported by FSDP2; use one of {', '.join(PRECISIONS)}")
     dtype = PARAM_DTYPES.get(str(precision))
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
+
+
+def without_rank_zero_encoder_callbacks(callbacks: list[Any]) -> tuple[list[Any], list[str]]:
+    """`callbacks` less those that run the encoder on rank 0 alone (RANK_ZERO_ENCODER_CALLBACKS), and the config keys of those taken out."""
+    dropped = [c for c in callbacks if type(c).__name__ in RANK_ZERO_ENCODER_CALLBACKS]
+    return [c for c in callbacks if c not in dropped], sorted({RANK_ZERO_ENCODER_CALLBACKS[type(c).__name__] for c in dropped})
 
 
 def is_encoder(module: nn.Module) -> bool:
@@ -114,10 +123,12 @@ class FSDPStrategy(ModelParallelStrategy):
         """ModelParallelStrategy.setup, with `shard` in place of the LightningModule's configure_model."""
         assert self.model is not None and self.accelerator is not None and self.lightning_module is not None
         self.accelerator.setup(trainer)
-        rank_zero_only_callbacks = [c for c in trainer.callbacks if type(c).__name__ == "OnlineEvaluation"]
-        if rank_zero_only_callbacks:  # it runs the encoder on rank 0 alone, which a sharded encoder cannot (the others must join each gather)
-            trainer.callbacks = [c for c in trainer.callbacks if c not in rank_zero_only_callbacks]
-            rank_zero_info("[ssl_train] trainer=fsdp: callbacks.online_eval is off (it runs on rank 0 alone); the evaluation after training runs as usual")
+        trainer.callbacks, dropped = without_rank_zero_encoder_callbacks(trainer.callbacks)
+        if dropped:
+            rank_zero_info(
+                f"[ssl_train] trainer=fsdp: {', '.join(dropped)} off (they run the encoder on rank 0 alone, which a sharded encoder "
+                "cannot); the evaluation after training runs as usual"
+            )
         if not self.wrapped:
             self.wrapped = shard(self.lightning_module, self.device_mesh["data_parallel"], self.wrap, self.policy, self.reshard_after_forward)
         _materialize_distributed_module(self.model, self.root_device)

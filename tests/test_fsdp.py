@@ -14,9 +14,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
+from ssl_train.build import instantiate
 from ssl_train.checkpoint_io import read_checkpoint
 from ssl_train.errors import UserError
-from ssl_train.fsdp import FSDPStrategy, is_encoder, mixed_precision_policy
+from ssl_train.fsdp import FSDPStrategy, is_encoder, mixed_precision_policy, without_rank_zero_encoder_callbacks
 from ssl_train.sharded_checkpoint import SHARDS_KEY
 from tests.fixtures import compose_config, one_line, tiny_vit
 
@@ -30,6 +31,17 @@ def test_fsdp_config_builds_the_strategy_on_cpu(tmp_path: Path) -> None:
     assert isinstance(strategy, FSDPStrategy)
     assert strategy.wrap == ["Block"] and strategy.num_processes == 2 and strategy._save_distributed_checkpoint
     assert strategy.policy.param_dtype is None  # 32-true: fp32 throughout
+
+
+def test_callbacks_that_run_the_encoder_on_rank_zero_alone_are_taken_out(tmp_path: Path) -> None:
+    """The online evaluation and the training pictures (its embedding maps) run the encoder on rank 0 alone: sharded, rank 0
+    waited forever in its first all-gather (the 2-process run hung at its last epoch's end). Every other callback stays."""
+    cfg = compose_config(["trainer=fsdp", "trainer.accelerator=cpu", "trainer.precision=32-true", "backbone=vit_tiny"], tmp_path)
+    callbacks = [instantiate("callbacks", node) for node in cfg.callbacks.values() if node is not None]
+    kept, dropped = without_rank_zero_encoder_callbacks(callbacks)
+    assert dropped == ["callbacks.online_eval", "callbacks.pictures"]
+    assert {type(c).__name__ for c in callbacks} - {type(c).__name__ for c in kept} == {"OnlineEvaluation", "TrainingPictures"}
+    assert len(kept) == len(callbacks) - 2 and sum(type(c).__name__ in ("ModelCheckpoint", "BestCheckpoint") for c in kept) == 2
 
 
 def test_precision_follows_the_trainer() -> None:
