@@ -62,11 +62,16 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
 def final_token_norm(backbone: nn.Module) -> nn.Module:
     """The per-token LayerNorm a ViT encoder ends with (MAE's and I-JEPA's `self.norm`), for the tokens handed to a decoder
     or predictor when the timm ViT has none: with global_pool avg timm makes its per-token norm a no-op and normalises the
-    pooled vector instead (fc_norm). Identity when the ViT already normalises its tokens (or has no final norm at all)."""
+    pooled vector instead (fc_norm, which pretraining then never reaches: it is frozen at its init, as the references'
+    fine-tuning starts a fresh one). Identity when the ViT already normalises its tokens (or has no final norm at all)."""
     model = getattr(backbone, "model", None)
-    moved = isinstance(getattr(model, "norm", None), nn.Identity) and not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity)
+    pooled_norm = getattr(model, "fc_norm", nn.Identity())
+    moved = isinstance(getattr(model, "norm", None), nn.Identity) and not isinstance(pooled_norm, nn.Identity)
     if not moved:
         return nn.Identity()
+    # timm's pooled norm: only the online probe's detached features pass it, so no loss trains it (under DDP a trainable
+    # parameter without a gradient stops the second step)
+    pooled_norm.requires_grad_(False)
     norm = nn.LayerNorm(int(getattr(backbone, "out_dim", 0)), eps=1e-6)
     norm._register_load_state_dict_pre_hook(initial_values_where_missing, with_module=True)  # MAE / I-JEPA checkpoints from before it
     return norm

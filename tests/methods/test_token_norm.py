@@ -46,6 +46,9 @@ def test_mae_decoder_and_ijepa_predictor_get_normalised_tokens(global_pool: str)
     if global_pool == "avg":
         assert mae.encoder_norm.weight.grad is not None and ijepa.encoder_norm.weight.grad is not None  # trained
         assert isinstance(ijepa.target["encoder_norm"], torch.nn.LayerNorm)  # the target encoder has its EMA copy
+        for method in (mae, ijepa):  # timm's pooled norm, which no loss reaches, is frozen: every trained parameter got a gradient (as DDP needs)
+            assert not method.backbone.model.fc_norm.weight.requires_grad
+            assert [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_checkpoints_from_before_the_norm_still_load() -> None:
