@@ -25,7 +25,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint._traverse import set_element
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner, _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
@@ -191,6 +191,13 @@ def remove_shards(path: Any, keep: str | None = None) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def write_shards(state: dict[str, Any], folder: Path) -> None:
+    """Every rank writes its shards of `state` to `folder` (DCP). An entry that every rank holds whole, not sharded (a
+    buffer: BatchNorm's running statistics stay each rank's own under FSDP), is written from rank 0, as DDP's checkpoint
+    holds rank 0's; DCP's default writes it from whichever rank has the least to write."""
+    dcp.save(state, checkpoint_id=folder, planner=DefaultSavePlanner(dedup_save_to_lowest_rank=True))
+
+
 def save(strategy: Any, checkpoint: dict[str, Any], filepath: Any) -> None:
     """Every rank writes its shards of the weights and optimizer states to a new folder; then rank 0 writes the checkpoint
     file naming it (strategy.checkpoint_io: atomic, records the step) and removes the older folders."""
@@ -198,7 +205,7 @@ def save(strategy: Any, checkpoint: dict[str, Any], filepath: Any) -> None:
     name = strategy.broadcast(f"{path.name}.shards-{checkpoint.get('global_step', 0)}-{time.time_ns()}")
     state = {"state_dict": checkpoint.pop("state_dict")}
     state.update({f"optimizer_{i}": optimizer for i, optimizer in enumerate(checkpoint.pop("optimizer_states", []))})
-    dcp.save(state, checkpoint_id=path.parent / name)
+    write_shards(state, path.parent / name)
     strategy.barrier("sharded_checkpoint.save")
     if strategy.is_global_zero:
         strategy.checkpoint_io.save_checkpoint({**checkpoint, "state_dict": {}, SHARDS_KEY: name}, path)
@@ -217,8 +224,23 @@ def load(strategy: Any, filepath: Any) -> dict[str, Any]:
     module_state = {"state_dict": get_model_state_dict(model)}
     dcp.load(module_state, storage_reader=_reader(folder, trust), planner=planner())
     model.load_state_dict(module_state["state_dict"], strict=strategy.lightning_module.strict_loading)
+    saved = set(_reader(folder, trust).read_metadata().state_dict_metadata)
     for i, optimizer in enumerate(strategy.optimizers):
-        optimizer_state = {f"optimizer_{i}": get_optimizer_state_dict(model, optimizer)}
+        key = f"optimizer_{i}"
+        optimizer_state = {key: saved_states_only(get_optimizer_state_dict(model, optimizer), key, saved)}
         dcp.load(optimizer_state, storage_reader=_reader(folder, trust), planner=planner())
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state[f"optimizer_{i}"], options=StateDictOptions(cpu_offload=True))
+        # strict=False: a parameter the checkpoint holds no state for gets none, as in the run that saved it
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state[key], options=StateDictOptions(cpu_offload=True, strict=False))
     return {k: v for k, v in meta.items() if k not in (SHARDS_KEY, "state_dict")}
+
+
+def saved_states_only(template: dict[str, Any], key: str, saved: set[str]) -> dict[str, Any]:
+    """The optimizer state dict `template` (every parameter's state, as torch initialises it for loading) less the states
+    the checkpoint does not hold (`saved`: its flattened keys, `key.state.<param>.<name>`): a parameter that had no gradient
+    before the save (DINO's last layer in its first epoch, a frozen one) has no optimizer state, and must get none back."""
+    states = {
+        name: kept
+        for name, values in template["state"].items()
+        if (kept := {field: value for field, value in values.items() if f"{key}.state.{name}.{field}" in saved})
+    }
+    return {**template, "state": states}

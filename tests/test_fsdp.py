@@ -132,3 +132,36 @@ def test_shard_entries_and_folder_names_stay_inside_the_checkpoint_folder(tmp_pa
     with pytest.raises(UserError) as error:
         read_checkpoint(path)
     assert "names the shard folder '..'" in one_line(error)
+
+
+def test_optimizer_states_load_as_saved_when_a_parameter_had_no_gradient(tmp_path: Path) -> None:
+    """A parameter without a gradient before the save (DINO's last layer, frozen in the first epoch) has no optimizer
+    state: resuming reads the states the checkpoint holds and gives that parameter none, as in the run that saved it
+    (the template torch makes for loading holds every parameter's state: DCP stopped on the missing key)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+
+    from ssl_train.optim import LARS
+    from ssl_train.sharded_checkpoint import saved_states_only
+
+    def trained() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+        return model, LARS(model.parameters(), lr=0.1, weight_decay=1e-4)
+
+    model, optimizer = trained()
+    model(torch.randn(5, 3)).sum().backward()
+    model[1].weight.grad = None  # frozen this step: no state for it
+    optimizer.step()
+    dcp.save({"optimizer_0": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=tmp_path, no_dist=True)
+    saved = set(dcp.FileSystemReader(tmp_path).read_metadata().state_dict_metadata)
+
+    resumed, fresh = trained()
+    template = get_optimizer_state_dict(resumed, fresh)
+    assert "1.weight" in template["state"]  # torch initialises every state for loading
+    state = {"optimizer_0": saved_states_only(template, "optimizer_0", saved)}
+    dcp.load(state, checkpoint_id=tmp_path, no_dist=True)
+    set_optimizer_state_dict(resumed, fresh, optim_state_dict=state["optimizer_0"], options=StateDictOptions(strict=False))
+    assert resumed[1].weight not in fresh.state and len(fresh.state) == len(optimizer.state) == 3
+    for before, after in zip(model.parameters(), resumed.parameters(), strict=True):
+        if before in optimizer.state:
+            assert torch.equal(fresh.state[after]["momentum_buffer"], optimizer.state[before]["momentum_buffer"])
