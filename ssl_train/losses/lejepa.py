@@ -28,8 +28,8 @@ class LeJEPALoss(nn.Module):
     training forward), as the official code does, so every rank draws the same ones and a resumed run continues.
     Inputs: (N, D) embeddings (not normalised: SIGReg wants them N(0, I)). `forward(z_a, z_b, *more, num_global=2)`
     takes every view, the first `num_global` global (what LeJEPAMethod passes; a pair is two global views); `multi_view`
-    the same as two lists. Across ranks every view's rows are
-    gathered with gradients, so the empirical CF and N are the global batch's (the official code all-reduces the ECF).
+    the same as two lists. Across ranks every view's rows are gathered with gradients, so the empirical CF and N are
+    the global batch's (the official code all-reduces the ECF).
     """
 
     # buffers (register_buffer below)
