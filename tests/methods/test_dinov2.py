@@ -119,11 +119,16 @@ def test_the_configs_build_dinov2_and_refuse_a_bad_gram_schedule(tmp_path: Path)
     from ssl_train.errors import UserError
 
     cfg = compose_config(["method=dinov2", "backbone.model_kwargs.depth=1"], tmp_path / "a")
-    method = build(cfg).method
+    built = build(cfg)
+    method = built.method
     assert method.name == "dinov2" and method.loss.centering == "sinkhorn_knopp" and method.koleo.weight == 0.1
     assert method.patch_head is not None and method.gram.backbone is None  # Gram anchoring off by default: no copy
     gamma = method.backbone.model.blocks[0].ls1.gamma  # timm's layer scale, from backbone.model_kwargs.init_values
-    assert torch.allclose(gamma, torch.full_like(gamma, 1e-5))
+    assert torch.equal(gamma, torch.ones_like(gamma)) and gamma.requires_grad  # 1.0 on this budget (dinov2: 1e-5)
+    optimizer, _, lr = built.module.optim.build(method, [], 256, 39, 78)
+    assert lr == pytest.approx(2e-3)  # dinov2's sqrt_wrt_1024: 4e-3 x sqrt(256 / 1024)
+    no_decay = [group for group in optimizer.param_groups if group["weight_decay"] == 0.0]
+    assert any(p is gamma for group in no_decay for p in group["params"])  # trained, without weight decay (dinov2's gamma)
     with pytest.raises(UserError, match="gram_refresh_every"):
         build(compose_config(["method=dinov2", "method.gram_weight=1.0", "method.gram_refresh_every=-1"], tmp_path / "b"))
 
