@@ -10,10 +10,11 @@ backbone stepping in a plain PyTorch loop on pre-made views of the same shapes (
 A `shards:N` row trains from the same images written once as WebDataset shards (`python -m ssl_train.toolkit shard`,
 1000 per shard) with `data=webdataset`: the hybrid path streamed from tar files instead of one file per image.
 
-The ceiling is measured before and after the rows (their mean is the reference); the run waits for a 1-minute load
+The ceiling is measured before each round of rows and at the end; each row's fraction is against the mean of the ceilings
+just before and after it, and the table shows medians over the rounds; the run waits for a 1-minute load
 average below --quiet-load first.
 
-Run: python scripts/bench_folder.py [--images 5000] [--steps 30] [--warmup 5] [--rows per-sample:1 hybrid:1 hybrid:2 hybrid:0 shards:2]
+Run: python scripts/bench_folder.py [--images 5000] [--steps 30] [--warmup 5] [--rounds 3] [--rows per-sample:1 hybrid:1 hybrid:2 hybrid:0 shards:2]
      [--override data.batch_size=128 ...]
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=[], help="config overrides for every row and the ceiling")
     parser.add_argument("--quiet-load", type=float, default=0.7, help="start once the 1-minute load average is below this (waits up to --max-wait s)")
     parser.add_argument("--max-wait", type=float, default=600)
+    parser.add_argument("--rounds", type=int, default=1, help="alternated rounds of the ceiling and every row; the table shows medians")
     args = parser.parse_args()
     root = make_folder(args.cache / f"jpeg{args.images}", args.images)
     load = wait_for_quiet(args.quiet_load, args.max_wait)
@@ -185,27 +188,33 @@ def main() -> None:
         print(f"WARNING: the load average stayed >= {args.quiet_load} for {args.max_wait:.0f} s: other work shares the cores, the figures are not comparable")
     with tempfile.TemporaryDirectory() as out:
         ceiling_overrides = overrides_for(root, "auto", 0, 1, out, args.override)
-        tops = [ceiling(ceiling_overrides, args.steps, args.warmup)[0]]  # before and after the rows: a drift of the machine shows
-        rows = []
-        for row in args.rows:
-            path, workers = row.split(":")
-            overrides = overrides_for(root, PATHS[path], int(workers), args.warmup + args.steps, out, args.override)
-            rate, _ = end_to_end(as_shards(overrides, shards_of(root)) if path == "shards" else overrides, args.warmup)
-            rows.append((f"{path}, {workers} worker(s)", rate, os.getloadavg()[0]))
-            print(f"{rows[-1][0]}: {rate:.0f} images/s (load average {rows[-1][2]:.2f}, this run included)", flush=True)
+        tops: list[float] = []
+        rates: dict[str, list[float]] = {row: [] for row in args.rows}
+        for round_ in range(args.rounds):  # alternated: ceiling, rows, ..., ceiling; a drift of the machine hits all alike
+            tops.append(ceiling(ceiling_overrides, args.steps, args.warmup)[0])
+            for row in args.rows:
+                path, workers = row.split(":")
+                overrides = overrides_for(root, PATHS[path], int(workers), args.warmup + args.steps, out, args.override)
+                rate, _ = end_to_end(as_shards(overrides, shards_of(root)) if path == "shards" else overrides, args.warmup)
+                rates[row].append(rate)
+                print(f"round {round_ + 1}, {row}: {rate:.0f} images/s (load average {os.getloadavg()[0]:.2f}, this run included)", flush=True)
         top, shapes = ceiling(ceiling_overrides, args.steps, args.warmup)
         tops.append(top)
-    top = sum(tops) / len(tops)
+    # each round's rows against the mean of the ceilings measured just before and just after them; medians over rounds
+    fractions = {row: [r / ((tops[i] + tops[i + 1]) / 2) for i, r in enumerate(rs)] for row, rs in rates.items()}
     print(
-        f"\nmodel-only ceiling (plain loop on pre-made views {shapes}): {tops[0]:.0f} before, {tops[1]:.0f} after the rows; "
-        f"load average at the end: {os.getloadavg()[0]:.2f}\n"
+        f"\nmodel-only ceiling (plain loop on pre-made views {shapes}), images/s: {', '.join(f'{t:.0f}' for t in tops)} (before each round and "
+        f"at the end); load average at the end: {os.getloadavg()[0]:.2f}\n"
     )
-    print("| path | images/s | fraction of ceiling |\n|---|---|---|")
-    for name, rate, _ in rows:
-        print(f"| {name} | {rate:.0f} | {rate / top:.2f} |")
-    print(f"| model only (ceiling, mean) | {top:.0f} | 1.00 |")
+    print(f"| path | images/s (median of {args.rounds}) | fraction of ceiling (median) | fractions per round |\n|---|---|---|---|")
+    for row in args.rows:
+        path, workers = row.split(":")
+        per_round = ", ".join(f"{f:.2f}" for f in fractions[row])
+        print(f"| {path}, {workers} worker(s) | {statistics.median(rates[row]):.0f} | {statistics.median(fractions[row]):.2f} | {per_round} |")
+    print(f"| model only (ceiling, median) | {statistics.median(tops):.0f} | 1.00 | |")
     print(
-        f"\ncommand: python scripts/bench_folder.py --images {args.images} --steps {args.steps} --warmup {args.warmup} --rows {' '.join(args.rows)}"
+        f"\ncommand: python scripts/bench_folder.py --images {args.images} --steps {args.steps} --warmup {args.warmup} --rounds {args.rounds} "
+        + f"--rows {' '.join(args.rows)}"
         + (f" --override {' '.join(args.override)}" if args.override else "")
     )
     print("each row: python -m ssl_train " + " ".join(overrides_for(root, "<false|auto>", "<workers>", args.warmup + args.steps, "<out>", args.override)))

@@ -67,19 +67,19 @@ _HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # HSV -> RGB: channel c = V - C * clamp(
 
 def _colour_blend(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_brightness / adjust_contrast / adjust_saturation, each sample its own op (BRIGHTNESS,
-    CONTRAST, SATURATION) and factor, as one per-sample colour matrix and offset (a batched matmul, then the clamp):
-    each op is factor * x + (1 - factor) * target with a target linear in the pixel (black, the grey image's mean, the
-    grey image). A factor of 1 gives the identity matrix and a zero offset: the sample is left exactly as it is."""
-    batch, channels = x.shape[:2]
-    grey = torch.tensor(GREY_WEIGHTS if channels == 3 else (1.0,), dtype=x.dtype, device=x.device)
+    CONTRAST, SATURATION) and factor, in one pass: each op is factor * x + (1 - factor) * target with a target linear
+    in the pixel (black, the grey image's mean, the grey image), so y = factor * x + s * grey + o with per-sample s
+    (1 - factor for saturation, else 0) and o ((1 - factor) * mean grey for contrast, else 0), then the clamp. A factor
+    of 1 gives s = o = 0: the sample is left exactly as it is."""
+    channels = x.shape[1]
     factor = factor.to(x.dtype)
     rest = 1.0 - factor
-    saturation = torch.where(op == SATURATION, rest, 0.0)[:, None, None] * grey.expand(channels, channels)
-    matrix = torch.diag_embed(factor[:, None].expand(batch, channels)) + saturation  # (B, C, C): row = output channel
-    pixels = x.reshape(batch, channels, -1)
-    mean_grey = pixels.mean(dim=2) @ grey  # the contrast target: the mean of the grey image
-    offset = torch.where(op == CONTRAST, rest * mean_grey, 0.0)[:, None, None].expand(batch, channels, 1)
-    return torch.baddbmm(offset, matrix, pixels).clamp_(0, 1).view_as(x)
+    grey = _grayscale(x)  # (B, 1, H, W): the saturation and contrast targets
+    mean_grey = grey.mean(dim=(1, 2, 3))
+    saturation = torch.where(op == SATURATION, rest, 0.0) if channels == 3 else torch.zeros_like(rest)
+    offset = torch.where(op == CONTRAST, rest * mean_grey, 0.0)
+    target = torch.addcmul(offset[:, None, None, None], grey, saturation[:, None, None, None])
+    return torch.addcmul(target, x, factor[:, None, None, None]).clamp_(0, 1)
 
 
 def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -126,13 +126,29 @@ def apply_colour_jitter(x: torch.Tensor, applied: torch.Tensor, blend_factors: t
     return x
 
 
+SHIFTED_SUM_MAX_KERNEL = 7  # small kernels as K shifted multiply-adds: a depthwise conv over B x C groups is 3-4x slower on a CPU
+
+
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Per-sample separable Gaussian blur (reflect padding, as torchvision) with grouped convolutions."""
+    """Per-sample separable Gaussian blur (reflect padding, as torchvision): each pass as shifted multiply-adds for
+    small kernels, else as a grouped convolution (one group per sample and channel)."""
     b, c, height, width = x.shape
     offsets = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - (kernel_size - 1) / 2
     kernel = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma[:, None] ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, K)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K)
     pad = kernel_size // 2
+    if kernel_size <= SHIFTED_SUM_MAX_KERNEL:
+        taps = kernel[:, :, None, None, None]  # (B, K, 1, 1, 1)
+        y = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+        rows = taps[:, 0] * y[..., :width]
+        for k in range(1, kernel_size):
+            rows.addcmul_(taps[:, k], y[..., k : k + width])
+        y = F.pad(rows, (0, 0, pad, pad), mode="reflect")
+        out = taps[:, 0] * y[..., :height, :]
+        for k in range(1, kernel_size):
+            out.addcmul_(taps[:, k], y[..., k : k + height, :])
+        return out
+    kernel = kernel.repeat_interleave(c, dim=0)  # (B*C, K)
     y = F.pad(x.reshape(1, b * c, height, width), (pad, pad, pad, pad), mode="reflect")
     y = F.conv2d(y, kernel[:, None, None, :], groups=b * c)
     y = F.conv2d(y, kernel[:, None, :, None], groups=b * c)

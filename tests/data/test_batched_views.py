@@ -16,6 +16,7 @@ from ssl_train.data.batched_views import (
     SATURATION,
     BatchedView,
     _colour_blend,
+    _gaussian_blur,
     _hue,
     _hue_pass,
     apply_colour_jitter,
@@ -71,6 +72,13 @@ def test_blends_with_an_op_per_sample_match_torchvision_on_colour_and_grey_image
         factors = torch.tensor([1.4, 0.6, 0.7, 1.3, 0.9, 1.1])
         expected = torch.stack([TORCHVISION_JITTER[op](x[i], float(factors[i])) for i, op in enumerate(ops)])
         torch.testing.assert_close(_colour_blend(x.clone(), torch.tensor(ops), factors), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 9])  # 3 and 5: shifted multiply-adds; 9: the grouped convolution
+def test_blur_with_a_sigma_per_sample_matches_torchvision(kernel_size: int) -> None:
+    x, sigmas = torch.rand(5, 3, 12, 10), torch.tensor([0.1, 0.5, 1.0, 1.7, 2.0])
+    expected = torch.stack([TF.gaussian_blur(x[i], [kernel_size, kernel_size], [float(s), float(s)]) for i, s in enumerate(sigmas)])
+    torch.testing.assert_close(_gaussian_blur(x, sigmas, kernel_size), expected, atol=1e-5, rtol=0)
 
 
 def test_hue_in_cache_sized_chunks_equals_one_pass() -> None:
