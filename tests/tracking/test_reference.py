@@ -116,7 +116,7 @@ def test_the_shipped_bands_are_valid_and_name_their_own_recipe() -> None:
     assert problems == [] and (PACKAGE_BANDS / "simclr.default.json").is_file()  # the default recipe's band ships
     for path in PACKAGE_BANDS.glob("*.json"):
         band = read_band(path)
-        assert path.name.startswith(f"{band.recipe['method']}.") and len(band.seeds) >= 2  # a spread needs two seeds
+        assert path.name.startswith(f"{band.recipe['method']}.") and len(band.seeds) >= 3  # two seeds' bands false-alarm (docs/planning.md)
         assert band.curves["val/knn_top1"].fraction[0] <= 0.25  # an evaluation early enough for the alarm
 
 
