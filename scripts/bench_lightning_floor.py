@@ -1,0 +1,110 @@
+"""Where the framework's Python cost per step comes from: ssl_train's step, a bare LightningModule (automatic and manual
+optimization) and a plain PyTorch loop, on the same method, optimizer recipe and pre-made views.
+
+bench_throughput.py's tiny-encoder row (SimCLR, small ResNet with widths 4 and 8, batch 32: the model costs little, so
+the launch work of Python dominates as on a GPU) is run four ways, alternated over --rounds:
+- "ssl_train": the framework's step (SSLModule, its callbacks, the online probe), as bench_throughput's column;
+- "bare automatic": a LightningModule whose training_step returns the method's loss (Lightning's automatic optimization:
+  closure, hooks, progress tracking), no callbacks, no logger, no checkpointing;
+- "bare manual": the same with automatic_optimization = False and the raw optimizer (zero_grad, backward, step and the
+  scheduler's step in training_step), which skips the optimizer loop's closure and hooks;
+- "plain": bench_throughput.plain_loop.
+Each figure is the median over rounds, in ms per step; "over plain" is the Python cost of that way of stepping.
+
+Run: python scripts/bench_lightning_floor.py [--steps 200] [--warmup 20] [--rounds 4] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+
+import bench_throughput as bt
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from ssl_train.build import build
+
+ROW = bt.PRESETS["cpu"][7]  # simclr, tiny encoder, fp32, batched views, 0 workers, batch 32
+
+
+class BareModule(pl.LightningModule):
+    """The method's loss and optimizer recipe in a LightningModule with nothing else."""
+
+    def __init__(self, method, optim, batch: int, steps: int, manual: bool) -> None:
+        super().__init__()
+        self.method, self.recipe, self.batch, self.steps = method, optim, batch, steps
+        self.automatic_optimization = not manual
+
+    def training_step(self, batch, batch_idx: int):
+        views, labels = batch
+        loss = self.method(views, labels)["loss"]
+        if not self.automatic_optimization:
+            optimizer, scheduler = self.optimizers(use_pl_optimizer=False), self.lr_schedulers()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        return loss
+
+    def configure_optimizers(self):
+        optimizer, scheduler, _ = self.recipe.build(self.method, [], self.batch, self.steps, self.steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def bare_step(cfg, premade: bt.PremadeViews, batch: int, steps: int, warmup: int, manual: bool) -> float:
+    """Images/s of the bare LightningModule on the pre-made views."""
+    pl.seed_everything(0, verbose=False)
+    built = build(cfg)
+    meter = bt.SteadyThroughput(warmup)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[meter],
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+    )
+    module = BareModule(built.method, built.module.optim, batch, steps, manual)
+    trainer.fit(module, train_dataloaders=DataLoader(premade, batch_size=batch, shuffle=False, drop_last=True))
+    return meter.rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = ROW[5]
+    with tempfile.TemporaryDirectory() as out:
+        cfg = bt.compose_row(ROW[0], ROW[1], ROW[2], "per-sample", 0, batch, args.steps, out)
+        premade = bt.premade_views(build(bt.compose_row(*ROW, args.steps, out)), batch, args.steps)
+        ways = {
+            "ssl_train": lambda: bt.framework_step(cfg, premade, batch, args.warmup),
+            "bare automatic": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual=False),
+            "bare manual": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual=True),
+            "plain": lambda: bt.plain_loop(cfg, premade, batch, args.steps, args.warmup, ROW[2]),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(args.rounds):  # alternated, so that drifts of the machine hit every way alike
+            for name, run in ways.items():
+                rates[name].append(run())
+    ms = {name: batch / statistics.median(r) * 1e3 for name, r in rates.items()}
+    print(f"\n| way of stepping | ms per step (median of {args.rounds}) | over plain, ms |\n|---|---|---|")
+    for name, value in ms.items():
+        print(f"| {name} | {value:.3f} | {value - ms['plain']:.3f} |")
+    print(f"\ncommand: python scripts/bench_lightning_floor.py --steps {args.steps} --warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}")
+
+
+if __name__ == "__main__":
+    main()
