@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -16,7 +15,7 @@ from ssl_train import metrics as key
 from ssl_train.build import Built, build
 from ssl_train.callbacks import Preemption
 from ssl_train.checkpoint_io import read_checkpoint
-from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, summary_line
+from ssl_train.eval.protocol import configured_protocol, evaluation_device, initial_baselines, summary_line
 from ssl_train.launch import Launch, chosen_options, group_choice, method_name_of, with_method_name
 from ssl_train.modalities import modality
 from ssl_train.run_dir import ResumePoint, claimed_run_dir, resume_point, save_resolved_config, write_metrics
@@ -98,19 +97,12 @@ def features_of(cfg: DictConfig, built: Built, backbone: torch.nn.Module) -> tor
     return torch.nn.Sequential(backbone, built.method.projector) if cfg.get("eval_features", "backbone") == "projector" else backbone
 
 
-def baselines(cfg: DictConfig, built: Built, protocol: EvaluationProtocol) -> dict[str, float]:
-    """Both baselines for this run: the raw input, and the very initial weights the method starts from (random init)."""
-    initial = features_of(cfg, built, copy.deepcopy(built.backbone))
-    # keyed by the architecture as well as the weights: a different pooling reads the same weights differently
-    architecture = {"backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "eval_features": cfg.get("eval_features", "backbone")}
-    return protocol.baselines(initial, architecture, copy.deepcopy(built.method) if protocol.pair_evaluators else None)
-
-
 def train_and_evaluate(cfg: DictConfig, built: Built, resume: ResumePoint, output_dir: Path) -> dict[str, Any]:
     """Baselines (before training moves the weights), training (or the weights of training finished here), the trained scores."""
     trainer = built.trainer
     protocol = configured_protocol(cfg, built.datamodule, evaluation_device(trainer)) if cfg.probe else None
-    scores = baselines(cfg, built, protocol) if protocol and cfg.baseline and trainer.is_global_zero else {}
+    features = cfg.get("eval_features", "backbone")
+    scores = initial_baselines(protocol, cfg, built.method, features) if protocol and cfg.baseline and trainer.is_global_zero else {}
     scores |= train(built, resume, output_dir, cfg.pretrain, bool(cfg.get("trust_checkpoint", False)))
     if protocol and trainer.is_global_zero:
         preemption = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)  # type: ignore[attr-defined]  # set outside Trainer.__init__

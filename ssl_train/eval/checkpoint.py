@@ -8,16 +8,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_train.build import build_datamodule, build_encoder, instantiate, needs_image_size
+from ssl_train.build import build_datamodule, build_encoder, build_method, instantiate, needs_image_size
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
-from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, summary_line
+from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, forked_rng, initial_baselines, summary_line
 from ssl_train.launch import Launch, chosen_options, method_name_of
-from ssl_train.metrics import CKPT_PATH, EVAL_FEATURES, METHOD
+from ssl_train.metrics import CKPT_PATH, EVAL_FEATURES, INITIAL_WEIGHTS, METHOD
 from ssl_train.modalities import modality
 from ssl_train.modalities.check import modalities_of
 from ssl_train.run_dir import METRICS_FILE, claimed_run_dir, write_new
@@ -92,6 +93,24 @@ def input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int
     return modality(splits.modality).in_channels(splits.input_spec), splits.modality
 
 
+def initial_method(train_cfg: DictConfig) -> Any:
+    """The checkpoint's method before training, rebuilt as `python -m ssl_train` built it: seeded with the run's seed,
+    for its training data's splits, so its encoder has the run's very initial weights (tested); None (with a warning)
+    when that cannot be rebuilt here (no seed stored, the training data or backbone.weights missing)."""
+    seed = train_cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # a stored value is data: checked
+        log.warning("random-init baseline skipped: the checkpoint's config stores no seed in [0, 2**32) (seed: %r)", seed)
+        return None
+    with forked_rng():  # the evaluation's own random stream is left as it was
+        pl.seed_everything(seed, workers=True, verbose=False)
+        try:
+            datamodule = build_datamodule(train_cfg.data, views=instantiate("augment", train_cfg.augment))
+            return build_method(train_cfg, datamodule.splits)
+        except UserError as error:
+            log.warning("random-init baseline skipped: the run's initial encoder cannot be rebuilt here (%s)", error)
+            return None
+
+
 def load_method(ckpt_path: Path, train_cfg: DictConfig, train_splits: Any, trust: bool = False) -> torch.nn.Module:
     """The whole trained method of a checkpoint (both towers of CLIP), rebuilt from its config for its training data's
     splits (input and tokenizer), weights loaded; for evaluations that need more than the encoder (zero-shot, retrieval)."""
@@ -128,7 +147,7 @@ def evaluate_checkpoint(cfg: DictConfig, launch: Launch | None = None) -> dict[s
 
 
 def _evaluate(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
-    """Load, evaluate with the shared protocol (trained scores, views' alignment and LiDAR, raw-input baseline), write, say."""
+    """Load, evaluate with the shared protocol (trained scores, views' alignment and LiDAR, both baselines), write, say."""
     ckpt_path, trust = Path(cfg.ckpt_path).expanduser(), bool(cfg.get("trust_checkpoint", False))
     own_targets = [*targets_in(cfg), *cfg.get("trusted_targets", [])]  # what the user's own eval config builds is trusted
     encoder, train_cfg = encoder_from_checkpoint(ckpt_path, cfg.get("eval_features", "backbone"), trust, own_targets)
@@ -136,14 +155,17 @@ def _evaluate(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     protocol = configured_protocol(cfg, datamodule, evaluation_device(), data_cfg)
     result = checkpoint_pair_scores(ckpt_path, train_cfg, protocol, trust, on_training_data=cfg.get("data") is None) | protocol.trained(encoder)
+    features, initial = cfg.get("eval_features", "backbone"), initial_method(train_cfg)
     metrics = {
         CKPT_PATH: str(ckpt_path.resolve()),
         METHOD: method_name_of(train_cfg),
-        EVAL_FEATURES: cfg.get("eval_features", "backbone"),
+        EVAL_FEATURES: features,
         **result,
         **protocol.view_scores(encoder),
-        **protocol.baselines(),
+        **(initial_baselines(protocol, train_cfg, initial, features) if initial is not None else protocol.baselines()),
     }
+    if initial is not None and train_cfg.backbone.get("weights"):  # the initial encoder is then those weights, not random
+        metrics[INITIAL_WEIGHTS] = str(train_cfg.backbone.weights)
     text = json.dumps(metrics, indent=2) + "\n"  # metrics-1.json, ... when taken; never written through a symlink, a dangling one included
     metrics_path = write_new(metrics_path, text)
     next_to_ckpt = write_new(ckpt_path.parent / METRICS_FILE, text)

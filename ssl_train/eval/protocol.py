@@ -8,6 +8,7 @@ views' alignment and LiDAR, and the one summary line printed at the end.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
@@ -133,6 +134,17 @@ class EvaluationProtocol:
             if scores.get(REPR_COLLAPSED):
                 log.warning("the trained encoder looks collapsed (repr_embedding_std %.2e): check the method's settings", scores[REPR_EMBEDDING_STD])
         return scores
+
+
+def initial_baselines(protocol: EvaluationProtocol, run_cfg: DictConfig, method: Any, features: str = "backbone") -> dict[str, float]:
+    """Both baselines of a run (`run_cfg`) whose untrained `method` is given: the raw input, and the initial encoder
+    read as `features` says (the backbone, or with it the projector), cached by its architecture and weights; the
+    untrained towers too when image-text evaluators are configured."""
+    encoder = copy.deepcopy(method.backbone)
+    initial = nn.Sequential(encoder, method.projector) if features == "projector" else encoder
+    # keyed by the architecture as well as the weights: a different pooling reads the same weights differently
+    architecture = {"backbone": OmegaConf.to_container(run_cfg.backbone, resolve=True), "eval_features": features}
+    return protocol.baselines(initial, architecture, copy.deepcopy(method) if protocol.pair_evaluators else None)
 
 
 def evaluation_device(trainer: Any = None) -> torch.device:
