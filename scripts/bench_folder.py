@@ -177,6 +177,9 @@ def main() -> None:
     parser.add_argument("--max-wait", type=float, default=600)
     parser.add_argument("--rounds", type=int, default=1, help="alternated rounds of the ceiling and every row; the table shows medians")
     args = parser.parse_args()
+    args.rows = list(dict.fromkeys(args.rows))  # each row once: a repeated one would pair its rates with the wrong ceilings
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     root = make_folder(args.cache / f"jpeg{args.images}", args.images)
     load = wait_for_quiet(args.quiet_load, args.max_wait)
     print(

@@ -102,7 +102,7 @@ def train_and_evaluate(cfg: DictConfig, built: Built, resume: ResumePoint, outpu
     trainer = built.trainer
     protocol = configured_protocol(cfg, built.datamodule, evaluation_device(trainer)) if cfg.probe else None
     features = cfg.get("eval_features", "backbone")
-    scores = initial_baselines(protocol, cfg, built.method, features) if protocol and cfg.baseline and trainer.is_global_zero else {}
+    scores = initial_baselines(protocol, cfg, built.method, features=features) if protocol and cfg.baseline and trainer.is_global_zero else {}
     scores |= train(built, resume, output_dir, cfg.pretrain, bool(cfg.get("trust_checkpoint", False)))
     if protocol and trainer.is_global_zero:
         preemption = next((c for c in trainer.callbacks if isinstance(c, Preemption)), None)  # type: ignore[attr-defined]  # set outside Trainer.__init__

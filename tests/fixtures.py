@@ -44,6 +44,16 @@ TINY_RUN = [
 ]
 
 
+class WritesMarkerWhenUnpickled:
+    """A pickle payload that creates a file when loaded: stands in for code a crafted checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train", tiny: bool = True) -> DictConfig:
     """The real config `config_name` with `overrides`, shrunk for CPU tests when `tiny`, writing under output_dir."""
     shrink: list[str] = []

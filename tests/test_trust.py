@@ -28,7 +28,7 @@ from ssl_train.portable import load_encoder as load_export
 from ssl_train.run import run
 from ssl_train.toolkit.__main__ import main as toolkit
 from ssl_train.trust import is_allowed, targets_in
-from tests.fixtures import TINY_DATA, TINY_MODEL, TINY_RUN, compose_config, crashing_png, make_cifar, make_image_folder
+from tests.fixtures import TINY_DATA, TINY_MODEL, TINY_RUN, WritesMarkerWhenUnpickled, compose_config, crashing_png, make_cifar, make_image_folder
 
 SECRET_NAME, SECRET = "SSL_TRAIN_RED_TEAM_SECRET", "s3cr3t-4a7f19"
 QUIET = ["probe=false", "baseline=false"]
@@ -270,16 +270,6 @@ def test_tracker_run_ids_in_a_checkpoint_are_plain_ids_or_refused(
 
 
 # --- weights-only reads, the _target_ allowlist, one-line errors for bad checkpoints -------------------------------
-
-
-class WritesMarkerWhenUnpickled:
-    """A pickle payload that creates a file when loaded: stands in for code a crafted checkpoint would run."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return open, (str(self.marker), "w")
 
 
 @pytest.fixture(scope="module")

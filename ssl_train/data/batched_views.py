@@ -73,10 +73,12 @@ def _colour_blend(x: torch.Tensor, op: torch.Tensor, factor: torch.Tensor) -> to
     of 1 gives s = o = 0: the sample is left exactly as it is."""
     channels = x.shape[1]
     factor = factor.to(x.dtype)
+    if channels != 3:  # saturation leaves a one-channel image as it is (torchvision)
+        factor = torch.where(op == SATURATION, 1.0, factor)
     rest = 1.0 - factor
     grey = _grayscale(x)  # (B, 1, H, W): the saturation and contrast targets
     mean_grey = grey.mean(dim=(1, 2, 3))
-    saturation = torch.where(op == SATURATION, rest, 0.0) if channels == 3 else torch.zeros_like(rest)
+    saturation = torch.where(op == SATURATION, rest, 0.0)  # 0 on one channel: its factor is 1 there
     offset = torch.where(op == CONTRAST, rest * mean_grey, 0.0)
     target = torch.addcmul(offset[:, None, None, None], grey, saturation[:, None, None, None])
     return torch.addcmul(target, x, factor[:, None, None, None]).clamp_(0, 1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -93,22 +94,32 @@ def input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int
     return modality(splits.modality).in_channels(splits.input_spec), splits.modality
 
 
-def initial_method(train_cfg: DictConfig) -> Any:
-    """The checkpoint's method before training, rebuilt as `python -m ssl_train` built it: seeded with the run's seed,
-    for its training data's splits, so its encoder has the run's very initial weights (tested); None (with a warning)
-    when that cannot be rebuilt here (no seed stored, the training data or backbone.weights missing)."""
+def initial_method(train_cfg: DictConfig, trust: bool = False) -> tuple[Any, Any] | None:
+    """(The checkpoint's method before training, its training data's tokenizer): the method rebuilt as `python -m
+    ssl_train` built it, seeded with the run's seed, for its training data's splits, so its encoder has the run's very
+    initial weights (tested). None, with a warning, when that cannot be rebuilt here (no seed stored, the training
+    data or backbone.weights missing). backbone.weights are read as the evaluation's `trust` says, never as the stored
+    config's trust_checkpoint says."""
     seed = train_cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # a stored value is data: checked
         log.warning("random-init baseline skipped: the checkpoint's config stores no seed in [0, 2**32) (seed: %r)", seed)
         return None
+    train_cfg = cast(DictConfig, OmegaConf.merge(train_cfg, {"trust_checkpoint": trust}))  # a stored `true` must not unpickle backbone.weights
+    seed_env = {name: os.environ.get(name) for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}  # seed_everything sets them
     with forked_rng():  # the evaluation's own random stream is left as it was
         pl.seed_everything(seed, workers=True, verbose=False)
         try:
             datamodule = build_datamodule(train_cfg.data, views=instantiate("augment", train_cfg.augment))
-            return build_method(train_cfg, datamodule.splits)
+            return build_method(train_cfg, datamodule.splits), datamodule.splits.tokenizer
         except UserError as error:
             log.warning("random-init baseline skipped: the run's initial encoder cannot be rebuilt here (%s)", error)
             return None
+        finally:
+            for name, value in seed_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def load_method(ckpt_path: Path, train_cfg: DictConfig, train_splits: Any, trust: bool = False) -> torch.nn.Module:
@@ -155,14 +166,14 @@ def _evaluate(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     protocol = configured_protocol(cfg, datamodule, evaluation_device(), data_cfg)
     result = checkpoint_pair_scores(ckpt_path, train_cfg, protocol, trust, on_training_data=cfg.get("data") is None) | protocol.trained(encoder)
-    features, initial = cfg.get("eval_features", "backbone"), initial_method(train_cfg)
+    features, initial = cfg.get("eval_features", "backbone"), initial_method(train_cfg, trust)  # (method, tokenizer) or None
     metrics = {
         CKPT_PATH: str(ckpt_path.resolve()),
         METHOD: method_name_of(train_cfg),
         EVAL_FEATURES: features,
         **result,
         **protocol.view_scores(encoder),
-        **(initial_baselines(protocol, train_cfg, initial, features) if initial is not None else protocol.baselines()),
+        **(initial_baselines(protocol, train_cfg, *initial, features) if initial is not None else protocol.baselines()),
     }
     if initial is not None and train_cfg.backbone.get("weights"):  # the initial encoder is then those weights, not random
         metrics[INITIAL_WEIGHTS] = str(train_cfg.backbone.weights)

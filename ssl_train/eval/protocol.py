@@ -108,10 +108,15 @@ class EvaluationProtocol:
         return {f"{REPR}_{k}": v for k, v in view_metrics(encoder, self.datamodule.views(), splits.test, self.device, splits.modality).items()}
 
     def baselines(
-        self, initial_encoder: nn.Module | None = None, architecture: Mapping[str, Any] | None = None, initial_model: nn.Module | None = None
+        self,
+        initial_encoder: nn.Module | None = None,
+        architecture: Mapping[str, Any] | None = None,
+        initial_model: nn.Module | None = None,
+        tokenizer: Any = None,
     ) -> dict[str, float]:
         """The raw-input scores and, given the untrained encoder (and the `architecture` that reads its weights) or the
-        untrained image-text model, the random-init scores; each cached, all under a forked RNG."""
+        untrained image-text model (captions tokenised by `tokenizer`, default the data's), the random-init scores; each
+        cached, all under a forked RNG."""
         scores: dict[str, float] = {}
         with forked_rng():
             if self.evaluators:
@@ -123,7 +128,7 @@ class EvaluationProtocol:
                 scores.update(prefixed_scores(RANDOM_INIT, initial))
                 log.info("raw input: %s; random-init encoder: %s", *(", ".join(f"{k} {v:.4f}" for k, v in r.items() if "top1" in k) for r in (raw, initial)))
             if initial_model is not None:  # the untrained towers: what zero-shot and retrieval start from
-                scores.update({baseline_key(RANDOM_INIT, k): v for k, v in self.pair_scores(initial_model).items()})
+                scores.update({baseline_key(RANDOM_INIT, k): v for k, v in self.pair_scores(initial_model, tokenizer).items()})
         return scores
 
     def trained(self, encoder: nn.Module, model: nn.Module | None = None) -> dict[str, float]:
@@ -136,15 +141,16 @@ class EvaluationProtocol:
         return scores
 
 
-def initial_baselines(protocol: EvaluationProtocol, run_cfg: DictConfig, method: Any, features: str = "backbone") -> dict[str, float]:
+def initial_baselines(protocol: EvaluationProtocol, run_cfg: DictConfig, method: Any, tokenizer: Any = None, features: str = "backbone") -> dict[str, float]:
     """Both baselines of a run (`run_cfg`) whose untrained `method` is given: the raw input, and the initial encoder
     read as `features` says (the backbone, or with it the projector), cached by its architecture and weights; the
-    untrained towers too when image-text evaluators are configured."""
+    untrained towers too when image-text evaluators are configured, captions tokenised by `tokenizer` (default: the
+    protocol's data's; a checkpoint's evaluation passes its training tokenizer, which its text tower was built for)."""
     encoder = copy.deepcopy(method.backbone)
     initial = nn.Sequential(encoder, method.projector) if features == "projector" else encoder
     # keyed by the architecture as well as the weights: a different pooling reads the same weights differently
     architecture = {"backbone": OmegaConf.to_container(run_cfg.backbone, resolve=True), "eval_features": features}
-    return protocol.baselines(initial, architecture, copy.deepcopy(method) if protocol.pair_evaluators else None)
+    return protocol.baselines(initial, architecture, copy.deepcopy(method) if protocol.pair_evaluators else None, tokenizer)
 
 
 def evaluation_device(trainer: Any = None) -> torch.device:

@@ -72,6 +72,8 @@ def test_blends_with_an_op_per_sample_match_torchvision_on_colour_and_grey_image
         factors = torch.tensor([1.4, 0.6, 0.7, 1.3, 0.9, 1.1])
         expected = torch.stack([TORCHVISION_JITTER[op](x[i], float(factors[i])) for i, op in enumerate(ops)])
         torch.testing.assert_close(_colour_blend(x.clone(), torch.tensor(ops), factors), expected, atol=1e-5, rtol=0)
+    grey = torch.rand(2, 1, 8, 8)  # saturation of a one-channel image is its identity, as torchvision's
+    assert torch.equal(_colour_blend(grey.clone(), torch.full((2,), SATURATION), torch.tensor([0.6, 1.4])), grey)
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5, 9])  # 3 and 5: shifted multiply-adds; 9: the grouped convolution

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from ssl_train.build import build
 from ssl_train.eval.baselines import weights_fingerprint
 from ssl_train.eval.checkpoint import evaluate_checkpoint, initial_method
 from ssl_train.run import run
-from tests.fixtures import compose_config
+from tests.fixtures import WritesMarkerWhenUnpickled, compose_config
 
 SAME_PROBE = ["eval.linear.max_iter=10", "eval.linear.l2_grid=[0.0,0.001]", "eval=[linear]"]
 
@@ -24,8 +25,8 @@ def test_initial_method_has_the_runs_very_initial_weights(tmp_path: Path, method
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as python -m ssl_train does before it builds
     at_start = weights_fingerprint(build(cfg).backbone)
     stored = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # what ConfigInCheckpoint keeps
-    assert weights_fingerprint(initial_method(stored).backbone) == at_start
-    assert weights_fingerprint(initial_method(OmegaConf.merge(stored, {"seed": 4})).backbone) != at_start  # the seed decides
+    assert weights_fingerprint(initial_method(stored)[0].backbone) == at_start
+    assert weights_fingerprint(initial_method(OmegaConf.merge(stored, {"seed": 4}))[0].backbone) != at_start  # the seed decides
 
 
 def test_initial_method_is_skipped_with_a_warning_when_it_cannot_be_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -50,3 +51,15 @@ def test_checkpoint_evaluation_reports_the_runs_random_init_baseline(tmp_path: P
     for baseline in ("raw_input_linear_top1", "random_init_linear_top1"):
         assert metrics[baseline] == pytest.approx(trained[baseline], abs=1e-6), baseline  # the same initial weights, the same probe
     assert f"random-init encoder {trained['random_init_linear_top1']:.4f}" in capsys.readouterr().out
+
+
+def test_a_stored_trust_flag_never_unpickles_the_initial_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint's config saying trust_checkpoint=true and naming a crafted backbone.weights file: the evaluation reads
+    that file weights-only (its own trust setting), so the pickle's payload never runs and the baseline is skipped."""
+    marker, crafted = tmp_path / "marker", tmp_path / "weights.ckpt"
+    torch.save({"state_dict": {}, "payload": WritesMarkerWhenUnpickled(marker)}, crafted)
+    stored = OmegaConf.create(OmegaConf.to_container(compose_config([], tmp_path), resolve=True))
+    crafted_cfg = OmegaConf.merge(stored, {"trust_checkpoint": True, "backbone": {"weights": str(crafted)}})
+    with caplog.at_level(logging.WARNING):
+        assert initial_method(crafted_cfg) is None
+    assert not marker.exists() and "cannot be rebuilt here" in caplog.text
