@@ -59,18 +59,7 @@ def bare_step(cfg, premade: bt.PremadeViews, batch: int, steps: int, warmup: int
     pl.seed_everything(0, verbose=False)
     built = build(cfg)
     meter = bt.SteadyThroughput(warmup)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[meter],
-        accelerator="cpu",
-        devices=1,
-        num_sanity_val_steps=0,
-    )
+    trainer = bt.bare_trainer([meter], max_epochs=1, limit_train_batches=steps, accelerator="cpu", devices=1, num_sanity_val_steps=0)
     module = BareModule(built.method, built.module.optim, batch, steps, manual)
     trainer.fit(module, train_dataloaders=DataLoader(premade, batch_size=batch, shuffle=False, drop_last=True))
     return meter.rate

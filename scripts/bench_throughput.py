@@ -131,6 +131,11 @@ class PremadeViews(Dataset):
         return [v[i] for v in self.views], int(self.labels[i])
 
 
+def bare_trainer(callbacks: list, **limits) -> pl.Trainer:
+    """A Lightning Trainer with nothing of its own around the step (no logger, checkpoints, progress bar or summary)."""
+    return pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, **limits)
+
+
 def compose_row(
     method: str, backbone: str, precision: str, path: str, workers: int, batch: int, steps: int, out: str, dry_run: bool = False, extra: tuple[str, ...] = ()
 ):
@@ -315,15 +320,7 @@ def lightly_ratio(steps: int, warmup: int, batch: int = 256) -> tuple[float, flo
 
     pl.seed_everything(0, verbose=False)
     theirs = SteadyThroughput(warmup)
-    trainer = pl.Trainer(
-        accelerator="cpu" if not torch.cuda.is_available() else "auto",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[theirs],
-    )
+    trainer = bare_trainer([theirs], accelerator="cpu" if not torch.cuda.is_available() else "auto", max_steps=steps)
     trainer.fit(LightlySimCLR(), DataLoader(PILImages(), batch_size=batch, shuffle=True, drop_last=True, num_workers=1, persistent_workers=True))
     return ours.rate, theirs.rate
 
