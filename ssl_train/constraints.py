@@ -24,12 +24,15 @@ class Number:
         """None if `value` satisfies the rule, else what it must be ('an integer >= 1')."""
         if value is None:
             return None if self.nullable else "a value (not null)"
-        kind = "an integer" if self.integer else "a finite number"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and not isinstance(value, int)):
-            return f"{kind}{self._range()}"
+            return self.describe()
         inside = math.isfinite(value) and self.low <= value <= self.high
         on_open_end = (self.open_low and value == self.low) or (self.open_high and value == self.high)
-        return None if inside and not on_open_end else f"{kind}{self._range()}"
+        return None if inside and not on_open_end else self.describe()
+
+    def describe(self) -> str:
+        """What a value must be: 'an integer >= 1', 'a finite number in (0, 1]'."""
+        return f"{'an integer' if self.integer else 'a finite number'}{self._range()}"
 
     def _range(self) -> str:
         if self.low == -math.inf and self.high == math.inf:
@@ -86,22 +89,26 @@ class Settings:
     rules: Mapping[str, Number] = field(default_factory=dict)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _items_pass(value: Any, item: Number) -> bool:
+    return isinstance(value, list | tuple) and bool(value) and all(item.problem(v) is None for v in value)
 
 
-def _positive_ints(value: Any) -> bool:
-    return isinstance(value, list | tuple) and bool(value) and all(POSITIVE_INT.problem(v) is None for v in value)
+def list_of(item: Number) -> Check:
+    """A non-empty list whose every item satisfies `item` (a grid of L2 strengths, the k of recall@k)."""
+    return Check(lambda value: _items_pass(value, item), f"a non-empty list, each item {item.describe()}")
 
 
-def _crop_scale(value: Any) -> bool:
-    pair = isinstance(value, list | tuple) and len(value) == 2 and all(_is_number(v) for v in value)
-    return pair and 0 < value[0] <= value[1] <= 1
+def range_of(item: Number) -> Check:
+    """A pair [low, high] with low <= high, both satisfying `item` (a crop scale, a mask ratio range)."""
+    return Check(
+        lambda value: _items_pass(value, item) and len(value) == 2 and value[0] <= value[1],
+        f"a pair [low, high] with low <= high, each {item.describe()}",
+    )
 
 
-CROP_SCALE = Check(_crop_scale, "a pair [low, high] with 0 < low <= high <= 1")
-WIDTHS = Check(_positive_ints, "a non-empty list of integers >= 1")
-NEIGHBOURS = Check(lambda v: POSITIVE_INT.problem(v) is None or _positive_ints(v), "an integer >= 1 or a list of them")
+CROP_SCALE = range_of(Number(low=0, high=1, open_low=True))
+POSITIVE_INTS = list_of(POSITIVE_INT)
+NEIGHBOURS = Check(lambda v: POSITIVE_INT.problem(v) is None or _items_pass(v, POSITIVE_INT), "an integer >= 1 or a list of them")
 
 Temperature = Annotated[float, TEMPERATURE]
 LearningRate = Annotated[float, LEARNING_RATE]
@@ -121,7 +128,13 @@ Limit = Annotated[int | None, LIMIT]
 BelowOne = Annotated[float, BELOW_ONE]
 AboveZero = Annotated[float, ABOVE_ZERO]
 CropScale = Annotated[tuple[float, float], CROP_SCALE]
-Widths = Annotated[tuple[int, ...], WIDTHS]
+Widths = Annotated[tuple[int, ...], POSITIVE_INTS]
+PositiveInts = Annotated[Sequence[int], POSITIVE_INTS]  # shots per class, the k of recall@k
+Seeds = Annotated[Sequence[int], list_of(SEED)]
+L2Grid = Annotated[Sequence[float], list_of(Number(low=0, high=1e6))]  # L2 strengths to search; 1e6 flattens any probe
+FractionsOfData = Annotated[Sequence[float], list_of(Number(low=0, high=1, open_low=True))]  # shares of a split to keep
+FractionRange = Annotated[Sequence[float], range_of(FRACTION)]  # a range of shares to draw from (mask ratios)
+PositiveRange = Annotated[Sequence[float], range_of(POSITIVE)]  # a range of positive numbers (aspect ratios)
 Neighbours = Annotated[Sequence[int], NEIGHBOURS]
 ViewCount = Annotated[int, Number(integer=True, low=2)]  # a spread needs two views of an image
 TokenLength = Annotated[int, Number(integer=True, low=3)]  # [BOS], one token, [EOS]

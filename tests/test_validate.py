@@ -39,8 +39,9 @@ def test_every_method_default_config_is_valid(tmp_path: Path, method: str) -> No
         ("trainer.accumulate_grad_batches=abc", r"trainer.accumulate_grad_batches='abc': must be an integer >= 1"),
         ("loss.temperature=0", r"loss.temperature=0: must be a finite number in \(0, 100\]"),
         ("seed=-1", r"seed=-1 \(from \$\{seed\}\): must be an integer in \[0, 4.29497e\+09\]"),  # read first where a probe interpolates it
-        ("augment.recipe.crop_scale=[0.9,0.2]", r"augment.recipe.crop_scale=\[0.9, 0.2\]: must be a pair \[low, high\] with 0 < low <= high <= 1"),
-        ("backbone.widths=[]", r"backbone.widths=\[\]: must be a non-empty list of integers >= 1"),
+        ("augment.recipe.crop_scale=[0.9,0.2]", r"crop_scale=\[0.9, 0.2\]: must be a pair \[low, high\] with low <= high, each a finite number in \(0, 1\]"),
+        ("backbone.widths=[]", r"backbone.widths=\[\]: must be a non-empty list, each item an integer >= 1"),
+        ("eval.linear.l2_grid=[0.001,-1]", r"eval.linear.l2_grid=\[0.001, -1\]: must be a non-empty list, each item a finite number in \[0, 1e\+06\]"),
         ("eval.knn.k=[20,0]", r"eval.knn.k=\[20, 0\]: must be an integer >= 1 or a list of them"),
         ("trainer.limit_train_batches=1.5", r"trainer.limit_train_batches=1.5: must be an integer >= 0 \(batches\) or a fraction in \[0, 1\]"),
     ],
@@ -65,6 +66,9 @@ def test_method_specific_keys_are_checked(tmp_path: Path) -> None:
         (["method=tico", "head.out_dim=null"], r"^loss.dim=None \(from \$\{head.out_dim\}\): must be a value \(not null\)$"),
         (["method=ijepa", "method.min_keep=-1"], r"^method.min_keep=-1: must be an integer >= 0$"),
         (["method=swav", "method.num_prototypes=0"], r"^method.num_prototypes=0: must be an integer >= 1$"),
+        (["method=ibot", "method.mask_ratio_range=[0.5,0.1]"], r"^method.mask_ratio_range=\[0.5, 0.1\]: must be a pair \[low, high\] with low <= high"),
+        (["eval=[low_shot]", "eval.low_shot.shots=[1,0]"], r"^eval.low_shot.shots=\[1, 0\]: must be a non-empty list, each item an integer >= 1$"),
+        (["eval=[image_retrieval]", "eval.image_retrieval.ks=[]"], r"^eval.image_retrieval.ks=\[\]: must be a non-empty list, each item an integer >= 1$"),
     ],
 )
 def test_rules_come_from_the_constructors_annotations(overrides: list[str], message: str, tmp_path: Path) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_train.constraints import Count, OpenFraction, PositiveInt, Seed
+from ssl_train.constraints import Count, L2Grid, OpenFraction, PositiveInt, Seed
 from ssl_train.data.datamodule import collate_of
 from ssl_train.errors import UserError
 
@@ -107,7 +105,7 @@ class LinearProbe:
 
     def __init__(
         self,
-        l2_grid: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
+        l2_grid: L2Grid = (0.0, 1e-5, 1e-4, 1e-3, 1e-2),
         holdout_fraction: OpenFraction = 0.1,
         max_iter: PositiveInt = 50,
         seed: Seed = 0,

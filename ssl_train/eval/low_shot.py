@@ -5,11 +5,9 @@ ECCV 2022: logistic regression on 1 / 2 / 5 images per class and 1% of the label
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from ssl_train.constraints import NonNegative, PositiveInt
+from ssl_train.constraints import FractionsOfData, NonNegative, PositiveInt, PositiveInts, Seeds
 from ssl_train.eval.linear_probe import LinearProbe
 
 
@@ -30,9 +28,9 @@ class LowShotProbe:
 
     def __init__(
         self,
-        fractions: Sequence[float] = (0.01, 0.1),
-        shots: Sequence[int] = (1, 5, 10),
-        seeds: Sequence[int] = (0, 1, 2),
+        fractions: FractionsOfData = (0.01, 0.1),
+        shots: PositiveInts = (1, 5, 10),
+        seeds: Seeds = (0, 1, 2),
         l2: NonNegative = 1e-3,
         max_iter: PositiveInt = 50,
     ) -> None:

@@ -6,12 +6,10 @@ with a same-label item among their k nearest (the metric-learning literature's r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
-from ssl_train.constraints import Limit
+from ssl_train.constraints import Limit, PositiveInts
 from ssl_train.toolkit.search import knn_search, label_recall_at_k
 
 
@@ -42,7 +40,7 @@ def map_at_r(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.T
 class LabelRetrieval:
     """Evaluator (`eval=[...,image_retrieval]`): mAP@R and recall@k of test-split queries against the train-split gallery."""
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10), max_queries: Limit = None) -> None:
+    def __init__(self, ks: PositiveInts = (1, 5, 10), max_queries: Limit = None) -> None:
         if not ks or min(ks) < 1:
             raise ValueError(f"eval.image_retrieval.ks must be positive, got {list(ks)}")
         self.ks, self.max_queries = tuple(ks), max_queries

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_train.constraints import PositiveInts
 from ssl_train.errors import UserError
 from ssl_train.protocols import TwoTowerEvaluator
 
@@ -63,7 +64,7 @@ class RetrievalEvaluator:
     """Image->text and text->image recall@k over the test pairs (each image and its first caption), as CLIP reports on
     Flickr30k/COCO (there with 5 captions per image; here one)."""
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10)) -> None:
+    def __init__(self, ks: PositiveInts = (1, 5, 10)) -> None:
         if not ks or any(int(k) < 1 for k in ks):
             raise ValueError(f"eval.retrieval.ks must be positive integers, got {list(ks)}")
         self.ks = tuple(int(k) for k in ks)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_train.constraints import Count, Fraction, PositiveInt
+from ssl_train.constraints import Count, Fraction, FractionRange, PositiveInt, PositiveRange
 from ssl_train.methods.ema import EMATarget, renamed_keys
 from ssl_train.methods.masks import block_shape, multiblock_masks
 from ssl_train.methods.patches import final_token_norm, require_vit, sincos_2d, transformer_blocks
@@ -60,9 +60,9 @@ class IJEPAMethod(nn.Module):
         image_size: PositiveInt,
         channels: PositiveInt,
         num_targets: PositiveInt = 4,
-        target_scale: Sequence[float] = (0.15, 0.2),
-        target_aspect: Sequence[float] = (0.75, 1.5),
-        context_scale: Sequence[float] = (0.85, 1.0),
+        target_scale: FractionRange = (0.15, 0.2),
+        target_aspect: PositiveRange = (0.75, 1.5),
+        context_scale: FractionRange = (0.85, 1.0),
         min_keep: Count = 4,
         predictor_dim: PositiveInt = 96,
         predictor_depth: PositiveInt = 2,
