@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from ssl_train.eval.baselines import weights_fingerprint
 from ssl_train.metrics import DATA_SKIPPED_IMAGES, PROBE_ONLINE_LOSS, PROBE_ONLINE_TOP1, TRAIN_LOSS, TRAIN_PREFIX, VAL_ONLINE_TOP1
 from ssl_train.optim import OptimRecipe
 from ssl_train.protocols import CountsSkippedImages, EditsGradients, UpdatesAfterOptimizerStep, is_method, width_of
+
+INITIAL_BACKBONE_KEY = "ssl_train_initial_backbone"  # checkpoint key: the fingerprint of the encoder's weights before training
 
 
 class SSLModule(pl.LightningModule):
@@ -43,6 +46,8 @@ class SSLModule(pl.LightningModule):
         # which optional hooks the method has, decided once (a Protocol isinstance check walks its members)
         self._has_optimizer_step_hook = isinstance(method, UpdatesAfterOptimizerStep)
         self._has_after_backward_hook = isinstance(method, EditsGradients)
+        # stored in every checkpoint: an evaluation that rebuilds the initial encoder checks it has these very weights
+        self.initial_backbone = weights_fingerprint(self.method.backbone)
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.online_probe = nn.Linear(width_of(self.method.backbone), num_classes)
@@ -147,6 +152,12 @@ class SSLModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite()  # never a checkpoint of diverged weights
+        checkpoint[INITIAL_BACKBONE_KEY] = self.initial_backbone
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(INITIAL_BACKBONE_KEY)  # a resumed run keeps its first start's fingerprint
+        if isinstance(stored, str):
+            self.initial_backbone = stored
 
     def on_train_end(self) -> None:
         self.check_finite()

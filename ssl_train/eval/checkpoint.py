@@ -17,11 +17,13 @@ from ssl_train.build import build_datamodule, build_encoder, build_method, insta
 from ssl_train.callbacks import ConfigInCheckpoint
 from ssl_train.checkpoint_io import read_checkpoint, state_dict_mismatch
 from ssl_train.errors import UserError
+from ssl_train.eval.baselines import weights_fingerprint
 from ssl_train.eval.protocol import EvaluationProtocol, configured_protocol, evaluation_device, forked_rng, initial_baselines, summary_line
 from ssl_train.launch import Launch, chosen_options, method_name_of
 from ssl_train.metrics import CKPT_PATH, EVAL_FEATURES, INITIAL_WEIGHTS, METHOD
 from ssl_train.modalities import modality
 from ssl_train.modalities.check import modalities_of
+from ssl_train.module import INITIAL_BACKBONE_KEY
 from ssl_train.run_dir import METRICS_FILE, claimed_run_dir, write_new
 from ssl_train.trust import stored_config, targets_in, with_current_targets
 from ssl_train.validate import validate
@@ -35,14 +37,16 @@ def encoder_from_checkpoint(
     features: str = "backbone",
     trust: bool = False,
     also_allowed: Iterable[str] = (),
+    checkpoint: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, DictConfig]:
     """The trained encoder stored in an ssl_train checkpoint (backbone, or backbone + projector) and its run config.
 
-    The file is read weights-only and its config is data (ssl_train.trust: registered `_target_`s, plus `also_allowed`, plain values), unless `trust`."""
+    The file is read weights-only and its config is data (ssl_train.trust: registered `_target_`s, plus `also_allowed`, plain values), unless `trust`;
+    `checkpoint`: the file's contents where the caller has read them already."""
     if features not in FEATURES:
         raise UserError(f"eval_features={features!r} is not one of {FEATURES}")
     path = Path(ckpt_path).expanduser()
-    checkpoint = read_checkpoint(path, trust=trust)
+    checkpoint = read_checkpoint(path, trust=trust) if checkpoint is None else checkpoint
     if ConfigInCheckpoint.KEY not in checkpoint:
         raise UserError(f"ckpt_path: {path} is not an ssl_train checkpoint (it has no '{ConfigInCheckpoint.KEY}')")
     stored = checkpoint[ConfigInCheckpoint.KEY]
@@ -94,12 +98,13 @@ def input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int
     return modality(splits.modality).in_channels(splits.input_spec), splits.modality
 
 
-def initial_method(train_cfg: DictConfig, trust: bool = False) -> tuple[Any, Any] | None:
+def initial_method(train_cfg: DictConfig, trust: bool = False, fingerprint: Any = None) -> tuple[Any, Any] | None:
     """(The checkpoint's method before training, its training data's tokenizer): the method rebuilt as `python -m
     ssl_train` built it, seeded with the run's seed, for its training data's splits, so its encoder has the run's very
     initial weights (tested). None, with a warning, when that cannot be rebuilt here (no seed stored, the training
-    data or backbone.weights missing). backbone.weights are read as the evaluation's `trust` says, never as the stored
-    config's trust_checkpoint says."""
+    data or backbone.weights missing), or when `fingerprint` (the checkpoint's, of the run's initial encoder) is given and
+    the rebuilt encoder's weights differ from it (backbone.weights changed since, or another torch draws other random
+    weights). backbone.weights are read as the evaluation's `trust` says, never as the stored config's trust_checkpoint."""
     seed = train_cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # a stored value is data: checked
         log.warning("random-init baseline skipped: the checkpoint's config stores no seed in [0, 2**32) (seed: %r)", seed)
@@ -110,7 +115,14 @@ def initial_method(train_cfg: DictConfig, trust: bool = False) -> tuple[Any, Any
         pl.seed_everything(seed, workers=True, verbose=False)
         try:
             datamodule = build_datamodule(train_cfg.data, views=instantiate("augment", train_cfg.augment))
-            return build_method(train_cfg, datamodule.splits), datamodule.splits.tokenizer
+            method = build_method(train_cfg, datamodule.splits)
+            if fingerprint is not None and weights_fingerprint(method.backbone) != fingerprint:
+                log.warning(
+                    "random-init baseline skipped: the encoder rebuilt from the checkpoint's config and seed does not have the "
+                    "run's initial weights (their fingerprint differs: backbone.weights changed since, or another torch version)"
+                )
+                return None
+            return method, datamodule.splits.tokenizer
         except UserError as error:
             log.warning("random-init baseline skipped: the run's initial encoder cannot be rebuilt here (%s)", error)
             return None
@@ -161,12 +173,13 @@ def _evaluate(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
     """Load, evaluate with the shared protocol (trained scores, views' alignment and LiDAR, both baselines), write, say."""
     ckpt_path, trust = Path(cfg.ckpt_path).expanduser(), bool(cfg.get("trust_checkpoint", False))
     own_targets = [*targets_in(cfg), *cfg.get("trusted_targets", [])]  # what the user's own eval config builds is trusted
-    encoder, train_cfg = encoder_from_checkpoint(ckpt_path, cfg.get("eval_features", "backbone"), trust, own_targets)
+    checkpoint = read_checkpoint(ckpt_path, trust=trust)
+    encoder, train_cfg = encoder_from_checkpoint(ckpt_path, cfg.get("eval_features", "backbone"), trust, own_targets, checkpoint)
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     protocol = configured_protocol(cfg, datamodule, evaluation_device(), data_cfg)
     result = checkpoint_pair_scores(ckpt_path, train_cfg, protocol, trust, on_training_data=cfg.get("data") is None) | protocol.trained(encoder)
-    features, initial = cfg.get("eval_features", "backbone"), initial_method(train_cfg, trust)  # (method, tokenizer) or None
+    features, initial = cfg.get("eval_features", "backbone"), initial_method(train_cfg, trust, checkpoint.get(INITIAL_BACKBONE_KEY))
     metrics = {
         CKPT_PATH: str(ckpt_path.resolve()),
         METHOD: method_name_of(train_cfg),

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from ssl_train.build import build
 from ssl_train.eval.baselines import weights_fingerprint
 from ssl_train.eval.checkpoint import evaluate_checkpoint, initial_method
+from ssl_train.module import INITIAL_BACKBONE_KEY
 from ssl_train.run import run
 from tests.fixtures import WritesMarkerWhenUnpickled, compose_config
 
@@ -51,6 +52,21 @@ def test_checkpoint_evaluation_reports_the_runs_random_init_baseline(tmp_path: P
     for baseline in ("raw_input_linear_top1", "random_init_linear_top1"):
         assert metrics[baseline] == pytest.approx(trained[baseline], abs=1e-6), baseline  # the same initial weights, the same probe
     assert f"random-init encoder {trained['random_init_linear_top1']:.4f}" in capsys.readouterr().out
+    stored = torch.load(ckpt, weights_only=True)
+    assert stored[INITIAL_BACKBONE_KEY] == weights_fingerprint(initial_method(OmegaConf.create(stored["ssl_train_config"]))[0].backbone)
+
+
+def test_an_initial_encoder_that_differs_from_the_runs_is_not_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The checkpoint keeps its initial encoder's fingerprint; a rebuild that draws other weights (another torch, a
+    changed backbone.weights file) would report another encoder's score as this run's baseline: it is skipped instead."""
+    run(compose_config([*SAME_PROBE, "trainer.max_epochs=1"], tmp_path / "train"))
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=True)
+    torch.save({**stored, INITIAL_BACKBONE_KEY: "0" * 16}, ckpt)
+    with caplog.at_level(logging.WARNING):
+        metrics = evaluate_checkpoint(compose_config([f"ckpt_path={ckpt}", *SAME_PROBE], tmp_path / "eval", config_name="probe"))
+    assert "random_init_linear_top1" not in metrics and "raw_input_linear_top1" in metrics
+    assert "does not have the run's initial weights" in caplog.text
 
 
 def test_a_stored_trust_flag_never_unpickles_the_initial_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
