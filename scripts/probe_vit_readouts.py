@@ -18,8 +18,9 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from ssl_train.build import build_datamodule, instantiate
+from ssl_train.checkpoint_io import read_checkpoint
 from ssl_train.errors import UserError
-from ssl_train.eval.checkpoint import encoder_from_checkpoint, initial_method
+from ssl_train.eval.checkpoint import encoder_from_checkpoint, initial_method, stored_fingerprint
 from ssl_train.eval.protocol import configured_protocol, evaluation_device
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -45,12 +46,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out, initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose("probe", overrides=[f"ckpt_path={args.ckpt}", "eval=[linear]", f"paths.output_dir={out}"])
-    encoder, train_cfg = encoder_from_checkpoint(args.ckpt)
+    checkpoint = read_checkpoint(args.ckpt)
+    encoder, train_cfg = encoder_from_checkpoint(args.ckpt, checkpoint=checkpoint)
     if not getattr(encoder, "is_vit", False):
         raise UserError(f"{args.ckpt}: its backbone is not a ViT (no tokens to read)")
     datamodule = build_datamodule(train_cfg.data, views=instantiate("augment", train_cfg.augment))
     protocol = configured_protocol(cfg, datamodule, evaluation_device(), train_cfg.data)
-    initial = initial_method(train_cfg)
+    initial = initial_method(train_cfg, fingerprint=stored_fingerprint(checkpoint))
     encoders = {"trained": encoder, **({"random-init": initial[0].backbone} if initial is not None else {})}
     print("| readout | " + " | ".join(f"{name} linear top-1" for name in encoders) + " |\n|---|" + "---|" * len(encoders))
     for readout in READOUTS:

@@ -133,7 +133,8 @@ PositiveInts = Annotated[Sequence[int], POSITIVE_INTS]  # shots per class, the k
 Seeds = Annotated[Sequence[int], list_of(SEED)]
 L2Grid = Annotated[Sequence[float], list_of(Number(low=0, high=1e6))]  # L2 strengths to search; 1e6 flattens any probe
 FractionsOfData = Annotated[Sequence[float], list_of(Number(low=0, high=1, open_low=True))]  # shares of a split to keep
-FractionRange = Annotated[Sequence[float], range_of(FRACTION)]  # a range of shares to draw from (mask ratios)
+FractionRange = Annotated[Sequence[float], range_of(FRACTION)]  # a range of shares to draw from (block scales)
+MaskRatioRange = Annotated[Sequence[float], range_of(BELOW_ONE)]  # shares of patches to mask: 1 would mask every one
 PositiveRange = Annotated[Sequence[float], range_of(POSITIVE)]  # a range of positive numbers (aspect ratios)
 Neighbours = Annotated[Sequence[int], NEIGHBOURS]
 ViewCount = Annotated[int, Number(integer=True, low=2)]  # a spread needs two views of an image

@@ -47,7 +47,7 @@ class SSLModule(pl.LightningModule):
         self._has_optimizer_step_hook = isinstance(method, UpdatesAfterOptimizerStep)
         self._has_after_backward_hook = isinstance(method, EditsGradients)
         # stored in every checkpoint: an evaluation that rebuilds the initial encoder checks it has these very weights
-        self.initial_backbone = weights_fingerprint(self.method.backbone)
+        self.initial_backbone: str | None = weights_fingerprint(self.method.backbone)
         if channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.online_probe = nn.Linear(width_of(self.method.backbone), num_classes)
@@ -152,12 +152,13 @@ class SSLModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_finite()  # never a checkpoint of diverged weights
-        checkpoint[INITIAL_BACKBONE_KEY] = self.initial_backbone
+        if self.initial_backbone is not None:
+            checkpoint[INITIAL_BACKBONE_KEY] = self.initial_backbone
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stored = checkpoint.get(INITIAL_BACKBONE_KEY)  # a resumed run keeps its first start's fingerprint
-        if isinstance(stored, str):
-            self.initial_backbone = stored
+        # a resumed run keeps its first start's fingerprint; from a checkpoint without one (older), it is unknown
+        stored = checkpoint.get(INITIAL_BACKBONE_KEY)
+        self.initial_backbone = stored if isinstance(stored, str) else None
 
     def on_train_end(self) -> None:
         self.check_finite()

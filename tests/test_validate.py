@@ -67,6 +67,7 @@ def test_method_specific_keys_are_checked(tmp_path: Path) -> None:
         (["method=ijepa", "method.min_keep=-1"], r"^method.min_keep=-1: must be an integer >= 0$"),
         (["method=swav", "method.num_prototypes=0"], r"^method.num_prototypes=0: must be an integer >= 1$"),
         (["method=ibot", "method.mask_ratio_range=[0.5,0.1]"], r"^method.mask_ratio_range=\[0.5, 0.1\]: must be a pair \[low, high\] with low <= high"),
+        (["method=dinov2", "method.mask_ratio_range=[0.1,1.0]"], r"^method.mask_ratio_range=\[0.1, 1.0\]: .* each a finite number in \[0, 1\)$"),
         (["eval=[low_shot]", "eval.low_shot.shots=[1,0]"], r"^eval.low_shot.shots=\[1, 0\]: must be a non-empty list, each item an integer >= 1$"),
         (["eval=[image_retrieval]", "eval.image_retrieval.ks=[]"], r"^eval.image_retrieval.ks=\[\]: must be a non-empty list, each item an integer >= 1$"),
     ],

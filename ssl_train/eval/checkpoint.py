@@ -98,6 +98,16 @@ def input_of(train_cfg: DictConfig, state: dict[str, torch.Tensor]) -> tuple[int
     return modality(splits.modality).in_channels(splits.input_spec), splits.modality
 
 
+def stored_fingerprint(checkpoint: dict[str, Any]) -> str | None:
+    """The fingerprint of the run's initial encoder a checkpoint keeps (module.SSLModule), None where it keeps none
+    (older checkpoints) or keeps something that is not one (a stranger's file: its values are data), with a warning."""
+    stored = checkpoint.get(INITIAL_BACKBONE_KEY)
+    if stored is not None and not isinstance(stored, str):
+        log.warning("the checkpoint's initial-encoder fingerprint is not a string (%s): the rebuilt encoder is not checked", type(stored).__name__)
+        return None
+    return stored
+
+
 def initial_method(train_cfg: DictConfig, trust: bool = False, fingerprint: Any = None) -> tuple[Any, Any] | None:
     """(The checkpoint's method before training, its training data's tokenizer): the method rebuilt as `python -m
     ssl_train` built it, seeded with the run's seed, for its training data's splits, so its encoder has the run's very
@@ -179,7 +189,7 @@ def _evaluate(cfg: DictConfig, metrics_path: Path) -> dict[str, Any]:
     datamodule = build_datamodule(data_cfg, views=instantiate("augment", train_cfg.augment))  # views: alignment's positive pairs
     protocol = configured_protocol(cfg, datamodule, evaluation_device(), data_cfg)
     result = checkpoint_pair_scores(ckpt_path, train_cfg, protocol, trust, on_training_data=cfg.get("data") is None) | protocol.trained(encoder)
-    features, initial = cfg.get("eval_features", "backbone"), initial_method(train_cfg, trust, checkpoint.get(INITIAL_BACKBONE_KEY))
+    features, initial = cfg.get("eval_features", "backbone"), initial_method(train_cfg, trust, stored_fingerprint(checkpoint))
     metrics = {
         CKPT_PATH: str(ckpt_path.resolve()),
         METHOD: method_name_of(train_cfg),

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import torch
 from torch import nn
 
-from ssl_train.constraints import Count, Fraction, FractionRange, Limit, LossWeight, Number, PositiveInt, Temperature
+from ssl_train.constraints import Count, Fraction, Limit, LossWeight, MaskRatioRange, Number, PositiveInt, Temperature
 from ssl_train.heads import DINOHead
 from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.methods.common import encode_views
@@ -52,7 +52,7 @@ class IBOTMethod(DINOParts):
         koleo_weight: LossWeight = 0.0,
         patch_weight: LossWeight = 1.0,
         patch_teacher_temp: Temperature = 0.07,
-        mask_ratio_range: FractionRange = (0.1, 0.5),
+        mask_ratio_range: MaskRatioRange = (0.1, 0.5),
         masked_share: Annotated[float, Number(low=0, high=1, open_low=True)] = 0.5,
         patch_head: Callable[..., nn.Module] | None = None,
         gram_weight: LossWeight = 0.0,

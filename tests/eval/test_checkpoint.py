@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ssl_train.build import build
 from ssl_train.eval.baselines import weights_fingerprint
-from ssl_train.eval.checkpoint import evaluate_checkpoint, initial_method
+from ssl_train.eval.checkpoint import evaluate_checkpoint, initial_method, stored_fingerprint
 from ssl_train.module import INITIAL_BACKBONE_KEY
 from ssl_train.run import run
 from tests.fixtures import WritesMarkerWhenUnpickled, compose_config
@@ -67,6 +67,10 @@ def test_an_initial_encoder_that_differs_from_the_runs_is_not_reported(tmp_path:
         metrics = evaluate_checkpoint(compose_config([f"ckpt_path={ckpt}", *SAME_PROBE], tmp_path / "eval", config_name="probe"))
     assert "random_init_linear_top1" not in metrics and "raw_input_linear_top1" in metrics
     assert "does not have the run's initial weights" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a stranger's file: what it stores there is data, checked, never trusted
+        assert stored_fingerprint({INITIAL_BACKBONE_KEY: torch.zeros(2)}) is None
+    assert "fingerprint is not a string (Tensor)" in caplog.text
 
 
 def test_a_stored_trust_flag_never_unpickles_the_initial_weights(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
