@@ -108,7 +108,7 @@ def stored_fingerprint(checkpoint: dict[str, Any]) -> str | None:
     return stored
 
 
-def initial_method(train_cfg: DictConfig, trust: bool = False, fingerprint: Any = None) -> tuple[Any, Any] | None:
+def initial_method(train_cfg: DictConfig, trust: bool = False, fingerprint: str | None = None) -> tuple[Any, Any] | None:
     """(The checkpoint's method before training, its training data's tokenizer): the method rebuilt as `python -m
     ssl_train` built it, seeded with the run's seed, for its training data's splits, so its encoder has the run's very
     initial weights (tested). None, with a warning, when that cannot be rebuilt here (no seed stored, the training
