@@ -59,7 +59,7 @@ class CountPerStep(pl.Callback):
             self.counter = None
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "mocov2", "dinov2"])  # mocov2: a queue; dinov2: masks, Sinkhorn, KoLeo
 def test_steady_state_steps_make_no_host_device_sync(method: str, tmp_path: Path) -> None:
     """The default run (progress bar on, logging every 10 steps, the default callbacks, one loader worker), 30 steps of
     one epoch after warm-up: only logging steps may synchronise, so never two within ten steps. (The epoch-end online

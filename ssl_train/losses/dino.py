@@ -7,17 +7,17 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ssl_train import dist
 from ssl_train.constraints import Count, Fraction, PositiveInt, Temperature
+from ssl_train.counters import HostCounters
 from ssl_train.losses.precision import float32
 from ssl_train.losses.swav import sinkhorn
 
 CENTERINGS = ("centering", "sinkhorn_knopp")
 
 
-class DINOLoss(nn.Module):
+class DINOLoss(HostCounters):
     """Cross-entropy between the sharpened, centred teacher distribution of each global view and the student's
     distribution of every other view (Caron et al. 2021, algorithm 1).
 
@@ -55,15 +55,15 @@ class DINOLoss(nn.Module):
         self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
         self.warmup_teacher_temp_steps, self.center_momentum = warmup_teacher_temp_steps, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # in the state_dict: a resumed run continues the warm-up exactly
+        self.register_counter("step")  # in the state_dict: a resumed run continues the warm-up exactly
 
     def set_step(self, step: int) -> None:
         """The optimizer step the teacher temperature follows (linear warm-up, then constant)."""
-        self.step.fill_(step)
+        self.set_counter("step", step)
 
     @property
     def current_teacher_temp(self) -> float:
-        step = int(self.step)
+        step = self.counter("step")  # the host copy: no device sync
         if step >= self.warmup_teacher_temp_steps:
             return self.teacher_temp
         return self.warmup_teacher_temp + step / self.warmup_teacher_temp_steps * (self.teacher_temp - self.warmup_teacher_temp)

@@ -33,10 +33,13 @@ class IBOTPatchLoss(DINOLoss):
         student_patches: Sequence[torch.Tensor],
         teacher_patches: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
+        masked_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`masked_index`: the masked patches' flat indices over the views' masks concatenated (N x L each), when the
+        caller drew the masks on the host and counted them there (IBOTMethod); otherwise found here (a device sync)."""
         if not len(student_patches) == len(teacher_patches) == len(masks) >= 1:
             raise ValueError("IBOTPatchLoss: one student output, teacher output and mask per global view")
-        targets = self.patch_targets(teacher_patches, masks)
+        targets = self.patch_targets(teacher_patches, masks, masked_index)
         total: Any = 0.0  # a Tensor from the first view on
         for student, target, mask in zip(student_patches, targets, masks, strict=True):
             per_patch = (-target * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)  # (N, L)
@@ -46,17 +49,17 @@ class IBOTPatchLoss(DINOLoss):
         return total / len(masks)
 
     @torch.no_grad()
-    def patch_targets(self, teacher_patches: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def patch_targets(
+        self, teacher_patches: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], masked_index: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """The teacher's distribution per patch, (N, L, K) per view: centred softmax of every patch, or Sinkhorn-Knopp
         codes of the masked patches together (zeros elsewhere: only masked patches enter the loss)."""
         if self.centering != "sinkhorn_knopp":
             return [self.teacher_targets(t.detach()) for t in teacher_patches]
-        chosen = [m.bool() for m in masks]
-        codes = self.teacher_targets(torch.cat([t.detach()[m] for t, m in zip(teacher_patches, chosen, strict=True)]))
-        targets, start = [], 0
-        for t, m in zip(teacher_patches, chosen, strict=True):
-            target = torch.zeros(t.shape, dtype=codes.dtype, device=codes.device)
-            target[m] = codes[start : start + int(m.sum())]
-            targets.append(target)
-            start += int(m.sum())
-        return targets
+        stacked = torch.cat([t.detach() for t in teacher_patches])  # (V x N, L, K)
+        flat = stacked.flatten(0, 1)
+        if masked_index is None:
+            masked_index = torch.cat(list(masks)).flatten().nonzero().squeeze(1)
+        codes = self.teacher_targets(flat.index_select(0, masked_index))
+        targets = torch.zeros(flat.shape, dtype=codes.dtype, device=codes.device).index_copy_(0, masked_index, codes)
+        return list(targets.view(stacked.shape).chunk(len(teacher_patches)))

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
-from torch import nn
 
 from ssl_train import dist
 from ssl_train.constraints import Number, OpenFraction, Positive, PositiveInt
+from ssl_train.counters import HostCounters
 from ssl_train.losses.precision import float32
 
 Knots = Annotated[int, Number(integer=True, low=2)]
 
 
-class LeJEPALoss(nn.Module):
+class LeJEPALoss(HostCounters):
     """(1 - lambd) * prediction + lambd * SIGReg over the embeddings of every view (global and local).
 
     Prediction (the paper's eq. 6-7 and its Algorithm 2): every view's embedding is pulled to the mean of the global
@@ -51,19 +51,13 @@ class LeJEPALoss(nn.Module):
         self.register_buffer("t", t, persistent=False)
         self.register_buffer("phi", torch.exp(-t.square() / 2), persistent=False)
         self.register_buffer("weights", weights * self.phi, persistent=False)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_counter("step")  # seeds the directions: in checkpoints, read on the host without a sync
         self.terms: dict[str, torch.Tensor] = {}
-        self._step = 0  # the buffer's value on the host: seeding reads it without a device sync
-        self._register_load_state_dict_pre_hook(self._read_step)
-
-    def _read_step(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        if prefix + "step" in state_dict:
-            self._step = int(state_dict[prefix + "step"])
 
     def directions(self, dim: int, device: torch.device) -> torch.Tensor:
         """(dim, num_slices) unit directions drawn from a generator seeded with the step."""
         generator = torch.Generator(device=device)
-        generator.manual_seed(self._step)
+        generator.manual_seed(self.counter("step"))
         directions = torch.randn(dim, self.num_slices, generator=generator, device=device)
         return directions / directions.norm(dim=0)
 
@@ -98,6 +92,5 @@ class LeJEPALoss(nn.Module):
         self.terms = {"prediction": prediction.detach(), "sigreg": sigreg.detach()}  # the last call's two terms, for the logs
         loss = (1 - self.lambd) * prediction + self.lambd * sigreg
         if self.training:
-            self._step += 1
-            self.step.fill_(self._step)
+            self.set_counter("step", self.counter("step") + 1)
         return loss

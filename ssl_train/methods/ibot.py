@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +15,7 @@ from ssl_train.heads import DINOHead
 from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.methods.common import encode_views
 from ssl_train.methods.gram import GramAnchor
-from ssl_train.methods.masks import beit_block_masks
+from ssl_train.methods.masks import beit_block_masks, to_device
 from ssl_train.methods.multicrop import DINOParts, freeze_last_layer
 from ssl_train.methods.patches import require_vit
 
@@ -97,7 +98,9 @@ class IBOTMethod(DINOParts):
         grid = images.shape[-1] // self.backbone.patch_size
         low, high = self.mask_ratio
         ratios = torch.where(torch.rand(len(images)) < self.masked_share, low + torch.rand(len(images)) * (high - low), 0.0)
-        masks = beit_block_masks(ratios, grid).flatten(1).to(images.device)  # (G x N, L)
+        host_masks = beit_block_masks(ratios, grid).flatten(1)  # (G x N, L), drawn on the host
+        masks = to_device(host_masks, images.device)
+        masked_index = to_device(torch.from_numpy(np.flatnonzero(host_masks.numpy())), images.device)  # counted on the host
         prefix = self.backbone.model.num_prefix_tokens
         tokens = self.backbone.tokens(images, masked=masks, mask_token=self.mask_token)
         features = [*self.backbone.pool(tokens).chunk(num_global), *encode_views(self.backbone, views[num_global:])]
@@ -109,12 +112,12 @@ class IBOTMethod(DINOParts):
             teacher = self.teacher["projector"](teacher_backbone.pool(teacher_tokens)).chunk(num_global)
             teacher_patch_head = self.teacher["patch_head"] if self.patch_head is not None else self.teacher["projector"]
             teacher_patches = teacher_patch_head(teacher_tokens[:, prefix:]).chunk(num_global)
-        patch_loss = self.patch_loss(student_patches, teacher_patches, masks.chunk(num_global))
+        patch_loss = self.patch_loss(student_patches, teacher_patches, masks.chunk(num_global), masked_index=masked_index)
         logs = {
             "momentum": self.teacher.momentum,
             "teacher_temp": self.loss.current_teacher_temp,
-            "ibot_patch": float(patch_loss.detach()),
-            "masked_fraction": float(masks.float().mean()),
+            "ibot_patch": patch_loss.detach(),  # tensors: logged at logging steps only, no sync per step
+            "masked_fraction": masks.float().mean(),
         }
         loss = self.koleo.add_to(self.loss(student, teacher) + self.patch_weight * patch_loss, features[:num_global], logs)
         loss = self.gram.add_to(loss, tokens[:, prefix:], images, logs)

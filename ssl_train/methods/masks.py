@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -33,39 +34,52 @@ def block_mask(batch: int, grid: int, ratio: float, scale: int, device: torch.de
     return mask.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor drawn on the host, on `device`; on a GPU pinned and copied asynchronously, so the host does not wait for
+    the device's queued kernels (a plain `.to("cuda")` from pageable memory synchronises the stream)."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 def beit_block_masks(
     ratios: torch.Tensor, grid: int, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """BEiT's block-wise masking (Bao et al. 2022; the masks iBOT's loader.py draws, `pred_shape='block'`), batched: image i
     gets rectangles of area ~ U((grid // 3)^2, still to mask) and log-uniform aspect ratio until ratios[i] x grid^2
     patches are masked, a rectangle counting only if it adds at least one patch and no more than still to mask; an
-    image stops after `attempts` failed draws in a row, as the reference's round does. (N, grid, grid) bool, True =
-    masked; never more than ratios[i] x grid^2 masked, none where the ratio is 0."""
+    image stops after `attempts` failed draws in a row, as the reference's round does. (N, grid, grid) bool on the CPU,
+    True = masked; never more than ratios[i] x grid^2 masked, none where the ratio is 0. Drawn on the host in numpy
+    (the reference draws them in its loader), so the training step never waits for a device here."""
     n = len(ratios)
-    target = ratios.float().cpu() * grid * grid
-    mask = torch.zeros(n, grid, grid, dtype=torch.bool)
-    count, failures = torch.zeros(n), torch.zeros(n, dtype=torch.long)
+    target = ratios.detach().float().cpu().numpy() * grid * grid
+
+    def uniform() -> np.ndarray:  # torch's generator, so a seeded generator gives the same masks
+        return torch.rand(n, generator=generator).numpy()
+
+    mask = np.zeros((n, grid, grid), dtype=bool)
+    count, failures = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int64)
     low, log_aspect = float((grid // 3) ** 2), (math.log(aspect[0]), math.log(aspect[1]))
-    cells = torch.arange(grid)
+    cells = np.arange(grid)
     active = count < target
-    while bool(active.any()):
+    while active.any():
         remaining = target - count
-        area = low + torch.rand(n, generator=generator) * (remaining - low)  # random.uniform(low, remaining)
-        ratio = torch.exp(log_aspect[0] + torch.rand(n, generator=generator) * (log_aspect[1] - log_aspect[0]))
-        height, width = torch.sqrt(area * ratio).round().long(), torch.sqrt(area / ratio).round().long()
+        area = low + uniform() * (remaining - low)  # random.uniform(low, remaining)
+        ratio = np.exp(log_aspect[0] + uniform() * (log_aspect[1] - log_aspect[0]))
+        height, width = np.round(np.sqrt(area * ratio)).astype(np.int64), np.round(np.sqrt(area / ratio)).astype(np.int64)
         fits = (height < grid) & (width < grid)
-        top = (torch.rand(n, generator=generator) * (grid - height + 1).clamp(min=1)).long()  # random.randint(0, grid - h)
-        left = (torch.rand(n, generator=generator) * (grid - width + 1).clamp(min=1)).long()
+        top = (uniform() * np.maximum(grid - height + 1, 1)).astype(np.int64)  # random.randint(0, grid - h)
+        left = (uniform() * np.maximum(grid - width + 1, 1)).astype(np.int64)
         rows = (cells >= top[:, None]) & (cells < (top + height)[:, None])
         cols = (cells >= left[:, None]) & (cells < (left + width)[:, None])
         block = rows[:, :, None] & cols[:, None, :]
-        added = (block & ~mask).flatten(1).sum(1)
+        added = (block & ~mask).reshape(n, -1).sum(1)
         accepted = active & fits & (added > 0) & (added <= remaining)
         mask |= block & accepted[:, None, None]
         count += added * accepted
-        failures = torch.where(accepted, 0, failures + 1)
+        failures = np.where(accepted, 0, failures + 1)
         active &= (count < target) & (failures < attempts)
-    return mask
+    return torch.from_numpy(mask)
 
 
 def block_shape(

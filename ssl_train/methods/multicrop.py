@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ssl_train.constraints import Count, Fraction, LossWeight, PositiveInt
+from ssl_train.counters import HostCounters
 from ssl_train.heads import DINOHead
 from ssl_train.losses.dino import DINOLoss
 from ssl_train.losses.koleo import KoLeoLoss
@@ -49,7 +50,7 @@ class KoLeoTerm(nn.Module):
         if self.weight <= 0:
             return loss
         koleo = sum(self.koleo(h) for h in features)
-        logs["koleo"] = float(koleo.detach())
+        logs["koleo"] = koleo.detach()  # a tensor: SSLModule logs it at logging steps only (no sync per step)
         return loss + self.weight * koleo
 
 
@@ -140,7 +141,7 @@ class DINOMethod(DINOParts):
         self.loss.set_step(step)
 
 
-class SwAVMethod(nn.Module):
+class SwAVMethod(HostCounters):
     """SwAV (Caron et al., NeurIPS 2020): codes of each global view (Sinkhorn-Knopp over prototype scores) are
     predicted from every other view's scores. Prototypes are re-normalised before each forward and frozen
     for the first `freeze_prototypes_steps` optimizer steps, as in the paper. With `queue_size` > 0, from optimizer
@@ -148,7 +149,7 @@ class SwAVMethod(nn.Module):
     (the paper's queue for small batches).
     """
 
-    step: torch.Tensor  # a buffer (register_buffer below)
+    step: torch.Tensor  # a counter (register_counter below)
 
     def __init__(
         self,
@@ -172,7 +173,7 @@ class SwAVMethod(nn.Module):
         # view join the batch for Sinkhorn once full; in the state_dict, so a resumed run keeps it
         self.queues = nn.ModuleList(FeatureQueue(queue_size, width_of(projector)) for _ in range(num_global_views)) if queue_size else None
         self.queue_start_steps = queue_start_steps
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_counter("step")
 
     def forward(self, views: Sequence[torch.Tensor], labels: torch.Tensor | None = None) -> dict:
         with torch.no_grad():
@@ -182,9 +183,9 @@ class SwAVMethod(nn.Module):
         scores = [float32_linear(z, self.prototypes.weight) for z in embeddings]
         num_global = min(self.num_global_views, len(views))
         queue_scores = None
-        if self.queues is not None and self.training and int(self.step) >= self.queue_start_steps:
+        if self.queues is not None and self.training and self.counter("step") >= self.queue_start_steps:
             queues = cast(Sequence[FeatureQueue], self.queues)  # nn.ModuleList is not generic: its items type as Module
-            if all(int(q.filled) == len(q.features) for q in queues[:num_global]):  # used once full, as the reference
+            if all(q.full for q in queues[:num_global]):  # used once full, as the reference
                 with torch.no_grad():
                     queue_scores = [float32_linear(q.get(), self.prototypes.weight) for q in queues[:num_global]]
             for queue, z in zip(queues, embeddings[:num_global], strict=False):
@@ -193,7 +194,7 @@ class SwAVMethod(nn.Module):
         return {"loss": loss, "features": features[0].detach(), "logs": {"queue_in_use": float(queue_scores is not None)}}
 
     def on_optimizer_step(self, step: int, max_steps: int) -> None:
-        self.step.fill_(step)
+        self.set_counter("step", step)
 
     def on_after_backward(self, step: int, epoch: int) -> None:
         """Drop the prototypes' gradient while they are frozen (first freeze_prototypes_steps steps)."""
