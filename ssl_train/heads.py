@@ -54,7 +54,8 @@ class MLP(nn.Sequential):
 class DINOHead(nn.Module):
     """DINO's head (Caron et al. 2021): MLP (GELU) -> bottleneck -> L2-normalise -> weight-normalised linear to K outputs.
 
-    The last layer is weight-normalised as in the official code (weight = g * v / ||v||, g initialised to 1):
+    The MLP starts as the official code's (N(0, 0.02) weights, zero biases); the last layer is weight-normalised as
+    there (weight = g * v / ||v||, g initialised to 1):
     `norm_last_layer=True` freezes g at 1, `false` trains it.
     """
 
@@ -75,7 +76,11 @@ class DINOHead(nn.Module):
             if i < num_layers - 1:
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
-        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)  # the direction v
+        for layer in layers:  # the official _init_weights (dino and dinov2 dino_head.py): N(0, 0.02) weights, zero biases
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)  # the direction v (default init there too)
         self.last_layer_norm = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)  # the magnitude g
         self.norm_last_layer, self.in_dim, self.out_dim = norm_last_layer, in_dim, out_dim
 

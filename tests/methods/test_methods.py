@@ -112,6 +112,18 @@ def test_dino_last_layer_frozen_in_first_epoch_and_weight_normalised_like_the_of
     assert head.last_layer.weight.grad is not None
 
 
+def test_dino_head_mlp_starts_as_the_official_init() -> None:
+    """dino/dinov2 DINOHead._init_weights: trunc_normal(std=0.02) weights and zero biases in the MLP (PyTorch's default
+    init has uniform weights of std 1/sqrt(3 fan_in) and random biases)."""
+    torch.manual_seed(0)
+    head = DINOHead(256, 512, 128, 20)
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3
+    for layer in linears:
+        assert torch.count_nonzero(layer.bias) == 0
+        assert abs(layer.weight.std().item() - 0.02) < 0.002
+
+
 def test_swav_prototypes_normalised_and_frozen_early() -> None:
     method = SwAVMethod(_backbone(), MLP(16, 32, 8), SwAVLoss(), num_prototypes=12, freeze_prototypes_steps=5)
     out = method(_views(sizes=(16, 16, 8)))
