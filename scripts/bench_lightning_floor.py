@@ -7,7 +7,9 @@ the launch work of Python dominates as on a GPU) is run four ways, alternated ov
 - "bare automatic": a LightningModule whose training_step returns the method's loss (Lightning's automatic optimization:
   closure, hooks, progress tracking), no callbacks, no logger, no checkpointing;
 - "bare manual": the same with automatic_optimization = False and the raw optimizer (zero_grad, backward, step and the
-  scheduler's step in training_step), which skips the optimizer loop's closure and hooks;
+  scheduler's step in training_step), which skips the optimizer loop's closure and hooks (and leaves global_step at 0);
+- "bare manual, Lightning's optimizer": manual optimization as Lightning documents it (`self.optimizers()`,
+  `manual_backward`, the LightningOptimizer's step, which counts global_step and runs the precision plugin and hooks);
 - "plain": bench_throughput.plain_loop.
 Each figure is the median over rounds, in ms per step; "over plain" is the Python cost of that way of stepping.
 
@@ -33,18 +35,21 @@ ROW = bt.PRESETS["cpu"][7]  # simclr, tiny encoder, fp32, batched views, 0 worke
 class BareModule(pl.LightningModule):
     """The method's loss and optimizer recipe in a LightningModule with nothing else."""
 
-    def __init__(self, method, optim, batch: int, steps: int, manual: bool) -> None:
+    def __init__(self, method, optim, batch: int, steps: int, manual: str | None) -> None:
         super().__init__()
-        self.method, self.recipe, self.batch, self.steps = method, optim, batch, steps
-        self.automatic_optimization = not manual
+        self.method, self.recipe, self.batch, self.steps, self.manual = method, optim, batch, steps, manual
+        self.automatic_optimization = manual is None
 
     def training_step(self, batch, batch_idx: int):
         views, labels = batch
         loss = self.method(views, labels)["loss"]
-        if not self.automatic_optimization:
-            optimizer, scheduler = self.optimizers(use_pl_optimizer=False), self.lr_schedulers()
+        if self.manual is not None:
+            optimizer, scheduler = self.optimizers(use_pl_optimizer=self.manual == "lightning"), self.lr_schedulers()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.manual == "lightning":
+                self.manual_backward(loss)
+            else:
+                loss.backward()
             optimizer.step()
             scheduler.step()
         return loss
@@ -54,8 +59,8 @@ class BareModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def bare_step(cfg, premade: bt.PremadeViews, batch: int, steps: int, warmup: int, manual: bool) -> float:
-    """Images/s of the bare LightningModule on the pre-made views."""
+def bare_step(cfg, premade: bt.PremadeViews, batch: int, steps: int, warmup: int, manual: str | None) -> float:
+    """Images/s of the bare LightningModule on the pre-made views; `manual`: None (automatic), "raw" or "lightning"."""
     pl.seed_everything(0, verbose=False)
     built = build(cfg)
     meter = bt.SteadyThroughput(warmup)
@@ -80,8 +85,9 @@ def main() -> None:
         premade = bt.premade_views(build(bt.compose_row(*ROW, args.steps, out)), batch, args.steps)
         ways = {
             "ssl_train": lambda: bt.framework_step(cfg, premade, batch, args.warmup),
-            "bare automatic": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual=False),
-            "bare manual": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual=True),
+            "bare automatic": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual=None),
+            "bare manual": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual="raw"),
+            "bare manual, Lightning's optimizer": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual="lightning"),
             "plain": lambda: bt.plain_loop(cfg, premade, batch, args.steps, args.warmup, ROW[2]),
         }
         rates: dict[str, list[float]] = {name: [] for name in ways}
