@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The CUDA checks in ONE call of at most 10 minutes (the limits below add up to 560 s), each log in ${OUT:-gpu_checks_out}/:
+# The CUDA checks in ONE call of at most 8 minutes (TOTAL_LIMIT, 470 s: each check gets at most what is left of it, the
+# rest are skipped and say so), most important first, each log in ${OUT:-gpu_checks_out}/:
 #   1. quickstart_gpu: the quick start on a GPU (trainer=gpu: bf16-mixed, compile=auto -> torch.compile on, views made
 #      on the device), linear probe beside both baselines
-#   2. sync_debug: 20 steady-state steps of that run under torch.cuda.set_sync_debug_mode("error") (scripts/sync_debug.py)
+#   2. sync_debug: 20 steady-state steps of that run under torch.cuda.set_sync_debug_mode("error") (scripts/sync_debug.py),
+#      then 10 of method=dinov2 (multi-crop, host-drawn masks, Sinkhorn-Knopp, KoLeo)
 #   3. throughput: bf16-mixed, ResNet-18 / ResNet-50, channels_last (auto), compile off: framework step over a plain loop
 #      and the Python ms/step column (scripts/bench_throughput.py); 4. throughput_compiled: ResNet-50 with compile on
 #   5. folder: a folder of mixed-size JPEGs, per-sample views vs the hybrid path vs the model-only ceiling (scripts/bench_folder.py)
@@ -19,9 +21,14 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/env.log"
 python -c "import torch, lightning, timm; print('torch', torch.__version__, 'lightning', lightning.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$out/env.log"
 
+began=$(date +%s)
+total=${TOTAL_LIMIT:-470}  # the whole script's budget (one device call of at most 8 minutes): later checks get what is left
 check() {  # check NAME LIMIT COMMAND...: runs it under `timeout`, keeps the log, prints its status and the log's last lines
-    local name=$1 limit=$2 start
+    local name=$1 limit=$2 start left
     shift 2
+    left=$(( total - ($(date +%s) - began) ))
+    if (( left < 10 )); then echo "== $name: skipped, the ${total} s budget is spent"; return; fi
+    (( limit > left )) && limit=$left
     echo "== $name (limit ${limit} s): $*"
     start=$(date +%s)
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
@@ -32,6 +39,7 @@ check() {  # check NAME LIMIT COMMAND...: runs it under `timeout`, keeps the log
 check quickstart_gpu "${QUICK_LIMIT:-100}" python -m ssl_train trainer=gpu paths.output_dir=/tmp/gpu_checks/quick
 cp /tmp/gpu_checks/quick/metrics.json "$out/quickstart_metrics.json" 2>/dev/null
 check sync_debug "${SYNC_LIMIT:-35}" python scripts/sync_debug.py --steps 20 compile=false
+check sync_debug_dinov2 "${SYNC_DINOV2_LIMIT:-40}" python scripts/sync_debug.py --steps 10 --warmup 3 method=dinov2 compile=false data.batch_size=64
 check throughput "${THROUGHPUT_LIMIT:-70}" python scripts/bench_throughput.py --preset gpu --rows 1 3 --rounds 1 --skip-probe --skip-peers --override compile=false
 check throughput_compiled "${COMPILED_LIMIT:-80}" python scripts/bench_throughput.py --preset gpu --rows 3 --rounds 1 --skip-probe --skip-peers --override compile=true
 check folder "${FOLDER_LIMIT:-50}" python scripts/bench_folder.py --images 3000 --rows per-sample:8 hybrid:8 --override trainer=gpu data.batch_size=256
