@@ -15,23 +15,23 @@
 #      steady-state steps, images/s and peak memory (experiment=dinov2_vit_small, dinov3_vit_small)
 # Run from the repository root on a CUDA machine with ssl_train and its vit extra installed: bash scripts/gpu_checks.sh
 set -u
+began=$(date +%s)
+total=${TOTAL_LIMIT:-470}  # the whole script's budget (one device call of at most 8 minutes): later checks get what is left
 out=${OUT:-gpu_checks_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/env.log"
 python -c "import torch, lightning, timm; print('torch', torch.__version__, 'lightning', lightning.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$out/env.log"
 
-began=$(date +%s)
-total=${TOTAL_LIMIT:-470}  # the whole script's budget (one device call of at most 8 minutes): later checks get what is left
 check() {  # check NAME LIMIT COMMAND...: runs it under `timeout`, keeps the log, prints its status and the log's last lines
     local name=$1 limit=$2 start left
     shift 2
     left=$(( total - ($(date +%s) - began) ))
-    if (( left < 10 )); then echo "== $name: skipped, the ${total} s budget is spent"; return; fi
+    if (( left < 30 )); then echo "== $name: skipped, ${left} s of the ${total} s budget left"; return; fi
     (( limit > left )) && limit=$left
     echo "== $name (limit ${limit} s): $*"
     start=$(date +%s)
-    timeout "$limit" "$@" > "$out/$name.log" 2>&1
+    timeout -k 5 "$limit" "$@" > "$out/$name.log" 2>&1  # SIGKILL 5 s after SIGTERM if the check ignores it
     echo "== $name: exit $? after $(( $(date +%s) - start )) s"
     grep -v -i -e warning -e "^ *warnings.warn" "$out/$name.log" | tail -n "${TAIL_LINES:-14}"
 }

@@ -99,7 +99,7 @@ class DINOLoss(HostCounters):
         if self.centering != "centering":
             return
         batch_sum = teacher_output.float().sum(0, keepdim=True)
-        count = torch.tensor(float(len(teacher_output)), device=batch_sum.device)
+        count = torch.full((), float(len(teacher_output)), device=batch_sum.device)  # a fill: no host-device copy
         if dist.is_distributed():
             torch.distributed.all_reduce(batch_sum)
             torch.distributed.all_reduce(count)

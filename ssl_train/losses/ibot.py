@@ -33,13 +33,10 @@ class IBOTPatchLoss(DINOLoss):
         student_patches: Sequence[torch.Tensor],
         teacher_patches: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
-        masked_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`masked_index`: the masked patches' flat indices over the views' masks concatenated (N x L each), when the
-        caller drew the masks on the host and counted them there (IBOTMethod); otherwise found here (a device sync)."""
         if not len(student_patches) == len(teacher_patches) == len(masks) >= 1:
             raise ValueError("IBOTPatchLoss: one student output, teacher output and mask per global view")
-        targets = self.patch_targets(teacher_patches, masks, masked_index)
+        targets = self.patch_targets(teacher_patches, masks)
         total: Any = 0.0  # a Tensor from the first view on
         for student, target, mask in zip(student_patches, targets, masks, strict=True):
             per_patch = (-target * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)  # (N, L)
@@ -48,18 +45,27 @@ class IBOTPatchLoss(DINOLoss):
         self.update_center(torch.cat([t.mean(dim=1) for t in teacher_patches]))
         return total / len(masks)
 
+    @float32
+    def masked_patches(self, student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor, num_images: int) -> torch.Tensor:
+        """The Sinkhorn-Knopp patch term from the masked patches alone, as DINOv2's iBOTPatchLoss.forward_masked: `student`
+        and `teacher` (M, K) are the heads' outputs for the M masked patches of all global views, `weights` (M,) one over
+        the number of masked patches of each patch's image; the weighted sum over `num_images` (the global views' images,
+        masked or not) equals `forward` on every patch. The heads then never see the unmasked patches."""
+        if self.centering != "sinkhorn_knopp":
+            raise ValueError("IBOTPatchLoss.masked_patches needs centering: sinkhorn_knopp (a centre averages every patch)")
+        targets = self.teacher_targets(teacher.detach())
+        per_patch = (-targets * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)
+        return (per_patch * weights).sum() / num_images
+
     @torch.no_grad()
-    def patch_targets(
-        self, teacher_patches: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], masked_index: torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
+    def patch_targets(self, teacher_patches: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The teacher's distribution per patch, (N, L, K) per view: centred softmax of every patch, or Sinkhorn-Knopp
         codes of the masked patches together (zeros elsewhere: only masked patches enter the loss)."""
         if self.centering != "sinkhorn_knopp":
             return [self.teacher_targets(t.detach()) for t in teacher_patches]
         stacked = torch.cat([t.detach() for t in teacher_patches])  # (V x N, L, K)
         flat = stacked.flatten(0, 1)
-        if masked_index is None:
-            masked_index = torch.cat(list(masks)).flatten().nonzero().squeeze(1)
+        masked_index = torch.cat(list(masks)).flatten().nonzero().squeeze(1)  # IBOTMethod counts them on the host instead
         codes = self.teacher_targets(flat.index_select(0, masked_index))
         targets = torch.zeros(flat.shape, dtype=codes.dtype, device=codes.device).index_copy_(0, masked_index, codes)
-        return list(targets.view(stacked.shape).chunk(len(teacher_patches)))
+        return list(targets.view(stacked.shape).split([len(t) for t in teacher_patches]))

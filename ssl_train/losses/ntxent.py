@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,6 +86,6 @@ class NTXentLoss(nn.Module):
         if self.debiased_tau_plus > 0:
             tau_plus, n_neg = self.debiased_tau_plus, negative_mask.sum(1)
             estimate = (log_negatives.exp() - tau_plus * n_neg * positive.exp()) / (1 - tau_plus)
-            log_negatives = torch.log(torch.maximum(estimate, n_neg * torch.exp(torch.tensor(-1.0 / self.temperature))))
+            log_negatives = torch.log(torch.maximum(estimate, n_neg * math.exp(-1.0 / self.temperature)))
         log_denominator = log_negatives if self.decoupled else torch.logaddexp(positive, log_negatives)
         return (log_denominator - positive).mean()

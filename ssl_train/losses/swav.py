@@ -18,7 +18,7 @@ from ssl_train.losses.precision import float32
 def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
     """Equal-partition soft codes Q (N, K) for prototype scores (N, K): SwAV's algorithm, sums over all ranks."""
     q = torch.exp(scores.float() / epsilon).T  # (K, N)
-    n_total = torch.tensor(float(q.shape[1]), device=q.device)
+    n_total = torch.full((), float(q.shape[1]), device=q.device)  # a fill, not a copy from the host (which would sync)
     if dist.is_distributed():
         torch.distributed.all_reduce(n_total)
     k = q.shape[0]

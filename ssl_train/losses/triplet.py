@@ -36,7 +36,7 @@ class TripletLoss(nn.Module):
         d, positive, negative = distances_and_masks(z_a, z_b, labels if self.uses_labels else None, self.normalize)
         if not negative.any():
             raise ValueError("TripletLoss: the batch has no negatives (all samples share one label)")
-        inf = torch.tensor(float("inf"), device=d.device)
+        inf = torch.full((), float("inf"), device=d.device)
         if self.mining == "batch_hard":
             hardest_positive = torch.where(positive, d, -inf).max(dim=1).values
             hardest_negative = torch.where(negative, d, inf).min(dim=1).values

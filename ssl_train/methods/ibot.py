@@ -6,7 +6,6 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -15,7 +14,7 @@ from ssl_train.heads import DINOHead
 from ssl_train.losses.ibot import IBOTPatchLoss
 from ssl_train.methods.common import encode_views
 from ssl_train.methods.gram import GramAnchor
-from ssl_train.methods.masks import beit_block_masks, to_device
+from ssl_train.methods.masks import beit_block_masks, masked_patch_index, to_device
 from ssl_train.methods.multicrop import DINOParts, freeze_last_layer
 from ssl_train.methods.patches import require_vit
 
@@ -100,19 +99,25 @@ class IBOTMethod(DINOParts):
         ratios = torch.where(torch.rand(len(images)) < self.masked_share, low + torch.rand(len(images)) * (high - low), 0.0)
         host_masks = beit_block_masks(ratios, grid).flatten(1)  # (G x N, L), drawn on the host
         masks = to_device(host_masks, images.device)
-        masked_index = to_device(torch.from_numpy(np.flatnonzero(host_masks.numpy())), images.device)  # counted on the host
         prefix = self.backbone.model.num_prefix_tokens
         tokens = self.backbone.tokens(images, masked=masks, mask_token=self.mask_token)
         features = [*self.backbone.pool(tokens).chunk(num_global), *encode_views(self.backbone, views[num_global:])]
         student = [self.projector(h) for h in features]
-        student_patches = (self.patch_head or self.projector)(tokens[:, prefix:]).chunk(num_global)
+        # Sinkhorn-Knopp (DINOv2, ssl_meta_arch.py): both patch heads see the masked patches only, picked by indices
+        # counted on the host; with a centre (iBOT) every patch's output enters the centre's mean
+        masked_only = self.patch_loss.centering == "sinkhorn_knopp"
+        masked_index, patch_weights = masked_patch_index(host_masks, images.device) if masked_only else (None, None)
+        student_patches = self.patch_tokens(self.patch_head or self.projector, tokens[:, prefix:], masked_index)
         with torch.no_grad():
             teacher_backbone: Any = self.teacher["backbone"]  # the EMA copy of the ViT
             teacher_tokens = teacher_backbone.tokens(images)
             teacher = self.teacher["projector"](teacher_backbone.pool(teacher_tokens)).chunk(num_global)
             teacher_patch_head = self.teacher["patch_head"] if self.patch_head is not None else self.teacher["projector"]
-            teacher_patches = teacher_patch_head(teacher_tokens[:, prefix:]).chunk(num_global)
-        patch_loss = self.patch_loss(student_patches, teacher_patches, masks.chunk(num_global), masked_index=masked_index)
+            teacher_patches = self.patch_tokens(teacher_patch_head, teacher_tokens[:, prefix:], masked_index)
+        if masked_index is not None and patch_weights is not None:
+            patch_loss = self.patch_loss.masked_patches(student_patches, teacher_patches, patch_weights, len(images))
+        else:
+            patch_loss = self.patch_loss(student_patches.chunk(num_global), teacher_patches.chunk(num_global), masks.chunk(num_global))
         logs = {
             "momentum": self.teacher.momentum,
             "teacher_temp": self.loss.current_teacher_temp,
@@ -122,6 +127,13 @@ class IBOTMethod(DINOParts):
         loss = self.koleo.add_to(self.loss(student, teacher) + self.patch_weight * patch_loss, features[:num_global], logs)
         loss = self.gram.add_to(loss, tokens[:, prefix:], images, logs)
         return {"loss": loss, "features": features[0].detach(), "logs": logs}
+
+    @staticmethod
+    def patch_tokens(head: nn.Module, patches: torch.Tensor, masked_index: torch.Tensor | None) -> torch.Tensor:
+        """The head's output for every patch token (V x N, L, K), or for the masked ones only (M, K) given their indices."""
+        if masked_index is None:
+            return head(patches)
+        return head(patches.flatten(0, 1).index_select(0, masked_index))
 
     def on_after_backward(self, step: int, epoch: int) -> None:
         """No gradient for the last layer of either head in the first epoch(s) (DINOv2: every `last_layer`)."""

@@ -42,6 +42,15 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.to(device)
 
 
+def masked_patch_index(host_masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """From (N, L) masks on the host: the masked patches' flat indices (M,) and one weight each, one over the number of
+    masked patches of its image (DINOv2's collate: mask_indices_list and masks_weight), both on `device` without a sync."""
+    masks = host_masks.numpy().astype(bool)
+    index = np.flatnonzero(masks)
+    weights = (1.0 / masks.sum(axis=1)[index // masks.shape[1]]).astype(np.float32)
+    return to_device(torch.from_numpy(index), device), to_device(torch.from_numpy(weights), device)
+
+
 def beit_block_masks(
     ratios: torch.Tensor, grid: int, aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10, generator: torch.Generator | None = None
 ) -> torch.Tensor:

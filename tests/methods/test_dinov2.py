@@ -63,6 +63,28 @@ def test_dinov2_loss_is_sinkhorn_dino_plus_the_separate_head_patch_term_plus_kol
     assert patch_head.last_layer.weight.grad is None and head.last_layer.weight.grad is None
 
 
+def test_the_masked_patches_alone_give_the_sinkhorn_patch_term_of_every_patch() -> None:
+    """DINOv2's forward_masked: the heads' outputs for the masked patches only, weighted one over their image's count and
+    summed over all images (one with no masked patch included), equal the loss over every patch with masks."""
+    from ssl_train.losses import IBOTPatchLoss
+    from ssl_train.methods.masks import masked_patch_index
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 9, 16), torch.randn(2, 5, 9, 16)  # 2 views x 5 images x 9 patches x 16 outputs
+    masks = (torch.rand(10, 9) < 0.3).float()
+    masks[3] = 0.0  # an image with nothing masked counts 0
+    masks[7, :] = 1.0
+    loss = IBOTPatchLoss(out_dim=16, teacher_temp=0.06, centering="sinkhorn_knopp")
+    everywhere = loss(list(student), list(teacher), list(masks.view(2, 5, 9)))
+    index, weights = masked_patch_index(masks, torch.device("cpu"))
+    assert len(index) == int(masks.sum())
+    torch.testing.assert_close(weights[index // 9 == 7], torch.full((9,), 1 / 9))
+    alone = loss.masked_patches(student.flatten(0, 2)[index], teacher.flatten(0, 2)[index], weights, num_images=10)
+    torch.testing.assert_close(alone, everywhere)
+    with pytest.raises(ValueError, match="sinkhorn_knopp"):
+        IBOTPatchLoss(out_dim=16).masked_patches(student.flatten(0, 2)[index], teacher.flatten(0, 2)[index], weights, 10)
+
+
 def test_both_teacher_temperatures_warm_up_and_the_patch_head_teacher_follows_by_ema() -> None:
     method = _dinov2(patch_teacher_temp=0.07)
     with torch.no_grad():
