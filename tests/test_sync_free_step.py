@@ -68,7 +68,7 @@ class CountPerStep(pl.Callback):
         ("simclr", []),
         ("byol", []),
         ("mocov2", []),  # a queue
-        ("dinov2", ["augment.num_local=1"]),  # masks, Sinkhorn-Knopp, KoLeo, two heads; one local crop: a third of the time
+        ("dinov2", ["augment.num_local=1", "data.batch_size=16"]),  # masks, Sinkhorn-Knopp, KoLeo, two heads; kept short
     ],
 )
 def test_steady_state_steps_make_no_host_device_sync(method: str, smaller: list[str], tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_the_masked_patches_alone_give_the_sinkhorn_patch_term_of_every_patch() 
     from ssl_train.methods.masks import masked_patch_index
 
     torch.manual_seed(0)
-    student, teacher = torch.randn(2, 5, 9, 16), torch.randn(2, 5, 9, 16)  # 2 views x 5 images x 9 patches x 16 outputs
+    student, teacher = torch.randn(2, 5, 9, 16, requires_grad=True), torch.randn(2, 5, 9, 16)  # views x images x patches x K
     masks = (torch.rand(10, 9) < 0.3).float()
     masks[3] = 0.0  # an image with nothing masked counts 0
     masks[7, :] = 1.0
@@ -81,8 +81,12 @@ def test_the_masked_patches_alone_give_the_sinkhorn_patch_term_of_every_patch() 
     torch.testing.assert_close(weights[index // 9 == 7], torch.full((9,), 1 / 9))
     alone = loss.masked_patches(student.flatten(0, 2)[index], teacher.flatten(0, 2)[index], weights, num_images=10)
     torch.testing.assert_close(alone, everywhere)
+    (grad_everywhere,) = torch.autograd.grad(everywhere, student)
+    (grad_alone,) = torch.autograd.grad(alone, student)
+    torch.testing.assert_close(grad_alone, grad_everywhere)  # the same gradient, zero on every unmasked patch
+    assert grad_alone[masks.view(2, 5, 9) == 0].abs().max() == 0
     with pytest.raises(ValueError, match="sinkhorn_knopp"):
-        IBOTPatchLoss(out_dim=16).masked_patches(student.flatten(0, 2)[index], teacher.flatten(0, 2)[index], weights, 10)
+        IBOTPatchLoss(out_dim=16).masked_patches(student.detach().flatten(0, 2)[index], teacher.flatten(0, 2)[index], weights, 10)
 
 
 def test_both_teacher_temperatures_warm_up_and_the_patch_head_teacher_follows_by_ema() -> None:
