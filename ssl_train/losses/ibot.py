@@ -39,7 +39,7 @@ class IBOTPatchLoss(DINOLoss):
         targets = self.patch_targets(teacher_patches, masks)
         total: Any = 0.0  # a Tensor from the first view on
         for student, target, mask in zip(student_patches, targets, masks, strict=True):
-            per_patch = (-target * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)  # (N, L)
+            per_patch = self.cross_entropy(target, student)  # (N, L)
             weight = mask.float()
             total = total + ((per_patch * weight).sum(dim=-1) / weight.sum(dim=-1).clamp(min=1.0)).mean()
         self.update_center(torch.cat([t.mean(dim=1) for t in teacher_patches]))
@@ -54,8 +54,11 @@ class IBOTPatchLoss(DINOLoss):
         if self.centering != "sinkhorn_knopp":
             raise ValueError("IBOTPatchLoss.masked_patches needs centering: sinkhorn_knopp (a centre averages every patch)")
         targets = self.teacher_targets(teacher.detach())
-        per_patch = (-targets * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)
-        return (per_patch * weights).sum() / num_images
+        return (self.cross_entropy(targets, student) * weights).sum() / num_images
+
+    def cross_entropy(self, targets: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+        """Per patch: the teacher's target distribution against the student's log_softmax(s / student_temp)."""
+        return (-targets * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(dim=-1)
 
     @torch.no_grad()
     def patch_targets(self, teacher_patches: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
