@@ -10,7 +10,9 @@ the launch work of Python dominates as on a GPU) is run four ways, alternated ov
   scheduler's step in training_step), which skips the optimizer loop's closure and hooks (and leaves global_step at 0);
 - "bare manual, Lightning's optimizer": manual optimization as Lightning documents it (`self.optimizers()`,
   `manual_backward`, the LightningOptimizer's step, which counts global_step and runs the precision plugin and hooks);
-- "plain": bench_throughput.plain_loop.
+- "plain": bench_throughput.plain_loop;
+- "plain + online probe": the same loop also training SSLModule's online probe as SSLModule does (its loss added, its
+  own param group): ssl_train's row minus this one is the framework's cost without the probe's own work.
 Each figure is the median over rounds, in ms per step; "over plain" is the Python cost of that way of stepping.
 
 Run: python scripts/bench_lightning_floor.py [--steps 200] [--warmup 20] [--rounds 4] [--threads 1]
@@ -88,6 +90,7 @@ def main() -> None:
             "bare automatic": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual=None),
             "bare manual": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual="raw"),
             "bare manual, Lightning's optimizer": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual="lightning"),
+            "plain + online probe": lambda: bt.plain_loop(cfg, premade, batch, args.steps, args.warmup, ROW[2], online_probe=True),
             "plain": lambda: bt.plain_loop(cfg, premade, batch, args.steps, args.warmup, ROW[2]),
         }
         rates: dict[str, list[float]] = {name: [] for name in ways}

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_train.build import build
 from ssl_train.composed import compose_run_config
+from ssl_train.module import online_probe_loss
 
 # the overrides every benchmark run takes: no validation, progress bar, summary, probe, baseline, logger or checkpoints
 QUIET_OVERRIDES = [
@@ -206,14 +207,17 @@ def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = Fa
     }
 
 
-def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, precision: str) -> float:
+def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, precision: str, online_probe: bool = False) -> float:
     """The same method, optimizer recipe (e.g. LARS + warm-up cosine) and memory format in a bare PyTorch loop:
-    forward, backward, optimizer and scheduler step, EMA hook — what a user would write by hand, without the online probe."""
+    forward, backward, optimizer and scheduler step, EMA hook — what a user would write by hand, without the online probe
+    (`online_probe`: with SSLModule's, trained as it trains it: its loss added, its own param group)."""
     pl.seed_everything(0, verbose=False)
     built = build(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     method = built.method.train().to(device)
-    optimizer, scheduler, _ = built.module.optim.build(method, [], batch, steps, steps)
+    probe = built.module.online_probe.to(device) if online_probe else None
+    probe_group = [{"params": list(probe.parameters()), "lr": built.module.optim.online_probe_lr}] if probe is not None else []
+    optimizer, scheduler, _ = built.module.optim.build(method, probe_group, batch, steps, steps)
     loader = DataLoader(premade, batch_size=batch, shuffle=False, drop_last=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     channels_last = built.module.channels_last
@@ -225,7 +229,10 @@ def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, 
         if channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with autocast:
-            loss = method(views, labels)["loss"]
+            out = method(views, labels)
+            loss = out["loss"]
+            if probe is not None:
+                loss = loss + online_probe_loss(probe(out["features"].detach().float()), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
