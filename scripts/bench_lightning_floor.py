@@ -2,7 +2,7 @@
 optimization) and a plain PyTorch loop, on the same method, optimizer recipe and pre-made views.
 
 bench_throughput.py's tiny-encoder row (SimCLR, small ResNet with widths 4 and 8, batch 32: the model costs little, so
-the launch work of Python dominates as on a GPU) is run four ways, alternated over --rounds:
+the launch work of Python dominates as on a GPU) is run six ways, alternated over --rounds:
 - "ssl_train": the framework's step (SSLModule, its callbacks, the online probe), as bench_throughput's column;
 - "bare automatic": a LightningModule whose training_step returns the method's loss (Lightning's automatic optimization:
   closure, hooks, progress tracking), no callbacks, no logger, no checkpointing;

@@ -23,9 +23,10 @@ def online_probe_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """Mean cross-entropy over the labelled rows; unlabeled pretraining data carries label -1 and counts for nothing.
 
     One fused op with `ignore_index` and fixed shapes (no boolean mask, so no host-device sync); 0 for a batch without
-    labels. 22 ATen ops forward and backward, against 28 for the per-row weights it replaced: the online probe is about
-    half of the framework's own cost per step (docs/performance.md)."""
-    return F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / (labels >= 0).sum().clamp_min(1)
+    labels; any negative label counts as unlabelled. 5 fewer ATen ops per step, forward and backward, than the per-row
+    weights it replaced (docs/performance.md)."""
+    unlabelled_as_minus_one = labels.clamp_min(-1)
+    return F.cross_entropy(logits, unlabelled_as_minus_one, ignore_index=-1, reduction="sum") / (labels >= 0).sum().clamp_min(1)
 
 
 class SSLModule(pl.LightningModule):

@@ -27,3 +27,9 @@ def test_online_probe_loss_of_a_batch_without_labels_is_zero_with_zero_gradient(
     loss.backward()
     assert loss.item() == 0.0
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
+
+
+def test_online_probe_loss_counts_any_negative_label_as_unlabelled() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(4, 3)
+    assert torch.equal(online_probe_loss(logits, torch.tensor([1, -2, 0, -100])), online_probe_loss(logits, torch.tensor([1, -1, 0, -1])))
