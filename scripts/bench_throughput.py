@@ -216,8 +216,8 @@ def plain_loop(cfg, premade: PremadeViews, batch: int, steps: int, warmup: int, 
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     method = built.method.train().to(device)
     probe = built.module.online_probe.to(device) if online_probe else None
-    probe_group = [{"params": list(probe.parameters()), "lr": built.module.optim.online_probe_lr}] if probe is not None else []
-    optimizer, scheduler, _ = built.module.optim.build(method, probe_group, batch, steps, steps)
+    probe_groups = built.module.online_probe_param_groups() if probe is not None else []
+    optimizer, scheduler, _ = built.module.optim.build(method, probe_groups, batch, steps, steps)
     loader = DataLoader(premade, batch_size=batch, shuffle=False, drop_last=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     channels_last = built.module.channels_last

@@ -80,7 +80,7 @@ class SSLModule(pl.LightningModule):
         images_per_step = self.global_batch_size * self.trainer.accumulate_grad_batches  # what one optimizer step sees
         optimizer, scheduler, lr = self.optim.build(
             self.method,
-            [{"params": list(self.online_probe.parameters()), "lr": self.optim.online_probe_lr}],
+            self.online_probe_param_groups(),
             images_per_step,
             steps_per_epoch,
             total_steps,
@@ -92,6 +92,10 @@ class SSLModule(pl.LightningModule):
             f"base lr {self.optim.base_lr:g} with '{self.optim.lr_scaling}' scaling -> effective lr {lr:g}; {total_steps} optimizer steps"
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def online_probe_param_groups(self) -> list[dict[str, Any]]:
+        """The online probe's own param group (its constant lr, no weight decay), beside the method's in one optimizer."""
+        return [{"params": list(self.online_probe.parameters()), "lr": self.optim.online_probe_lr}]
 
     def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
         views, labels = batch
