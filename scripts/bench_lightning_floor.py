@@ -14,15 +14,20 @@ the launch work of Python dominates as on a GPU) is run six ways, alternated ove
 - "plain + online probe": the same loop also training SSLModule's online probe as SSLModule does (its loss added, its
   own param group): ssl_train's row minus this one is the framework's cost without the probe's own work.
 Each figure is the median over rounds, in ms per step; "over plain" is the Python cost of that way of stepping.
+`--calls` adds the Python function calls per step of each way (cProfile's count over 2N steps less that over N, so the
+set-up cancels): the same figure on every run of every machine, where the milliseconds move by +-0.5 ms between runs.
 
-Run: python scripts/bench_lightning_floor.py [--steps 200] [--warmup 20] [--rounds 4] [--threads 1]
+Run: python scripts/bench_lightning_floor.py [--steps 200] [--warmup 20] [--rounds 4] [--threads 1] [--calls]
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import tempfile
+from collections.abc import Callable
 
 import bench_throughput as bt
 import lightning.pytorch as pl
@@ -72,36 +77,60 @@ def bare_step(cfg, premade: bt.PremadeViews, batch: int, steps: int, warmup: int
     return meter.rate
 
 
+def ways_of_stepping(steps: int, warmup: int, out: str, premade: bt.PremadeViews) -> dict[str, Callable[[], float]]:
+    """Each way of stepping, as a call returning images/s over `steps` steps (the first `warmup` not timed)."""
+    batch = ROW[5]
+    cfg = bt.compose_row(ROW[0], ROW[1], ROW[2], "per-sample", 0, batch, steps, out)
+    return {
+        "ssl_train": lambda: bt.framework_step(cfg, premade, batch, warmup),
+        "bare automatic": lambda: bare_step(cfg, premade, batch, steps, warmup, manual=None),
+        "bare manual": lambda: bare_step(cfg, premade, batch, steps, warmup, manual="raw"),
+        "bare manual, Lightning's optimizer": lambda: bare_step(cfg, premade, batch, steps, warmup, manual="lightning"),
+        "plain + online probe": lambda: bt.plain_loop(cfg, premade, batch, steps, warmup, ROW[2], online_probe=True),
+        "plain": lambda: bt.plain_loop(cfg, premade, batch, steps, warmup, ROW[2]),
+    }
+
+
+def python_calls(run: Callable[[], float]) -> int:
+    """Python function calls (builtins included) made by `run`, counted by cProfile."""
+    profile = cProfile.Profile()
+    profile.runcall(run)
+    return pstats.Stats(profile).total_calls
+
+
+def calls_per_step(steps: int, warmup: int, out: str, premade: bt.PremadeViews) -> dict[str, float]:
+    """Python calls per steady step of each way: the count over 2 x steps less the count over steps, divided by steps."""
+    short, long = ways_of_stepping(steps, warmup, out, premade), ways_of_stepping(2 * steps, warmup, out, premade)
+    return {name: (python_calls(long[name]) - python_calls(short[name])) / steps for name in short}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--calls", action="store_true", help="also count each way's Python calls per step (cProfile)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = ROW[5]
     with tempfile.TemporaryDirectory() as out:
-        cfg = bt.compose_row(ROW[0], ROW[1], ROW[2], "per-sample", 0, batch, args.steps, out)
-        premade = bt.premade_views(build(bt.compose_row(*ROW, args.steps, out)), batch, args.steps)
-        ways = {
-            "ssl_train": lambda: bt.framework_step(cfg, premade, batch, args.warmup),
-            "bare automatic": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual=None),
-            "bare manual": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual="raw"),
-            "bare manual, Lightning's optimizer": lambda: bare_step(cfg, premade, batch, args.steps, args.warmup, manual="lightning"),
-            "plain + online probe": lambda: bt.plain_loop(cfg, premade, batch, args.steps, args.warmup, ROW[2], online_probe=True),
-            "plain": lambda: bt.plain_loop(cfg, premade, batch, args.steps, args.warmup, ROW[2]),
-        }
+        premade = bt.premade_views(build(bt.compose_row(*ROW, 2 * args.steps, out)), batch, 2 * args.steps)
+        ways = ways_of_stepping(args.steps, args.warmup, out, premade)
         rates: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.rounds):  # alternated, so that drifts of the machine hit every way alike
             for name, run in ways.items():
                 rates[name].append(run())
+        calls = calls_per_step(args.steps, args.warmup, out, premade) if args.calls else {}
     ms = {name: batch / statistics.median(r) * 1e3 for name, r in rates.items()}
-    print(f"\n| way of stepping | ms per step (median of {args.rounds}) | over plain, ms |\n|---|---|---|")
+    calls_header = " Python calls per step | over plain |" if calls else ""
+    print(f"\n| way of stepping | ms per step (median of {args.rounds}) | over plain, ms |{calls_header}\n|---|---|---|{'---|---|' if calls else ''}")
     for name, value in ms.items():
-        print(f"| {name} | {value:.3f} | {value - ms['plain']:.3f} |")
-    print(f"\ncommand: python scripts/bench_lightning_floor.py --steps {args.steps} --warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}")
+        calls_cells = f" {calls[name]:.0f} | {calls[name] - calls['plain']:.0f} |" if calls else ""
+        print(f"| {name} | {value:.3f} | {value - ms['plain']:.3f} |{calls_cells}")
+    flags = f"--steps {args.steps} --warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}{' --calls' if calls else ''}"
+    print(f"\ncommand: python scripts/bench_lightning_floor.py {flags}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ssl_train.callbacks import ConfigInCheckpoint, ResumeState
+from ssl_train.callbacks import ConfigInCheckpoint, ResumeState, skip_inherited_batch_hooks
 from ssl_train.checkpoint_io import AtomicCheckpointIO
 from ssl_train.data.datamodule import SSLDataModule
 from ssl_train.errors import UserError
@@ -186,6 +186,7 @@ def build(cfg: DictConfig, tracker_runs: dict[str, str] | None = None) -> Built:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     checkpoint_io = AtomicCheckpointIO(trust=bool(cfg.get("trust_checkpoint", False)))
     trainer = instantiate("trainer", cfg.trainer, callbacks=callbacks, logger=logger, plugins=[checkpoint_io])
+    skip_inherited_batch_hooks(trainer.callbacks)  # Lightning's own callbacks included
     if cfg.trainer.get("sync_batchnorm") and trainer.world_size > 1 and trainer.accelerator.__class__.__name__ == "CPUAccelerator":  # one process: a no-op
         raise UserError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only); on CPU use backbone.norm=group")
     datamodule = build_datamodule(cfg.data, views=instantiate("augment", cfg.augment), world_size=trainer.world_size)
