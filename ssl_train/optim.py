@@ -1,15 +1,17 @@
-"""Optimizers and schedules: param groups without weight decay on bias/norm, LARS, warmup + cosine."""
+"""Optimizers and schedules: param groups without weight decay on bias/norm, ViT layer-wise lr decay, LARS, warmup + cosine."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from ssl_train.constraints import Fraction, LearningRate, OptionalWeightDecay, Positive, PositiveInt, WarmupEpochs, WeightDecay
+from ssl_train.constraints import Fraction, LearningRate, Number, OptionalWeightDecay, Positive, PositiveInt, WarmupEpochs, WeightDecay
 from ssl_train.errors import UserError
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
@@ -31,19 +33,70 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool = True, no_decay_names: Sequence[str] = ()) -> list[dict]:
-    """Two groups: weights with decay; biases and norm parameters (ndim <= 1) and parameters whose name contains one of
-    `no_decay_names` (a ViT's pos_embed, cls_token) without it, and not LARS-adapted."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+# a ViT's parameters below its first block (dinov2's get_vit_lr_decay_rate: layer 0)
+VIT_INPUT_PARAMETERS = ("pos_embed", "patch_embed", "mask_token", "cls_token", "reg_token", "register_tokens")
+VIT_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+class LayerwiseLR:
+    """Per-parameter LR multipliers of a ViT (dinov2 utils/param_groups.py, as BEiT's layer-wise decay, Bao et al. 2022):
+    block i of n gets `decay` ** (n - i), the tokens and patch embedding `decay` ** (n + 1), the backbone's final norm 1,
+    and the patch embedding a further `patch_embed_lr_mult`. Parameters outside `backbone.` (heads, predictors) get 1,
+    except the method's own mask token, which dinov2 keeps in its backbone (layer 0)."""
+
+    def __init__(self, decay: float, patch_embed_lr_mult: float, num_blocks: int) -> None:
+        self.decay, self.patch_embed_lr_mult, self.num_blocks = decay, patch_embed_lr_mult, num_blocks
+
+    @classmethod
+    def for_model(cls, model: nn.Module, decay: float, patch_embed_lr_mult: float) -> LayerwiseLR:
+        blocks = {int(m.group(1)) for name, _ in model.named_parameters() if name.startswith("backbone.") and (m := VIT_BLOCK.search(name))}
+        if not blocks:
+            raise UserError(
+                f"optim.layer_decay / optim.patch_embed_lr_mult are for ViT backbones (parameters backbone.*.blocks.<i>.*); "
+                f"{type(getattr(model, 'backbone', model)).__name__} has none: leave them at null and 1.0"
+            )
+        return cls(decay, patch_embed_lr_mult, max(blocks) + 1)
+
+    def __call__(self, name: str) -> float:
+        in_backbone = name.startswith("backbone.") or name == "mask_token"
+        if not in_backbone:
+            return 1.0
+        layer = self.num_blocks + 1  # the final norm and anything after the blocks
+        if any(part in name for part in VIT_INPUT_PARAMETERS):
+            layer = 0
+        elif block := VIT_BLOCK.search(name):
+            layer = int(block.group(1)) + 1
+        multiplier = self.decay ** (self.num_blocks + 1 - layer)
+        return multiplier * (self.patch_embed_lr_mult if "patch_embed" in name else 1.0)
+
+
+def param_groups(
+    module: nn.Module,
+    weight_decay: float,
+    exclude_bias_and_norm: bool = True,
+    no_decay_names: Sequence[str] = (),
+    lr_multiplier: Callable[[str], float] | None = None,
+) -> list[dict]:
+    """Weights with decay; biases and norm parameters (ndim <= 1) and parameters whose name contains one of
+    `no_decay_names` (a ViT's pos_embed, cls_token) without it, and not LARS-adapted. With `lr_multiplier` (name ->
+    factor), each of the two splits further by factor, each group carrying it as 'lr_multiplier'; the decayed
+    group(s) come first."""
+    grouped: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         excluded = exclude_bias_and_norm and (param.ndim <= 1 or any(part in name for part in no_decay_names))
-        (no_decay if excluded else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+        grouped.setdefault((excluded, lr_multiplier(name) if lr_multiplier else 1.0), []).append(param)
+    groups = []
+    for (excluded, multiplier), params in sorted(grouped.items(), key=lambda item: (item[0][0], -item[0][1])):
+        group: dict = {"params": params, "weight_decay": 0.0 if excluded else weight_decay}
+        if excluded:
+            group["lars_exclude"] = True
+        if lr_multiplier is not None:
+            group["lr_multiplier"] = multiplier
+        groups.append(group)
+    if not any(not g.get("lars_exclude") for g in groups):
+        groups.insert(0, {"params": [], "weight_decay": weight_decay})  # always a decayed group first, even empty
     return groups
 
 
@@ -130,6 +183,7 @@ class OptimRecipe:
     `build` returns (optimizer, scheduler, effective_lr). Extra param groups (the online probe) keep their own
     constant LR and are never weight-decayed or LARS-adapted. `weight_decay_end`: the decayed weights' weight decay
     follows a cosine from optimizer.weight_decay to it over training (DINO's ViT recipe: 0.04 -> 0.4); null keeps it fixed.
+    `layer_decay` (a ViT's layer-wise LR decay, dinov2 0.9) and `patch_embed_lr_mult` (dinov2 0.2): see LayerwiseLR.
     """
 
     def __init__(
@@ -143,6 +197,8 @@ class OptimRecipe:
         online_probe_lr: LearningRate = 0.1,
         no_decay_names: Sequence[str] = (),
         weight_decay_end: OptionalWeightDecay = None,
+        layer_decay: Annotated[float | None, Number(low=0, high=1, open_low=True, nullable=True)] = None,
+        patch_embed_lr_mult: Annotated[float, Number(low=0, open_low=True)] = 1.0,
     ) -> None:
         if not isinstance(optimizer, partial):
             raise UserError("optim.optimizer must be a partial (set `_partial_: true`)")
@@ -154,6 +210,11 @@ class OptimRecipe:
         if weight_decay_end is not None and weight_decay_end < 0:
             raise UserError(f"optim.weight_decay_end={weight_decay_end} must be >= 0 (or null for a fixed weight decay)")
         self.weight_decay_end = weight_decay_end
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise UserError(f"optim.layer_decay={layer_decay} must be in (0, 1] (dinov2: 0.9), or null for none")
+        if patch_embed_lr_mult <= 0:
+            raise UserError(f"optim.patch_embed_lr_mult={patch_embed_lr_mult} must be > 0 (dinov2: 0.2; 1.0 for none)")
+        self.layer_decay, self.patch_embed_lr_mult = layer_decay, patch_embed_lr_mult
 
     @property
     def base_lr(self) -> float:
@@ -166,9 +227,14 @@ class OptimRecipe:
         """Optimizer over `model` (+ `extra_groups`, each with its own 'lr'), and a per-step LambdaLR."""
         lr = self.effective_lr(global_batch)
         weight_decay = float(self.optimizer.keywords.get("weight_decay", 0.0))
-        groups = param_groups(model, weight_decay, self.exclude_bias_and_norm, self.no_decay_names)
-        if self.weight_decay_end is not None:
-            groups[0]["weight_decay_end"] = self.weight_decay_end  # the decayed group; biases, norms and extras stay at 0
+        layerwise = self.layer_decay is not None or self.patch_embed_lr_mult != 1.0
+        multiplier = LayerwiseLR.for_model(model, self.layer_decay or 1.0, self.patch_embed_lr_mult) if layerwise else None
+        groups = param_groups(model, weight_decay, self.exclude_bias_and_norm, self.no_decay_names, multiplier)
+        for group in groups:
+            if not group.get("lars_exclude") and self.weight_decay_end is not None:
+                group["weight_decay_end"] = self.weight_decay_end  # the decayed groups; biases, norms and extras stay at 0
+            if "lr_multiplier" in group:
+                group["lr"] = lr * group["lr_multiplier"]  # the schedule multiplies each group's own initial lr
         extra = [{"weight_decay": 0.0, "lars_exclude": True, **g} for g in extra_groups]
         optimizer = self.optimizer(groups + extra, lr=lr)
         warmup_steps = int(round(self.warmup_epochs * steps_per_epoch))

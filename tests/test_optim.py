@@ -159,3 +159,56 @@ def test_fused_adamw_is_unfused_only_where_lightning_clips_gradients_under_mixed
     assert fused([*vit, "trainer.precision=bf16-mixed"], "mixed_clipped") is False
     result = run(compose_config([*vit, "trainer.precision=bf16-mixed"], tmp_path / "trains"))  # stopped with a RuntimeError before
     assert result["steps"] == 2
+
+
+def _dinov2_lr_multiplier(name: str, decay: float, num_layers: int, patch_embed_lr_mult: float) -> float:
+    """Reference: dinov2 utils/param_groups.py, get_vit_lr_decay_rate (force_is_backbone) + the patch_embed multiplier,
+    written out for names relative to the backbone (ours carry a `backbone.model.` prefix)."""
+    layer_id = num_layers + 1
+    if any(f".{token}" in f".{name}" for token in ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")):
+        layer_id = 0
+    elif "blocks." in name:
+        layer_id = int(name[name.find("blocks.") :].split(".")[1]) + 1
+    rate = decay ** (num_layers + 1 - layer_id)
+    return rate * patch_embed_lr_mult if "patch_embed" in name else rate
+
+
+def test_layer_wise_lr_decay_matches_dinov2_and_keeps_heads_at_the_full_lr() -> None:
+    from tests.fixtures import tiny_vit
+
+    class WithHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.projector = tiny_vit(), nn.Linear(4, 4)
+            self.mask_token = nn.Parameter(torch.zeros(4))  # a method's own mask token: dinov2 keeps it in the backbone
+
+    model = WithHead()
+    recipe = OptimRecipe(partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.04), lr_scaling="none", warmup_epochs=0, layer_decay=0.9, patch_embed_lr_mult=0.2)
+    optimizer, _, lr = recipe.build(model, [], global_batch=256, steps_per_epoch=10, total_steps=10)
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    num_layers = len(model.backbone.model.blocks)
+    assert num_layers >= 2
+    checked = 0
+    for name, param in model.named_parameters():
+        if name.startswith("backbone."):
+            expected = _dinov2_lr_multiplier(name.removeprefix("backbone.model."), 0.9, num_layers, 0.2)
+        else:
+            expected = _dinov2_lr_multiplier(name, 0.9, num_layers, 0.2) if name == "mask_token" else 1.0
+        assert lr_of[id(param)] == pytest.approx(lr * expected), name
+        checked += 1
+    assert checked == len(lr_of)
+    assert lr_of[id(model.backbone.model.patch_embed.proj.weight)] == pytest.approx(lr * 0.2 * 0.9 ** (num_layers + 1))
+    assert lr_of[id(model.backbone.model.blocks[0].attn.qkv.weight)] == pytest.approx(lr * 0.9**num_layers)
+
+
+def test_layer_wise_lr_decay_on_a_backbone_without_blocks_is_one_clear_error() -> None:
+    from ssl_train.errors import UserError
+
+    class Convnet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Conv2d(1, 4, 3)
+
+    recipe = OptimRecipe(partial(torch.optim.AdamW, lr=1e-3), layer_decay=0.9)
+    with pytest.raises(UserError, match="optim.layer_decay"):
+        recipe.build(Convnet(), [], global_batch=256, steps_per_epoch=10, total_steps=10)
