@@ -42,7 +42,9 @@ class LayerwiseLR:
     """Per-parameter LR multipliers of a ViT (dinov2 utils/param_groups.py, as BEiT's layer-wise decay, Bao et al. 2022):
     block i of n gets `decay` ** (n - i), the tokens and patch embedding `decay` ** (n + 1), the backbone's final norm 1,
     and the patch embedding a further `patch_embed_lr_mult`. Parameters outside `backbone.` (heads, predictors) get 1,
-    except the method's own mask token, which dinov2 keeps in its backbone (layer 0)."""
+    except a method's own top-level `mask_token`, which dinov2 keeps in its backbone (layer 0): right for iBOT, DINOv2
+    and SimMIM, whose student masks its input; MAE's and I-JEPA's belong to their decoder or predictor, which this rule
+    would decay too (dinov2's rule has no decoder)."""
 
     def __init__(self, decay: float, patch_embed_lr_mult: float, num_blocks: int) -> None:
         self.decay, self.patch_embed_lr_mult, self.num_blocks = decay, patch_embed_lr_mult, num_blocks

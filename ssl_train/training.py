@@ -48,6 +48,13 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.Lightnin
                 "resume with the config the checkpoint was trained with"
             ) from None
         raise
+    except ValueError as error:
+        if "parameter group" in str(error):  # torch's Optimizer.load_state_dict: other groups than this run's optimizer
+            raise UserError(
+                f"ckpt_path {ckpt_path}: its optimizer state has other parameter groups than this run's ({first_line(error)}; a changed "
+                "optim setting such as optim.layer_decay or optim.no_decay_names): resume with the config the checkpoint was trained with"
+            ) from None
+        raise
 
 
 def logged_during_training(trainer: pl.Trainer) -> dict[str, float]:
