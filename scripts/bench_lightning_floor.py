@@ -116,7 +116,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     batch = ROW[5]
     with tempfile.TemporaryDirectory() as out:
-        premade = bt.premade_views(build(bt.compose_row(*ROW, 2 * args.steps, out)), batch, 2 * args.steps)
+        length = 2 * args.steps if args.calls else args.steps  # --calls also steps 2 x steps
+        premade = bt.premade_views(build(bt.compose_row(*ROW, length, out)), batch, length)
         ways = ways_of_stepping(args.steps, args.warmup, out, premade)
         rates: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.rounds):  # alternated, so that drifts of the machine hit every way alike

@@ -97,7 +97,7 @@ def param_groups(
         if lr_multiplier is not None:
             group["lr_multiplier"] = multiplier
         groups.append(group)
-    if not any(not g.get("lars_exclude") for g in groups):
+    if not groups or groups[0].get("lars_exclude"):  # sorted: a decayed group, if any, is first
         groups.insert(0, {"params": [], "weight_decay": weight_decay})  # always a decayed group first, even empty
     return groups
 
