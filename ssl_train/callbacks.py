@@ -286,9 +286,9 @@ class Preemption(pl.Callback):
 
 
 class StepProgressBar(TQDMProgressBar):
-    """Lightning's TQDM bar showing the step metrics `shown`, read from callback_metrics only when the bar refreshes
-    (every `refresh_rate` steps). Lightning turns every `prog_bar=True` value into a Python number after every batch,
-    which makes the host wait for the GPU at each step; values logged without prog_bar stay on the device until here."""
+    """Lightning's TQDM bar showing the step metrics `shown`, read from callback_metrics when the bar refreshes (every
+    `refresh_rate` steps), where SSLModule publishes them at logging steps. Lightning turns every `prog_bar=True` value
+    into a Python number after every batch, which would make the host wait for the GPU at each step."""
 
     def __init__(self, refresh_rate: Count = 10, shown: Sequence[str] = (TRAIN_LOSS, PROBE_ONLINE_TOP1)) -> None:
         super().__init__(refresh_rate=refresh_rate)

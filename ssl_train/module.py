@@ -29,6 +29,25 @@ def online_probe_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, unlabelled_as_minus_one, ignore_index=-1, reduction="sum") / (labels >= 0).sum().clamp_min(1)
 
 
+def publish_step_values(trainer: pl.Trainer, values: dict[str, torch.Tensor | float]) -> None:
+    """A logging step's values to `trainer.callback_metrics` (where the progress bar, history and alarm read them)
+    and to the loggers with Lightning's step and `epoch` keys, with one host copy for all of them: `self.log` keeps a
+    result record per key, ~1,600 Python calls a key at each logging step (docs/performance.md).
+
+    Called from training_step, so a step that then fails (a non-finite loss found at its end, a preemption) has its
+    values written already, as MetricHistory always had; and no row repeats the last values at a step where a callback
+    set `trainer.should_stop`, as Lightning's cached ones did."""
+    tensors = {key: value for key, value in values.items() if isinstance(value, torch.Tensor)}
+    copied: dict[str, float] = {}
+    if tensors:
+        device = next(iter(tensors.values())).device
+        stacked = torch.stack([v.detach().to(device, torch.float32).reshape(()) for v in tensors.values()])
+        copied = dict(zip(tensors, stacked.tolist(), strict=True))  # the one host copy
+    on_host = {key: torch.tensor(copied[key] if key in copied else float(value)) for key, value in values.items()}
+    trainer.callback_metrics.update(on_host)
+    trainer._logger_connector.log_metrics(on_host)  # Lightning's own step and epoch keys
+
+
 class SSLModule(pl.LightningModule):
     """Train `method` (forward(views, labels) -> {"loss", "features", "logs"}) with `optim`.
 
@@ -103,7 +122,6 @@ class SSLModule(pl.LightningModule):
             views = [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for v in views]  # images only (not caption tokens)
         out = self.method(views, labels)
         self._watch_finite(out["loss"])
-        batch_size = labels.shape[0]
         logits = self.online_probe(out["features"].detach().float())
         probe_loss = online_probe_loss(logits, labels)
         if self._logging_step():  # step values reach loggers, history and the progress bar only at logging steps
@@ -115,16 +133,16 @@ class SSLModule(pl.LightningModule):
                 PROBE_ONLINE_TOP1: top1,
                 **{f"{TRAIN_PREFIX}{key}": value for key, value in out.get("logs", {}).items()},
             }
-            for key, value in step_values.items():  # shown by callbacks.StepProgressBar, not prog_bar (a sync per step)
-                self.log(key, value, batch_size=batch_size)
+            publish_step_values(self.trainer, step_values)
         return out["loss"] + probe_loss
 
     def _logging_step(self) -> bool:
-        """Whether Lightning writes this step's values to the loggers (every trainer.log_every_n_steps). Each self.log
-        costs ~0.6 ms of Python (Lightning moves its result record to the value's device): logging only where the values
-        are read took the framework's own cost per tiny-model step from 2.65 to ~1.5 ms; train/* and probe/* are step values."""
-        connector = getattr(self.trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True)) or bool(self.trainer.fast_dev_run)  # type: ignore[attr-defined]  # set outside Trainer.__init__ (lightning's connectors): invisible to mypy
+        """Whether this batch's values go to the loggers: every trainer.log_every_n_steps optimizer steps, on the last
+        batch of an accumulation window (where Lightning logs). Logging only where the values are read took the
+        framework's own cost per tiny-model step from 2.65 to ~1.5 ms; train/* and probe/* are step values."""
+        trainer = self.trainer
+        logging = bool(trainer._logger_connector.should_update_logs) or bool(trainer.fast_dev_run)  # type: ignore[attr-defined]  # set outside Trainer.__init__ (lightning's connectors): invisible to mypy
+        return logging and not trainer.fit_loop._should_accumulate()
 
     def _watch_finite(self, loss: torch.Tensor) -> None:
         """Keep the loss of each step since the last check on the device (one copy, no sync); `check_finite` reads them
