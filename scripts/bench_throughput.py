@@ -7,7 +7,8 @@ the same pre-made views, each the median of `--rounds` alternated rounds; ratios
 >= 0.97) and a/c (end to end vs the ceiling, target >= 0.9); peak memory of the row (process RSS on CPU,
 torch.cuda.max_memory_allocated on GPU).
 Column "Python ms/step": framework step minus plain loop in milliseconds per step (batch / rate), the framework's
-own cost per step; the tiny-encoder row measures it where the model costs little (target <= 1 ms).
+own cost per step: the median of each round's difference [lowest, highest] (paired, each first in turn: drift cancels;
+not derivable from the rate columns); measured on the tiny-encoder row, where the model costs little (target <= 1 ms).
 Then: the offline linear probe (L2 grid included) on 50k x 512 features (target <= 5 s), and, when lightly is
 installed (pip install -e '.[bench]'), lightly's idiomatic SimCLR (per-sample SimCLRTransform, its NTXentLoss and
 projection head, a LightningModule) on the same encoder, data and batch, as the ratio of end-to-end images/s.
@@ -195,14 +196,20 @@ def measure(row: tuple, steps: int, warmup: int, rounds: int, dry_run: bool = Fa
         premade = premade_views(built, batch, steps)
         cfg_premade = compose_row(method, backbone, precision, "per-sample", 0, batch, steps, out, dry_run, extra)
         step_rates, plain_rates = [], []
-        for _ in range(rounds):  # alternated, so that drifts of the machine hit both alike
+        for i in range(rounds):  # alternated, so that drifts of the machine hit both alike; each first in every other round
+            if i % 2:
+                plain_rates.append(plain_loop(cfg_premade, premade, batch, steps, warmup, precision))
             step_rates.append(framework_step(cfg_premade, premade, batch, warmup))
-            plain_rates.append(plain_loop(cfg_premade, premade, batch, steps, warmup, precision))
+            if not i % 2:
+                plain_rates.append(plain_loop(cfg_premade, premade, batch, steps, warmup, precision))
+    python_ms = sorted(1000 * batch * (1 / step - 1 / plain) for step, plain in zip(step_rates, plain_rates, strict=True))
     return {
         "row": row,
         "end_to_end": meter.rate,
         "framework_step": statistics.median(step_rates),
         "plain": statistics.median(plain_rates),
+        "python_ms": statistics.median(python_ms),  # paired by round: a drift of the machine between rounds cancels
+        "python_ms_range": (python_ms[0], python_ms[-1]),
         "memory_mib": memory.peak,
     }
 
@@ -367,7 +374,7 @@ def main() -> None:
         lines.append(
             f"| {m} | {b} | {p} | {a} | {w} | {bs} | {r['end_to_end']:.0f} | {r['framework_step']:.0f} | {r['plain']:.0f} "
             f"| {r['framework_step'] / r['plain']:.2f} | {r['end_to_end'] / r['plain']:.2f} "
-            f"| {1000 * bs * (1 / r['framework_step'] - 1 / r['plain']):.2f} | {r['memory_mib']:.0f} MiB |"
+            f"| {r['python_ms']:.2f} [{r['python_ms_range'][0]:.2f}, {r['python_ms_range'][1]:.2f}] | {r['memory_mib']:.0f} MiB |"
         )
         print(lines[-1], flush=True)
     print("\n".join(lines))
