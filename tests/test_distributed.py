@@ -93,6 +93,7 @@ def _cases() -> dict[str, Case]:
         "vicreg": Case(VICRegLoss(gather_distributed=True), pairs),
         "swav": Case(SwAVLoss(), _swav_inputs(), call=_swav_call),
         "dino": Case(DINOLoss(out_dim=5, teacher_temp=0.07), _swav_inputs(), call=_dino_call),
+        "dino_sinkhorn": Case(DINOLoss(out_dim=5, teacher_temp=0.07, centering="sinkhorn_knopp"), _swav_inputs(), call=_dino_call),
         "ibot_patch": Case(IBOTPatchLoss(out_dim=5, teacher_temp=0.07), _patch_inputs(), call=_ibot_call),
         "cpc": Case(CPCLoss(gather_distributed=True), _sequence_inputs()),
         "dim_infonce": Case(DeepInfoMaxLoss("infonce", gather_distributed=True), _infomax_inputs()),
