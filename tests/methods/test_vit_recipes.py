@@ -321,8 +321,9 @@ def test_vit_backbones_clip_gradients_by_default_and_the_recipes_compose(tmp_pat
     dino = compose_config(["experiment=dino_vit_tiny"], tmp_path / "d")
     assert dino.optim.optimizer._target_ == "torch.optim.AdamW" and "clip_lr" not in dino.optim.optimizer and dino.optim.weight_decay_end == 0.4
     # the ViT recipes keep the reference's centre; method=dino's ResNet default is DINOv2's Sinkhorn-Knopp teacher
-    assert dino.loss.centering == "centering" and compose_config(["method=dino"], tmp_path / "f").loss.centering == "sinkhorn_knopp"
-    assert build(compose_config(["method=dino"], tmp_path / "g")).method.loss.centering == "sinkhorn_knopp"
+    dino_resnet = compose_config(["method=dino"], tmp_path / "f")
+    assert dino.loss.centering == "centering" and dino_resnet.loss.centering == "sinkhorn_knopp"
+    assert build(dino_resnet).method.loss.centering == "sinkhorn_knopp"
     moco = compose_config(
         ["experiment=mocov3_vit_small", "backbone.patch_size=4", "+backbone.model_kwargs.depth=1", "trainer.accelerator=cpu", "trainer.precision=32-true"],
         tmp_path / "e",
